@@ -1,0 +1,85 @@
+"""The one error tree. Only cli.py turns these into messages and exit codes."""
+
+from __future__ import annotations
+
+
+class DigestbotError(Exception):
+    """Base of every error digestbot raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(DigestbotError):
+    """Bad configuration or usage: a settings value, the subscribers file, a query (exit 2)."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        subscriber: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.subscriber = subscriber
+        self.field = field
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(f"{self.file}:{self.line}" if self.line else self.file)
+        if self.subscriber:
+            where.append(f"subscriber {self.subscriber}")
+        if self.field:
+            where.append(f"field '{self.field}'")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class QueryError(ConfigError):
+    """A filter query that does not parse; `column` is 1-based within `query`."""
+
+    def __init__(self, reason: str, *, query: str, column: int | None = None) -> None:
+        self.reason = reason
+        self.query = query
+        self.column = column
+        at = f" at column {column}" if column is not None else ""
+        super().__init__(f"{reason}{at} in query {query!r}")
+
+
+class FetchError(DigestbotError):
+    """A feed could not be fetched or its response is unusable; names the URL."""
+
+
+class DeliveryError(DigestbotError):
+    """A message could not be delivered."""
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """The server said try later (4xx), timed out, or dropped the connection: defer and retry."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The server refused the message for good (5xx): fail the digest."""
+
+
+class DeliverySetupError(DeliveryError):
+    """The backend cannot work at all (server unreachable, login refused, TLS failure).
+
+    `setting` names what the operator should check. No digest is marked as attempted.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        self.setting = setting
+        hint = f" (check {setting})" if setting else ""
+        super().__init__(f"{message}{hint}")
+
+
+class LockError(DigestbotError):
+    """Another digestbot daemon already holds the run lock."""

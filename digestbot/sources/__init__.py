@@ -1,0 +1,3 @@
+from digestbot.sources.base import FetchedPaper
+
+__all__ = ["FetchedPaper"]
