@@ -1,0 +1,136 @@
+"""SQLModel tables: the only stored rows. Every datetime is timezone-aware UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC; SQLite keeps no zone, so reads are re-tagged UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime(), **kw)
+
+
+class Paper(SQLModel, table=True):
+    """A paper seen in a feed, keyed by arXiv id. Title, abstract and authors are kept as first seen."""
+
+    __tablename__ = "papers"
+
+    arxiv_id: str = Field(primary_key=True, max_length=32)
+    title: str = Field(sa_type=sa.Text())
+    summary: str = Field(sa_type=sa.Text())
+    authors: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    published_at: datetime | None = _utc(default=None, nullable=True)
+    featured_at: datetime = _utc(index=True)
+    upvotes: int = 0
+    num_comments: int = 0
+    github_repo: str | None = Field(default=None, sa_type=sa.Text())
+    github_stars: int | None = None
+    project_page: str | None = Field(default=None, sa_type=sa.Text())
+    ai_summary: str | None = Field(default=None, sa_type=sa.Text())
+    ai_keywords: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    categories: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    first_seen_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class Subscriber(SQLModel, table=True):
+    """A subscriber synced from the subscribers file; removed ones are kept inactive for history."""
+
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True})
+    name: str | None = Field(default=None, max_length=300)
+    active: bool = True
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class Digest(SQLModel, table=True):
+    """The outbox: one row per subscriber and period, with its delivery state.
+
+    States: planned → sending → sent; deferred (retry later); failed (permanent); skipped (nothing matched).
+    """
+
+    __tablename__ = "digests"
+    __table_args__ = (
+        sa.UniqueConstraint("subscriber_id", "period", name="uq_digests_subscriber_period"),
+        sa.Index("ix_digests_state_next_attempt", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    period: str = Field(max_length=10)  # the subscriber's local date, YYYY-MM-DD
+    state: str = Field(max_length=16)
+    window_start: datetime = _utc()
+    window_end: datetime = _utc()
+    paper_count: int = 0
+    more_count: int = 0
+    message_id: str = Field(max_length=255)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _utc(default=None, nullable=True)
+    first_attempt_at: datetime | None = _utc(default=None, nullable=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text())
+    claimed_by: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = _utc(default=None, nullable=True)
+    planned_at: datetime = _utc()
+    sent_at: datetime | None = _utc(default=None, nullable=True)
+
+
+class DigestItem(SQLModel, table=True):
+    """A paper fixed into a digest at planning time; unique per subscriber so no paper goes out twice."""
+
+    __tablename__ = "digest_items"
+    __table_args__ = (
+        sa.UniqueConstraint("subscriber_id", "arxiv_id", name="uq_digest_items_subscriber_paper"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest_id: int = Field(foreign_key="digests.id", index=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id")
+    arxiv_id: str = Field(foreign_key="papers.arxiv_id", max_length=32)
+    position: int
+    score: float
+    upvotes: int
+    matched: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    title_spans: list[list[int]] = Field(default_factory=list, sa_type=sa.JSON())
+    summary_spans: list[list[int]] = Field(default_factory=list, sa_type=sa.JSON())
+
+
+class FetchRun(SQLModel, table=True):
+    """One fetch of a feed and how it ended, for `digestbot status`."""
+
+    __tablename__ = "fetch_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_url: str = Field(sa_type=sa.Text())
+    started_at: datetime = _utc(index=True)
+    finished_at: datetime | None = _utc(default=None, nullable=True)
+    ok: bool = False
+    new_count: int = 0
+    updated_count: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text())
