@@ -1,0 +1,449 @@
+"""Render one digest (subject, plain text, HTML) from plain values with Jinja2.
+
+Pure: no database, HTTP or SMTP imports. Everything that comes from a feed or the configuration
+is treated as hostile text: control characters are removed, HTML is escaped (autoescape on for
+``*.html.j2``; highlights are built with :func:`markupsafe.escape`), and only http(s) URLs
+ever become links. A paper's block is the same in many digests, so each distinct
+:class:`PaperView` is rendered once per :class:`Renderer` and reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import jinja2
+from markupsafe import Markup, escape
+
+from digestbot.resources import templates_dir as builtin_templates_dir
+
+__all__ = [
+    "DigestView",
+    "PaperView",
+    "RenderedDigest",
+    "Renderer",
+    "arxiv_id_ok",
+    "safe_http_url",
+]
+
+SUMMARY_LIMIT = 600
+"""Abstracts longer than this many characters are cut at a word boundary."""
+
+AUTHORS_SHOWN = 3
+"""A long author list shows this many names, then "and N more"."""
+
+AUTHORS_FULL_MAX = 4
+"""Author lists up to this length are shown in full."""
+
+BLOCK_CACHE_SIZE = 4096
+"""Distinct paper blocks kept per Renderer (each is a (text, html) pair)."""
+
+MARK_STYLE = "background-color:#fff3a3;color:inherit;padding:0 1px;"
+
+TEMPLATE_SUBJECT = "subject.txt.j2"
+TEMPLATE_TEXT = "digest.txt.j2"
+TEMPLATE_HTML = "digest.html.j2"
+TEMPLATE_PAPER_TEXT = "_paper.txt.j2"
+TEMPLATE_PAPER_HTML = "_paper.html.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class PaperView:
+    """One paper as a digest shows it, with why it matched and what to highlight."""
+
+    arxiv_id: str
+    title: str
+    summary: str
+    authors: tuple[str, ...]
+    upvotes: int
+    github_repo: str | None
+    github_stars: int | None
+    project_page: str | None
+    matched: tuple[str, ...]
+    """The subscriber's queries that matched ("why you got this")."""
+    title_spans: tuple[tuple[int, int], ...]
+    """[start, end) offsets into ``title`` to highlight."""
+    summary_spans: tuple[tuple[int, int], ...]
+    """[start, end) offsets into ``summary`` to highlight."""
+
+
+@dataclass(frozen=True, slots=True)
+class DigestView:
+    """Everything one subscriber's digest shows."""
+
+    subscriber_email: str
+    subscriber_name: str | None
+    digest_date: date
+    papers: tuple[PaperView, ...]
+    more_count: int
+    """How many more papers matched beyond the subscriber's ``max_papers``."""
+    list_name: str
+    unsubscribe_mailto: str
+    """A full ``mailto:`` URI."""
+    unsubscribe_url: str | None
+    """An https URL, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedDigest:
+    """The rendered parts of one digest, ready for MIME building."""
+
+    subject: str
+    text: str
+    html: str
+
+
+# --------------------------------------------------------------------------- text hygiene
+
+# Control characters (C0, DEL, C1) and Unicode line/paragraph separators never reach output.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SPACE_RUN = re.compile(r"\s+")
+
+
+def _is_blank(ch: str) -> bool:
+    return ch.isspace() or bool(_CONTROL.match(ch))
+
+
+def clean_line(value: object) -> str:
+    """Return ``value`` as one line: control characters become spaces, runs of space collapse."""
+    text = _CONTROL.sub(" ", str(value))
+    return _SPACE_RUN.sub(" ", text).strip()
+
+
+def _normalize_with_map(text: str) -> tuple[str, list[int]]:
+    """Collapse whitespace/control runs to one space and strip the ends.
+
+    Returns the new text and a map from every offset 0..len(text) of the original to an offset
+    of the new text, so highlight spans survive the clean-up.
+    """
+    out: list[str] = []
+    mapping: list[int] = []
+    pending_space = False
+    for ch in text:
+        if _is_blank(ch):
+            mapping.append(len(out))  # offsets inside a run land before the single space
+            if out:
+                pending_space = True
+            continue
+        if pending_space:
+            out.append(" ")
+            pending_space = False
+        mapping.append(len(out))
+        out.append(ch)
+    mapping.append(len(out))
+    return "".join(out), mapping
+
+
+def _clean_spans(spans: object, length: int) -> list[tuple[int, int]]:
+    """Sort, clamp and merge spans; silently drop anything malformed."""
+    good: list[tuple[int, int]] = []
+    try:
+        items = list(spans)  # type: ignore[call-overload]
+    except TypeError:
+        return []
+    for item in items:
+        try:
+            start, end = item
+        except (TypeError, ValueError):
+            continue
+        if isinstance(start, bool) or isinstance(end, bool):
+            continue
+        if not isinstance(start, int) or not isinstance(end, int):
+            continue
+        start, end = max(0, start), min(length, end)
+        if start < end:
+            good.append((start, end))
+    good.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in good:
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _segments(
+    text: str, spans: object, *, limit: int | None = None
+) -> tuple[list[tuple[str, bool]], bool]:
+    """Split ``text`` into (piece, highlighted) segments after cleaning and optional trimming.
+
+    Returns the segments and whether the text was trimmed. Spans are kept consistent with the
+    whitespace clean-up and cut at the trim point.
+    """
+    raw = str(text)
+    raw_spans = _clean_spans(spans, len(raw))
+    clean, mapping = _normalize_with_map(raw)
+    mapped = []
+    for start, end in raw_spans:
+        new_start, new_end = mapping[start], mapping[end]
+        # A span that started on collapsed whitespace should not highlight the space itself.
+        while new_start < new_end and clean[new_start] == " ":
+            new_start += 1
+        while new_end > new_start and clean[new_end - 1] == " ":
+            new_end -= 1
+        mapped.append((new_start, new_end))
+    trimmed = False
+    if limit is not None and len(clean) > limit:
+        cut = clean.rfind(" ", 0, limit + 1)
+        if cut < limit // 2:  # no sensible word boundary: cut hard
+            cut = limit
+        clean = clean[:cut].rstrip(" ,;:.-\u2013\u2014")
+        trimmed = True
+    final = _clean_spans(mapped, len(clean))
+    segments: list[tuple[str, bool]] = []
+    pos = 0
+    for start, end in final:
+        if start > pos:
+            segments.append((clean[pos:start], False))
+        segments.append((clean[start:end], True))
+        pos = end
+    if pos < len(clean):
+        segments.append((clean[pos:], False))
+    return segments, trimmed
+
+
+def _segments_html(segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False) -> Markup:
+    """Join segments as HTML: every piece escaped, highlights in an inline-styled <mark>."""
+    mark = Markup('<mark style="{}">{}</mark>')
+    out = Markup("").join(
+        mark.format(MARK_STYLE, piece) if hot else escape(piece) for piece, hot in segments
+    )
+    return out + Markup("\u2026") if ellipsis else out
+
+
+def _segments_text(segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False) -> str:
+    """Join segments as plain text, highlights wrapped in *asterisks*."""
+    out = "".join(f"*{piece}*" if hot else piece for piece, hot in segments)
+    return out + "\u2026" if ellipsis else out
+
+
+# --------------------------------------------------------------------------- URLs
+
+_ARXIV_NEW = re.compile(r"\d{4}\.\d{4,5}(?:v\d+)?")
+_ARXIV_OLD = re.compile(r"[a-z][a-z-]*(?:\.[A-Z]{2})?/\d{7}(?:v\d+)?")
+_GITHUB_SHORT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
+_URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
+_URL_MAX = 2000
+
+
+def arxiv_id_ok(arxiv_id: str) -> bool:
+    """True for a well-formed arXiv identifier (``2401.01234``, ``2401.01234v2``, ``hep-th/9901001``)."""
+    return bool(_ARXIV_NEW.fullmatch(arxiv_id) or _ARXIV_OLD.fullmatch(arxiv_id))
+
+
+def safe_http_url(value: object) -> str | None:
+    """Return ``value`` as a link target if it is an absolute http(s) URL with a host, else None.
+
+    Anything else (``javascript:``, ``data:``, relative paths, embedded whitespace or control
+    characters, quotes or angle brackets) is refused. Non-ASCII characters are percent-encoded.
+    """
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if not url or len(url) > _URL_MAX:
+        return None
+    if any(ch.isspace() or _CONTROL.match(ch) or ch in '<>"\\`{}|^' for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or not host:
+        return None
+    if not url.lower().startswith(("http://", "https://")):
+        return None
+    return quote(url, safe=_URL_SAFE)
+
+
+def _github_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if _GITHUB_SHORT.fullmatch(value):
+        return safe_http_url(f"https://github.com/{value}")
+    return safe_http_url(value)
+
+
+def _link_label(url: str) -> str:
+    """A short human label for a URL: ``owner/repo`` for GitHub, else host and path."""
+    parts = urlsplit(url)
+    path = unquote(parts.path).strip("/")
+    if (parts.hostname or "").lower() in ("github.com", "www.github.com") and path:
+        return clean_line("/".join(path.split("/")[:2]))
+    label = (parts.hostname or "") + (("/" + path) if path else "")
+    return clean_line(label if len(label) <= 60 else label[:59] + "\u2026")
+
+
+def _mailto_parts(mailto: str) -> tuple[str | None, str | None]:
+    """The address and subject of a ``mailto:`` URI (None when it is not one)."""
+    value = clean_line(mailto)
+    if not value.lower().startswith("mailto:") or any(ch in value for ch in '<>"\\ '):
+        return None, None
+    rest = value[len("mailto:"):]
+    address, _, query = rest.partition("?")
+    address = unquote(address)
+    if "@" not in address:
+        return None, None
+    subject = None
+    for pair in query.split("&"):
+        key, _, val = pair.partition("=")
+        if key.lower() == "subject" and val:
+            subject = clean_line(unquote(val))
+    return address, subject
+
+
+# --------------------------------------------------------------------------- view models
+
+
+def _authors(authors: Sequence[str]) -> str:
+    names = [clean_line(a) for a in authors]
+    names = [n for n in names if n]
+    if len(names) <= AUTHORS_FULL_MAX:
+        return ", ".join(names)
+    return f"{', '.join(names[:AUTHORS_SHOWN])} and {len(names) - AUTHORS_SHOWN} more"
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def paper_context(paper: PaperView) -> dict[str, Any]:
+    """Everything the paper partials need, already cleaned, escaped (HTML bits) and validated."""
+    title_segments, _ = _segments(paper.title, paper.title_spans)
+    summary_segments, trimmed = _segments(paper.summary, paper.summary_spans, limit=SUMMARY_LIMIT)
+    arxiv_id = clean_line(paper.arxiv_id)
+    if arxiv_id_ok(arxiv_id):
+        quoted = quote(arxiv_id, safe="./-")
+        paper_url: str | None = f"https://huggingface.co/papers/{quoted}"
+        abs_url: str | None = f"https://arxiv.org/abs/{quoted}"
+        pdf_url: str | None = f"https://arxiv.org/pdf/{quoted}"
+    else:
+        paper_url = abs_url = pdf_url = None
+    github_url = _github_url(paper.github_repo)
+    project_url = safe_http_url(paper.project_page)
+    upvotes = _int_or_none(paper.upvotes) or 0
+    return {
+        "arxiv_id": arxiv_id,
+        "title_text": _segments_text(title_segments) or "(untitled)",
+        "title_html": _segments_html(title_segments) or Markup("(untitled)"),
+        "summary_text": _segments_text(summary_segments, ellipsis=trimmed),
+        "summary_html": _segments_html(summary_segments, ellipsis=trimmed),
+        "authors": _authors(paper.authors),
+        "upvotes": upvotes,
+        "matched": [q for q in (clean_line(m) for m in paper.matched) if q],
+        "paper_url": paper_url,
+        "abs_url": abs_url,
+        "pdf_url": pdf_url,
+        "github_url": github_url,
+        "github_label": _link_label(github_url) if github_url else None,
+        "github_stars": _int_or_none(paper.github_stars),
+        "project_url": project_url,
+        "project_label": _link_label(project_url) if project_url else None,
+    }
+
+
+# --------------------------------------------------------------------------- renderer
+
+
+class Renderer:
+    """Jinja2 rendering of digests, with an override folder and a per-paper block cache.
+
+    Templates are looked up first in ``templates_dir`` (when given), then in the built-in
+    folder; autoescape is on for ``*.html.j2``; undefined names are errors. Build one Renderer
+    per run and reuse it: each distinct paper block is rendered once.
+    """
+
+    def __init__(self, *, templates_dir: Path | None = None) -> None:
+        loaders: list[jinja2.BaseLoader] = []
+        if templates_dir is not None:
+            loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
+        loaders.append(jinja2.FileSystemLoader(str(builtin_templates_dir())))
+        self.environment = jinja2.Environment(
+            loader=jinja2.ChoiceLoader(loaders),
+            autoescape=jinja2.select_autoescape(
+                enabled_extensions=("html.j2", "html", "htm"),
+                disabled_extensions=("txt.j2", "txt"),
+                default_for_string=False,
+                default=False,
+            ),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        """The Jinja2 environment; add filters or globals here before the first render."""
+        self._block: Callable[[PaperView], tuple[str, Markup]] = functools.lru_cache(
+            maxsize=BLOCK_CACHE_SIZE
+        )(self._render_block)
+
+    def _render_block(self, paper: PaperView) -> tuple[str, Markup]:
+        ctx = paper_context(paper)
+        text = self.environment.get_template(TEMPLATE_PAPER_TEXT).render(paper=ctx)
+        html = self.environment.get_template(TEMPLATE_PAPER_HTML).render(paper=ctx)
+        return text.strip("\n"), Markup(html.strip("\n"))
+
+    def paper_block(self, paper: PaperView) -> tuple[str, Markup]:
+        """The (text, HTML) block of one paper, from the cache when already rendered."""
+        return self._block(paper)
+
+    def cache_info(self) -> Any:
+        """Hits, misses and size of the paper block cache (``functools.lru_cache`` info)."""
+        return self._block.cache_info()  # type: ignore[attr-defined]
+
+    def render(self, view: DigestView) -> RenderedDigest:
+        """Render the subject, text and HTML of one digest."""
+        blocks = [self._block(p) for p in view.papers]
+        count = len(view.papers)
+        more = max(0, _int_or_none(view.more_count) or 0)
+        list_name = clean_line(view.list_name) or "Paper Digest"
+        name = clean_line(view.subscriber_name) if view.subscriber_name else ""
+        unsubscribe_url = safe_http_url(view.unsubscribe_url) if view.unsubscribe_url else None
+        unsubscribe_address, unsubscribe_subject = _mailto_parts(view.unsubscribe_mailto)
+        mailto = clean_line(view.unsubscribe_mailto) if unsubscribe_address else None
+        ctx: dict[str, Any] = {
+            "list_name": list_name,
+            "date": view.digest_date.isoformat(),
+            "count": count,
+            "more_count": more,
+            "name": name,
+            "email": clean_line(view.subscriber_email),
+            "unsubscribe_url": unsubscribe_url,
+            "unsubscribe_mailto": mailto,
+            "unsubscribe_address": unsubscribe_address,
+            "unsubscribe_subject": unsubscribe_subject,
+        }
+        subject = clean_line(self.environment.get_template(TEMPLATE_SUBJECT).render(**ctx))
+        titles = "; ".join(clean_line(p.title) for p in view.papers[:3])
+        preheader = (
+            f"{count} new paper{'s' if count != 1 else ''}: {titles}" if count else
+            "Nothing matched your filters today."
+        )
+        if len(preheader) > 140:
+            preheader = preheader[:139].rstrip() + "\u2026"
+        text = self.environment.get_template(TEMPLATE_TEXT).render(
+            **ctx, subject=subject, blocks=[b[0] for b in blocks]
+        )
+        html = self.environment.get_template(TEMPLATE_HTML).render(
+            **ctx, subject=subject, preheader=preheader, blocks=[b[1] for b in blocks]
+        )
+        return RenderedDigest(subject=subject, text=_tidy_text(text), html=html)
+
+
+def _tidy_text(text: str) -> str:
+    """Strip trailing spaces and collapse three or more blank lines in the text part."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return out + "\n"
