@@ -1,0 +1,488 @@
+"""Tests of digestbot.render: golden digests, escaping of hostile feed text, links, highlights, cache."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from datetime import date
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from digestbot.render import (
+    SUMMARY_LIMIT,
+    DigestView,
+    PaperView,
+    Renderer,
+    safe_http_url,
+)
+from digestbot.resources import templates_dir
+
+GOLDEN = Path(__file__).parent / "golden"
+REGEN = os.environ.get("DIGESTBOT_REGEN_GOLDEN") == "1"
+
+MIROSTAT_SUMMARY = (
+    "Neural text decoding is important for generating high-quality texts using language "
+    "models. To generate high-quality text, popular decoding algorithms like top-k, top-p "
+    "(nucleus), and temperature-based sampling truncate or distort the unreliable low "
+    "probability tail of the language model. Though these methods generate high-quality "
+    "text after parameter tuning, they are ad hoc. Not much is known about the control they "
+    "provide over the statistics of the output, which is important since recent reports "
+    "show text quality is highest for a specific range of likelihoods. Here, first we "
+    "provide a theoretical analysis of perplexity in top-k, top-p, and temperature sampling, "
+    "finding that cross-entropy behaves approximately linearly as a function of p in top-p "
+    "sampling whereas it is a nonlinear function of k in top-k sampling, under Zipfian "
+    "statistics. We use this analysis to design a feedback-based adaptive top-k text "
+    "decoding algorithm called mirostat that generates text (of any length) with a "
+    "predetermined value of perplexity, and thereby high-quality text without any tuning."
+)
+
+
+def _span(text: str, word: str, nth: int = 0) -> tuple[int, int]:
+    start = -1
+    for _ in range(nth + 1):
+        start = text.index(word, start + 1)
+    return (start, start + len(word))
+
+
+def _paper(**changes: object) -> PaperView:
+    base = PaperView(
+        arxiv_id="2401.01234",
+        title="A title",
+        summary="An abstract.",
+        authors=("Ada Lovelace",),
+        upvotes=1,
+        github_repo=None,
+        github_stars=None,
+        project_page=None,
+        matched=("title",),
+        title_spans=(),
+        summary_spans=(),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _view(*papers: PaperView, **changes: object) -> DigestView:
+    base = DigestView(
+        subscriber_email="ada@example.org",
+        subscriber_name="Ada Lovelace",
+        digest_date=date(2026, 3, 2),
+        papers=tuple(papers),
+        more_count=0,
+        list_name="Paper Digest",
+        unsubscribe_mailto="mailto:unsubscribe@example.org?subject=unsubscribe",
+        unsubscribe_url=None,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def golden_view() -> DigestView:
+    """The fixed digest of the golden files: three papers, non-ASCII authors, spans, more_count."""
+    title1 = "Mirostat: A Neural Text Decoding Algorithm that Directly Controls Perplexity"
+    title2 = "Données et diffusion : Test-Time Compute for Speculative Decoding"
+    summary2 = "We study test-time compute for speculative decoding with multi-draft diffusion models."
+    title3 = "Bandits with Knapsacks & <Constraints>"
+    summary3 = "Regret bounds for bandits when budgets bind; see the appendix for proofs."
+    return DigestView(
+        subscriber_email="ada@example.org",
+        subscriber_name="Ada Lovelace",
+        digest_date=date(2026, 3, 2),
+        papers=(
+            PaperView(
+                arxiv_id="2007.14966",
+                title=title1,
+                summary=MIROSTAT_SUMMARY,
+                authors=(
+                    "Sourya Basu",
+                    "Govardana Sachitanandam Ramachandran",
+                    "Nitish Shirish Keskar",
+                    "Lav R. Varshney",
+                    "Christopher Ré",
+                    "Zoë Łukasiewicz",
+                ),
+                upvotes=75,
+                github_repo="https://github.com/example-lab/2007-14966",
+                github_stars=128,
+                project_page=None,
+                matched=('"text decoding"', "perplexity"),
+                title_spans=(_span(title1, "Text Decoding"), _span(title1, "Perplexity")),
+                summary_spans=(
+                    _span(MIROSTAT_SUMMARY, "text decoding"),
+                    _span(MIROSTAT_SUMMARY, "perplexity"),
+                    _span(MIROSTAT_SUMMARY, "perplexity", 1),  # beyond the trim point: dropped
+                ),
+            ),
+            PaperView(
+                arxiv_id="2502.00001v2",
+                title=title2,
+                summary=summary2,
+                authors=("Jürgen Schmidhuber", "François Chollet", "李飞飞"),
+                upvotes=1,
+                github_repo=None,
+                github_stars=None,
+                project_page="https://example.org/données?x=1&y=2",
+                matched=('"test-time compute"', "author:Chollet"),
+                title_spans=(_span(title2, "Test-Time Compute"),),
+                summary_spans=(_span(summary2, "test-time compute"),),
+            ),
+            PaperView(
+                arxiv_id="hep-th/9901001",
+                title=title3,
+                summary=summary3,
+                authors=("Aleksandrs Slivkins",),
+                upvotes=0,
+                github_repo="example/bandits",
+                github_stars=None,
+                project_page=None,
+                matched=("bandit*",),
+                title_spans=(_span(title3, "Bandits"), _span(title3, "<Constraints>")),
+                summary_spans=(_span(summary3, "bandits"),),
+            ),
+        ),
+        more_count=4,
+        list_name="Paper Digest",
+        unsubscribe_mailto="mailto:unsubscribe@example.org?subject=unsubscribe",
+        unsubscribe_url="https://digest.example.org/unsubscribe?token=abc123",
+    )
+
+
+def _check_golden(name: str, actual: str) -> None:
+    path = GOLDEN / name
+    if REGEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(actual.encode("utf-8"))
+    assert path.exists(), f"missing golden file {path}; run with DIGESTBOT_REGEN_GOLDEN=1"
+    assert actual == path.read_bytes().decode("utf-8")
+
+
+class _TagCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+ALLOWED_TAGS = {"html", "head", "meta", "title", "body", "div", "table", "tr", "td", "a", "span", "mark"}
+
+
+def _tags(html: str) -> _TagCollector:
+    parser = _TagCollector()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def _assert_safe_html(html: str) -> None:
+    parsed = _tags(html)
+    for tag, attrs in parsed.tags:
+        assert tag in ALLOWED_TAGS, f"unexpected tag <{tag}>"
+        for name, value in attrs.items():
+            assert not name.startswith("on"), f"event handler attribute {name} on <{tag}>"
+            if name == "href":
+                assert value is not None
+                assert value.startswith(("https://", "http://", "mailto:")), value
+
+
+# --------------------------------------------------------------------------- golden files
+
+
+def test_golden_text() -> None:
+    """The text part of a fixed three-paper digest matches tests/golden/digest.txt exactly."""
+    _check_golden("digest.txt", Renderer().render(golden_view()).text)
+
+
+def test_golden_html() -> None:
+    """The HTML part of a fixed three-paper digest matches tests/golden/digest.html exactly."""
+    _check_golden("digest.html", Renderer().render(golden_view()).html)
+
+
+def test_golden_content() -> None:
+    """The golden digest shows shortened authors, trimmed abstract, links, matches and the more-line."""
+    out = Renderer().render(golden_view())
+    assert out.subject == "Paper Digest — 3 new papers for 2026-03-02"
+    flat = " ".join(out.text.split())  # the text part is word-wrapped
+    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more" in flat
+    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more" in out.html
+    assert "Jürgen Schmidhuber, François Chollet, 李飞飞" in out.text
+    assert 'Matched: "text decoding", perplexity' in out.text
+    assert "*Text Decoding*" in out.text
+    assert "4 more papers matched" in out.text and "4 more papers matched" in out.html
+    for url in (
+        "https://huggingface.co/papers/2007.14966",
+        "https://arxiv.org/abs/2007.14966",
+        "https://arxiv.org/pdf/2007.14966",
+        "https://github.com/example-lab/2007-14966",
+        "https://arxiv.org/abs/hep-th/9901001",
+        "https://github.com/example/bandits",
+        "https://example.org/donn%C3%A9es?x=1&y=2",
+    ):
+        assert url in out.text
+        assert f'href="{url.replace("&", "&amp;")}"' in out.html
+    assert "&lt;Constraints&gt;</mark>" in out.html
+    _assert_safe_html(out.html)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_subject_is_one_line_with_count_and_date() -> None:
+    """The subject counts papers (singular and plural) and drops CR/LF from the list name."""
+    r = Renderer()
+    assert r.render(_view(_paper())).subject == "Paper Digest — 1 new paper for 2026-03-02"
+    hostile = _view(_paper(), _paper(arxiv_id="2401.00002"), list_name="Evil\r\nBcc: x@y.org")
+    subject = r.render(hostile).subject
+    assert subject == "Evil Bcc: x@y.org — 2 new papers for 2026-03-02"
+    assert "\r" not in subject and "\n" not in subject
+
+
+def test_empty_digest_says_nothing_matched() -> None:
+    """A digest without papers renders a 'nothing matched today' message in every part."""
+    out = Renderer().render(_view())
+    assert out.subject == "Paper Digest — no new papers for 2026-03-02"
+    assert "Nothing matched your filters today" in out.text
+    assert "Nothing matched your filters today" in out.html
+    assert "more paper" not in out.text
+    _assert_safe_html(out.html)
+
+
+def test_more_count_line_only_when_positive() -> None:
+    """The 'N more papers matched' line appears only when more_count > 0, with the right number."""
+    r = Renderer()
+    assert "more paper" not in r.render(_view(_paper())).text
+    one = r.render(_view(_paper(), more_count=1))
+    assert "1 more paper matched but was left out" in one.text
+    assert "1 more paper matched but was left out" in one.html
+    assert "7 more papers matched" in r.render(_view(_paper(), more_count=7)).html
+
+
+def test_unsubscribe_line_visible_in_both_parts() -> None:
+    """Both parts show the unsubscribe URL when set, else the mailto address."""
+    r = Renderer()
+    with_url = r.render(_view(_paper(), unsubscribe_url="https://x.example.org/u?t=1"))
+    assert "Unsubscribe: https://x.example.org/u?t=1" in with_url.text
+    assert 'href="https://x.example.org/u?t=1"' in with_url.html
+    mail_only = r.render(_view(_paper()))
+    assert 'email unsubscribe@example.org with the subject "unsubscribe"' in mail_only.text
+    assert 'href="mailto:unsubscribe@example.org?subject=unsubscribe"' in mail_only.html
+
+
+def test_html_is_made_for_mail_clients() -> None:
+    """The HTML uses tables and inline styles, has lang, charset and viewport, and no scripts or CSS files."""
+    html = Renderer().render(golden_view()).html
+    lowered = html.lower()
+    for forbidden in ("<script", "<link", "<style", "stylesheet", "@import", "<iframe", "<form"):
+        assert forbidden not in lowered
+    assert '<html lang="en">' in html
+    assert '<meta charset="utf-8">' in html
+    assert 'name="viewport"' in html
+    assert "max-width:600px" in html
+    assert html.count("<table") >= 2 and "<tr>" in html and "<td" in html
+    assert "display:none" in html  # hidden preheader
+    assert "3 new papers: Mirostat" in html
+
+
+def test_long_author_lists_are_shortened() -> None:
+    """Up to four authors are listed in full; longer lists show three and 'and N more'."""
+    r = Renderer()
+    four = r.render(_view(_paper(authors=("A", "B", "C", "D")))).text
+    assert "A, B, C, D" in four
+    ten = r.render(_view(_paper(authors=tuple(f"Author {i}" for i in range(10))))).text
+    assert "Author 0, Author 1, Author 2 and 7 more" in ten
+    assert "Author 3" not in ten
+
+
+# --------------------------------------------------------------------------- highlights
+
+
+def test_highlights_are_escaped_in_html_and_marked_in_text() -> None:
+    """Highlighted and plain segments are both HTML-escaped; the text part wraps highlights in *...*."""
+    title = 'x <b>bold</b> & "q"'
+    out = Renderer().render(_view(_paper(title=title, title_spans=(_span(title, "<b>bold</b>"),))))
+    assert "<b>" not in out.html
+    assert ">&lt;b&gt;bold&lt;/b&gt;</mark> &amp; &#34;q&#34;" in out.html
+    assert 'x *<b>bold</b>* & "q"' in out.text
+
+
+def test_bad_spans_are_clamped_or_ignored() -> None:
+    """Negative, reversed, out-of-range, overlapping and malformed spans never break rendering."""
+    title = "alpha beta gamma"
+    spans = ((-5, 5), (12, 9), (100, 200), (6, 8), (7, 10), (11, 999), ("a", "b"), (3,))  # type: ignore[arg-type]
+    out = Renderer().render(_view(_paper(title=title, title_spans=spans)))
+    assert "*alpha* *beta* *gamma*" in out.text
+
+
+def test_spans_follow_whitespace_cleanup() -> None:
+    """Spans still cover the right words after CR/LF and runs of spaces in a title collapse."""
+    title = "Fast\r\n\r\n  Speculative\tDecoding"
+    out = Renderer().render(_view(_paper(title=title, title_spans=(_span(title, "Speculative"),))))
+    assert "Fast *Speculative* Decoding" in out.text
+
+
+def test_trimmed_abstract_keeps_spans_consistent() -> None:
+    """A long abstract is cut at a word boundary near the limit; spans past the cut vanish, spans across it are shortened."""
+    words = " ".join(f"word{i:03d}" for i in range(300))
+    cut_word = words.index("word075")  # around character 600
+    spans = ((0, 7), (cut_word - 4, cut_word + 30), (1500, 1507))
+    out = Renderer().render(_view(_paper(summary=words, summary_spans=spans)))
+    body = re.search(r'padding-top:10px;">(.*?)</div>', out.html, re.S)
+    assert body is not None
+    shown = re.sub(r"<[^>]+>", "", body.group(1))
+    assert shown.endswith("\u2026")
+    assert len(shown) <= SUMMARY_LIMIT + 1
+    assert re.search(r"word\d{3}\u2026$", shown)  # cut at a word boundary
+    assert body.group(1).count("<mark") == 2
+    assert "word299" not in out.text
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+HOSTILE = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>\r\nBcc: evil@example.org"
+
+
+def test_hostile_feed_text_cannot_add_markup_or_script_links() -> None:
+    """Markup in titles, abstracts, authors and queries is escaped, and javascript:/data: links are dropped."""
+    paper = _paper(
+        arxiv_id="2401.01234",
+        title=HOSTILE,
+        summary=HOSTILE * 3,
+        authors=(HOSTILE, "Normal Name"),
+        matched=(HOSTILE,),
+        github_repo="javascript:alert(document.cookie)",
+        project_page="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+        title_spans=((0, 8),),
+        summary_spans=((10, 30),),
+    )
+    out = Renderer().render(_view(paper, subscriber_name=HOSTILE))
+    lowered = out.html.lower()
+    assert "<script" not in lowered and "<img" not in lowered
+    assert "javascript:" not in lowered and "data:text" not in lowered
+    assert "&lt;script&gt;" in out.html
+    _assert_safe_html(out.html)
+    assert "javascript:" not in out.text and "data:text" not in out.text
+    assert "\r" not in out.text and "\r" not in out.html
+    assert "\nBcc:" not in out.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        " javascript:alert(1)",
+        "java\tscript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:msgbox(1)",
+        "ftp://example.org/file",
+        "//evil.example.org/x",
+        "/relative/path",
+        "https://",
+        "https:///path-only",
+        'https://example.org/"onmouseover="alert(1)',
+        "https://example.org/a b",
+        "https://example.org/\r\nX-Evil: 1",
+        "http://[::1",
+        "",
+    ],
+)
+def test_only_http_urls_become_links(url: str) -> None:
+    """safe_http_url refuses every non-http(s), relative, malformed or whitespace-bearing URL."""
+    assert safe_http_url(url) is None
+    out = Renderer().render(_view(_paper(github_repo=url, project_page=url)))
+    assert "Code:" not in out.text and "Project:" not in out.text
+    _assert_safe_html(out.html)
+
+
+def test_http_urls_are_kept_and_non_ascii_is_percent_encoded() -> None:
+    """http and https URLs pass through; non-ASCII characters in them are percent-encoded."""
+    assert safe_http_url("https://github.com/a/b") == "https://github.com/a/b"
+    assert safe_http_url("HTTP://Example.org/x?a=1&b=2") == "HTTP://Example.org/x?a=1&b=2"
+    assert safe_http_url("https://example.org/ünï") == "https://example.org/%C3%BCn%C3%AF"
+
+
+@pytest.mark.parametrize("bad_id", ["../../evil", "2401.01234?x=<b>", "javascript:alert(1)", "", "2401 01234"])
+def test_invalid_arxiv_ids_make_no_links(bad_id: str) -> None:
+    """A malformed arXiv id is never put into a URL; the title is shown without a link."""
+    out = Renderer().render(_view(_paper(arxiv_id=bad_id, title="Plain title")))
+    assert "arxiv.org" not in out.html and "huggingface.co/papers" not in out.html
+    assert "Plain title" in out.html
+    _assert_safe_html(out.html)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    title=st.text(max_size=200),
+    summary=st.text(max_size=900),
+    author=st.text(max_size=60),
+    url=st.text(max_size=60),
+    spans=st.lists(st.tuples(st.integers(-5, 950), st.integers(-5, 950)), max_size=6),
+)
+def test_arbitrary_feed_text_renders_safely(
+    title: str, summary: str, author: str, url: str, spans: list[tuple[int, int]]
+) -> None:
+    """Any title, abstract, author, link and spans render without error into safe HTML and a one-line subject."""
+    paper = _paper(
+        title=title,
+        summary=summary,
+        authors=(author,),
+        github_repo=url,
+        project_page=url,
+        title_spans=tuple(spans),
+        summary_spans=tuple(spans),
+    )
+    out = Renderer().render(_view(paper, list_name=title or "x"))
+    assert "\n" not in out.subject and "\r" not in out.subject
+    _assert_safe_html(out.html)
+
+
+# --------------------------------------------------------------------------- templates and cache
+
+
+def test_builtin_templates_exist() -> None:
+    """The built-in template folder holds the subject, text, HTML and paper partial templates."""
+    names = {p.name for p in templates_dir().iterdir()}
+    assert {"subject.txt.j2", "digest.txt.j2", "digest.html.j2", "_paper.txt.j2", "_paper.html.j2"} <= names
+
+
+def test_override_templates_dir_wins(tmp_path: Path) -> None:
+    """A template in the override folder replaces the built-in one; the others still come from the built-ins."""
+    (tmp_path / "subject.txt.j2").write_text("[{{ list_name }}] {{ count }} for {{ date }}\n")
+    (tmp_path / "_paper.html.j2").write_text("<tr><td>{{ paper.title_html }} custom</td></tr>")
+    out = Renderer(templates_dir=tmp_path).render(_view(_paper(title="<T>")))
+    assert out.subject == "[Paper Digest] 1 for 2026-03-02"
+    assert "<tr><td>&lt;T&gt; custom</td></tr>" in out.html  # autoescape holds in overrides too
+    assert "1 new paper matched your filters." in out.text  # built-in text template
+
+
+def test_each_paper_block_is_rendered_once_per_renderer(tmp_path: Path) -> None:
+    """Rendering many digests that share papers renders each distinct paper block only once."""
+    (tmp_path / "_paper.txt.j2").write_text("{{ paper.arxiv_id | count_render }} {{ paper.title_text }}")
+    rendered_ids: list[str] = []
+
+    def count_render(value: str) -> str:
+        rendered_ids.append(value)
+        return value
+
+    renderer = Renderer(templates_dir=tmp_path)
+    renderer.environment.filters["count_render"] = count_render
+    papers = [_paper(arxiv_id=f"2401.0000{i}", title=f"Paper {i}") for i in range(4)]
+    for start in range(5):  # five digests, overlapping paper sets
+        subset = [papers[(start + k) % 4] for k in range(3)]
+        text = renderer.render(_view(*subset)).text
+        assert all(f"{p.arxiv_id} {p.title}" in text for p in subset)
+    assert sorted(rendered_ids) == sorted(p.arxiv_id for p in papers)
+    info = renderer.cache_info()
+    assert info.misses == 4 and info.hits == 5 * 3 - 4
