@@ -1,0 +1,217 @@
+"""Shared HTTP plumbing for feed sources: one well-behaved client and a GET with retries.
+
+Nothing here is feed-specific. The retry loop sleeps through an injected `sleep` and reads the
+clock through an injected `now`, so tests run it without waiting or patching time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from digestbot import __version__
+from digestbot.errors import ConfigError, FetchError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"digestbot/{__version__} (+https://github.com/digestbot/digestbot)"
+MAX_RETRY_AFTER = 300.0  # never wait longer than this on the server's word
+MAX_BACKOFF = 60.0  # cap of the exponential backoff between attempts
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a day of papers is well under 1 MiB; refuse anything absurd
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def make_client(
+    *,
+    timeout: float,
+    token: str | None,
+    transport: httpx.BaseTransport | None = None,
+    accept: str = "application/json",
+) -> httpx.Client:
+    """The HTTP client for feeds: descriptive User-Agent, timeout on every request, TLS verified.
+
+    The bearer token is sent only in the Authorization header (httpx drops it on cross-origin
+    redirects) and never appears in a message or log line.
+    """
+    if not timeout > 0:
+        raise ConfigError("must be a positive number of seconds", field="DIGESTBOT_FETCH_TIMEOUT")
+    headers = {"User-Agent": USER_AGENT, "Accept": accept}
+    token = (token or "").strip()
+    if token:
+        if any(ch.isspace() or not ch.isprintable() for ch in token):
+            # Do not echo the token: it is a secret.
+            raise ConfigError("contains spaces or control characters", field="HF_TOKEN")
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(
+        headers=headers,
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=True,
+        transport=transport,
+    )
+
+
+def safe_snippet(text: str, limit: int = 120) -> str:
+    """A short single-line excerpt of outside text, safe in an error message or a log line."""
+    text = " ".join(_UNSAFE.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def retry_after_seconds(headers: httpx.Headers, *, now: datetime) -> float | None:
+    """Seconds the server asks us to wait (Retry-After: seconds or HTTP-date), capped; else None.
+
+    An HTTP-date is measured against the response's own Date header when present (immune to
+    clock skew), else against `now`. Without Retry-After, the `t=` of a RateLimit header is used.
+    """
+    value = headers.get("retry-after", "").strip()
+    seconds: float | None = None
+    if value:
+        if value.isdigit():
+            seconds = float(value)
+        else:
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                when = None
+            if when is not None:
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
+                ref = now
+                try:
+                    served = parsedate_to_datetime(headers.get("date", ""))
+                    ref = served if served.tzinfo else served.replace(tzinfo=UTC)
+                except (TypeError, ValueError, IndexError, OverflowError):
+                    pass
+                seconds = (when - ref).total_seconds()
+    if seconds is None:
+        match = re.search(r"(?:^|[;,\s])t=(\d+)", headers.get("ratelimit", ""))
+        if match:
+            seconds = float(match.group(1))
+    if seconds is None:
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def backoff_delay(attempt: int, *, base: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": in [d/2, d] for d = base·2^attempt (capped).
+
+    Consecutive ranges touch but do not overlap, so a delay never shrinks from one try to the next.
+    """
+    ceiling = min(base * (2**attempt), MAX_BACKOFF)
+    return ceiling * (rng or random).uniform(0.5, 1.0)
+
+
+def _status_line(status: int) -> str:
+    try:
+        from http import HTTPStatus
+
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def get_bytes(
+    client: httpx.Client,
+    url: httpx.URL | str,
+    *,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None],
+    now: Callable[[], datetime],
+    explain_client_error: Callable[[int, str], str] | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+    rng: random.Random | None = None,
+) -> bytes:
+    """GET `url` and return the body of a 2xx answer; retry what is worth retrying, else FetchError.
+
+    Retried, up to `retries` times: connection errors, timeouts, 429 and 5xx (waiting Retry-After
+    when the server gives one, else exponential backoff with jitter). Any other status fails at
+    once; `explain_client_error(status, body_excerpt)` may supply the advice for a 4xx.
+    """
+    url = httpx.URL(url) if isinstance(url, str) else url
+    shown = str(url)
+    attempts = retries + 1
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        wait: float | None = None
+        try:
+            with client.stream("GET", url) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return _read_capped(response, max_bytes=max_bytes, url=shown)
+                if status in RETRYABLE_STATUSES:
+                    wait = retry_after_seconds(response.headers, now=now())
+                    problem = _status_line(status)
+                    if status == 429:
+                        advice = (
+                            "the feed is rate-limiting this address; wait a few minutes, or set "
+                            "HF_TOKEN to raise the limit"
+                        )
+                    else:
+                        advice = "the feed is having trouble; try again later"
+                else:
+                    body = _read_capped(response, max_bytes=4096, url=shown, truncate=True)
+                    excerpt = safe_snippet(body.decode("utf-8", "replace"))
+                    if 300 <= status < 400:
+                        where = safe_snippet(response.headers.get("location", "nowhere"))
+                        advice = f"unexpected redirect to {where}; check DIGESTBOT_FEED_URL"
+                    else:
+                        advice = (
+                            explain_client_error(status, excerpt) if explain_client_error else ""
+                        )
+                        advice = advice or "the feed refused the request; check DIGESTBOT_FEED_URL"
+                    said = f" (server said: {excerpt})" if excerpt else ""
+                    raise FetchError(f"GET {shown} failed: {_status_line(status)}{said}; {advice}")
+        except httpx.TimeoutException as exc:
+            problem = f"timed out ({type(exc).__name__})"
+            advice = (
+                "the feed is slow or unreachable; try again later or raise DIGESTBOT_FETCH_TIMEOUT"
+            )
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise FetchError(
+                f"GET {shown} failed: {safe_snippet(str(exc))}; check DIGESTBOT_FEED_URL"
+            ) from exc
+        except httpx.TransportError as exc:
+            problem = f"could not connect ({type(exc).__name__}: {safe_snippet(str(exc))})"
+            advice = "check the network connection and DIGESTBOT_FEED_URL, then try again"
+        except (
+            httpx.HTTPError
+        ) as exc:  # decoding errors, too many redirects: retrying will not help
+            raise FetchError(
+                f"GET {shown} failed: {type(exc).__name__}: {safe_snippet(str(exc))}"
+            ) from exc
+        if last:
+            tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+            raise FetchError(f"GET {shown} failed after {tries}: {problem}; {advice}")
+        delay = wait if wait is not None else backoff_delay(attempt, base=backoff, rng=rng)
+        log.warning(
+            "GET %s: %s; retry %d of %d in %.1f s", shown, problem, attempt + 1, retries, delay
+        )
+        sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_capped(
+    response: httpx.Response, *, max_bytes: int, url: str, truncate: bool = False
+) -> bytes:
+    """Read a streamed body, refusing (or, with `truncate`, cutting) one longer than `max_bytes`."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            if truncate:
+                break
+            raise FetchError(
+                f"GET {url}: response larger than {max_bytes} bytes; refusing it as not a feed"
+            )
+    return b"".join(chunks)[:max_bytes]
