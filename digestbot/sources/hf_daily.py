@@ -1,0 +1,464 @@
+"""The Hugging Face daily papers feed: a day (every page) or a window of days, strictly parsed.
+
+Format: `GET https://huggingface.co/api/daily_papers?date=YYYY-MM-DD&limit=100&p=N` answers a JSON
+list of items, each `{"paper": {...}, "numComments": N, ...}`. A response that is not that shape is
+rejected whole (FetchError naming the URL and the problem), so nothing half-parsed is ever stored.
+Offline, the feed URL may name a saved response (a file) or a folder of `YYYY-MM-DD.json` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+
+from digestbot.errors import FetchError
+from digestbot.sources.base import FetchedPaper
+from digestbot.sources.http import MAX_BODY_BYTES, get_bytes, make_client, safe_snippet
+
+__all__ = ["HFDailyPapers", "make_client", "parse_daily_papers"]
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 100  # the API's own maximum for `limit`
+MAX_PAGES = 100  # 10,000 papers in a day would mean the feed ignores `p`
+
+# New-style arXiv ids (YYMM.NNNNN, optional version) and old-style (archive[.SC]/YYMMNNN).
+_NEW_ID = re.compile(r"(\d{2}(?:0[1-9]|1[0-2])\.\d{4,5})(?:v\d+)?")
+_OLD_ID = re.compile(r"([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{2}(?:0[1-9]|1[0-2])\d{3})(?:v\d+)?")
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+# Characters that must never reach a single-line field (a mail header, a log line): C0/C1
+# controls, line/paragraph separators, and bidirectional overrides that disguise text.
+_SINGLE_LINE_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f<>\"'`\\\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------
+
+
+class _Reject(Exception):
+    """Internal: why one item is unusable; turned into a FetchError naming the URL."""
+
+
+def parse_daily_papers(content: bytes, *, url: str) -> list[FetchedPaper]:
+    """Parse one response body into papers, one per item, or reject it whole with FetchError.
+
+    Required per item: `paper.id` (an arXiv id), `paper.title`, `paper.submittedOnDailyAt`.
+    Everything else is optional; a present field of the wrong type is still an error.
+    """
+    shown = safe_snippet(str(url), 300)
+    data = _decode_json(content, url=shown)
+    if not isinstance(data, list):
+        detail = ""
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            detail = f" (it says: {safe_snippet(data['error'])})"
+        raise FetchError(
+            f"{shown}: expected a JSON list of papers, got {_kind(data)}{detail}; "
+            "the response was rejected and nothing from it was used"
+        )
+    papers: list[FetchedPaper] = []
+    for index, item in enumerate(data):
+        try:
+            papers.append(_parse_item(item))
+        except _Reject as exc:
+            label = _item_label(index, item)
+            raise FetchError(
+                f"{shown}: {label}: {exc}; the response was rejected and nothing from it was used"
+            ) from None
+    return papers
+
+
+def _decode_json(content: bytes, *, url: str) -> Any:
+    if not isinstance(content, bytes | bytearray | memoryview):
+        raise FetchError(
+            f"{url}: expected the response body as bytes, got {type(content).__name__}"
+        )
+    content = bytes(content)
+    head = content.lstrip(b"\xef\xbb\xbf \t\r\n")[:200]
+    if not head:
+        raise FetchError(f"{url}: empty response where a JSON list of papers was expected")
+    if head.startswith(b"<"):
+        start = safe_snippet(head.decode("utf-8", "replace"), 60)
+        raise FetchError(f"{url}: the response is HTML or XML, not JSON (it starts with {start!r})")
+    try:
+        return json.loads(content)
+    except json.JSONDecodeError as exc:
+        truncated = exc.pos >= len(exc.doc.rstrip()) - 1
+        what = "truncated JSON (the response ends early)" if truncated else "invalid JSON"
+        raise FetchError(
+            f"{url}: {what}: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise FetchError(f"{url}: the response is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise FetchError(f"{url}: the JSON is nested too deeply to be a list of papers") from None
+    except ValueError as exc:  # e.g. numbers too long to convert
+        raise FetchError(f"{url}: invalid JSON: {safe_snippet(str(exc))}") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__  # pragma: no cover
+
+
+def _item_label(index: int, item: Any) -> str:
+    label = f"item {index}"
+    if isinstance(item, dict) and isinstance(item.get("paper"), dict):
+        pid = item["paper"].get("id")
+        if isinstance(pid, str) and pid:
+            label += f" (paper {safe_snippet(pid, 40)!r})"
+    return label
+
+
+def _parse_item(item: Any) -> FetchedPaper:
+    if not isinstance(item, dict):
+        raise _Reject(f"expected an object, got {_kind(item)}")
+    paper = item.get("paper")
+    if not isinstance(paper, dict):
+        raise _Reject(
+            "missing 'paper' object"
+            if paper is None
+            else f"'paper' should be an object, got {_kind(paper)}"
+        )
+    f = _Fields(paper, "paper")
+    arxiv_id = _arxiv_id(f.required_str("id"))
+    title = clean_line(f.required_str("title"))
+    if not title:
+        raise _Reject("'paper.title' is empty")
+    featured_at = _datetime(f.required_str("submittedOnDailyAt"), "paper.submittedOnDailyAt")
+    published_raw = f.optional_str("publishedAt")
+    published_at = _datetime(published_raw, "paper.publishedAt") if published_raw else None
+    top = _Fields(item, "")
+    return FetchedPaper(
+        arxiv_id=arxiv_id,
+        title=title,
+        summary=clean_text(f.optional_str("summary") or ""),
+        authors=_authors(f.optional_list("authors")),
+        published_at=published_at,
+        featured_at=featured_at,
+        upvotes=f.optional_count("upvotes") or 0,
+        num_comments=top.optional_count("numComments") or 0,
+        github_repo=_web_url(f.optional_str("githubRepo")),
+        github_stars=f.optional_count("githubStars"),
+        project_page=_web_url(f.optional_str("projectPage")),
+        ai_summary=clean_text(f.optional_str("ai_summary") or "") or None,
+        ai_keywords=_keywords(f.optional_list("ai_keywords")),
+    )
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """Typed access to one JSON object's fields; a wrong type raises _Reject naming the field."""
+
+    obj: dict[str, Any]
+    prefix: str
+
+    def _name(self, key: str) -> str:
+        return f"'{self.prefix}.{key}'" if self.prefix else f"'{key}'"
+
+    def required_str(self, key: str) -> str:
+        if key not in self.obj or self.obj[key] is None:
+            raise _Reject(f"missing {self._name(key)}")
+        value = self.obj[key]
+        if not isinstance(value, str):
+            raise _Reject(f"{self._name(key)} should be a string, got {_kind(value)}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _Reject(f"{self._name(key)} should be a string, got {_kind(value)}")
+        return value
+
+    def optional_list(self, key: str) -> list[Any]:
+        value = self.obj.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise _Reject(f"{self._name(key)} should be a list, got {_kind(value)}")
+        return value
+
+    def optional_count(self, key: str) -> int | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Reject(f"{self._name(key)} should be a whole number, got {_kind(value)}")
+        if not 0 <= value < 2**63:
+            raise _Reject(f"{self._name(key)} is out of range ({value})")
+        return value
+
+
+def _arxiv_id(raw: str) -> str:
+    value = raw.strip()
+    match = _NEW_ID.fullmatch(value) or _OLD_ID.fullmatch(value)
+    if not match:
+        raise _Reject(f"'paper.id' is not an arXiv id: {safe_snippet(raw, 40)!r}")
+    return match.group(1)  # without any version suffix
+
+
+def _datetime(raw: str, name: str) -> datetime:
+    """An ISO 8601 date and time as timezone-aware UTC; a naive value is taken to be UTC."""
+    bad = _Reject(f"'{name}' is not an ISO 8601 date and time: {safe_snippet(raw, 40)!r}")
+    value = raw.strip()
+    if not _ISO_DATETIME.match(value):
+        raise bad
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise bad from None
+    if parsed.year < 1990:
+        raise bad
+    return parsed
+
+
+def _authors(raw: Iterable[Any]) -> tuple[str, ...]:
+    names: list[str] = []
+    for position, author in enumerate(raw):
+        if not isinstance(author, dict):
+            raise _Reject(f"'paper.authors[{position}]' should be an object, got {_kind(author)}")
+        name = author.get("name")
+        if name is None:
+            continue
+        if not isinstance(name, str):
+            raise _Reject(f"'paper.authors[{position}].name' should be a string, got {_kind(name)}")
+        cleaned = clean_line(name)
+        if cleaned:
+            names.append(cleaned)
+    return tuple(names)
+
+
+def _keywords(raw: Iterable[Any]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for position, keyword in enumerate(raw):
+        if not isinstance(keyword, str):
+            raise _Reject(
+                f"'paper.ai_keywords[{position}]' should be a string, got {_kind(keyword)}"
+            )
+        cleaned = clean_line(keyword)
+        if cleaned:
+            seen.setdefault(cleaned, None)
+    return tuple(seen)
+
+
+def _web_url(raw: str | None) -> str | None:
+    """Keep a link only if it is a plain absolute http(s) URL; drop anything else (javascript:)."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value or len(value) > 2048 or _URL_FORBIDDEN.search(value) or _SURROGATE.search(value):
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return None
+    return value
+
+
+def clean_line(text: str) -> str:
+    """A single-line field: controls (CR, LF, NUL, bidi overrides) become spaces, which collapse."""
+    text = _SURROGATE.sub("\ufffd", text)
+    text = unicodedata.normalize("NFC", _SINGLE_LINE_UNSAFE.sub(" ", text))
+    return " ".join(text.split())
+
+
+def clean_text(text: str) -> str:
+    """Running text (an abstract): cleaned like clean_line, so line wraps become single spaces."""
+    return clean_line(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fetching
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Where:
+    kind: str  # "http" | "path" | "bad"
+    value: str
+
+
+def _locate(feed_url: str | os.PathLike[str]) -> _Where:
+    text = os.fspath(feed_url).strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return _Where("bad", text)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return _Where("http", text) if parts.netloc else _Where("bad", text)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return _Where("bad", text)
+        return _Where("path", url2pathname(parts.path))
+    return _Where("path", os.path.expanduser(text))
+
+
+class HFDailyPapers:
+    """The Hugging Face daily papers feed, live over HTTP or offline from saved responses."""
+
+    def __init__(
+        self,
+        *,
+        feed_url: str,
+        client: httpx.Client | None,
+        retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+        page_size: int = 100,
+        backoff: float = 1.0,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        if backoff < 0:
+            raise ValueError("backoff must be 0 or more")
+        self.feed_url = os.fspath(feed_url)
+        self._where = _locate(feed_url)
+        if self._where.kind == "http" and client is None:
+            raise ValueError("an http(s) feed needs a client (see make_client)")
+        self._client = client
+        self._retries = retries
+        self._sleep = sleep
+        self._page_size = page_size
+        self._backoff = backoff
+        self._now = now or (lambda: datetime.now(UTC))
+
+    def fetch_day(self, day: date) -> list[FetchedPaper]:
+        """Every paper featured on `day` (all pages); [] for a day without papers.
+
+        Offline, a saved-response file yields all its papers whatever the day.
+        """
+        if self._where.kind == "http":
+            return self._fetch_day_http(day)
+        path = self._offline_path()
+        if path.is_dir():
+            saved = path / f"{day.isoformat()}.json"
+            if not saved.exists():
+                return []
+            return _dedupe(_read_saved(saved))
+        return _dedupe(_read_saved(path))
+
+    def fetch_window(self, *, today: date, lookback: int) -> list[FetchedPaper]:
+        """Papers of `today` and the `lookback` days before it, oldest first, once per arXiv id."""
+        if lookback < 0:
+            raise ValueError("lookback must be 0 or more")
+        if self._where.kind != "http" and self._offline_path().is_file():
+            return self.fetch_day(today)
+        papers: list[FetchedPaper] = []
+        for offset in range(lookback, -1, -1):
+            papers.extend(self.fetch_day(today - timedelta(days=offset)))
+        return _dedupe(papers)
+
+    def _offline_path(self) -> Path:
+        where = self._where
+        if where.kind == "path":
+            path = Path(where.value)
+            if path.is_file() or path.is_dir():
+                return path
+        raise FetchError(
+            f"feed URL {safe_snippet(self.feed_url, 200)!r} is neither an http(s) URL nor an "
+            "existing file or directory; check DIGESTBOT_FEED_URL"
+        )
+
+    def _fetch_day_http(self, day: date) -> list[FetchedPaper]:
+        assert self._client is not None
+        base = httpx.URL(self._where.value)
+        seen: dict[str, FetchedPaper] = {}
+        for page in range(MAX_PAGES):
+            url = base.copy_merge_params(
+                {"date": day.isoformat(), "limit": str(self._page_size), "p": str(page)}
+            )
+            content = get_bytes(
+                self._client,
+                url,
+                retries=self._retries,
+                backoff=self._backoff,
+                sleep=self._sleep,
+                now=self._now,
+                explain_client_error=lambda status, _body: self._explain(status, day),
+            )
+            papers = parse_daily_papers(content, url=str(url))
+            fresh = [p for p in papers if p.arxiv_id not in seen]
+            for paper in fresh:
+                seen[paper.arxiv_id] = paper
+            log.debug("GET %s: %d papers (%d new)", url, len(papers), len(fresh))
+            if len(papers) < self._page_size:
+                return list(seen.values())
+            if not fresh:
+                log.warning("GET %s repeated earlier papers; the feed may ignore paging", url)
+                return list(seen.values())
+        raise FetchError(
+            f"{base}: more than {MAX_PAGES} pages of papers for {day.isoformat()}; "
+            "the feed seems to ignore the page parameter p"
+        )
+
+    def _explain(self, status: int, day: date) -> str:
+        today = self._now().astimezone(UTC).date()
+        if status == 400 and day > today:
+            return (
+                f"{day.isoformat()} is in the future (today is {today.isoformat()} UTC) and the "
+                "feed only answers for past days; ask for an earlier date"
+            )
+        if status == 400:
+            return f"the feed rejected the date {day.isoformat()}; check the date"
+        if status in (401, 403):
+            return "the feed refused the credentials; check HF_TOKEN (or unset it)"
+        if status == 404:
+            return "no feed at this address; check DIGESTBOT_FEED_URL"
+        return ""
+
+
+def _read_saved(path: Path) -> list[FetchedPaper]:
+    shown = str(path)
+    try:
+        with path.open("rb") as handle:
+            content = handle.read(MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise FetchError(f"{shown}: cannot read the saved feed: {exc.strerror or exc}") from exc
+    if len(content) > MAX_BODY_BYTES:
+        raise FetchError(f"{shown}: larger than {MAX_BODY_BYTES} bytes; not a saved feed response")
+    return parse_daily_papers(content, url=shown)
+
+
+def _dedupe(papers: Iterable[FetchedPaper]) -> list[FetchedPaper]:
+    """One paper per arXiv id; the first seen (the earliest featuring) wins."""
+    seen: dict[str, FetchedPaper] = {}
+    for paper in papers:
+        seen.setdefault(paper.arxiv_id, paper)
+    return list(seen.values())
