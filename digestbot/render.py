@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -289,7 +288,7 @@ def _mailto_parts(mailto: str) -> tuple[str | None, str | None]:
     value = clean_line(mailto)
     if not value.lower().startswith("mailto:") or any(ch in value for ch in '<>"\\ '):
         return None, None
-    rest = value[len("mailto:"):]
+    rest = value[len("mailto:") :]
     address, _, query = rest.partition("?")
     address = unquote(address)
     if "@" not in address:
@@ -428,8 +427,9 @@ class Renderer:
         subject = clean_line(self.environment.get_template(TEMPLATE_SUBJECT).render(**ctx))
         titles = "; ".join(clean_line(p.title) for p in view.papers[:3])
         preheader = (
-            f"{count} new paper{'s' if count != 1 else ''}: {titles}" if count else
-            "Nothing matched your filters today."
+            f"{count} new paper{'s' if count != 1 else ''}: {titles}"
+            if count
+            else "Nothing matched your filters today."
         )
         if len(preheader) > 140:
             preheader = preheader[:139].rstrip() + "\u2026"

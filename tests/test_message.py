@@ -7,7 +7,7 @@ import email.policy
 import os
 import re
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
@@ -26,7 +26,7 @@ GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("DIGESTBOT_REGEN_GOLDEN") == "1"
 
 FROM = "Paper Digest <digest@example.org>"
-DATE = datetime(2026, 3, 2, 7, 0, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
 LIST_ID = "Paper Digest <paper-digest.example.org>"
 MAILTO = "mailto:unsubscribe@example.org?subject=unsubscribe"
 UNSUB_URL = "https://digest.example.org/unsubscribe?token=abc123"
@@ -35,7 +35,9 @@ RENDERED = RenderedDigest(
     subject="Paper Digest — 2 new papers for 2026-03-02",
     text=(
         "Hello Zoë,\n\n1.  *Speculative decoding* for LLMs\n    Jürgen Schmidhuber, 李飞飞\n\n"
-        + "An unbroken abstract: " + "x" * 1200 + "\n\n"
+        + "An unbroken abstract: "
+        + "x" * 1200
+        + "\n\n"
         "Unsubscribe: https://digest.example.org/unsubscribe?token=abc123\n"
     ),
     html=(
@@ -62,17 +64,17 @@ EXPECTED_HEADERS = [
 
 
 def _build(**changes: Any) -> EmailMessage:
-    kwargs: dict[str, Any] = dict(
-        rendered=RENDERED,
-        from_addr=FROM,
-        to_addr="ada@example.org",
-        to_name="Ada Lovelace",
-        message_id=make_message_id(digest_key="ada@example.org/2026-03-02", from_addr=FROM),
-        date=DATE,
-        list_id=LIST_ID,
-        unsubscribe_mailto=MAILTO,
-        unsubscribe_url=UNSUB_URL,
-    )
+    kwargs: dict[str, Any] = {
+        "rendered": RENDERED,
+        "from_addr": FROM,
+        "to_addr": "ada@example.org",
+        "to_name": "Ada Lovelace",
+        "message_id": make_message_id(digest_key="ada@example.org/2026-03-02", from_addr=FROM),
+        "date": DATE,
+        "list_id": LIST_ID,
+        "unsubscribe_mailto": MAILTO,
+        "unsubscribe_url": UNSUB_URL,
+    }
     kwargs.update(changes)
     return build_message(**kwargs)
 
@@ -134,7 +136,9 @@ def test_headers_present_once_each() -> None:
     assert msg["To"] == "Ada Lovelace <ada@example.org>"
     assert msg["Subject"] == RENDERED.subject
     assert msg["Date"].datetime == DATE
-    assert msg["Message-ID"] == make_message_id(digest_key="ada@example.org/2026-03-02", from_addr=FROM)
+    assert msg["Message-ID"] == make_message_id(
+        digest_key="ada@example.org/2026-03-02", from_addr=FROM
+    )
     assert msg["List-Id"] == '"Paper Digest" <paper-digest.example.org>'
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Precedence"] == "bulk"
@@ -197,7 +201,9 @@ def test_non_ascii_names_and_subject_round_trip() -> None:
 
 def test_display_name_with_specials_is_quoted() -> None:
     """A display name with commas, quotes and angle brackets stays one mailbox for the right address."""
-    msg = _assert_clean(message_bytes(_build(to_name='Lovelace, Ada "The Countess" <ada@evil.org>')))
+    msg = _assert_clean(
+        message_bytes(_build(to_name='Lovelace, Ada "The Countess" <ada@evil.org>'))
+    )
     addresses = msg["To"].addresses
     assert len(addresses) == 1
     assert addresses[0].addr_spec == "ada@example.org"
@@ -254,7 +260,9 @@ def test_recipient_must_be_one_plain_address(to_addr: str) -> None:
         _build(to_addr=to_addr)
 
 
-@pytest.mark.parametrize("from_addr", ["", "Digest", "a@b.org, c@d.org", "Digest <digest@example.org>\r\nBcc: x@y.z"])
+@pytest.mark.parametrize(
+    "from_addr", ["", "Digest", "a@b.org, c@d.org", "Digest <digest@example.org>\r\nBcc: x@y.z"]
+)
 def test_from_address_must_be_one_mailbox(from_addr: str) -> None:
     """A From setting that is not exactly one mailbox is a ConfigError."""
     with pytest.raises(ConfigError):
@@ -302,7 +310,10 @@ def test_long_unsubscribe_url_is_never_encoded() -> None:
     msg = _assert_clean(raw)
     assert msg["List-Unsubscribe"] == f"<{MAILTO}>, <{url}>"
     header = raw.split(b"\r\n\r\n", 1)[0]
-    assert b"=?utf-8?" not in header.split(b"List-Unsubscribe:", 1)[1].split(b"List-Unsubscribe-Post")[0]
+    assert (
+        b"=?utf-8?"
+        not in header.split(b"List-Unsubscribe:", 1)[1].split(b"List-Unsubscribe-Post")[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -321,7 +332,9 @@ def test_unsubscribe_url_must_be_plain_https(url: str) -> None:
         _build(unsubscribe_url=url)
 
 
-@pytest.mark.parametrize("mailto", ["unsubscribe@example.org", "mailto:", "mailto:a@b.org>, <https://evil/", "http://x"])
+@pytest.mark.parametrize(
+    "mailto", ["unsubscribe@example.org", "mailto:", "mailto:a@b.org>, <https://evil/", "http://x"]
+)
 def test_unsubscribe_mailto_must_be_mailto_uri(mailto: str) -> None:
     """An unsubscribe address that is not a plain mailto: URI is a ConfigError."""
     with pytest.raises(ConfigError):
@@ -358,11 +371,12 @@ def _rsa_key() -> tuple[bytes, bytes]:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
     except ImportError:
-        pem = subprocess.run(
-            ["openssl", "genrsa", "2048"], check=True, capture_output=True
-        ).stdout
+        pem = subprocess.run(["openssl", "genrsa", "2048"], check=True, capture_output=True).stdout
         der = subprocess.run(
-            ["openssl", "rsa", "-pubout", "-outform", "DER"], input=pem, check=True, capture_output=True
+            ["openssl", "rsa", "-pubout", "-outform", "DER"],
+            input=pem,
+            check=True,
+            capture_output=True,
         ).stdout
         return pem, der
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -392,15 +406,28 @@ def _dnsfunc(public_der: bytes) -> Any:
 def test_dkim_signature_verifies_and_covers_list_headers(rsa_key: tuple[bytes, bytes]) -> None:
     """A signed message verifies against the public key and the signature covers the List-* headers."""
     private_pem, public_der = rsa_key
-    signed = dkim_sign(message_bytes(_build()), selector="mail", domain="example.org", private_key=private_pem)
+    signed = dkim_sign(
+        message_bytes(_build()), selector="mail", domain="example.org", private_key=private_pem
+    )
     assert signed.startswith(b"DKIM-Signature:")
     assert dkim.verify(signed, dnsfunc=_dnsfunc(public_der))
     msg = _assert_clean(signed)
     tags = dict(
-        item.strip().split("=", 1) for item in re.sub(r"\s+", "", str(msg["DKIM-Signature"])).split(";") if item
+        item.strip().split("=", 1)
+        for item in re.sub(r"\s+", "", str(msg["DKIM-Signature"])).split(";")
+        if item
     )
     signed_headers = tags["h"].lower().split(":")
-    for name in ("from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"):
+    for name in (
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "list-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    ):
         assert name in signed_headers
     assert signed_headers.count("from") == 2  # over-signed: a second From breaks the signature
     assert tags["d"] == "example.org" and tags["s"] == "mail"
@@ -410,7 +437,10 @@ def test_dkim_without_url_signs_only_present_headers(rsa_key: tuple[bytes, bytes
     """Without an unsubscribe URL, List-Unsubscribe-Post is not listed and the signature still verifies."""
     private_pem, public_der = rsa_key
     signed = dkim_sign(
-        message_bytes(_build(unsubscribe_url=None)), selector="mail", domain="example.org", private_key=private_pem
+        message_bytes(_build(unsubscribe_url=None)),
+        selector="mail",
+        domain="example.org",
+        private_key=private_pem,
     )
     assert dkim.verify(signed, dnsfunc=_dnsfunc(public_der))
     head = signed.split(b"\r\n\r\n", 1)[0].lower()
@@ -420,9 +450,13 @@ def test_dkim_without_url_signs_only_present_headers(rsa_key: tuple[bytes, bytes
 def test_dkim_detects_tampering(rsa_key: tuple[bytes, bytes]) -> None:
     """Changing a signed header, adding a second From, or changing the body makes verification fail."""
     private_pem, public_der = rsa_key
-    signed = dkim_sign(message_bytes(_build()), selector="mail", domain="example.org", private_key=private_pem)
+    signed = dkim_sign(
+        message_bytes(_build()), selector="mail", domain="example.org", private_key=private_pem
+    )
     dnsfunc = _dnsfunc(public_der)
-    assert not dkim.verify(signed.replace(b"unsubscribe?token=abc123", b"unsubscribe?token=evil00"), dnsfunc=dnsfunc)
+    assert not dkim.verify(
+        signed.replace(b"unsubscribe?token=abc123", b"unsubscribe?token=evil00"), dnsfunc=dnsfunc
+    )
     assert not dkim.verify(b"From: evil@example.net\r\n" + signed, dnsfunc=dnsfunc)
     assert not dkim.verify(signed.replace(b"Hello Zo", b"Hallo Zo"), dnsfunc=dnsfunc)
 
@@ -445,7 +479,9 @@ def test_dkim_bad_key_or_selector_is_config_error() -> None:
     name=st.one_of(st.none(), st.text(max_size=120)),
     body=st.text(max_size=2000),
 )
-def test_arbitrary_text_never_adds_headers_or_defects(subject: str, name: str | None, body: str) -> None:
+def test_arbitrary_text_never_adds_headers_or_defects(
+    subject: str, name: str | None, body: str
+) -> None:
     """Arbitrary subject, recipient name and body text never add a header or recipient nor cause a parse defect."""
     raw = message_bytes(
         _build(rendered=RenderedDigest(subject=subject, text=body, html=body), to_name=name)

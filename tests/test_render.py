@@ -84,7 +84,9 @@ def golden_view() -> DigestView:
     """The fixed digest of the golden files: three papers, non-ASCII authors, spans, more_count."""
     title1 = "Mirostat: A Neural Text Decoding Algorithm that Directly Controls Perplexity"
     title2 = "Données et diffusion : Test-Time Compute for Speculative Decoding"
-    summary2 = "We study test-time compute for speculative decoding with multi-draft diffusion models."
+    summary2 = (
+        "We study test-time compute for speculative decoding with multi-draft diffusion models."
+    )
     title3 = "Bandits with Knapsacks & <Constraints>"
     summary3 = "Regret bounds for bandits when budgets bind; see the appendix for proofs."
     return DigestView(
@@ -175,7 +177,20 @@ class _TagCollector(HTMLParser):
         self.text.append(data)
 
 
-ALLOWED_TAGS = {"html", "head", "meta", "title", "body", "div", "table", "tr", "td", "a", "span", "mark"}
+ALLOWED_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "body",
+    "div",
+    "table",
+    "tr",
+    "td",
+    "a",
+    "span",
+    "mark",
+}
 
 
 def _tags(html: str) -> _TagCollector:
@@ -214,8 +229,14 @@ def test_golden_content() -> None:
     out = Renderer().render(golden_view())
     assert out.subject == "Paper Digest — 3 new papers for 2026-03-02"
     flat = " ".join(out.text.split())  # the text part is word-wrapped
-    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more" in flat
-    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more" in out.html
+    assert (
+        "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more"
+        in flat
+    )
+    assert (
+        "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more"
+        in out.html
+    )
     assert "Jürgen Schmidhuber, François Chollet, 李飞飞" in out.text
     assert 'Matched: "text decoding", perplexity' in out.text
     assert "*Text Decoding*" in out.text
@@ -337,7 +358,7 @@ def test_trimmed_abstract_keeps_spans_consistent() -> None:
     cut_word = words.index("word075")  # around character 600
     spans = ((0, 7), (cut_word - 4, cut_word + 30), (1500, 1507))
     out = Renderer().render(_view(_paper(summary=words, summary_spans=spans)))
-    body = re.search(r'padding-top:10px;">(.*?)</div>', out.html, re.S)
+    body = re.search(r'padding-top:10px;">(.*?)</div>', out.html, re.DOTALL)
     assert body is not None
     shown = re.sub(r"<[^>]+>", "", body.group(1))
     assert shown.endswith("\u2026")
@@ -350,7 +371,7 @@ def test_trimmed_abstract_keeps_spans_consistent() -> None:
 # --------------------------------------------------------------------------- hostile input
 
 
-HOSTILE = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>\r\nBcc: evil@example.org"
+HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>\r\nBcc: evil@example.org'
 
 
 def test_hostile_feed_text_cannot_add_markup_or_script_links() -> None:
@@ -413,7 +434,9 @@ def test_http_urls_are_kept_and_non_ascii_is_percent_encoded() -> None:
     assert safe_http_url("https://example.org/ünï") == "https://example.org/%C3%BCn%C3%AF"
 
 
-@pytest.mark.parametrize("bad_id", ["../../evil", "2401.01234?x=<b>", "javascript:alert(1)", "", "2401 01234"])
+@pytest.mark.parametrize(
+    "bad_id", ["../../evil", "2401.01234?x=<b>", "javascript:alert(1)", "", "2401 01234"]
+)
 def test_invalid_arxiv_ids_make_no_links(bad_id: str) -> None:
     """A malformed arXiv id is never put into a URL; the title is shown without a link."""
     out = Renderer().render(_view(_paper(arxiv_id=bad_id, title="Plain title")))
@@ -454,7 +477,13 @@ def test_arbitrary_feed_text_renders_safely(
 def test_builtin_templates_exist() -> None:
     """The built-in template folder holds the subject, text, HTML and paper partial templates."""
     names = {p.name for p in templates_dir().iterdir()}
-    assert {"subject.txt.j2", "digest.txt.j2", "digest.html.j2", "_paper.txt.j2", "_paper.html.j2"} <= names
+    assert {
+        "subject.txt.j2",
+        "digest.txt.j2",
+        "digest.html.j2",
+        "_paper.txt.j2",
+        "_paper.html.j2",
+    } <= names
 
 
 def test_override_templates_dir_wins(tmp_path: Path) -> None:
@@ -469,7 +498,9 @@ def test_override_templates_dir_wins(tmp_path: Path) -> None:
 
 def test_each_paper_block_is_rendered_once_per_renderer(tmp_path: Path) -> None:
     """Rendering many digests that share papers renders each distinct paper block only once."""
-    (tmp_path / "_paper.txt.j2").write_text("{{ paper.arxiv_id | count_render }} {{ paper.title_text }}")
+    (tmp_path / "_paper.txt.j2").write_text(
+        "{{ paper.arxiv_id | count_render }} {{ paper.title_text }}"
+    )
     rendered_ids: list[str] = []
 
     def count_render(value: str) -> str:

@@ -52,7 +52,6 @@ they occur) so a relay cannot add a second copy without breaking the signature."
 _OVERSIGNED = ("From", "To", "Subject")
 
 
-
 class _VerbatimHeader(UnstructuredHeader):
     """An ASCII header whose value is kept exactly as given and folded only at spaces.
 
@@ -66,15 +65,14 @@ class _VerbatimHeader(UnstructuredHeader):
         kwds["decoded"] = value
 
     def fold(self, *, policy: email.policy.Policy) -> str:
+        head = f"{self.name}:"
+        limit = policy.max_line_length or 78
         lines: list[str] = []
-        line = f"{self.name}:"
-        for token in str(self).split(" "):
-            if not token:
-                continue
-            if len(line) + 1 + len(token) > (policy.max_line_length or 78) and line.strip():
-                if line != f"{self.name}:":
-                    lines.append(line)
-                    line = ""
+        line = head
+        for token in filter(None, str(self).split(" ")):
+            if line != head and len(line) + 1 + len(token) > limit:
+                lines.append(line)
+                line = ""
             line += " " + token
         lines.append(line)
         return policy.linesep.join(lines) + policy.linesep
@@ -94,8 +92,10 @@ _POLICY = _make_policy()
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u0085]")
 _SPACE_RUN = re.compile(r"\s+")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_DOMAIN = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_DOMAIN = re.compile(
+    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
 _MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x5a\x5e-\x7e]+>")
 _URI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\uffff<>\"\\`{}|^,]")
 _URI_MAX = 900
@@ -140,7 +140,9 @@ def parse_address(value: str, *, what: str, allow_display_name: bool = False) ->
         raise ConfigError(f"{what}: not a single email address: {value!r}")
     local, _, domain = addr_spec.rpartition("@")
     if not local or not local.isascii() or not _DOT_ATOM.fullmatch(local):
-        raise ConfigError(f"{what}: unsupported mailbox {addr_spec!r} (plain ASCII local part needed)")
+        raise ConfigError(
+            f"{what}: unsupported mailbox {addr_spec!r} (plain ASCII local part needed)"
+        )
     domain = _ascii_domain(domain, what=what)
     try:
         return Address(display_name=display_name, username=local, domain=domain)
@@ -161,7 +163,11 @@ def make_message_id(*, digest_key: str, from_addr: str) -> str:
 
 def _mailto_uri(value: str) -> str:
     value = value.strip()
-    if not value.lower().startswith("mailto:") or len(value) > _URI_MAX or _URI_FORBIDDEN.search(value):
+    if (
+        not value.lower().startswith("mailto:")
+        or len(value) > _URI_MAX
+        or _URI_FORBIDDEN.search(value)
+    ):
         raise ConfigError(f"unsubscribe address must be a plain ASCII mailto: URI, got {value!r}")
     if "@" not in value.partition("?")[0]:
         raise ConfigError(f"unsubscribe mailto: URI has no address: {value!r}")
@@ -170,7 +176,11 @@ def _mailto_uri(value: str) -> str:
 
 def _https_uri(value: str) -> str:
     value = value.strip()
-    if not value.lower().startswith("https://") or len(value) > _URI_MAX or _URI_FORBIDDEN.search(value):
+    if (
+        not value.lower().startswith("https://")
+        or len(value) > _URI_MAX
+        or _URI_FORBIDDEN.search(value)
+    ):
         raise ConfigError(
             f"unsubscribe URL must be a plain ASCII https:// URL (RFC 8058), got {value!r}"
         )
@@ -259,7 +269,9 @@ def build_message(
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
     msg.set_content(_body(rendered.text), subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(_body(rendered.html), subtype="html", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(
+        _body(rendered.html), subtype="html", charset="utf-8", cte="quoted-printable"
+    )
     for part in msg.iter_parts():
         del part["MIME-Version"]  # only the top level carries it
     return msg
