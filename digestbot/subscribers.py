@@ -1,0 +1,645 @@
+"""subscribers.toml → validated SubscriberSpec values; every error names file, line, subscriber, field.
+
+Validation is strict and complete before anything is fetched or sent: unknown keys, wrong types,
+bad addresses, times, zones, limits, duplicates and queries that do not parse are all errors.
+tomllib gives no positions for values, so `_LineMap` recovers them by scanning the raw text.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import functools
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digestbot.errors import ConfigError
+from digestbot.settings import check_addr_spec
+
+__all__ = ["SubscriberSpec", "load_subscribers", "parse_subscribers"]
+
+TOP_KEYS = ("defaults", "subscribers")
+DEFAULT_KEYS = ("send_at", "timezone", "max_papers", "send_empty", "min_upvotes")
+SUBSCRIBER_KEYS = (
+    "email", "name", "keywords", "exclude", "authors",
+    "min_upvotes", "send_at", "timezone", "max_papers", "send_empty",
+)
+BUILTIN_DEFAULTS: Mapping[str, Any] = {
+    "send_at": datetime.time(7, 0),
+    "timezone": "UTC",
+    "max_papers": 25,
+    "send_empty": False,
+    "min_upvotes": 0,
+}
+MAX_PAPERS_LIMIT = 500
+MIN_UPVOTES_LIMIT = 1_000_000
+MAX_ENTRY_LENGTH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberSpec:
+    """One validated subscriber: who, what they follow, and when their digest goes out."""
+
+    email: str
+    name: str | None
+    keywords: tuple[str, ...]
+    exclude: tuple[str, ...]
+    authors: tuple[str, ...]
+    min_upvotes: int
+    send_at: datetime.time
+    timezone: str
+    max_papers: int
+    send_empty: bool
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        """The subscriber's zone (validated when the file was loaded)."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+def load_subscribers(path: Path) -> list[SubscriberSpec]:
+    """Read and validate the subscribers file at `path`."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "subscribers file not found; run `digestbot init` to create an example "
+            "there, or set DIGESTBOT_SUBSCRIBERS to your file",
+            file=source,
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the subscribers file: {exc.strerror or exc}",
+                          file=source) from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError("the file is not valid UTF-8", file=source, line=line) from exc
+    return parse_subscribers(text, source=source)
+
+
+def parse_subscribers(text: str, *, source: str) -> list[SubscriberSpec]:
+    """Parse and validate subscribers TOML `text`; `source` names it in errors (usually the path)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _toml_error(exc, text, source) from exc
+    except RecursionError as exc:
+        raise ConfigError("invalid TOML: values nested too deeply", file=source) from exc
+    except ValueError as exc:  # e.g. an integer literal with thousands of digits
+        raise ConfigError(f"invalid TOML: {exc}", file=source) from exc
+    return _Validator(doc, _LineMap.scan(text), source).run()
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, text: str, source: str) -> ConfigError:
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if match:
+        reason = message[: match.start()]
+        return ConfigError(f"invalid TOML: {reason} at column {match.group(2)}",
+                           file=source, line=int(match.group(1)))
+    if message.endswith("(at end of document)"):
+        reason = message[: -len("(at end of document)")].rstrip()
+        return ConfigError(f"invalid TOML: {reason} at the end of the file",
+                           file=source, line=_last_line(text) or None)
+    return ConfigError(f"invalid TOML: {message}", file=source)
+
+
+def _last_line(text: str) -> int:
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Invalid(ValueError):
+    """A value-level problem; the caller adds file, line, subscriber and field."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TIME = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, str):
+        return f"a string ({_short(value)})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
+    return type(value).__name__  # pragma: no cover - tomllib produces nothing else
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _check_int(value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer from {lo} to {hi}, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise _Invalid(f"{value} is out of range; expected an integer from {lo} to {hi}")
+    return value
+
+
+def _check_max_papers(value: object) -> int:
+    return _check_int(value, 1, MAX_PAPERS_LIMIT)
+
+
+def _check_min_upvotes(value: object) -> int:
+    return _check_int(value, 0, MIN_UPVOTES_LIMIT)
+
+
+def _check_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _check_send_at(value: object) -> datetime.time:
+    if isinstance(value, datetime.time) and not isinstance(value, datetime.datetime):
+        if value.tzinfo is None and value.second == 0 and value.microsecond == 0:
+            return value
+        raise _Invalid(f"{value.isoformat()} is not a whole minute; expected HH:MM, e.g. \"07:00\"")
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a time as HH:MM (24-hour), e.g. \"07:00\", got {_kind(value)}")
+    match = _TIME.fullmatch(value.strip())
+    if not match:
+        raise _Invalid(f"{_short(value)} is not a time; expected HH:MM (24-hour), e.g. \"07:00\"")
+    return datetime.time(int(match.group(1)), int(match.group(2)))
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _check_timezone(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected an IANA zone name such as \"Europe/Paris\", got {_kind(value)}")
+    name = value.strip()
+    ok = bool(_ZONE_NAME.fullmatch(name)) and len(name) <= 64
+    if ok:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            ok = False
+    if not ok:
+        close = difflib.get_close_matches(name, _zone_names(), n=1) if len(name) <= 64 else []
+        hint = f"; did you mean {close[0]!r}?" if close else " such as \"Europe/Paris\" or \"UTC\""
+        raise _Invalid(f"{_short(value)} is not a known IANA time zone{hint}")
+    return name
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected {what} as a string, got {_kind(value)}")
+    text = value.strip()
+    if _CONTROL.search(text):
+        raise _Invalid(f"{_short(value)} contains a control character (newline, tab...)")
+    if len(text) > MAX_ENTRY_LENGTH:
+        raise _Invalid(f"is longer than {MAX_ENTRY_LENGTH} characters")
+    return text
+
+
+def _check_list(value: object, example: str) -> list[object]:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of strings, e.g. {example}, got {_kind(value)}")
+    return value
+
+
+def _check_email(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected an address as a string, got {_kind(value)}")
+    try:
+        return check_addr_spec(value, need_dot=True)
+    except ValueError as exc:
+        raise _Invalid(f"{_short(value)} is not a valid address: {exc}") from None
+
+
+_DEFAULT_CHECKS: Mapping[str, Callable[[object], object]] = {
+    "send_at": _check_send_at,
+    "timezone": _check_timezone,
+    "max_papers": _check_max_papers,
+    "send_empty": _check_bool,
+    "min_upvotes": _check_min_upvotes,
+}
+
+
+def _unknown_key_message(key: str, allowed: tuple[str, ...], where: str) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r} in {where}; {hint}allowed: {', '.join(allowed)}"
+
+
+class _Validator:
+    def __init__(self, doc: dict[str, Any], lines: _LineMap, source: str) -> None:
+        self.doc = doc
+        self.lines = lines
+        self.source = source
+
+    def error(self, message: str, *, line: int | None, subscriber: str | None = None,
+              field_name: str | None = None) -> ConfigError:
+        return ConfigError(message, file=self.source, line=line, subscriber=subscriber,
+                           field=field_name)
+
+    def run(self) -> list[SubscriberSpec]:
+        for key in self.doc:
+            if key not in TOP_KEYS:
+                raise self.error(_unknown_key_message(key, TOP_KEYS, "the file"),
+                                 line=self.lines.top.get(key), field_name=key)
+        defaults = self.defaults()
+        raw = self.doc.get("subscribers")
+        if raw is None or raw == []:
+            raise self.error(
+                "no subscribers: add at least one [[subscribers]] entry with an email and keywords",
+                line=self.lines.top.get("subscribers"), field_name="subscribers")
+        if not isinstance(raw, list):
+            raise self.error(
+                f"expected [[subscribers]] entries (an array of tables), got {_kind(raw)}",
+                line=self.lines.top.get("subscribers"), field_name="subscribers")
+        specs: list[SubscriberSpec] = []
+        seen: dict[str, tuple[int, int | None]] = {}
+        for index, entry in enumerate(raw):
+            spec = self.subscriber(index, entry, defaults)
+            key = spec.email.casefold()
+            if key in seen:
+                first_n, first_line = seen[key]
+                where = f" (line {first_line})" if first_line else ""
+                raise self.error(
+                    f"duplicate email {spec.email!r}: subscriber #{first_n}{where} already uses it "
+                    "(addresses are compared ignoring case)",
+                    line=self.lines.sub(index, "email"), subscriber=spec.email, field_name="email")
+            seen[key] = (index + 1, self.lines.sub(index, "email"))
+            specs.append(spec)
+        return specs
+
+    def defaults(self) -> dict[str, Any]:
+        merged = dict(BUILTIN_DEFAULTS)
+        raw = self.doc.get("defaults")
+        if raw is None:
+            return merged
+        if not isinstance(raw, dict):
+            raise self.error(f"[defaults] must be a table, got {_kind(raw)}",
+                             line=self.lines.top.get("defaults"), field_name="defaults")
+        for key, value in raw.items():
+            line = self.lines.default(key)
+            if key not in DEFAULT_KEYS:
+                hint = " (set it per subscriber)" if key in SUBSCRIBER_KEYS else ""
+                raise self.error(
+                    _unknown_key_message(key, DEFAULT_KEYS, "[defaults]") + hint,
+                    line=line, field_name=key)
+            try:
+                merged[key] = _DEFAULT_CHECKS[key](value)
+            except _Invalid as exc:
+                raise self.error(f"in [defaults]: {exc}", line=line, field_name=key) from None
+        return merged
+
+    def subscriber(self, index: int, entry: object, defaults: Mapping[str, Any]) -> SubscriberSpec:
+        number = f"#{index + 1}"
+        header = self.lines.sub(index)
+        if not isinstance(entry, dict):
+            raise self.error(f"each subscriber must be a table, got {_kind(entry)}",
+                             line=header, subscriber=number)
+        try:
+            email: str | None = _check_email(entry["email"]) if "email" in entry else None
+            email_problem: str | None = None if email else "missing 'email'"
+        except _Invalid as exc:
+            email, email_problem = None, str(exc)
+        who = email or number
+        for key in entry:
+            if key not in SUBSCRIBER_KEYS:
+                raise self.error(_unknown_key_message(key, SUBSCRIBER_KEYS, "a subscriber"),
+                                 line=self.lines.sub(index, key), subscriber=who, field_name=key)
+        if email is None:
+            assert email_problem is not None
+            raise self.error(email_problem, line=self.lines.sub(index, "email"),
+                             subscriber=number, field_name="email")
+
+        def check(key: str, fn: Callable[[object], Any]) -> Any:
+            try:
+                return fn(entry[key])
+            except _Invalid as exc:
+                raise self.error(str(exc), line=self.lines.sub(index, key), subscriber=who,
+                                 field_name=key) from None
+
+        def strings(key: str, example: str, what: str) -> tuple[str, ...]:
+            if key not in entry:
+                return ()
+            items = check(key, lambda v: _check_list(v, example))
+            out = []
+            for position, item in enumerate(items, start=1):
+                try:
+                    text = _check_text(item, what)
+                    if not text:
+                        raise _Invalid("is empty")
+                except _Invalid as exc:
+                    raise self.error(f"entry {position}: {exc}",
+                                     line=self.lines.item(index, key, position - 1),
+                                     subscriber=who, field_name=key) from None
+                out.append(text)
+            return tuple(out)
+
+        name = None
+        if "name" in entry:
+            name = check("name", lambda v: _check_text(v, "a name")) or None
+        keywords = strings("keywords", '["diffusion", "\\"speculative decoding\\""]', "a query")
+        exclude = strings("exclude", '["survey"]', "a query")
+        authors = strings("authors", '["Christopher Ré"]', "an author name")
+        values = {
+            key: check(key, fn) if key in entry else defaults[key]
+            for key, fn in _DEFAULT_CHECKS.items()
+        }
+        if not keywords and not authors:
+            raise self.error(
+                "follows nothing: give at least one entry in keywords or authors",
+                line=self.lines.sub(index, "keywords") if "keywords" in entry else header,
+                subscriber=who, field_name="keywords")
+        for key, queries in (("keywords", keywords), ("exclude", exclude)):
+            self.check_queries(queries, index=index, who=who, key=key)
+        return SubscriberSpec(
+            email=email,
+            name=name,
+            keywords=keywords,
+            exclude=exclude,
+            authors=authors,
+            min_upvotes=values["min_upvotes"],
+            send_at=values["send_at"],
+            timezone=values["timezone"],
+            max_papers=values["max_papers"],
+            send_empty=values["send_empty"],
+            line=header,
+        )
+
+    def check_queries(self, queries: tuple[str, ...], *, index: int, who: str, key: str) -> None:
+        if not queries:
+            return
+        parse_query = _query_parser()
+        if parse_query is None:
+            return
+        for position, query in enumerate(queries):
+            line = self.lines.item(index, key, position)
+            try:
+                parse_query(query)
+            except ConfigError as exc:
+                reason = getattr(exc, "reason", None) or exc.message
+                column = getattr(exc, "column", None)
+                at = f" at column {column}" if column is not None else ""
+                raise self.error(f"{reason}{at} in query {query!r}", line=line, subscriber=who,
+                                 field_name=key) from exc
+
+
+def _query_parser() -> Callable[[str], object] | None:
+    """`digestbot.matching.parse_query`, or None while that package does not exist yet."""
+    try:
+        from digestbot.matching import parse_query
+    except ImportError as exc:  # also ModuleNotFoundError
+        if exc.name == "digestbot.matching":
+            return None
+        raise
+    return parse_query
+
+
+# --------------------------------------------------------------------------- line recovery
+
+
+@dataclass
+class _Block:
+    line: int
+    keys: dict[str, int] = field(default_factory=dict)
+    items: dict[str, list[int]] = field(default_factory=dict)  # line of each array element
+
+
+@dataclass
+class _LineMap:
+    """Lines of keys in a TOML text that tomllib accepted: top level, [defaults], each [[subscribers]].
+
+    Only standard forms are tracked; a subscriber written as an inline table falls back to the
+    line of `subscribers =`, a key in a form not tracked falls back to its block's header.
+    """
+
+    top: dict[str, int] = field(default_factory=dict)
+    defaults_keys: dict[str, int] = field(default_factory=dict)
+    defaults_line: int | None = None
+    blocks: list[_Block] = field(default_factory=list)
+
+    def default(self, key: str) -> int | None:
+        return self.defaults_keys.get(key) or self.defaults_line or self.top.get("defaults")
+
+    def sub(self, index: int, key: str | None = None) -> int | None:
+        if index < len(self.blocks):
+            block = self.blocks[index]
+            return block.keys.get(key, block.line) if key else block.line
+        return self.top.get("subscribers")
+
+    def item(self, index: int, key: str, position: int) -> int | None:
+        """Line of the `position`-th (0-based) element of array `key`, else the key's line."""
+        if index < len(self.blocks):
+            items = self.blocks[index].items.get(key, [])
+            if position < len(items):
+                return items[position]
+        return self.sub(index, key)
+
+    @classmethod
+    def scan(cls, text: str) -> _LineMap:
+        result = cls()
+        lexer = _Lexer(text)
+        context: dict[str, int] | None = result.top  # where key lines are recorded
+        block: _Block | None = None
+        while not lexer.at_end():
+            lexer.skip_blank()
+            if lexer.at_end():
+                break
+            line = lexer.line
+            char = lexer.peek()
+            if char == "#":
+                lexer.skip_comment()
+                continue
+            if char == "[":
+                is_array = lexer.peek(2) == "[["
+                lexer.advance(2 if is_array else 1)
+                path = lexer.key_path()
+                lexer.advance(2 if is_array else 1)
+                head = path[0] if path else ""
+                result.top.setdefault(head, line)
+                context, block = None, None
+                if path == ["defaults"] and not is_array:
+                    result.defaults_line = line
+                    context = result.defaults_keys
+                elif path == ["subscribers"] and is_array:
+                    block = _Block(line)
+                    result.blocks.append(block)
+                    context = block.keys
+                elif head == "defaults" and len(path) > 1:
+                    result.defaults_keys.setdefault(path[1], line)
+                elif head == "subscribers" and len(path) > 1 and result.blocks:
+                    result.blocks[-1].keys.setdefault(path[1], line)
+                lexer.skip_line_rest()
+                continue
+            path = lexer.key_path()
+            if context is not None and path:
+                context.setdefault(path[0], line)
+                if context is result.top and path[0] == "defaults" and len(path) > 1:
+                    result.defaults_keys.setdefault(path[1], line)
+            lexer.expect("=")
+            items = lexer.skip_value()
+            if block is not None and len(path) == 1:
+                block.items.setdefault(path[0], items)
+        return result
+
+
+class _Lexer:
+    """Just enough of a TOML lexer to find where statements start, for text tomllib accepted."""
+
+    _BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.line = 1
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def peek(self, n: int = 1) -> str:
+        return self.text[self.pos:self.pos + n]
+
+    def advance(self, n: int) -> None:
+        chunk = self.text[self.pos:self.pos + n]
+        self.line += chunk.count("\n")
+        self.pos += len(chunk)
+
+    def skip_blank(self) -> None:
+        """Skip whitespace and newlines."""
+        while not self.at_end() and self.text[self.pos] in " \t\r\n":
+            self.advance(1)
+
+    def skip_spaces(self) -> None:
+        while not self.at_end() and self.text[self.pos] in " \t":
+            self.pos += 1
+
+    def skip_comment(self) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end
+
+    def skip_line_rest(self) -> None:
+        self.skip_comment()
+
+    def expect(self, char: str) -> None:
+        self.skip_spaces()
+        if self.peek() == char:
+            self.advance(1)
+
+    def key_path(self) -> list[str]:
+        """Read a possibly dotted, possibly quoted key; return its parts."""
+        parts: list[str] = []
+        while True:
+            self.skip_spaces()
+            char = self.peek()
+            if char == '"':
+                raw = self._basic_string()
+                try:
+                    parts.append(tomllib.loads(f"k = {raw}")["k"])
+                except (tomllib.TOMLDecodeError, ValueError):
+                    parts.append(raw[1:-1])
+            elif char == "'":
+                end = self.text.find("'", self.pos + 1)
+                end = len(self.text) if end < 0 else end
+                parts.append(self.text[self.pos + 1:end])
+                self.advance(end + 1 - self.pos)
+            else:
+                match = self._BARE.match(self.text, self.pos)
+                if not match:
+                    return parts
+                parts.append(match.group())
+                self.advance(match.end() - self.pos)
+            self.skip_spaces()
+            if self.peek() != ".":
+                return parts
+            self.advance(1)
+
+    def _basic_string(self) -> str:
+        start = self.pos
+        self.advance(1)
+        while not self.at_end():
+            char = self.text[self.pos]
+            if char == "\\":
+                self.advance(2)
+                continue
+            self.advance(1)
+            if char == '"':
+                break
+        return self.text[start:self.pos]
+
+    def skip_value(self) -> list[int]:
+        """Skip one value, across lines for arrays and multi-line strings, and the line's comment.
+
+        Returns the line of each element when the value is an array.
+        """
+        depth = 0
+        items: list[int] = []
+        want_item = False
+        while not self.at_end():
+            char = self.text[self.pos]
+            if char == "\n" and depth == 0:
+                return items
+            if char == "#":
+                self.skip_comment()
+                continue
+            if depth == 1 and want_item and char not in " \t\r\n,]":
+                items.append(self.line)
+                want_item = False
+            if depth == 1 and char == ",":
+                want_item = True
+            if self.text.startswith('"""', self.pos):
+                self._skip_until('"""', escapes=True, start=3)
+            elif self.text.startswith("'''", self.pos):
+                self._skip_until("'''", escapes=False, start=3)
+            elif char == '"':
+                self._skip_until('"', escapes=True, start=1)
+            elif char == "'":
+                self._skip_until("'", escapes=False, start=1)
+            elif char in "[{":
+                depth += 1
+                want_item = depth == 1
+                self.advance(1)
+            elif char in "]}":
+                depth -= 1
+                self.advance(1)
+            else:
+                self.advance(1)
+        return items
+
+    def _skip_until(self, closer: str, *, escapes: bool, start: int) -> None:
+        self.advance(start)
+        while not self.at_end():
+            if escapes and self.text[self.pos] == "\\":
+                self.advance(2)
+                continue
+            if self.text.startswith(closer, self.pos):
+                self.advance(len(closer))
+                # a multi-line string may end with up to two extra quotes: """a""""" is legal
+                while len(closer) == 3 and self.peek() == closer[0]:
+                    self.advance(1)
+                return
+            self.advance(1)

@@ -1,0 +1,511 @@
+"""Subscribers file: the example loads, defaults merge, and every error names file, line, subscriber, field."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import tomllib
+import zoneinfo
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from digestbot.errors import ConfigError
+from digestbot.subscribers import (
+    DEFAULT_KEYS,
+    SUBSCRIBER_KEYS,
+    SubscriberSpec,
+    load_subscribers,
+    parse_subscribers,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "subscribers.example.toml"
+SRC = "subs.toml"
+
+
+def parse(text: str) -> list[SubscriberSpec]:
+    """Parse subscribers text under the source name SRC."""
+    return parse_subscribers(text, source=SRC)
+
+
+def fails(text: str) -> ConfigError:
+    """Parse text that must be rejected and return the ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert info.value.file == SRC
+    return info.value
+
+
+def needs_matching():
+    """The matching package, or skip while it (or its parse_query) does not exist yet."""
+    matching = pytest.importorskip("digestbot.matching")
+    if not hasattr(matching, "parse_query"):
+        pytest.skip("digestbot.matching.parse_query is not written yet")
+    return matching
+
+
+def where(err: ConfigError) -> tuple[int | None, str | None, str | None]:
+    """The (line, subscriber, field) an error points at."""
+    return err.line, err.subscriber, err.field
+
+
+TWO = """\
+[defaults]
+timezone = "Europe/Paris"
+
+[[subscribers]]
+email = "ada@example.org"
+keywords = ["diffusion"]
+
+[[subscribers]]
+email = "grace@example.org"
+authors = ["Grace Hopper"]
+{extra}
+"""
+
+
+def two(extra: str) -> str:
+    """The TWO document with `extra` lines appended to the second subscriber (its lines 11+)."""
+    return TWO.format(extra=extra)
+
+
+# --------------------------------------------------------------------------- the example file
+
+
+def test_example_file_loads() -> None:
+    """subscribers.example.toml is valid and holds realistic @example.org subscribers."""
+    specs = load_subscribers(EXAMPLE)
+    assert 2 <= len(specs) <= 3
+    assert all(s.email.endswith("@example.org") for s in specs)
+    assert all(s.keywords for s in specs)
+    assert all(isinstance(s.tz, zoneinfo.ZoneInfo) for s in specs)
+
+
+def test_example_file_shows_every_key_and_the_query_syntax() -> None:
+    """The example uses every defaults and subscriber key, and phrases, OR, -word, title: and author:."""
+    doc = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert set(doc["defaults"]) == set(DEFAULT_KEYS)
+    used = set().union(*(set(s) for s in doc["subscribers"]))
+    assert used == set(SUBSCRIBER_KEYS)
+    queries = [q for s in doc["subscribers"] for q in s.get("keywords", []) + s.get("exclude", [])]
+    joined = "\n".join(queries)
+    assert re.search(r'"[^"]+ [^"]+"', joined), "a phrase"
+    assert " OR " in joined
+    assert re.search(r"(^|\s)-\w", joined, flags=re.M), "-word"
+    assert "title:" in joined and "author:" in joined
+
+
+def test_example_queries_parse_with_the_matching_language() -> None:
+    """Every query in the example file parses with digestbot.matching."""
+    matching = needs_matching()
+    for spec in load_subscribers(EXAMPLE):
+        for query in spec.keywords + spec.exclude:
+            matching.parse_query(query)
+
+
+# --------------------------------------------------------------------------- defaults and values
+
+
+def test_builtin_defaults_apply() -> None:
+    """A subscriber with only email and keywords gets the built-in defaults."""
+    [spec] = parse('[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["diffusion"]\n')
+    assert spec == SubscriberSpec(
+        email="ada@example.org", name=None, keywords=("diffusion",), exclude=(), authors=(),
+        min_upvotes=0, send_at=datetime.time(7, 0), timezone="UTC", max_papers=25,
+        send_empty=False, line=1,
+    )
+
+
+def test_file_defaults_apply_and_are_overridable() -> None:
+    """[defaults] values apply to every subscriber; a subscriber's own value wins."""
+    text = """\
+[defaults]
+send_at = "06:15"
+timezone = "Asia/Tokyo"
+max_papers = 10
+send_empty = true
+min_upvotes = 3
+
+[[subscribers]]
+email = "ada@example.org"
+keywords = ["diffusion"]
+
+[[subscribers]]
+email = "grace@example.org"
+name = "  Grace Hopper "
+keywords = ["agents"]
+send_at = 21:05:00
+timezone = "America/New_York"
+max_papers = 40
+send_empty = false
+min_upvotes = 0
+"""
+    ada, grace = parse(text)
+    assert (ada.send_at, ada.timezone, ada.max_papers, ada.send_empty, ada.min_upvotes) == (
+        datetime.time(6, 15), "Asia/Tokyo", 10, True, 3)
+    assert (grace.send_at, grace.timezone, grace.max_papers, grace.send_empty,
+            grace.min_upvotes) == (datetime.time(21, 5), "America/New_York", 40, False, 0)
+    assert grace.name == "Grace Hopper"
+    assert (ada.line, grace.line) == (8, 12)
+    assert grace.tz == zoneinfo.ZoneInfo("America/New_York")
+
+
+def test_email_domain_is_lower_cased() -> None:
+    """The domain of an address is normalized to lower case; the local part is kept."""
+    [spec] = parse('[[subscribers]]\nemail = " Ada.L@Example.ORG "\nauthors = ["Ada"]\n')
+    assert spec.email == "Ada.L@example.org"
+
+
+def test_authors_alone_are_enough() -> None:
+    """A subscriber that follows only authors is valid."""
+    [spec] = parse('[[subscribers]]\nemail = "a@example.org"\nauthors = ["Christopher Ré"]\n')
+    assert spec.authors == ("Christopher Ré",) and spec.keywords == ()
+
+
+def test_load_strips_a_byte_order_mark(tmp_path: Path) -> None:
+    """A UTF-8 file with a BOM (as some editors write) loads."""
+    path = tmp_path / "subscribers.toml"
+    path.write_bytes(b"\xef\xbb\xbf[[subscribers]]\nemail = \"a@example.org\"\nkeywords = [\"x\"]\n")
+    assert [s.email for s in load_subscribers(path)] == ["a@example.org"]
+
+
+# --------------------------------------------------------------------------- errors: file level
+
+
+def test_missing_file_says_to_run_init(tmp_path: Path) -> None:
+    """A missing subscribers file is a ConfigError that tells to run `digestbot init`."""
+    path = tmp_path / "subscribers.toml"
+    with pytest.raises(ConfigError) as info:
+        load_subscribers(path)
+    assert info.value.file == str(path)
+    assert "digestbot init" in info.value.message
+
+
+def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 are reported at their line."""
+    path = tmp_path / "subscribers.toml"
+    path.write_bytes(b"[[subscribers]]\nemail = \"a@example.org\"\nname = \"\xff\"\n")
+    with pytest.raises(ConfigError) as info:
+        load_subscribers(path)
+    assert (info.value.file, info.value.line) == (str(path), 3)
+
+
+def test_toml_syntax_error_gives_line_and_column() -> None:
+    """A TOML syntax error is reported with tomllib's line, and its column in the message."""
+    err = fails('[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["diffusion"\n')
+    assert err.line == 3
+    assert "end of the file" in err.message
+    err = fails('[[subscribers]]\nemail = ada@example.org\n')
+    assert err.line == 2
+    assert "column 9" in err.message and "invalid TOML" in err.message
+
+
+def test_unknown_top_level_key() -> None:
+    """An unknown top-level key or table names its line and suggests the right name."""
+    err = fails('title = "x"\n[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n')
+    assert where(err) == (1, None, "title")
+    err = fails('[[subscriber]]\nemail = "a@example.org"\nkeywords = ["x"]\n')
+    assert where(err) == (1, None, "subscriber")
+    assert "did you mean 'subscribers'" in err.message
+
+
+def test_unknown_key_in_defaults() -> None:
+    """An unknown key in [defaults] names its line; a per-subscriber key there is explained."""
+    err = fails(TWO.replace('timezone = "Europe/Paris"', 'timezone = "UTC"\ntime_zone = "UTC"',
+                            1).format(extra=""))
+    assert where(err) == (3, None, "time_zone")
+    assert "did you mean 'timezone'" in err.message
+    err = fails(TWO.replace('timezone = "Europe/Paris"', 'keywords = ["x"]').format(extra=""))
+    assert where(err) == (2, None, "keywords")
+    assert "set it per subscriber" in err.message
+
+
+def test_bad_value_in_defaults() -> None:
+    """A bad value in [defaults] names its line and field."""
+    err = fails(TWO.replace('"Europe/Paris"', '"Europe/Pariss"').format(extra=""))
+    assert where(err) == (2, None, "timezone")
+    assert "did you mean 'Europe/Paris'" in err.message
+
+
+def test_defaults_must_be_a_table() -> None:
+    """`defaults` that is not a table is rejected at its line."""
+    err = fails('defaults = 3\n[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n')
+    assert where(err) == (1, None, "defaults")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "# nothing here\n", '[defaults]\nsend_at = "07:00"\n', "subscribers = []\n"],
+)
+def test_no_subscribers_is_an_error(text: str) -> None:
+    """A file without any subscriber is rejected."""
+    err = fails(text)
+    assert "no subscribers" in err.message
+    assert err.field == "subscribers"
+
+
+def test_subscribers_must_be_an_array_of_tables() -> None:
+    """`[subscribers]` written as a single table is rejected at its line."""
+    err = fails('\n[subscribers]\nemail = "a@example.org"\n')
+    assert where(err) == (2, None, "subscribers")
+    assert "[[subscribers]]" in err.message
+
+
+# --------------------------------------------------------------------------- errors: subscriber level
+
+
+def test_unknown_key_in_a_subscriber() -> None:
+    """An unknown subscriber key names its line, the subscriber and the key, with a suggestion."""
+    err = fails(two('keyword = ["agents"]'))
+    assert where(err) == (11, "grace@example.org", "keyword")
+    assert "did you mean 'keywords'" in err.message
+
+
+def test_unknown_sub_table_in_a_subscriber() -> None:
+    """A table nested under a subscriber is an unknown key at its header line."""
+    err = fails(two("[subscribers.filters]\nx = 1"))
+    assert where(err) == (11, "grace@example.org", "filters")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ('"Grace <grace@example.org>"', "without a display name"),
+        ('"grace"', "name@example.org"),
+        ('"grace@localhost"', "has no dot"),
+        ('"grace@@example.org"', "not a plain dot-atom"),
+        ('"gr ace@example.org"', "display name"),
+        ('"grace@example.org\\r\\nBcc: eve@example.org"', "control character"),
+        ('"grace@exa_mple.org"', "not a valid host name"),
+        ('"grace@[127.0.0.1]"', "not a valid host name"),
+        ('"grace@example..org"', "not a valid host name"),
+        ("42", "expected an address as a string"),
+    ],
+)
+def test_bad_email_names_subscriber_by_number(value: str, fragment: str) -> None:
+    """A bad address is reported at its line, for subscriber '#n', field 'email'."""
+    text = two("").replace('email = "grace@example.org"', f"email = {value}")
+    err = fails(text)
+    assert where(err) == (9, "#2", "email")
+    assert fragment in err.message
+
+
+def test_missing_email() -> None:
+    """A subscriber without an email is reported at its header line."""
+    err = fails(two("").replace('email = "grace@example.org"\n', ""))
+    assert where(err) == (8, "#2", "email")
+    assert "missing 'email'" in err.message
+
+
+def test_unknown_key_is_reported_before_a_bad_email() -> None:
+    """A misspelt `e-mail` key is reported as unknown, not as a missing email."""
+    err = fails(two("").replace('email = "grace@example.org"', 'e-mail = "grace@example.org"'))
+    assert where(err) == (9, "#2", "e-mail")
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "fragment"),
+    [
+        ('send_at = "25:00"', "send_at", "HH:MM"),
+        ('send_at = "7am"', "send_at", "HH:MM"),
+        ("send_at = 700", "send_at", "expected a time"),
+        ("send_at = 07:00:30", "send_at", "whole minute"),
+        ('timezone = "Mars/Olympus_Mons"', "timezone", "not a known IANA time zone"),
+        ('timezone = "../../etc/passwd"', "timezone", "not a known IANA time zone"),
+        ("timezone = 1", "timezone", "IANA zone name"),
+        ("max_papers = 0", "max_papers", "out of range"),
+        ("max_papers = 100000", "max_papers", "out of range"),
+        ('max_papers = "10"', "max_papers", "got a string"),
+        ("max_papers = true", "max_papers", "got a boolean"),
+        ("max_papers = 2.5", "max_papers", "got a float"),
+        ("min_upvotes = -1", "min_upvotes", "out of range"),
+        ('send_empty = "no"', "send_empty", "true or false"),
+        ("name = 3", "name", "as a string"),
+        ('name = "Grace\\nBcc: eve@example.org"', "name", "control character"),
+        ('exclude = "survey"', "exclude", "array of strings"),
+        ("exclude = [1]", "exclude", "entry 1"),
+        ('exclude = ["ok", "   "]', "exclude", "entry 2: is empty"),
+    ],
+)
+def test_bad_field_names_line_subscriber_and_field(line: str, field: str, fragment: str) -> None:
+    """A bad value is reported at its line, with the subscriber's email and the field."""
+    err = fails(two(line))
+    assert where(err) == (11, "grace@example.org", field)
+    assert fragment in err.message
+
+
+def test_bad_authors_type() -> None:
+    """`authors` that is not an array of strings is reported at its line."""
+    err = fails(two("").replace('authors = ["Grace Hopper"]', 'authors = "Grace Hopper"'))
+    assert where(err) == (10, "grace@example.org", "authors")
+
+
+def test_bad_entry_in_multiline_array_names_its_own_line() -> None:
+    """In an array written over several lines, an error names the line of the bad entry."""
+    err = fails(two('exclude = [\n  "survey",  # no reviews\n  "",\n]'))
+    assert where(err) == (13, "grace@example.org", "exclude")
+
+
+def test_subscriber_following_nothing() -> None:
+    """A subscriber with neither keywords nor authors is rejected."""
+    err = fails(two("").replace('authors = ["Grace Hopper"]', "authors = []"))
+    assert where(err) == (8, "grace@example.org", "keywords")
+    assert "keywords or authors" in err.message
+
+
+def test_duplicate_email_ignores_case() -> None:
+    """Two subscribers with the same address, differing only in case, are rejected at the second."""
+    err = fails(two("").replace("grace@example.org", "ADA@Example.org"))
+    assert where(err) == (9, "ADA@example.org", "email")
+    assert "#1 (line 5)" in err.message
+
+
+def test_inline_subscribers_fall_back_to_the_array_line() -> None:
+    """Subscribers written as inline tables are located at the `subscribers =` line."""
+    text = ('# comment\nsubscribers = [\n  {email = "a@example.org", keywords = ["x"]},\n'
+            '  {email = "b@example.org", keywords = ["y"], max_papers = 0},\n]\n')
+    err = fails(text)
+    assert where(err) == (2, "b@example.org", "max_papers")
+
+
+def test_line_scanner_is_not_fooled_by_strings() -> None:
+    """Keys that only look like keys, inside strings and multi-line strings, do not move lines."""
+    text = '''\
+[[subscribers]]
+email = "a@example.org"
+name = """Ada \\
+max_papers = 3 \\
+[[subscribers]]"""
+keywords = ['[[subscribers]]', "x = 1"]
+"max_papers" = 0
+'''
+    err = fails(text)
+    assert where(err) == (7, "a@example.org", "max_papers")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def test_query_error_names_line_column_and_query() -> None:
+    """An invalid keywords query is a ConfigError with file, line, subscriber, field and column."""
+    needs_matching()
+    from digestbot.errors import QueryError
+
+    err = fails(two('exclude = [\n  "survey",\n  "(diffusion OR sampling",\n]'))
+    assert where(err) == (13, "grace@example.org", "exclude")
+    cause = err.__cause__
+    assert isinstance(cause, QueryError) and cause.column is not None
+    assert err.message == f"{cause.reason} at column {cause.column} in query '(diffusion OR sampling'"
+
+
+def test_query_error_in_keywords_names_the_field() -> None:
+    """An invalid keywords query names the keywords field and the query's own line."""
+    needs_matching()
+    err = fails(two('keywords = ["agents", "title:(a"]'))
+    assert where(err) == (11, "grace@example.org", "keywords")
+    assert re.search(r" at column \d+ in query 'title:\(a'$", err.message)
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+
+def _attempt(text: str) -> None:
+    try:
+        specs = parse(text)
+    except ConfigError as err:
+        assert err.file == SRC
+        assert err.line is None or err.line >= 1
+    else:
+        assert specs and all(isinstance(s, SubscriberSpec) for s in specs)
+
+
+@given(st.text(max_size=300))
+@hsettings(max_examples=300, deadline=None)
+def test_arbitrary_text_raises_only_config_error(text: str) -> None:
+    """parse_subscribers on arbitrary text returns specs or raises ConfigError, never anything else."""
+    _attempt(text)
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_scalar_values = st.one_of(
+    st.sampled_from(['"ada@example.org"', '"Ada@Example.org"', '"x@localhost"', '"07:30"',
+                     '"24:00"', '"UTC"', '"Europe/Paris"', '"Nowhere/Zone"', "07:00:00",
+                     "1979-05-27", "true", "false", "0", "-1", "25", "1e3", "inf", "{}",
+                     '{a = 1}', '"(unbalanced"', '"a OR"', '"title:x"', '"-"', '"\\"x\\""']),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str),
+    st.text(max_size=20).map(_toml_string),
+)
+_values = st.one_of(
+    _scalar_values,
+    st.lists(_scalar_values, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
+    st.lists(st.text(max_size=12).map(_toml_string), max_size=4).map(
+        lambda xs: "[\n  " + ",\n  ".join(xs) + ",\n]" if xs else "[]"),
+)
+_keys = st.one_of(
+    st.sampled_from(SUBSCRIBER_KEYS + DEFAULT_KEYS),
+    st.sampled_from(['"email"', "'keywords'", "bogus", "e-mail", "a.b", '"quoted key"']),
+)
+_table = st.lists(st.tuples(_keys, _values), max_size=7, unique_by=lambda kv: kv[0])
+
+
+def _render_table(pairs: list[tuple[str, str]]) -> str:
+    return "".join(f"{key} = {value}\n" for key, value in pairs)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> str:
+    parts = []
+    if draw(st.booleans()):
+        parts.append(draw(st.sampled_from(["", "# comment\n", 'title = "x"\n'])))
+    if draw(st.booleans()):
+        parts.append("[defaults]\n" + _render_table(draw(_table)))
+    subs = draw(st.lists(_table, max_size=4))
+    for n, table in enumerate(subs):
+        if draw(st.booleans()):  # mostly valid subscribers, so validation goes deep
+            table[:] = [(k, v) for k, v in table
+                        if k not in ("email", '"email"', "keywords", "'keywords'")]
+            table.insert(0, ("keywords", '["diffusion"]'))
+            table.insert(0, ("email", f'"user{n}@example.org"'))
+    if draw(st.integers(0, 4)) == 0:
+        inline = ", ".join("{" + ", ".join(f"{k} = {v}" for k, v in t if "\n" not in v) + "}"
+                           for t in subs)
+        parts.insert(0, f"subscribers = [{inline}]\n")
+    else:
+        for table in subs:
+            parts.append("[[subscribers]]\n" + _render_table(table))
+    return "\n".join(parts)
+
+
+@given(_documents())
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_arbitrary_toml_documents_raise_only_config_error(text: str) -> None:
+    """On TOML-like documents: specs or ConfigError, and a named line shows the field or its block."""
+    _attempt(text)
+    try:
+        parse(text)
+    except ConfigError as err:
+        if err.line and err.field and not err.message.startswith("invalid TOML"):
+            shown = text.split("\n")[err.line - 1]
+            assert (err.field.split(".")[0] in shown or "subscribers" in shown
+                    or "defaults" in shown or shown.lstrip().startswith(('"', "'"))), (err, shown)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["ada", "Grace.H", "x+tag"]),
+                          st.sampled_from(["example.org", "EXAMPLE.org", "Example.Com"])),
+                min_size=1, max_size=5))
+@hsettings(max_examples=100, deadline=None)
+def test_duplicates_are_found_whatever_the_case(addresses: list[tuple[str, str]]) -> None:
+    """A list of subscribers loads exactly when no two addresses are equal ignoring case."""
+    text = "".join(f'[[subscribers]]\nemail = "{local}@{domain}"\nkeywords = ["x"]\n'
+                   for local, domain in addresses)
+    distinct = {f"{local}@{domain}".casefold() for local, domain in addresses}
+    if len(distinct) == len(addresses):
+        assert len(parse(text)) == len(addresses)
+    else:
+        assert fails(text).field == "email"
