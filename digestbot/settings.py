@@ -29,6 +29,7 @@ __all__ = [
     "SETTINGS_REFERENCE",
     "SettingDoc",
     "Settings",
+    "check_addr_spec",
     "load_settings",
     "parse_mailbox",
     "render_env_example",
