@@ -9,6 +9,7 @@ came from (`.env` and its line, or the environment), what is wrong and what is a
 
 from __future__ import annotations
 
+import difflib
 import io
 import math
 import os
@@ -42,7 +43,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything digestbot reads from its environment; defaults make a first run work offline of SMTP."""
+    """Everything digestbot reads from its environment; the defaults need no mail server."""
 
     database_url: str = "sqlite:///digestbot.db"
     subscribers_path: Path = Path("subscribers.toml")
@@ -286,7 +287,14 @@ def load_settings(
             lines = _dotenv_lines(env_file)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the settings file: {exc}", file=file_label) from exc
+        known = {doc.name for doc in SETTINGS_REFERENCE}
         for name, value in values.items():
+            if name not in known and name.startswith("DIGESTBOT_") and \
+                    not name.startswith("DIGESTBOT_TEST_"):
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(f"unknown setting; {hint}see .env.example for the list",
+                                  file=file_label, line=lines.get(name), field=name)
             if value is not None:
                 raw[name] = _Raw(value, file_label, lines.get(name))
     for doc in SETTINGS_REFERENCE:

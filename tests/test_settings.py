@@ -206,6 +206,14 @@ def test_default_env_file_is_reported_as_dot_env(tmp_path: Path, monkeypatch) ->
         ".env", 1, "DIGESTBOT_LOG_LEVEL")
 
 
+def test_unknown_digestbot_variable_in_dotenv_is_an_error(tmp_path: Path) -> None:
+    """A misspelt DIGESTBOT_ variable in .env is reported with its line and a suggestion."""
+    with pytest.raises(ConfigError) as info:
+        load({}, "OTHER_TOOL=1\nDIGESTBOT_SMTP_HOSTNAME=mail.example.org\n", tmp_path)
+    assert (info.value.field, info.value.line) == ("DIGESTBOT_SMTP_HOSTNAME", 2)
+    assert "did you mean DIGESTBOT_SMTP_HOST?" in info.value.message
+
+
 def test_line_after_multiline_value_is_right(tmp_path: Path) -> None:
     """Line numbers stay right after a quoted value that spans several lines."""
     text = 'DIGESTBOT_SMTP_PASSWORD="a\nb"\nDIGESTBOT_SMTP_PORT=x\n'
