@@ -53,7 +53,7 @@ class Settings:
     lookback_days: int = 2
     fetch_interval_minutes: int = 60
     hf_token: str | None = field(default=None, repr=False)
-    mail_from: str = "Paper Digest <digest@localhost>"
+    mail_from: str = "Paper Digest <digest@example.org>"
     mail_backend: str = "file"
     mail_dir: Path = Path("outbox")
     smtp_host: str = "localhost"
@@ -78,7 +78,7 @@ class Settings:
 
     @property
     def mail_from_address(self) -> str:
-        """The bare addr-spec of the From address (`digest@localhost`), for the SMTP envelope."""
+        """The bare addr-spec of the From address (`digest@example.org`), for the SMTP envelope."""
         return parse_mailbox(self.mail_from)[1]
 
     @property
@@ -137,7 +137,7 @@ SETTINGS_REFERENCE: tuple[SettingDoc, ...] = (
          "Minutes between feed fetches in the daemon (`digestbot run`)."),
     _doc("Feed", "HF_TOKEN", "",
          "Optional Hugging Face token, sent as a bearer token to the feed."),
-    _doc("Mail", "DIGESTBOT_MAIL_FROM", "Paper Digest <digest@localhost>",
+    _doc("Mail", "DIGESTBOT_MAIL_FROM", "Paper Digest <digest@example.org>",
          "From address of every digest, with an optional display name."),
     _doc("Mail", "DIGESTBOT_MAIL_BACKEND", "file",
          "How digests leave: smtp, file (one .eml per digest in DIGESTBOT_MAIL_DIR) or console."),

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digestbot.errors import ConfigError
+from digestbot.errors import ConfigError, QueryError
+from digestbot.matching import parse_query
 from digestbot.settings import check_addr_spec
 
 __all__ = ["SubscriberSpec", "load_subscribers", "parse_subscribers"]
@@ -394,30 +395,14 @@ class _Validator:
     def check_queries(self, queries: tuple[str, ...], *, index: int, who: str, key: str) -> None:
         if not queries:
             return
-        parse_query = _query_parser()
-        if parse_query is None:
-            return
         for position, query in enumerate(queries):
             line = self.lines.item(index, key, position)
             try:
                 parse_query(query)
-            except ConfigError as exc:
-                reason = getattr(exc, "reason", None) or exc.message
-                column = getattr(exc, "column", None)
-                at = f" at column {column}" if column is not None else ""
-                raise self.error(f"{reason}{at} in query {query!r}", line=line, subscriber=who,
+            except QueryError as exc:
+                at = f" at column {exc.column}" if exc.column is not None else ""
+                raise self.error(f"{exc.reason}{at} in query {query!r}", line=line, subscriber=who,
                                  field_name=key) from exc
-
-
-def _query_parser() -> Callable[[str], object] | None:
-    """`digestbot.matching.parse_query`, or None while that package does not exist yet."""
-    try:
-        from digestbot.matching import parse_query
-    except ImportError as exc:  # also ModuleNotFoundError
-        if exc.name == "digestbot.matching":
-            return None
-        raise
-    return parse_query
 
 
 # --------------------------------------------------------------------------- line recovery

@@ -1,0 +1,134 @@
+"""Front-door wiring shared by the CLI and the daemon: builds stage inputs from Settings.
+
+Nothing here holds logic of the pipeline; it only turns settings into the objects the pipeline
+functions take (engine, source, backend, mail context, retry policy).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy.engine import Engine
+
+from digestbot import outbox
+from digestbot.db import open_database
+from digestbot.errors import ConfigError
+from digestbot.mail.backends import Backend, ConsoleBackend, FileBackend, SMTPBackend
+from digestbot.pipeline import MailContext, RateLimiter
+from digestbot.render import Renderer
+from digestbot.settings import Settings, parse_mailbox
+from digestbot.sources.hf_daily import HFDailyPapers, make_client
+from digestbot.subscribers import SubscriberSpec, load_subscribers
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Migrations run at every start; their step-by-step chatter is noise unless debugging.
+    if settings.log_level != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def load_people(settings: Settings) -> list[SubscriberSpec]:
+    """The validated subscribers file (ConfigError names file, line, subscriber and field)."""
+    return load_subscribers(settings.subscribers_path)
+
+
+def database(settings: Settings) -> Engine:
+    return open_database(settings.database_url)
+
+
+def make_source(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> HFDailyPapers:
+    url = settings.feed_url
+    client = None
+    if url.startswith(("http://", "https://")):
+        client = make_client(timeout=settings.fetch_timeout, token=settings.hf_token, transport=transport)
+    return HFDailyPapers(feed_url=url, client=client, retries=settings.fetch_retries)
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.mail_backend == "file":
+        return FileBackend(settings.mail_dir)
+    if settings.mail_backend == "console":
+        return ConsoleBackend()
+    if settings.mail_backend == "smtp":
+        if settings.mail_from == Settings().mail_from:
+            raise ConfigError(
+                f"the From address is still the placeholder {settings.mail_from!r}; set it to the "
+                "address your SMTP server lets you send from",
+                field="DIGESTBOT_MAIL_FROM",
+            )
+        return SMTPBackend(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout=settings.smtp_timeout,
+        )
+    raise ConfigError(f"unknown mail backend {settings.mail_backend!r}", field="DIGESTBOT_MAIL_BACKEND")
+
+
+def mail_context(settings: Settings) -> MailContext:
+    """What every message shares; reads the DKIM key file once."""
+    display, _ = parse_mailbox(settings.mail_from)
+    key = None
+    if settings.dkim_key_file is not None:
+        try:
+            key = Path(settings.dkim_key_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read DKIM key file {settings.dkim_key_file}: {exc.strerror}",
+                field="DIGESTBOT_DKIM_KEY_FILE",
+            ) from exc
+    if settings.templates_dir is not None and not Path(settings.templates_dir).is_dir():
+        raise ConfigError(
+            f"templates folder {settings.templates_dir} does not exist", field="DIGESTBOT_TEMPLATES_DIR"
+        )
+    return MailContext(
+        renderer=Renderer(templates_dir=settings.templates_dir),
+        from_addr=settings.mail_from,
+        envelope_from=settings.mail_from_address,
+        list_name=display or "Paper Digest",
+        list_id=settings.effective_list_id,
+        unsubscribe_email=settings.effective_unsubscribe_email,
+        unsubscribe_url=settings.unsubscribe_url,
+        unsubscribe_secret=settings.unsubscribe_secret,
+        dkim_selector=settings.dkim_selector,
+        dkim_domain=settings.effective_dkim_domain,
+        dkim_key=key,
+    )
+
+
+def retry_policy(settings: Settings) -> outbox.RetryPolicy:
+    return outbox.RetryPolicy(
+        initial=settings.retry_initial, maximum=settings.retry_max, give_up=settings.retry_give_up
+    )
+
+
+def rate_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(settings.smtp_rate if settings.mail_backend == "smtp" else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Everything deliver_due needs besides the engine."""
+
+    backend: Backend
+    mail: MailContext
+    policy: outbox.RetryPolicy
+    limiter: RateLimiter
+
+
+def delivery(settings: Settings) -> Delivery:
+    return Delivery(
+        backend=make_backend(settings),
+        mail=mail_context(settings),
+        policy=retry_policy(settings),
+        limiter=rate_limiter(settings),
+    )

@@ -1,0 +1,514 @@
+"""The `digestbot` command: parses arguments, calls pipeline functions, maps errors to exit codes.
+
+Exit codes: 0 success; 1 a runtime failure (feed unusable, a delivery failed or was deferred);
+2 a configuration or usage error. Only this module turns DigestbotError into messages.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from digestbot import __version__, app, outbox, pipeline, store
+from digestbot.db import session_scope
+from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
+from digestbot.settings import Settings, load_settings
+
+cli = typer.Typer(
+    name="digestbot",
+    help="digestbot: a self-hosted daily paper-alert newsletter.\n\n"
+    "Fetches the trending papers feed, matches each subscriber's filters and emails personal digests.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _fail(exc: DigestbotError) -> typer.Exit:
+    kind = "configuration error" if isinstance(exc, ConfigError) else "error"
+    err.print(f"digestbot: {kind}: {exc}", markup=False)
+    return typer.Exit(exc.exit_code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn digestbot's errors into a message on stderr and the matching exit code."""
+    try:
+        yield
+    except DigestbotError as exc:
+        raise _fail(exc) from None
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    app.configure_logging(settings)
+    return settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--date must be YYYY-MM-DD, got {value!r}", field="--date") from None
+
+
+def _as_of(day: date | None, now: datetime) -> datetime:
+    """The moment a run acts at: now, or the end of --date when that day is over."""
+    if day is None:
+        return now
+    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    return min(end, now)
+
+
+def _progress(total: int) -> tuple[Progress | None, Callable[[str, str], None] | None]:
+    if total < 2 or not sys.stderr.isatty():
+        return None, None
+    bar = Progress(
+        TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        transient=True,
+    )
+    task = bar.add_task("send", total=total)
+    return bar, lambda _email, _outcome: bar.advance(task)
+
+
+def _fetch(settings: Settings, engine: Any, *, today: date, now: datetime) -> pipeline.FetchSummary:
+    source = app.make_source(settings)
+    summary = pipeline.fetch_and_store(
+        engine, source=source, feed_url=settings.feed_url, today=today,
+        lookback=settings.lookback_days, now=now,
+    )
+    err.print(
+        f"fetched {summary.fetched} papers from {settings.feed_url}: "
+        f"{summary.new} new, {summary.updated} updated", markup=False,
+    )
+    return summary
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@cli.command()
+def init() -> None:
+    """Write a commented subscribers.toml and .env when they do not exist, and create the database.
+
+    Existing files are never overwritten. Edit subscribers.toml, then run `digestbot send`.
+
+    Example: digestbot init
+    """
+    from digestbot.resources import env_example, subscribers_example
+
+    with _errors():
+        settings = _settings()
+        for target, source in ((settings.subscribers_path, subscribers_example()), (Path(".env"), env_example())):
+            if target.exists():
+                out.print(f"kept existing {target}", markup=False)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                out.print(f"wrote {target}", markup=False)
+        app.database(settings)
+        out.print(f"database ready at {settings.database_url}", markup=False)
+
+
+@cli.command()
+def fetch(
+    date_: Annotated[str | None, typer.Option("--date", help="Fetch as if today were this day (YYYY-MM-DD).")] = None,
+) -> None:
+    """Fetch the feed (today and the lookback days before it) and store new and changed papers.
+
+    Prints how many papers were new and how many were updated. A broken feed response is
+    rejected whole: nothing from it is stored, and the command exits 1.
+
+    Example: digestbot fetch --date 2026-03-02
+    """
+    with _errors():
+        settings = _settings()
+        day = _parse_date(date_)
+        engine = app.database(settings)
+        now = _now()
+        summary = _fetch(settings, engine, today=day or now.date(), now=now)
+        out.print(f"{summary.new} new, {summary.updated} updated", markup=False)
+
+
+@cli.command()
+def send(
+    subscriber: Annotated[
+        list[str] | None, typer.Option("--subscriber", "-s", help="Only this subscriber (repeatable).")
+    ] = None,
+    no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Use the stored papers; do not fetch first.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render and summarize; send and record nothing.")
+    ] = False,
+    date_: Annotated[
+        str | None, typer.Option("--date", help="Act as if today were this day (YYYY-MM-DD).")
+    ] = None,
+) -> None:
+    """Fetch, then build and deliver every subscriber's digest now, whatever their schedule.
+
+    One digest per subscriber per day: running it again the same day sends nothing new, and
+    due retries of earlier digests go out too. Exits 1 when a digest failed or was deferred.
+
+    Example: digestbot send --subscriber ada@example.org --dry-run
+    """
+    with _errors():
+        settings = _settings()
+        specs = app.load_people(settings)
+        if subscriber:
+            wanted = {s.strip().lower() for s in subscriber}
+            unknown = wanted - {sp.email.lower() for sp in specs}
+            if unknown:
+                raise ConfigError(
+                    f"not in {settings.subscribers_path}: {', '.join(sorted(unknown))}", field="--subscriber"
+                )
+            specs = [sp for sp in specs if sp.email.lower() in wanted]
+        day = _parse_date(date_)
+        delivery = app.delivery(settings)
+        engine = app.database(settings)
+        now = _now()
+        if not no_fetch:
+            _fetch(settings, engine, today=day or now.date(), now=now)
+        as_of = _as_of(day, now)
+        period = (lambda _sp: day.isoformat()) if day else (lambda sp: pipeline.local_period(sp, as_of))
+        if dry_run:
+            _dry_run(settings, engine, specs, delivery.mail, as_of=as_of, period=period)
+            return
+        recipients = pipeline.sync_subscribers(engine, specs, now=now)
+        plan = pipeline.plan_digests(
+            engine, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
+            from_addr=settings.mail_from, now=now,
+        )
+        ids = [r.id for r in recipients] if subscriber else None
+        total = pipeline.count_due(engine, now=_now(), subscriber_ids=ids)
+        bar, on_result = _progress(total)
+        try:
+            if bar is not None:
+                bar.start()
+            report = pipeline.deliver_due(
+                engine, backend=delivery.backend, mail=delivery.mail, policy=delivery.policy,
+                limiter=delivery.limiter, subscriber_ids=ids, on_result=on_result,
+            )
+        except DeliverySetupError as exc:
+            raise DigestbotError(f"delivery stopped, nothing more was attempted: {exc}") from exc
+        finally:
+            if bar is not None:
+                bar.stop()
+            delivery.backend.close()
+        out.print(
+            f"planned {plan.planned} digests ({plan.skipped} with nothing new, "
+            f"{plan.existing} already done for the day); sent {len(report.sent)}, "
+            f"deferred {len(report.deferred)}, failed {len(report.failed)}",
+            markup=False,
+        )
+        for email, reason in report.deferred:
+            err.print(f"deferred {email}: {reason} (will retry)", markup=False)
+        for email, reason in report.failed:
+            err.print(f"failed {email}: {reason}", markup=False)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+def _dry_run(settings, engine, specs, mail, *, as_of, period) -> None:  # type: ignore[no-untyped-def]
+    ids = _known_ids(engine, specs)
+    recipients = [pipeline.Recipient(spec=sp, id=ids.get(sp.email, -1 - i)) for i, sp in enumerate(specs)]
+    table = Table("subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded")
+    with session_scope(engine) as s:
+        plans = pipeline.compute_plans(
+            s, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
+            from_addr=settings.mail_from,
+        )
+        count = 0
+        for plan in plans:
+            count += 1
+            if plan.state == outbox.SKIPPED:
+                table.add_row(plan.email, "0", "0", "(nothing new: skipped)")
+                continue
+            name = next((sp.name for sp in specs if sp.email == plan.email), None)
+            rendered = pipeline.render_plan(s, plan, mail=mail, name=name)
+            table.add_row(plan.email, str(len(plan.items)), str(plan.more_count), rendered.subject)
+        s.rollback()
+    out.print(table)
+    out.print(f"{count} digests would be planned; {len(specs) - count} already done for the day", markup=False)
+
+
+def _known_ids(engine: Any, specs: list[Any]) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from digestbot.models import Subscriber
+
+    emails = [sp.email for sp in specs]
+    found: dict[str, int] = {}
+    with session_scope(engine) as s:
+        for chunk in store.chunks(emails):
+            found.update(
+                (email, sid)
+                for sid, email in s.execute(
+                    sa.select(Subscriber.id, Subscriber.email).where(Subscriber.email.in_(list(chunk)))
+                )
+            )
+    return found
+
+
+@cli.command()
+def preview(
+    email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
+    html: Annotated[Path | None, typer.Option("--html", help="Write the HTML part to this file.")] = None,
+    text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
+) -> None:
+    """Render a subscriber's next digest from the stored papers without sending or recording it.
+
+    Prints the subject and the text part (the default), or writes the HTML part to a file.
+
+    Example: digestbot preview ada@example.org --html /tmp/ada.html
+    """
+    with _errors():
+        settings = _settings()
+        specs = app.load_people(settings)
+        spec = next((sp for sp in specs if sp.email.lower() == email.strip().lower()), None)
+        if spec is None:
+            raise ConfigError(f"{email} is not in {settings.subscribers_path}", field="EMAIL")
+        mail = app.mail_context(settings)
+        engine = app.database(settings)
+        now = _now()
+        sid = _known_ids(engine, [spec]).get(spec.email, -1)
+        pending = pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid > 0 else None
+        if pending is not None:
+            rendered = mail.renderer.render(pending)
+        else:
+            with session_scope(engine) as s:
+                plans = list(
+                    pipeline.compute_plans(
+                        s, [pipeline.Recipient(spec=spec, id=sid)], as_of=now,
+                        lookback=settings.lookback_days, period=lambda _sp: "preview",
+                        from_addr=settings.mail_from,
+                    )
+                )
+                plan = plans[0]
+                plan = outbox.DigestPlan(**{**_fields(plan), "period": pipeline.local_period(spec, now)})
+                rendered = pipeline.render_plan(s, plan, mail=mail, name=spec.name)
+                s.rollback()
+        if html is not None:
+            html.write_text(rendered.html, encoding="utf-8")
+            err.print(f"wrote {html}", markup=False)
+        if text or html is None:
+            out.print(f"Subject: {rendered.subject}\n", markup=False)
+            out.print(rendered.text, markup=False)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+@cli.command()
+def run() -> None:
+    """Run the background daemon: fetch on an interval and send each digest at its local time.
+
+    Each subscriber gets one digest a day at their send_at in their timezone; after downtime the
+    missed days are coalesced into one digest. Only one daemon runs per database. SIGTERM or
+    SIGINT stops it cleanly after the message in hand; SIGHUP reloads the subscribers file.
+
+    Example: digestbot run
+    """
+    from digestbot.daemon import Daemon
+
+    with _errors():
+        settings = _settings()
+        specs = app.load_people(settings)
+        delivery = app.delivery(settings)
+        engine = app.database(settings)
+        Daemon(settings=settings, engine=engine, specs=specs, delivery=delivery).run_forever()
+
+
+@cli.command()
+def status() -> None:
+    """Show the last fetch, papers stored, digests by state, and deferred or failed digests with reasons.
+
+    Example: digestbot status
+    """
+    with _errors():
+        settings = _settings()
+        engine = app.database(settings)
+        with session_scope(engine) as s:
+            st = store.status(s)
+            sent_papers = store.sent_paper_count(s)
+        last = st.last_fetch
+        if last is None:
+            out.print("last fetch: never (run `digestbot fetch`)", markup=False)
+        else:
+            outcome = (
+                f"ok, {last.new_count} new, {last.updated_count} updated" if last.ok else f"FAILED: {last.error}"
+            )
+            out.print(f"last fetch: {last.started_at:%Y-%m-%d %H:%M} UTC from {last.feed_url}: {outcome}", markup=False)
+            if not last.ok and st.last_good_fetch is not None:
+                out.print(f"last good fetch: {st.last_good_fetch.started_at:%Y-%m-%d %H:%M} UTC", markup=False)
+        out.print(f"papers stored: {st.papers}", markup=False)
+        out.print(f"active subscribers: {st.subscribers}", markup=False)
+        states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items())) or "none yet"
+        out.print(f"digests: {states}; papers mailed: {sent_papers}", markup=False)
+        if st.problems:
+            table = Table("subscriber", "day", "state", "attempts", "next try (UTC)", "server reply / reason",
+                          title="deferred and failed digests")
+            for email, period, state, attempts, error, nxt in st.problems:
+                table.add_row(email, period, state, str(attempts),
+                              f"{nxt:%Y-%m-%d %H:%M}" if nxt else "-", error or "")
+            out.print(table)
+
+
+@cli.command()
+def retry(
+    email: Annotated[str | None, typer.Argument(help="Only this subscriber's failed digests.")] = None,
+) -> None:
+    """Requeue failed digests so the next `digestbot send` or daemon run delivers them again.
+
+    Example: digestbot retry ada@example.org
+    """
+    with _errors():
+        settings = _settings()
+        engine = app.database(settings)
+        ids = None
+        if email is not None:
+            sid = _known_ids(engine, [type("S", (), {"email": email.strip().lower()})()])
+            if not sid:
+                raise ConfigError(f"no digests recorded for {email}", field="EMAIL")
+            ids = list(sid.values())
+        with session_scope(engine) as s:
+            n = outbox.requeue_failed(s, subscriber_ids=ids, now=_now())
+        out.print(f"requeued {n} failed digest(s); run `digestbot send --no-fetch` to deliver them now", markup=False)
+
+
+@cli.command()
+def check(
+    smtp: Annotated[
+        bool, typer.Option("--smtp", help="Also connect and log in to the SMTP server, and fetch the feed once.")
+    ] = False,
+) -> None:
+    """Validate the settings, the subscribers file and every query; exits 2 on the first problem.
+
+    With --smtp, also connects and logs in to the SMTP server and fetches the feed once, sending
+    and storing nothing, and says what works and what does not.
+
+    Example: digestbot check --smtp
+    """
+    with _errors():
+        settings = _settings()
+        out.print("settings: ok", markup=False)
+        specs = app.load_people(settings)
+        queries = sum(len(sp.keywords) + len(sp.exclude) + len(sp.authors) for sp in specs)
+        out.print(f"subscribers: {len(specs)} in {settings.subscribers_path}, {queries} queries: ok", markup=False)
+        app.mail_context(settings)
+        if not smtp:
+            return
+        problems = 0
+        try:
+            papers = app.make_source(settings).fetch_window(today=_now().date(), lookback=0)
+            out.print(f"feed: ok ({len(papers)} papers today from {settings.feed_url})", markup=False)
+        except FetchError as exc:
+            problems += 1
+            err.print(f"feed: FAILED: {exc}", markup=False)
+        backend = app.make_backend(settings)
+        if settings.mail_backend != "smtp":
+            out.print(f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False)
+        else:
+            try:
+                backend.open()  # type: ignore[attr-defined]
+                login = f", logged in as {settings.smtp_username}" if settings.smtp_username else ""
+                out.print(f"smtp: ok ({settings.smtp_host}:{settings.smtp_port}, {settings.smtp_security}{login})",
+                          markup=False)
+            except DeliverySetupError as exc:
+                problems += 1
+                err.print(f"smtp: FAILED: {exc}", markup=False)
+            finally:
+                backend.close()
+        if problems:
+            raise typer.Exit(1)
+
+
+@cli.command()
+def match(
+    query: Annotated[str, typer.Argument(help='A filter query, e.g. \'"speculative decoding" -survey\'.')],
+    date_: Annotated[str | None, typer.Option("--date", help="Only papers featured on this day (YYYY-MM-DD).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Run one query against the stored papers and list what it matches, and why.
+
+    Use it to tune a filter before saving it in the subscribers file.
+
+    Example: digestbot match 'title:diffusion -survey' --date 2026-03-02
+    """
+    from digestbot.matching import PaperIndex, compile_filter
+
+    with _errors():
+        settings = _settings()
+        day = _parse_date(date_)
+        flt = compile_filter(keywords=[query])
+        engine = app.database(settings)
+        with session_scope(engine) as s:
+            if day is None:
+                start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+            else:
+                start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+                end = start + timedelta(days=1)
+            papers = store.papers_featured_between(s, start=start, end=end)
+        by_id = {p.arxiv_id: p for p in papers}
+        matches = PaperIndex.build(papers).match(flt)
+        if as_json:
+            out.print_json(json.dumps([
+                {
+                    "arxiv_id": m.arxiv_id,
+                    "title": by_id[m.arxiv_id].title,
+                    "score": round(m.score, 4),
+                    "upvotes": m.upvotes,
+                    "featured_at": by_id[m.arxiv_id].featured_at.isoformat(),
+                    "matched": list(m.matched),
+                    "title_highlights": [by_id[m.arxiv_id].title[a:b] for a, b in m.title_spans],
+                    "abstract_highlights": [by_id[m.arxiv_id].summary[a:b] for a, b in m.summary_spans],
+                }
+                for m in matches
+            ]))
+            return
+        table = Table("arXiv id", "score", "upvotes", "title", "matched words",
+                      title=f"{len(matches)} of {len(papers)} stored papers match {query!r}")
+        for m in matches:
+            p = by_id[m.arxiv_id]
+            words = sorted({p.title[a:b] for a, b in m.title_spans} | {p.summary[a:b] for a, b in m.summary_spans},
+                           key=str.lower)
+            table.add_row(m.arxiv_id, f"{m.score:.2f}", str(m.upvotes), p.title, ", ".join(words[:8]))
+        out.print(table)
+
+
+@cli.callback(invoke_without_command=True)
+def _version(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"digestbot {__version__}", markup=False)
+        raise typer.Exit(0)

@@ -1,0 +1,252 @@
+"""Delivery backends behind one small interface: smtp, file, console.
+
+A backend is opened lazily by the delivery loop, sent one message at a time, and closed at
+the end of the run. Errors are sorted into the three kinds the outbox acts on:
+TemporaryDeliveryError (defer and retry), PermanentDeliveryError (fail the digest) and
+DeliverySetupError (stop the run, attempt nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import socket
+import ssl
+import sys
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from digestbot.errors import (
+    ConfigError,
+    DeliverySetupError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What to deliver: the raw message and its explicit envelope. `name` is a stable file-safe key."""
+
+    sender: str
+    recipient: str
+    raw: bytes
+    name: str
+
+
+class Backend(Protocol):
+    """Deliver messages one at a time; `close` is safe to call whether or not anything was sent."""
+
+    def send(self, envelope: Envelope) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileBackend:
+    """Writes each message to DIR/<name>.eml (atomically; a retry overwrites the same file)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def send(self, envelope: Envelope) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            target = self.directory / f"{envelope.name}.eml"
+            tmp = target.with_suffix(".eml.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(envelope.raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise DeliverySetupError(
+                f"cannot write to mail folder {self.directory}: {exc.strerror or exc}",
+                setting="DIGESTBOT_MAIL_DIR",
+            ) from exc
+
+    def close(self) -> None:
+        return None
+
+
+class ConsoleBackend:
+    """Prints each message's headers and plain-text part, for trying digestbot out."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    def send(self, envelope: Envelope) -> None:
+        out = self.stream or sys.stdout
+        msg = message_from_bytes(envelope.raw, policy=default_policy)
+        out.write(f"{'=' * 72}\n")
+        for header in ("From", "To", "Subject", "Date", "Message-ID"):
+            out.write(f"{header}: {msg.get(header, '')}\n")
+        body = msg.get_body(preferencelist=("plain",))
+        out.write("\n")
+        out.write(body.get_content() if body is not None else "")
+        out.write("\n")
+        out.flush()
+
+    def close(self) -> None:
+        return None
+
+
+_SECURITY = ("starttls", "ssl", "none")
+
+
+class SMTPBackend:
+    """One SMTP connection reused for a run; STARTTLS or SSL with verified certificates; login when configured."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: str = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if security not in _SECURITY:
+            raise ConfigError(
+                f"unknown SMTP security {security!r} (use one of {', '.join(_SECURITY)})",
+                field="DIGESTBOT_SMTP_SECURITY",
+            )
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self._conn: smtplib.SMTP | None = None
+
+    # -- connection -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect, secure and log in; every failure here is a DeliverySetupError naming a setting."""
+        if self._conn is not None:
+            return
+        where = f"{self.host}:{self.port}"
+        try:
+            if self.security == "ssl":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=self.ssl_context
+                )
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        except ssl.SSLError as exc:
+            raise DeliverySetupError(
+                f"TLS with SMTP server {where} failed: {exc}", setting="DIGESTBOT_SMTP_SECURITY"
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliverySetupError(
+                f"cannot connect to SMTP server {where}: {exc}",
+                setting="DIGESTBOT_SMTP_HOST and DIGESTBOT_SMTP_PORT",
+            ) from exc
+        try:
+            conn.ehlo()
+            if self.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise DeliverySetupError(
+                        f"SMTP server {where} does not offer STARTTLS",
+                        setting="DIGESTBOT_SMTP_SECURITY",
+                    )
+                conn.starttls(context=self.ssl_context)
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self.password or "")
+        except DeliverySetupError:
+            _quietly_close(conn)
+            raise
+        except ssl.SSLError as exc:
+            _quietly_close(conn)
+            raise DeliverySetupError(
+                f"TLS with SMTP server {where} failed: {exc}", setting="DIGESTBOT_SMTP_SECURITY"
+            ) from exc
+        except smtplib.SMTPAuthenticationError as exc:
+            _quietly_close(conn)
+            raise DeliverySetupError(
+                f"SMTP server {where} refused the login for {self.username!r}: "
+                f"{exc.smtp_code} {_text(exc.smtp_error)}",
+                setting="DIGESTBOT_SMTP_USERNAME and DIGESTBOT_SMTP_PASSWORD",
+            ) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            _quietly_close(conn)
+            raise DeliverySetupError(
+                f"SMTP server {where} does not support login: {exc}",
+                setting="DIGESTBOT_SMTP_USERNAME and DIGESTBOT_SMTP_SECURITY",
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            _quietly_close(conn)
+            raise DeliverySetupError(
+                f"SMTP server {where} failed during greeting: {exc}",
+                setting="DIGESTBOT_SMTP_HOST and DIGESTBOT_SMTP_PORT",
+            ) from exc
+        self._conn = conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                _quietly_close(conn)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _quietly_close(conn)
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, envelope: Envelope) -> None:
+        self.open()
+        assert self._conn is not None
+        try:
+            self._conn.sendmail(envelope.sender, [envelope.recipient], envelope.raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = next(iter(exc.recipients.values()), (0, b""))
+            self._after_reply(code)
+            raise _classify(code, f"recipient {envelope.recipient} refused: {code} {_text(text)}") from exc
+        except smtplib.SMTPResponseException as exc:
+            self._after_reply(exc.smtp_code)
+            raise _classify(exc.smtp_code, f"server replied {exc.smtp_code} {_text(exc.smtp_error)}") from exc
+        except (smtplib.SMTPServerDisconnected, OSError, socket.timeout) as exc:
+            self._drop()
+            raise TemporaryDeliveryError(f"connection to {self.host}:{self.port} lost: {exc}") from exc
+        except smtplib.SMTPException as exc:
+            self._drop()
+            raise TemporaryDeliveryError(f"SMTP error: {exc}") from exc
+
+    def _after_reply(self, code: int) -> None:
+        """Reset the transaction so the next message can use the connection; drop it on 421."""
+        if code == 421:
+            self._drop()
+            return
+        try:
+            assert self._conn is not None
+            self._conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+
+def _classify(code: int, message: str) -> TemporaryDeliveryError | PermanentDeliveryError:
+    if 500 <= code < 600:
+        return PermanentDeliveryError(message)
+    return TemporaryDeliveryError(message)
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return re.sub(r"\s+", " ", value).strip()
+
+
+def _quietly_close(conn: smtplib.SMTP) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass

@@ -1,0 +1,329 @@
+"""The digest outbox: planning rows idempotently, claiming them for delivery, recording outcomes.
+
+States: planned → sending → sent; sending → deferred (retry at next_attempt_at) → sending ...;
+sending → failed (permanent); skipped (nothing matched, nothing to send). Uniqueness lives in the
+database: one digest per (subscriber, period) and one item per (subscriber, paper).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from digestbot.models import Digest, DigestItem, UTCDateTime
+from digestbot.store import chunks, dialect_insert
+
+PLANNED, SENDING, SENT, DEFERRED, FAILED, SKIPPED = (
+    "planned", "sending", "sent", "deferred", "failed", "skipped",
+)
+LEASE = timedelta(minutes=30)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPlan:
+    arxiv_id: str
+    score: float
+    upvotes: int
+    matched: tuple[str, ...]
+    title_spans: tuple[tuple[int, int], ...]
+    summary_spans: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestPlan:
+    """A digest decided for one subscriber and period, before it is stored."""
+
+    subscriber_id: int
+    email: str
+    period: str
+    window_start: datetime
+    window_end: datetime
+    items: tuple[ItemPlan, ...]
+    more_count: int
+    send_empty: bool
+    message_id: str
+
+    @property
+    def state(self) -> str:
+        return PLANNED if self.items or self.send_empty else SKIPPED
+
+
+def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
+    """Insert digests and their items; a (subscriber, period) that already has a digest is left alone.
+
+    Returns how many digests were inserted by this call.
+    """
+    inserted = 0
+    for batch in chunks(list(plans)):
+        stmt = (
+            dialect_insert(session, Digest)
+            .values(
+                [
+                    {
+                        "subscriber_id": p.subscriber_id,
+                        "period": p.period,
+                        "state": p.state,
+                        "window_start": p.window_start,
+                        "window_end": p.window_end,
+                        "paper_count": len(p.items),
+                        "more_count": p.more_count,
+                        "message_id": p.message_id,
+                        "attempts": 0,
+                        "planned_at": now,
+                        "next_attempt_at": now,
+                    }
+                    for p in batch
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
+            .returning(Digest.id, Digest.subscriber_id)
+        )
+        ids = {sid: did for did, sid in session.execute(stmt)}
+        inserted += len(ids)
+        rows = [
+            {
+                "digest_id": ids[p.subscriber_id],
+                "subscriber_id": p.subscriber_id,
+                "arxiv_id": it.arxiv_id,
+                "position": pos,
+                "score": it.score,
+                "upvotes": it.upvotes,
+                "matched": list(it.matched),
+                "title_spans": [list(s) for s in it.title_spans],
+                "summary_spans": [list(s) for s in it.summary_spans],
+            }
+            for p in batch
+            if p.subscriber_id in ids
+            for pos, it in enumerate(p.items)
+        ]
+        for item_rows in chunks(rows):
+            session.execute(
+                dialect_insert(session, DigestItem)
+                .values(list(item_rows))
+                .on_conflict_do_nothing(index_elements=["subscriber_id", "arxiv_id"])
+            )
+    return inserted
+
+
+def last_windows(session: Session, subscriber_ids: Sequence[int]) -> dict[int, tuple[datetime, datetime]]:
+    """For each subscriber with a digest: where its latest window ended and when it was planned."""
+    out: dict[int, tuple[datetime, datetime]] = {}
+    end = sa.func.max(Digest.window_end, type_=UTCDateTime())
+    planned = sa.func.max(Digest.planned_at, type_=UTCDateTime())
+    for chunk in chunks(list(subscriber_ids)):
+        stmt = (
+            sa.select(Digest.subscriber_id, end, planned)
+            .where(col(Digest.subscriber_id).in_(chunk))
+            .group_by(Digest.subscriber_id)
+        )
+        out.update((sid, (e, p)) for sid, e, p in session.execute(stmt))
+    return out
+
+
+def existing_periods(session: Session, pairs: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Which (subscriber, period) pairs already have a digest."""
+    found: set[tuple[int, str]] = set()
+    for chunk in chunks(list(pairs)):
+        sids = sorted({sid for sid, _ in chunk})
+        periods = sorted({p for _, p in chunk})
+        stmt = sa.select(Digest.subscriber_id, Digest.period).where(
+            col(Digest.subscriber_id).in_(sids), col(Digest.period).in_(periods)
+        )
+        found.update((sid, p) for sid, p in session.execute(stmt))
+    return found & set(pairs)
+
+
+def already_held(session: Session, subscriber_ids: Sequence[int], arxiv_ids: Sequence[str]) -> set[tuple[int, str]]:
+    """(subscriber, paper) pairs already fixed into some digest: those papers are never sent again."""
+    held: set[tuple[int, str]] = set()
+    if not arxiv_ids:
+        return held
+    for chunk in chunks(list(subscriber_ids)):
+        stmt = sa.select(DigestItem.subscriber_id, DigestItem.arxiv_id).where(
+            col(DigestItem.subscriber_id).in_(chunk)
+        )
+        if len(arxiv_ids) <= 1000:
+            stmt = stmt.where(col(DigestItem.arxiv_id).in_(list(arxiv_ids)))
+        held.update(session.execute(stmt).tuples())
+    return held
+
+
+# -- claiming -------------------------------------------------------------------------------
+
+
+def worker_id() -> str:
+    """Who holds a claim: host, pid and the process start time (so a reused pid is not mistaken)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().rsplit(b")", 1)[1].split()
+        return stat[19].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
+def _holder_is_dead(claimed_by: str | None) -> bool:
+    if not claimed_by:
+        return True
+    try:
+        host, pid_s, started = claimed_by.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return False  # another machine: only its lease can expire
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return started != "?" and _start_time(pid) != started
+
+
+def reclaim_orphans(session: Session, *, now: datetime) -> int:
+    """Put back digests whose sender died mid-send (same host, dead pid) or whose lease ran out."""
+    rows = session.exec(select(Digest).where(Digest.state == SENDING)).all()
+    n = 0
+    for d in rows:
+        lease_over = d.lease_until is None or d.lease_until < now
+        if lease_over or _holder_is_dead(d.claimed_by):
+            _release(d)
+            session.add(d)
+            n += 1
+    return n
+
+
+def _release(d: Digest) -> None:
+    d.state = DEFERRED if d.attempts else PLANNED
+    d.claimed_by = None
+    d.lease_until = None
+
+
+def claim(
+    session: Session,
+    *,
+    now: datetime,
+    me: str,
+    limit: int,
+    subscriber_ids: Sequence[int] | None = None,
+) -> list[int]:
+    """Atomically mark up to `limit` due digests as sending by `me`; returns their ids.
+
+    One UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING id: on SQLite the
+    statement runs inside a BEGIN IMMEDIATE write transaction, on PostgreSQL locked rows are skipped.
+    """
+    due = sa.or_(
+        Digest.state == PLANNED,
+        sa.and_(Digest.state == DEFERRED, col(Digest.next_attempt_at) <= now),
+    )
+    pick = sa.select(Digest.id).where(due).order_by(col(Digest.id)).limit(limit)
+    if subscriber_ids is not None:
+        pick = pick.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        sa.update(Digest)
+        .where(col(Digest.id).in_(pick.scalar_subquery()))
+        .values(state=SENDING, claimed_by=me, lease_until=now + LEASE)
+        .returning(Digest.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(session.execute(stmt).scalars())
+
+
+def release(session: Session, *, ids: Sequence[int], me: str) -> None:
+    """Give back claimed digests untouched (the run stopped before attempting them)."""
+    for chunk in chunks(list(ids)):
+        for d in session.exec(
+            select(Digest).where(col(Digest.id).in_(chunk), Digest.state == SENDING, Digest.claimed_by == me)
+        ):
+            _release(d)
+            session.add(d)
+
+
+def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> None:
+    session.execute(
+        sa.update(Digest)
+        .where(Digest.id == digest_id, Digest.claimed_by == me)
+        .values(
+            state=SENT,
+            sent_at=now,
+            attempts=Digest.attempts + 1,
+            first_attempt_at=sa.func.coalesce(Digest.first_attempt_at, now),
+            last_error=None,
+            claimed_by=None,
+            lease_until=None,
+            next_attempt_at=None,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial: float = 60.0
+    maximum: float = 3600.0
+    give_up: float = 86400.0
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Exponential backoff with jitter: base doubles per attempt up to `maximum`, then 50–100 %."""
+        base = min(self.maximum, self.initial * (2 ** max(0, attempts - 1)))
+        return base * (0.5 + 0.5 * (rng or random).random())
+
+
+def mark_temporary_failure(
+    session: Session, *, digest_id: int, me: str, now: datetime, error: str, policy: RetryPolicy
+) -> str:
+    """Defer with backoff, or fail once the give-up time since the first attempt has passed."""
+    d = session.get(Digest, digest_id)
+    assert d is not None
+    d.attempts += 1
+    d.first_attempt_at = d.first_attempt_at or now
+    d.last_error = error
+    d.claimed_by = None
+    d.lease_until = None
+    if (now - d.first_attempt_at).total_seconds() >= policy.give_up:
+        d.state = FAILED
+        d.last_error = f"gave up after {d.attempts} attempts: {error}"
+        d.next_attempt_at = None
+    else:
+        d.state = DEFERRED
+        d.next_attempt_at = now + timedelta(seconds=policy.delay(d.attempts))
+    session.add(d)
+    return d.state
+
+
+def mark_failed(session: Session, *, digest_id: int, me: str, now: datetime, error: str) -> None:
+    d = session.get(Digest, digest_id)
+    assert d is not None
+    d.attempts += 1
+    d.first_attempt_at = d.first_attempt_at or now
+    d.state = FAILED
+    d.last_error = error
+    d.claimed_by = None
+    d.lease_until = None
+    d.next_attempt_at = None
+    session.add(d)
+
+
+def requeue_failed(session: Session, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:
+    """`digestbot retry`: failed digests go back to planned, with a fresh attempt budget."""
+    stmt = (
+        sa.update(Digest)
+        .where(Digest.state == FAILED)
+        .values(state=PLANNED, attempts=0, first_attempt_at=None, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if subscriber_ids is not None:
+        stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
+    return session.execute(stmt).rowcount or 0
