@@ -11,6 +11,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -283,10 +284,14 @@ def preview(
     email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
     html: Annotated[Path | None, typer.Option("--html", help="Write the HTML part to this file.")] = None,
     text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
+    date_: Annotated[
+        str | None, typer.Option("--date", help="Preview as if today were this day (YYYY-MM-DD).")
+    ] = None,
 ) -> None:
     """Render a subscriber's next digest from the stored papers without sending or recording it.
 
-    Prints the subject and the text part (the default), or writes the HTML part to a file.
+    The next digest is the one waiting in the outbox, if any, else the one a send would build
+    now. Prints the subject and the text part (the default), or writes the HTML part to a file.
 
     Example: digestbot preview ada@example.org --html /tmp/ada.html
     """
@@ -296,36 +301,31 @@ def preview(
         spec = next((sp for sp in specs if sp.email.lower() == email.strip().lower()), None)
         if spec is None:
             raise ConfigError(f"{email} is not in {settings.subscribers_path}", field="EMAIL")
+        day = _parse_date(date_)
         mail = app.mail_context(settings)
         engine = app.database(settings)
-        now = _now()
-        sid = _known_ids(engine, [spec]).get(spec.email, -1)
-        pending = pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid > 0 else None
+        as_of = _as_of(day, _now())
+        sid = _known_ids(engine, [spec]).get(spec.email)
+        pending = pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid else None
         if pending is not None:
             rendered = mail.renderer.render(pending)
         else:
+            period = day.isoformat() if day else pipeline.local_period(spec, as_of)
             with session_scope(engine) as s:
-                plans = list(
+                plan = next(
                     pipeline.compute_plans(
-                        s, [pipeline.Recipient(spec=spec, id=sid)], as_of=now,
-                        lookback=settings.lookback_days, period=lambda _sp: "preview",
+                        s, [pipeline.Recipient(spec=spec, id=sid or -1)], as_of=as_of,
+                        lookback=settings.lookback_days, period=lambda _sp: "0001-01-01",
                         from_addr=settings.mail_from,
                     )
                 )
-                plan = plans[0]
-                plan = outbox.DigestPlan(**{**_fields(plan), "period": pipeline.local_period(spec, now)})
-                rendered = pipeline.render_plan(s, plan, mail=mail, name=spec.name)
-                s.rollback()
+                rendered = pipeline.render_plan(s, replace(plan, period=period), mail=mail, name=spec.name)
         if html is not None:
             html.write_text(rendered.html, encoding="utf-8")
             err.print(f"wrote {html}", markup=False)
         if text or html is None:
             out.print(f"Subject: {rendered.subject}\n", markup=False)
             out.print(rendered.text, markup=False)
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
 
 
 @cli.command()
@@ -375,12 +375,14 @@ def status() -> None:
         states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items())) or "none yet"
         out.print(f"digests: {states}; papers mailed: {sent_papers}", markup=False)
         if st.problems:
-            table = Table("subscriber", "day", "state", "attempts", "next try (UTC)", "server reply / reason",
-                          title="deferred and failed digests")
+            out.print("deferred and failed digests (newest first):", markup=False)
             for email, period, state, attempts, error, nxt in st.problems:
-                table.add_row(email, period, state, str(attempts),
-                              f"{nxt:%Y-%m-%d %H:%M}" if nxt else "-", error or "")
-            out.print(table)
+                when = f", next try {nxt:%Y-%m-%d %H:%M} UTC" if nxt and state == outbox.DEFERRED else ""
+                out.print(
+                    f"  {state:<8} {email}  day {period}  attempts {attempts}{when}\n"
+                    f"           server reply: {error or '-'}",
+                    markup=False,
+                )
 
 
 @cli.command()

@@ -151,7 +151,7 @@ def already_held(session: Session, subscriber_ids: Sequence[int], arxiv_ids: Seq
         )
         if len(arxiv_ids) <= 1000:
             stmt = stmt.where(col(DigestItem.arxiv_id).in_(list(arxiv_ids)))
-        held.update(session.execute(stmt).tuples())
+        held.update((sid, aid) for sid, aid in session.execute(stmt))
     return held
 
 

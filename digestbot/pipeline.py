@@ -492,24 +492,22 @@ def _load_batch(
     return out
 
 
-def pending_digest_view(engine: Engine, *, subscriber_id: int, mail: MailContext) -> tuple[str, DigestView] | None:
-    """The oldest stored digest of a subscriber that is not sent yet, as a view (for previews)."""
+def pending_digest_view(engine: Engine, *, subscriber_id: int, mail: MailContext) -> DigestView | None:
+    """The subscriber's oldest stored digest that is not sent yet, as a view (for previews)."""
     with session_scope(engine) as s:
-        d = s.exec(
-            select(Digest)
-            .where(Digest.subscriber_id == subscriber_id,
-                   col(Digest.state).in_((outbox.PLANNED, outbox.DEFERRED, outbox.SENDING, outbox.FAILED)))
+        digest_id = s.execute(
+            sa.select(Digest.id)
+            .where(
+                Digest.subscriber_id == subscriber_id,
+                col(Digest.state).in_((outbox.PLANNED, outbox.DEFERRED, outbox.SENDING, outbox.FAILED)),
+            )
             .order_by(col(Digest.id))
             .limit(1)
-        ).first()
-        if d is None or d.id is None:
+        ).scalar()
+        if digest_id is None:
             return None
-        return _load_batch(s, [d.id], mail=mail)[d.id][1:]  # type: ignore[return-value]
+        return _load_batch(s, [digest_id], mail=mail)[digest_id][2]
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def dkim_key_bytes(path: Path | None) -> bytes | None:
-    return path.read_bytes() if path else None
