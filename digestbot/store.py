@@ -55,10 +55,13 @@ def upsert_papers(session: Session, *, papers: Sequence[FetchedPaper], now: date
     ]
     new = 0
     for rows in chunks(new_rows):
-        stmt = dialect_insert(session, Paper).values(list(rows)).on_conflict_do_nothing(
-            index_elements=["arxiv_id"]
+        stmt = (
+            dialect_insert(session, Paper)
+            .values(list(rows))
+            .on_conflict_do_nothing(index_elements=["arxiv_id"])
+            .returning(Paper.arxiv_id)
         )
-        new += session.execute(stmt).rowcount or 0
+        new += len(session.execute(stmt).all())
     updated = 0
     for arxiv_id, row in existing.items():
         fresh = _paper_values(by_id[arxiv_id], now)

@@ -1,0 +1,190 @@
+"""The pipeline stages on real databases (SQLite and PostgreSQL): store, plan, deliver."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from digestbot import app, outbox, pipeline
+from digestbot.db import open_database, session_scope
+from digestbot.models import Digest, DigestItem, Paper
+from digestbot.settings import load_settings
+from digestbot.sources.hf_daily import HFDailyPapers
+from digestbot.subscribers import parse_subscribers
+from tests.conftest import fixture_day, write_day
+
+PEOPLE = """
+[[subscribers]]
+email = "ada@example.org"
+keywords = ["diffusion", "decoding"]
+max_papers = 2
+
+[[subscribers]]
+email = "bob@example.org"
+keywords = ["zzzz-never-matches"]
+
+[[subscribers]]
+email = "cy@example.org"
+keywords = ["zzzz-never-matches"]
+send_empty = true
+"""
+
+
+def at(day: str, hour: int = 12) -> datetime:
+    return datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC)
+
+
+@pytest.fixture
+def env(db_url: str, feed_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = load_settings(
+        environ={"DIGESTBOT_DATABASE_URL": db_url, "DIGESTBOT_FEED_URL": str(feed_dir),
+                 "DIGESTBOT_MAIL_DIR": str(tmp_path / "out")},
+        env_file=None,
+    )
+    engine = open_database(db_url)
+    yield settings, engine
+    engine.dispose()
+
+
+def fetch(settings, engine, day: str, now: datetime | None = None) -> pipeline.FetchSummary:  # type: ignore[no-untyped-def]
+    source = HFDailyPapers(feed_url=settings.feed_url, client=None)
+    return pipeline.fetch_and_store(
+        engine, source=source, feed_url=settings.feed_url, today=date.fromisoformat(day),
+        lookback=settings.lookback_days, now=now or at(day, 6),
+    )
+
+
+def plan(settings, engine, specs, day: str, now: datetime | None = None) -> pipeline.PlanSummary:  # type: ignore[no-untyped-def]
+    now = now or at(day, 23)
+    recipients = pipeline.sync_subscribers(engine, specs, now=now)
+    return pipeline.plan_digests(
+        engine, recipients, as_of=now, lookback=settings.lookback_days,
+        period=lambda _sp: day, from_addr=settings.mail_from, now=now,
+    )
+
+
+def items_of(engine, email_prefix: str = "ada") -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT d.period, i.arxiv_id FROM digest_items i JOIN digests d ON d.id = i.digest_id "
+                "JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email LIKE :p ORDER BY d.period, i.position"
+            ),
+            {"p": f"{email_prefix}%"},
+        ).all()
+    out: dict[str, list[str]] = {}
+    for period, arxiv_id in rows:
+        out.setdefault(period, []).append(arxiv_id)
+    return out
+
+
+def test_fetch_stores_once_and_updates_what_changes(env, feed_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """A paper is stored once; a later fetch updates upvotes and keeps when it was first seen and featured."""
+    settings, engine = env
+    first = fetch(settings, engine, "2026-03-04", now=at("2026-03-04", 6))
+    assert (first.new, first.updated) == (45, 0)
+    items = fixture_day("2026-03-04")
+    items[0]["paper"]["upvotes"] += 100
+    items[0]["paper"]["submittedOnDailyAt"] = "2026-03-05T01:00:00.000Z"
+    write_day(feed_dir, "2026-03-04", items)
+    second = fetch(settings, engine, "2026-03-04", now=at("2026-03-04", 9))
+    assert (second.new, second.updated) == (0, 1)
+    with session_scope(engine) as s:
+        paper = s.get(Paper, items[0]["paper"]["id"])
+    assert paper is not None
+    assert paper.upvotes == fixture_day("2026-03-04")[0]["paper"]["upvotes"] + 100
+    assert paper.first_seen_at == at("2026-03-04", 6)
+    assert paper.featured_at.date() == date(2026, 3, 4)
+
+
+def test_planning_is_idempotent_and_respects_max_and_send_empty(env) -> None:  # type: ignore[no-untyped-def]
+    """Planning twice for a day makes one digest each; max_papers caps it; empty ones follow send_empty."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE, source="t.toml")
+    fetch(settings, engine, "2026-03-04")
+    first = plan(settings, engine, specs, "2026-03-04")
+    again = plan(settings, engine, specs, "2026-03-04")
+    assert (first.planned, first.skipped, first.existing) == (2, 1, 0)
+    assert (again.planned, again.skipped, again.existing) == (0, 0, 3)
+    with session_scope(engine) as s:
+        states = dict(s.execute(sa.text(
+            "SELECT s.email, d.state FROM digests d JOIN subscribers s ON s.id = d.subscriber_id")).all())
+        ada = s.execute(sa.text(
+            "SELECT d.paper_count, d.more_count FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
+            "WHERE s.email = 'ada@example.org'")).one()
+    assert states == {"ada@example.org": "planned", "bob@example.org": "skipped", "cy@example.org": "planned"}
+    assert ada[0] == 2 and ada[1] >= 1
+
+
+def test_next_digest_holds_only_new_papers_and_no_overflow(env) -> None:  # type: ignore[no-untyped-def]
+    """The next day's digest has the papers featured since, never one already sent, and no carried-over overflow."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE, source="t.toml")
+    fetch(settings, engine, "2026-03-03")
+    plan(settings, engine, specs, "2026-03-03")
+    fetch(settings, engine, "2026-03-05")
+    plan(settings, engine, specs, "2026-03-05")
+    got = items_of(engine)
+    assert set(got) == {"2026-03-03", "2026-03-05"}
+    assert not set(got["2026-03-03"]) & set(got["2026-03-05"])
+    with session_scope(engine) as s:
+        featured = {p.arxiv_id: p.featured_at for p in s.execute(sa.select(Paper)).scalars()}
+    assert all(featured[a] >= at("2026-03-03", 23) for a in got["2026-03-05"])
+
+
+def test_paper_stored_late_still_reaches_the_subscriber(env, feed_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """A paper featured before a digest was planned but fetched after it goes out in the next digest."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE.replace("max_papers = 2", "max_papers = 50"), source="t.toml")
+    items = fixture_day("2026-03-04")
+    late = [it for it in items if "iffusion" in it["paper"]["title"] or "ecoding" in it["paper"]["title"]][:1]
+    assert late, "a 2026-03-04 fixture paper matches ada"
+    write_day(feed_dir, "2026-03-04", [it for it in items if it not in late])
+    fetch(settings, engine, "2026-03-04", now=at("2026-03-04", 22))
+    plan(settings, engine, specs, "2026-03-04", now=at("2026-03-04", 23))
+    assert late[0]["paper"]["id"] not in items_of(engine).get("2026-03-04", [])
+    write_day(feed_dir, "2026-03-04", items)  # the feed now shows it, featured on the 4th
+    fetch(settings, engine, "2026-03-05", now=at("2026-03-05", 6))
+    plan(settings, engine, specs, "2026-03-05")
+    assert late[0]["paper"]["id"] in items_of(engine)["2026-03-05"]
+
+
+def test_deliver_sends_each_planned_digest_once(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Delivery marks digests sent with their Message-ID kept; a second delivery sends nothing."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE, source="t.toml")
+    fetch(settings, engine, "2026-03-04")
+    plan(settings, engine, specs, "2026-03-04")
+    d = app.delivery(settings)
+    report = pipeline.deliver_due(engine, backend=d.backend, mail=d.mail, policy=d.policy)
+    assert sorted(report.sent) == ["ada@example.org", "cy@example.org"] and report.ok
+    files = sorted((tmp_path / "out").glob("*.eml"))
+    assert len(files) == 2
+    again = pipeline.deliver_due(engine, backend=d.backend, mail=d.mail, policy=d.policy)
+    assert again.sent == [] and len(list((tmp_path / "out").glob("*.eml"))) == 2
+    with session_scope(engine) as s:
+        digests = s.execute(sa.select(Digest).where(Digest.state == outbox.SENT)).scalars().all()
+    ids = {dg.message_id for dg in digests}
+    raw = b"".join(f.read_bytes() for f in files)
+    assert all(mid.encode() in raw for mid in ids)
+    cy = next(f for f in files if b"cy@example.org" in f.read_bytes())
+    assert b"no new papers" in cy.read_bytes().lower() or b"nothing" in cy.read_bytes().lower()
+
+
+def test_item_uniqueness_is_enforced_by_the_database(env) -> None:  # type: ignore[no-untyped-def]
+    """The database itself refuses a second copy of a paper for the same subscriber."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE, source="t.toml")
+    fetch(settings, engine, "2026-03-04")
+    plan(settings, engine, specs, "2026-03-04")
+    with session_scope(engine) as s:
+        item = s.execute(sa.select(DigestItem)).scalars().first()
+        assert item is not None
+        values = {c: getattr(item, c) for c in ("digest_id", "subscriber_id", "arxiv_id", "score", "upvotes")}
+    with pytest.raises(sa.exc.IntegrityError):
+        with session_scope(engine) as s:
+            s.add(DigestItem(**values, position=99, matched=[], title_spans=[], summary_spans=[]))
