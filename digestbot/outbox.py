@@ -58,36 +58,40 @@ class DigestPlan:
 def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
     """Insert digests and their items; a (subscriber, period) that already has a digest is left alone.
 
-    Returns how many digests were inserted by this call.
+    Rows go in as executemany batches (one statement compiled, many parameter sets). Returns how
+    many digests were inserted by this call.
     """
+    conn = session.connection()
+    digests = Digest.__table__
+    insert_digest = (
+        dialect_insert(session, digests)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
+        .returning(digests.c.id, digests.c.subscriber_id)
+    )
+    insert_item = dialect_insert(session, DigestItem.__table__).on_conflict_do_nothing(
+        index_elements=["subscriber_id", "arxiv_id"]
+    )
     inserted = 0
     for batch in chunks(list(plans)):
-        stmt = (
-            dialect_insert(session, Digest)
-            .values(
-                [
-                    {
-                        "subscriber_id": p.subscriber_id,
-                        "period": p.period,
-                        "state": p.state,
-                        "window_start": p.window_start,
-                        "window_end": p.window_end,
-                        "paper_count": len(p.items),
-                        "more_count": p.more_count,
-                        "message_id": p.message_id,
-                        "attempts": 0,
-                        "planned_at": now,
-                        "next_attempt_at": now,
-                    }
-                    for p in batch
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
-            .returning(Digest.id, Digest.subscriber_id)
-        )
-        ids = {sid: did for did, sid in session.execute(stmt)}
-        inserted += len(ids)
         rows = [
+            {
+                "subscriber_id": p.subscriber_id,
+                "period": p.period,
+                "state": p.state,
+                "window_start": p.window_start,
+                "window_end": p.window_end,
+                "paper_count": len(p.items),
+                "more_count": p.more_count,
+                "message_id": p.message_id,
+                "attempts": 0,
+                "planned_at": now,
+                "next_attempt_at": now,
+            }
+            for p in batch
+        ]
+        ids = {sid: did for did, sid in conn.execute(insert_digest, rows)}
+        inserted += len(ids)
+        items = [
             {
                 "digest_id": ids[p.subscriber_id],
                 "subscriber_id": p.subscriber_id,
@@ -103,12 +107,8 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             if p.subscriber_id in ids
             for pos, it in enumerate(p.items)
         ]
-        for item_rows in chunks(rows):
-            session.execute(
-                dialect_insert(session, DigestItem)
-                .values(list(item_rows))
-                .on_conflict_do_nothing(index_elements=["subscriber_id", "arxiv_id"])
-            )
+        if items:
+            conn.execute(insert_item, items)
     return inserted
 
 
@@ -253,14 +253,16 @@ def release(session: Session, *, ids: Sequence[int], me: str) -> None:
 
 
 def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> None:
-    session.execute(
-        sa.update(Digest)
-        .where(Digest.id == digest_id, Digest.claimed_by == me)
+    """Record that the backend accepted the digest (a Core UPDATE: this runs once per message)."""
+    table = Digest.__table__
+    session.connection().execute(
+        table.update()
+        .where(table.c.id == digest_id, table.c.claimed_by == me)
         .values(
             state=SENT,
             sent_at=now,
-            attempts=Digest.attempts + 1,
-            first_attempt_at=sa.func.coalesce(Digest.first_attempt_at, now),
+            attempts=table.c.attempts + 1,
+            first_attempt_at=sa.func.coalesce(table.c.first_attempt_at, now),
             last_error=None,
             claimed_by=None,
             lease_until=None,
