@@ -3,7 +3,9 @@
 One job fetches every DIGESTBOT_FETCH_INTERVAL minutes. A tick every minute plans the digests of
 subscribers whose local send time has passed today and who have none for today yet (so after
 downtime the missed days become one digest), then delivers whatever is due, retries included.
-Jobs run one at a time; SIGTERM/SIGINT stop after the message in hand; SIGHUP reloads subscribers.
+After downtime the fetch reaches back to the last good fetch (up to MAX_CATCH_UP days), so the
+papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
+message in hand; SIGHUP reloads subscribers. Nothing touches the database before the lock is held.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from types import FrameType
 
+from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
-from digestbot import app, pipeline
-from digestbot.db import daemon_lock
+from digestbot import app, pipeline, store
+from digestbot.db import daemon_lock, session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
 from digestbot.settings import Settings
 from digestbot.subscribers import SubscriberSpec
@@ -31,6 +35,7 @@ log = logging.getLogger("digestbot.daemon")
 
 FRESH_FETCH = timedelta(minutes=15)  # fetch right before planning when the last fetch is older
 SETUP_PAUSE = timedelta(minutes=5)  # after the mail server could not be used at all
+MAX_CATCH_UP = 30  # days: how far back a fetch after downtime reaches (at least lookback_days)
 
 
 class Daemon:
@@ -54,12 +59,23 @@ class Daemon:
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
         self._last_fetch: datetime | None = None
+        self._last_good_fetch: datetime | None = None  # read from the database on the first fetch
+        self._looked_up_last_good = False
         self._paused_until: datetime | None = None
         self._done: set[tuple[time, str, str]] = set()  # (send_at, zone, period) groups fully planned
         self._scheduler: BlockingScheduler | None = None
-        self._set_people(specs)
+        self._specs: Sequence[SubscriberSpec] | None = specs  # synced to the database on first use
+        self._groups: dict[tuple[time, str], list[pipeline.Recipient]] = {}
 
     # -- subscribers ------------------------------------------------------------------------
+    def _people(self) -> list[tuple[tuple[time, str], list[pipeline.Recipient]]]:
+        with self._lock:
+            specs, self._specs = self._specs, None
+        if specs is not None:
+            self._set_people(specs)
+        with self._lock:
+            return list(self._groups.items())
+
     def _set_people(self, specs: Sequence[SubscriberSpec]) -> None:
         recipients = pipeline.sync_subscribers(self.engine, specs, now=self.clock())
         groups: dict[tuple[time, str], list[pipeline.Recipient]] = defaultdict(list)
@@ -77,30 +93,49 @@ class Daemon:
         except ConfigError as exc:
             log.error("subscribers file not reloaded, keeping the previous list: %s", exc)
             return
+        with self._lock:
+            self._specs = None
         self._set_people(specs)
 
     # -- jobs -------------------------------------------------------------------------------
     def fetch(self) -> None:
+        """Fetch and store the feed; after downtime, every day since the last good fetch."""
         now = self.clock()
+        lookback = self._fetch_lookback(now)
         try:
             summary = pipeline.fetch_and_store(
                 self.engine, source=self.source, feed_url=self.settings.feed_url, today=now.date(),
-                lookback=self.settings.lookback_days, now=now,
+                lookback=lookback, now=now,
             )
         except DigestbotError as exc:
-            log.error("fetch failed: %s", exc)
+            log.error("fetch from %s failed: %s", self.settings.feed_url, exc)
             return
         finally:
             self._last_fetch = now
+        self._last_good_fetch = now
         log.info("fetched %d papers: %d new, %d updated", summary.fetched, summary.new, summary.updated)
+
+    def _fetch_lookback(self, now: datetime) -> int:
+        """lookback_days, or more when the last good fetch is older (the daemon was down)."""
+        if not self._looked_up_last_good:
+            with session_scope(self.engine) as s:
+                last = store.status(s, problem_limit=0).last_good_fetch
+            self._last_good_fetch = last.started_at if last is not None else None
+            self._looked_up_last_good = True
+        lookback = self.settings.lookback_days
+        if self._last_good_fetch is not None:
+            behind = (now.astimezone(UTC).date() - self._last_good_fetch.astimezone(UTC).date()).days
+            if behind > lookback:
+                lookback = min(behind, max(MAX_CATCH_UP, lookback))
+                log.info("last good fetch was %d days ago; fetching the %d days since", behind, lookback)
+        return lookback
 
     def tick(self) -> None:
         """Plan the digests that are due by local time, then deliver everything due."""
         now = self.clock()
         due: list[pipeline.Recipient] = []
         keys = []
-        with self._lock:
-            groups = list(self._groups.items())
+        groups = self._people()
         for (send_at, zone), recipients in groups:
             spec = recipients[0].spec
             key = (send_at, zone, pipeline.local_period(spec, now))
@@ -152,23 +187,43 @@ class Daemon:
 
     # -- running ----------------------------------------------------------------------------
     def stop(self, *_args: object) -> None:
-        """Stop after the message in hand; safe to call from a signal handler."""
+        """Stop after the message in hand; safe to call from a signal handler or another thread."""
         if self.stop_event.is_set():
             return
-        log.info("stopping")
         self.stop_event.set()
-        if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+        # The scheduler's shutdown takes locks the interrupted main thread may hold; a signal
+        # handler must not wait on them, so a helper thread does it.
+        threading.Thread(target=self._stop_scheduler, name="stop", daemon=True).start()
+
+    def _stop_scheduler(self) -> None:
+        log.info("stopping")
+        self._shutdown_scheduler()
+
+    def _shutdown_scheduler(self) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        try:
+            scheduler.shutdown(wait=False)
+        except SchedulerNotRunningError:
+            pass  # not started yet (or already stopped): the start listener sees stop_event
+
+    def _on_started(self, _event: SchedulerEvent) -> None:
+        """A stop that came while the scheduler was starting takes effect now."""
+        if self.stop_event.is_set():
+            self._shutdown_scheduler()
 
     def run_forever(self) -> None:
         """Hold the one-daemon lock and run the scheduler until SIGTERM or SIGINT."""
         with daemon_lock(self.engine):
+            self._people()  # sync the subscribers only once this is the one daemon
             executor = ThreadPoolExecutor(max_workers=1)
             scheduler = BlockingScheduler(
                 timezone=UTC,
                 executors={"default": executor},
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             )
+            scheduler.add_listener(self._on_started, EVENT_SCHEDULER_STARTED)
             self._scheduler = scheduler
             now = self.clock()
             scheduler.add_job(

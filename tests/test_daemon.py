@@ -1,0 +1,580 @@
+"""The daemon (`digestbot run`): local send times, coalescing after downtime, failures, reload, signals.
+
+In-process tests drive `Daemon.tick()` / `Daemon.fetch()` with a fake clock against a real SQLite
+file, the offline feed folder and the file or SMTP backend. Subprocess tests run the real command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from digestbot import app
+from digestbot.daemon import Daemon
+from digestbot.db import open_database, session_scope
+from digestbot.models import Digest, Subscriber
+from digestbot.settings import Settings, load_settings
+from digestbot.subscribers import SubscriberSpec, load_subscribers, parse_subscribers
+from tests.conftest import SMTPServer, after, fixture_day, shift_items, write_day
+
+PAPER_LINK = re.compile(r"huggingface\.co/papers/(\d{4}\.\d{4,5})")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+class Clock:
+    """A settable clock handed to the daemon in place of the wall clock."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Mail:
+    name: str
+    to: str
+    subject: str
+    papers: frozenset[str]
+
+
+def mailbox(folder: Path) -> list[Mail]:
+    """The digests the file backend wrote, oldest first."""
+    out = []
+    for path in sorted(folder.glob("*.eml")):
+        msg: EmailMessage = message_from_bytes(path.read_bytes(), policy=default_policy)  # type: ignore[assignment]
+        body = msg.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
+        out.append(
+            Mail(
+                path.name,
+                msg["To"].addresses[0].addr_spec,
+                str(msg["Subject"]),
+                frozenset(PAPER_LINK.findall(text)),
+            )
+        )
+    return out
+
+
+def to(mails: list[Mail], address: str) -> list[Mail]:
+    return [m for m in mails if m.to == address]
+
+
+def featured_days(feed: Path) -> dict[str, str]:
+    """arXiv id → the day file of the feed folder it is featured in."""
+    import json
+
+    out = {}
+    for path in sorted(feed.glob("20*.json")):
+        for item in json.loads(path.read_text()):
+            out[item["paper"]["id"]] = path.stem
+    return out
+
+
+def periods(engine: Engine) -> list[tuple[str, str, str]]:
+    """(email, period, state) of every stored digest, in planning order."""
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.select(Subscriber.email, Digest.period, Digest.state)
+            .join(Subscriber, Subscriber.id == Digest.subscriber_id)
+            .order_by(Digest.id)
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+@pytest.fixture
+def make_settings(workdir: Path) -> Callable[..., Settings]:
+    """Settings for the workdir (offline feed folder, SQLite file, file backend), plus overrides."""
+
+    def build(**extra: str) -> Settings:
+        env = {
+            "DIGESTBOT_DATABASE_URL": f"sqlite:///{workdir / 'digestbot.db'}",
+            "DIGESTBOT_FEED_URL": str(workdir / "feed"),
+            "DIGESTBOT_SUBSCRIBERS": str(workdir / "subscribers.toml"),
+            "DIGESTBOT_MAIL_BACKEND": "file",
+            "DIGESTBOT_MAIL_DIR": str(workdir / "outbox"),
+            **extra,
+        }
+        return load_settings(environ=env, env_file=None)
+
+    return build
+
+
+@pytest.fixture
+def make_daemon() -> Iterator[Callable[..., Daemon]]:
+    """Build a Daemon from settings with a fake clock; engines are disposed afterwards."""
+    engines: list[Engine] = []
+
+    def build(
+        settings: Settings, clock: Clock, specs: list[SubscriberSpec] | None = None
+    ) -> Daemon:
+        engine = open_database(settings.database_url)
+        engines.append(engine)
+        if specs is None:
+            specs = load_subscribers(settings.subscribers_path)
+        return Daemon(
+            settings=settings,
+            engine=engine,
+            specs=specs,
+            delivery=app.delivery(settings),
+            clock=clock,
+        )
+
+    yield build
+    for engine in engines:
+        engine.dispose()
+
+
+def ticks(daemon: Daemon, clock: Clock, start: datetime, end: datetime, step: timedelta) -> None:
+    clock.now = start
+    while clock.now < end:
+        daemon.tick()
+        clock.now += step
+
+
+# -- in-process: schedule -------------------------------------------------------------------
+
+
+def test_nothing_before_send_at_then_exactly_one_digest_that_day(
+    workdir: Path, make_settings: Callable[..., Settings], make_daemon: Callable[..., Daemon]
+) -> None:
+    """Before a subscriber's send_at nothing is sent; the first tick after it sends one digest each; later ticks that day send nothing more."""
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 0))
+    daemon = make_daemon(settings, clock)
+
+    ticks(daemon, clock, after("2026-03-04", 0), after("2026-03-04", 7), timedelta(minutes=10))
+    assert mailbox(workdir / "outbox") == []
+
+    clock.now = after("2026-03-04", 7)
+    daemon.tick()
+    sent = mailbox(workdir / "outbox")
+    assert sorted(m.to for m in sent) == [
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
+    ]
+    assert all("for 2026-03-04" in m.subject and m.papers for m in sent)
+
+    ticks(daemon, clock, after("2026-03-04", 7.25), after("2026-03-05", 0), timedelta(minutes=15))
+    assert mailbox(workdir / "outbox") == sent
+
+
+def test_each_subscriber_gets_the_digest_at_their_own_local_time(
+    workdir: Path, make_settings: Callable[..., Settings], make_daemon: Callable[..., Daemon]
+) -> None:
+    """Subscribers at 07:00 in Tokyo and New York are mailed at their own local 07:00, for their local date."""
+    (workdir / "subscribers.toml").write_text(
+        """
+[defaults]
+send_at = "07:00"
+send_empty = true
+
+[[subscribers]]
+email = "kenji@example.org"
+timezone = "Asia/Tokyo"
+keywords = ["diffusion"]
+
+[[subscribers]]
+email = "nora@example.org"
+timezone = "America/New_York"
+keywords = ["reasoning"]
+"""
+    )
+    settings = make_settings()
+    clock = Clock(after("2026-03-03", 23))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()  # 08:00 on 4 March in Tokyo, 18:00 on 3 March in New York: both have their first digest
+    assert sorted(m.name[:10] for m in mailbox(workdir / "outbox")) == ["2026-03-03", "2026-03-04"]
+
+    seen = {m.name for m in mailbox(workdir / "outbox")}
+    arrivals = []
+    clock.now = after("2026-03-04", 0)
+    while clock.now < after("2026-03-05", 0):  # one UTC day, a tick every 5 minutes
+        daemon.tick()
+        if len(list((workdir / "outbox").glob("*.eml"))) == len(seen):
+            clock.now += timedelta(minutes=5)
+            continue
+        for m in mailbox(workdir / "outbox"):
+            if m.name not in seen:
+                seen.add(m.name)
+                arrivals.append((clock.now, m.to, m.subject.rsplit(" for ", 1)[1]))
+        clock.now += timedelta(minutes=5)
+
+    assert arrivals == [
+        (after("2026-03-04", 12), "nora@example.org", "2026-03-04"),  # 07:00 EST is 12:00 UTC
+        (
+            after("2026-03-04", 22),
+            "kenji@example.org",
+            "2026-03-05",
+        ),  # 07:00 JST is 22:00 UTC the day before
+    ]
+    stored = periods(daemon.engine)
+    assert ("kenji@example.org", "2026-03-05", "sent") in stored
+    assert ("nora@example.org", "2026-03-04", "sent") in stored
+    assert len(stored) == 4
+
+
+def test_downtime_is_coalesced_into_one_digest_with_the_missed_days(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """After three days down, the next tick sends one digest per subscriber holding the papers of every missed day."""
+    for f in feed_dir.glob("*.json"):
+        f.unlink()
+    for source, day in [
+        ("2026-03-02", 10),
+        ("2026-03-03", 11),
+        ("2026-03-04", 12),
+        ("2026-03-05", 13),
+    ]:
+        write_day(feed_dir, f"2026-03-{day}", shift_items(fixture_day(source), date(2026, 3, day)))
+    (workdir / "subscribers.toml").write_text(
+        (workdir / "subscribers.toml").read_text().replace("max_papers = 10", "max_papers = 100")
+    )
+    settings = make_settings()
+    assert settings.lookback_days == 2  # shorter than the downtime
+
+    clock = Clock(after("2026-03-10", 7))
+    make_daemon(settings, clock).tick()
+    before = {m.name for m in mailbox(workdir / "outbox")}
+
+    # Down on the 11th, 12th and 13th: no ticks, no fetches. A new process starts on the 14th.
+    clock.now = after("2026-03-14", 7.5)
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    daemon.tick()
+
+    new = [m for m in mailbox(workdir / "outbox") if m.name not in before]
+    assert sorted(m.to for m in new) == ["ada@example.org", "alan@example.org", "grace@example.org"]
+    assert all("for 2026-03-14" in m.subject for m in new)
+    day_of = featured_days(feed_dir)
+    for m in new:
+        assert {"2026-03-11", "2026-03-12", "2026-03-13"} <= {day_of[p] for p in m.papers}, m.to
+    assert [p for e, p, _ in periods(daemon.engine) if e == "ada@example.org"][-1] == "2026-03-14"
+    assert not {p for e, p, _ in periods(daemon.engine)} & {
+        "2026-03-11",
+        "2026-03-12",
+        "2026-03-13",
+    }
+
+
+def test_paper_featured_after_the_digest_comes_the_next_day_and_nothing_twice(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A paper featured after today's digest went out arrives in tomorrow's digest, and no paper is sent twice."""
+    late = [
+        it for it in fixture_day("2026-03-04") if it["paper"]["id"] == "2410.20502"
+    ]  # diffusion, 08:07
+    early = [
+        it
+        for it in fixture_day("2026-03-04")
+        if it["paper"]["submittedOnDailyAt"] < "2026-03-04T07"
+    ]
+    write_day(feed_dir, "2026-03-04", early)
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    first = {m.to: m for m in mailbox(workdir / "outbox")}
+    assert "2410.20502" not in first["ada@example.org"].papers
+
+    write_day(feed_dir, "2026-03-04", early + late)  # the feed features it at 08:07
+    ticks(daemon, clock, after("2026-03-04", 8), after("2026-03-04", 12), timedelta(minutes=30))
+    clock.now = after("2026-03-04", 12)
+    daemon.fetch()  # the hourly fetch job stores it
+    ticks(daemon, clock, after("2026-03-04", 12), after("2026-03-05", 7), timedelta(hours=1))
+    assert {m.name for m in mailbox(workdir / "outbox")} == {m.name for m in first.values()}
+
+    clock.now = after("2026-03-05", 7)
+    daemon.tick()
+    second = [
+        m for m in mailbox(workdir / "outbox") if m.name not in {f.name for f in first.values()}
+    ]
+    ada = to(second, "ada@example.org")
+    assert len(ada) == 1 and "2410.20502" in ada[0].papers and "for 2026-03-05" in ada[0].subject
+    for m in second:
+        if m.to in first:
+            assert not m.papers & first[m.to].papers, m.to
+
+
+# -- in-process: failures -------------------------------------------------------------------
+
+
+def test_feed_failure_is_logged_with_the_url_and_the_daemon_carries_on(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broken feed during a tick is logged with the feed URL, the tick completes, and the next day's digests go out."""
+    good = (feed_dir / "2026-03-04.json").read_bytes()
+    (feed_dir / "2026-03-04.json").write_text("<html><body>502 Bad Gateway</body></html>")
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        daemon.tick()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and str(feed_dir) in errors[0].getMessage()
+    assert "HTML" in errors[0].getMessage()
+    assert mailbox(workdir / "outbox") == []  # nothing stored, so nothing to send today
+
+    (feed_dir / "2026-03-04.json").write_bytes(good)
+    clock.now = after("2026-03-05", 7)
+    daemon.tick()
+    sent = mailbox(workdir / "outbox")
+    assert sorted(m.to for m in sent) == [
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
+    ]
+    day_of = featured_days(feed_dir)
+    assert any(day_of[p] == "2026-03-04" for m in sent for p in m.papers)
+
+
+def test_smtp_rejection_of_one_subscriber_is_logged_and_the_others_are_sent(
+    workdir: Path,
+    smtp_server: SMTPServer,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the mail server refuses one recipient (550), that failure is logged and the other subscribers still get theirs."""
+    smtp_server.handler.reject_rcpt["grace@example.org"] = (
+        "550 5.1.1 <grace@example.org>: mailbox unavailable"
+    )
+    settings = make_settings(**smtp_server.env())
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        daemon.tick()
+        daemon.tick()
+
+    received = [r.rcpt_tos for r in smtp_server.handler.received]
+    assert sorted(received) == [["ada@example.org"], ["alan@example.org"]]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("grace@example.org" in e and "550" in e for e in errors), errors
+    assert ("grace@example.org", "2026-03-04", "failed") in periods(daemon.engine)
+
+
+# -- in-process: reload ---------------------------------------------------------------------
+
+
+def test_reload_picks_up_a_subscriber_added_to_the_file(
+    workdir: Path, make_settings: Callable[..., Settings], make_daemon: Callable[..., Daemon]
+) -> None:
+    """After a reload, a subscriber added to the file gets their digest at the next tick, and nobody gets a second one."""
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    assert len(mailbox(workdir / "outbox")) == 3
+
+    with (workdir / "subscribers.toml").open("a") as fh:
+        fh.write('\n[[subscribers]]\nemail = "edsger@example.org"\nkeywords = ["diffusion"]\n')
+    daemon.reload()
+    clock.now = after("2026-03-04", 7.25)
+    daemon.tick()
+
+    sent = mailbox(workdir / "outbox")
+    assert len(sent) == 4
+    assert len(to(sent, "edsger@example.org")) == 1
+
+
+def test_reload_of_a_broken_file_is_logged_and_keeps_the_old_list(
+    workdir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reloading a broken subscribers file logs the error with the file name and the daemon keeps sending to the old list."""
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 6))
+    daemon = make_daemon(settings, clock)
+    (workdir / "subscribers.toml").write_text('[[subscribers]]\nemail = "not an address"\n')
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        daemon.reload()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "subscribers.toml" in errors[0] and "email" in errors[0]
+
+    clock.now = after("2026-03-04", 7)
+    daemon.tick()
+    assert sorted(m.to for m in mailbox(workdir / "outbox")) == [
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
+    ]
+
+
+# -- the real command -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_env(workdir: Path, feed_dir: Path) -> dict[str, str]:
+    """A workdir where every subscriber is due at once (send_at 00:00 UTC) and papers are featured today."""
+    (workdir / "subscribers.toml").write_text(
+        (workdir / "subscribers.toml").read_text().replace('send_at = "07:00"', 'send_at = "00:00"')
+    )
+    parse_subscribers((workdir / "subscribers.toml").read_text(), source="subscribers.toml")
+    now = datetime.now(UTC)
+    today = now.date()
+    items = shift_items(fixture_day("2026-03-06"), today)
+    latest = (now - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    for it in items:  # featured today, but never in the future
+        it["paper"]["submittedOnDailyAt"] = min(it["paper"]["submittedOnDailyAt"], latest)
+    write_day(feed_dir, today.isoformat(), items)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DIGESTBOT_") or k.startswith("DIGESTBOT_TEST_")
+    }
+    env.update(
+        DIGESTBOT_DATABASE_URL=f"sqlite:///{workdir / 'digestbot.db'}",
+        DIGESTBOT_FEED_URL=str(feed_dir),
+        DIGESTBOT_SUBSCRIBERS=str(workdir / "subscribers.toml"),
+        DIGESTBOT_MAIL_BACKEND="file",
+        DIGESTBOT_MAIL_DIR=str(workdir / "outbox"),
+        DIGESTBOT_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Running:
+    """A `digestbot run` subprocess whose output goes to a file."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.log = cwd / f"daemon-{time.monotonic_ns()}.log"
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "digestbot", "run"],
+            cwd=cwd,
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.output()):
+            if self.proc.poll() is not None:
+                pytest.fail(f"digestbot run exited {self.proc.returncode} early:\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern!r} within {timeout}s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._fh.close()
+
+
+@pytest.fixture
+def start_daemon(workdir: Path, run_env: dict[str, str]) -> Iterator[Callable[[], Running]]:
+    started: list[Running] = []
+
+    def start() -> Running:
+        r = Running(workdir, run_env)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_sends_each_digest_once_and_stops_cleanly_on_signal(
+    workdir: Path, start_daemon: Callable[[], Running], sig: signal.Signals
+) -> None:
+    """`digestbot run` sends one digest per subscriber when due, logs the run, and exits 0 promptly on SIGTERM or SIGINT, logging that it stopped."""
+    daemon = start_daemon()
+    daemon.wait_for(r"sent 3, deferred 0, failed 0")
+    sent = mailbox(workdir / "outbox")
+    assert sorted(m.to for m in sent) == [
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
+    ]
+    log = daemon.output()
+    assert (
+        "daemon started" in log
+        and re.search(r"fetched \d+ papers", log)
+        and "planned 3 digests" in log
+    )
+
+    daemon.proc.send_signal(sig)
+    assert daemon.proc.wait(timeout=10) == 0
+    log = daemon.output()
+    assert "daemon stopped" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    assert mailbox(workdir / "outbox") == sent
+
+
+def test_second_daemon_on_the_same_database_exits_1(
+    workdir: Path, run_env: dict[str, str], start_daemon: Callable[[], Running]
+) -> None:
+    """A second `digestbot run` against the same database exits 1 saying another daemon is running, and changes nothing."""
+    first = start_daemon()
+    first.wait_for(r"sent 3, deferred 0, failed 0")
+    subscribers = workdir / "subscribers.toml"
+    subscribers.write_text(  # the file now lists someone else only
+        subscribers.read_text().split("[[subscribers]]")[0]
+        + '[[subscribers]]\nemail = "x@example.org"\nkeywords = ["agent"]\n'
+    )
+
+    second = subprocess.run(
+        [sys.executable, "-m", "digestbot", "run"],
+        check=False,
+        cwd=workdir,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1, second.stderr
+    assert "another digestbot daemon is already running" in second.stderr
+    assert len(mailbox(workdir / "outbox")) == 3
+    engine = sa.create_engine(run_env["DIGESTBOT_DATABASE_URL"])
+    with engine.connect() as conn:  # the second one did not sync its subscribers file
+        active = (
+            conn.execute(sa.select(Subscriber.email).where(Subscriber.active.is_(True)))
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    assert sorted(active) == ["ada@example.org", "alan@example.org", "grace@example.org"]
+
+    assert first.proc.poll() is None  # the first one is unaffected
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=10) == 0
