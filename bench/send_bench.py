@@ -15,19 +15,20 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime, time as dtime
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from digestbot import pipeline  # noqa: E402
-from digestbot.db import open_database  # noqa: E402
-from digestbot.mail.backends import Envelope  # noqa: E402
-from digestbot.outbox import RetryPolicy  # noqa: E402
-from digestbot.render import Renderer  # noqa: E402
-from digestbot.sources.hf_daily import HFDailyPapers  # noqa: E402
-from digestbot.subscribers import SubscriberSpec  # noqa: E402
+from digestbot import pipeline
+from digestbot.db import open_database
+from digestbot.mail.backends import Envelope
+from digestbot.outbox import RetryPolicy
+from digestbot.render import Renderer
+from digestbot.sources.hf_daily import HFDailyPapers
+from digestbot.subscribers import SubscriberSpec
 
 FEED = ROOT / "tests" / "fixtures" / "hf_daily_papers"
 WORDS = ["diffusion", "agent", "reasoning", '"language model"', "video", "transformer", "decoding",

@@ -143,7 +143,7 @@ def init() -> None:
 
 @cli.command()
 def fetch(
-    date_: Annotated[str | None, typer.Option("--date", help="Fetch as if today were this day (YYYY-MM-DD).")] = None,
+    date_: Annotated[str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Fetch as if today were this day (YYYY-MM-DD).")] = None,
 ) -> None:
     """Fetch the feed (today and the lookback days before it) and store new and changed papers.
 
@@ -164,14 +164,14 @@ def fetch(
 @cli.command()
 def send(
     subscriber: Annotated[
-        list[str] | None, typer.Option("--subscriber", "-s", help="Only this subscriber (repeatable).")
+        list[str] | None, typer.Option("--subscriber", "-s", metavar="EMAIL", help="Only this subscriber (repeatable).")
     ] = None,
     no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Use the stored papers; do not fetch first.")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render and summarize; send and record nothing.")
     ] = False,
     date_: Annotated[
-        str | None, typer.Option("--date", help="Act as if today were this day (YYYY-MM-DD).")
+        str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Act as if today were this day (YYYY-MM-DD).")
     ] = None,
 ) -> None:
     """Fetch, then build and deliver every subscriber's digest now, whatever their schedule.
@@ -239,7 +239,7 @@ def send(
 
 
 def _dry_run(settings, engine, specs, mail, *, as_of, period) -> None:  # type: ignore[no-untyped-def]
-    ids = _known_ids(engine, specs)
+    ids = _known_ids(engine, [sp.email for sp in specs])
     recipients = [pipeline.Recipient(spec=sp, id=ids.get(sp.email, -1 - i)) for i, sp in enumerate(specs)]
     table = Table("subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded")
     with session_scope(engine) as s:
@@ -261,12 +261,12 @@ def _dry_run(settings, engine, specs, mail, *, as_of, period) -> None:  # type: 
     out.print(f"{count} digests would be planned; {len(specs) - count} already done for the day", markup=False)
 
 
-def _known_ids(engine: Any, specs: list[Any]) -> dict[str, int]:
+def _known_ids(engine: Any, emails: list[str]) -> dict[str, int]:
+    """Database ids of the subscribers with these addresses that were ever synced (read-only)."""
     import sqlalchemy as sa
 
     from digestbot.models import Subscriber
 
-    emails = [sp.email for sp in specs]
     found: dict[str, int] = {}
     with session_scope(engine) as s:
         for chunk in store.chunks(emails):
@@ -282,10 +282,10 @@ def _known_ids(engine: Any, specs: list[Any]) -> dict[str, int]:
 @cli.command()
 def preview(
     email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
-    html: Annotated[Path | None, typer.Option("--html", help="Write the HTML part to this file.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the HTML part to this file.")] = None,
     text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
     date_: Annotated[
-        str | None, typer.Option("--date", help="Preview as if today were this day (YYYY-MM-DD).")
+        str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Preview as if today were this day (YYYY-MM-DD).")
     ] = None,
 ) -> None:
     """Render a subscriber's next digest from the stored papers without sending or recording it.
@@ -305,7 +305,7 @@ def preview(
         mail = app.mail_context(settings)
         engine = app.database(settings)
         as_of = _as_of(day, _now())
-        sid = _known_ids(engine, [spec]).get(spec.email)
+        sid = _known_ids(engine, [spec.email]).get(spec.email)
         pending = pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid else None
         if pending is not None:
             rendered = mail.renderer.render(pending)
@@ -398,7 +398,7 @@ def retry(
         engine = app.database(settings)
         ids = None
         if email is not None:
-            sid = _known_ids(engine, [type("S", (), {"email": email.strip().lower()})()])
+            sid = _known_ids(engine, [email.strip().lower()])
             if not sid:
                 raise ConfigError(f"no digests recorded for {email}", field="EMAIL")
             ids = list(sid.values())
@@ -457,7 +457,7 @@ def check(
 @cli.command()
 def match(
     query: Annotated[str, typer.Argument(help='A filter query, e.g. \'"speculative decoding" -survey\'.')],
-    date_: Annotated[str | None, typer.Option("--date", help="Only papers featured on this day (YYYY-MM-DD).")] = None,
+    date_: Annotated[str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Only papers featured on this day (YYYY-MM-DD).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Run one query against the stored papers and list what it matches, and why.

@@ -15,7 +15,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -25,7 +24,6 @@ from sqlmodel import Session, col, select
 from digestbot import outbox, store
 from digestbot.db import session_scope
 from digestbot.errors import (
-    DeliverySetupError,
     FetchError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
@@ -33,7 +31,7 @@ from digestbot.errors import (
 from digestbot.mail.backends import Backend, Envelope
 from digestbot.mail.message import build_message, dkim_sign, make_message_id, message_bytes
 from digestbot.matching import PaperIndex, compile_filter
-from digestbot.models import Digest, DigestItem, Paper, Subscriber
+from digestbot.models import Digest, DigestItem, Paper
 from digestbot.render import DigestView, PaperView, Renderer
 from digestbot.sources.base import FetchedPaper
 from digestbot.subscribers import SubscriberSpec

@@ -223,7 +223,7 @@ def status(session: Session, *, problem_limit: int = 50) -> Status:
         sa.select(sa.func.count()).select_from(Subscriber).where(col(Subscriber.active).is_(True))
     ).scalar_one()
     by_state = dict(
-        (tuple(r) for r in session.execute(sa.select(Digest.state, sa.func.count()).group_by(Digest.state)))
+        tuple(r) for r in session.execute(sa.select(Digest.state, sa.func.count()).group_by(Digest.state))
     )
     problems = [
         tuple(r)

@@ -128,7 +128,7 @@ class FeedServer:
         self.requests: list[str] = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.requests.append(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -285,7 +285,7 @@ def test_hostile_feed_text_cannot_add_headers_recipients_or_markup(
         html = msg.get_body(preferencelist=("html",)).get_content()
         assert "<script" not in html.lower()
         assert "<img" not in html.lower()
-        hrefs = re.findall(r"""href\s*=\s*["']([^"']*)""", html, flags=re.I)
+        hrefs = re.findall(r"""href\s*=\s*["']([^"']*)""", html, flags=re.IGNORECASE)
         assert hrefs and all(h.startswith(("https://", "http://", "mailto:")) for h in hrefs), hrefs
     ada_html = smtp_server.handler.to("ada@example.org")[0].message.get_body(preferencelist=("html",)).get_content()
     assert "&lt;script&gt;" in ada_html

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -185,6 +184,5 @@ def test_item_uniqueness_is_enforced_by_the_database(env) -> None:  # type: igno
         item = s.execute(sa.select(DigestItem)).scalars().first()
         assert item is not None
         values = {c: getattr(item, c) for c in ("digest_id", "subscriber_id", "arxiv_id", "score", "upvotes")}
-    with pytest.raises(sa.exc.IntegrityError):
-        with session_scope(engine) as s:
-            s.add(DigestItem(**values, position=99, matched=[], title_spans=[], summary_spans=[]))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as s:
+        s.add(DigestItem(**values, position=99, matched=[], title_spans=[], summary_spans=[]))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import smtplib
-import socket
 import ssl
 import sys
 from dataclasses import dataclass
@@ -214,7 +213,7 @@ class SMTPBackend:
         except smtplib.SMTPResponseException as exc:
             self._after_reply(exc.smtp_code)
             raise _classify(exc.smtp_code, f"server replied {exc.smtp_code} {_text(exc.smtp_error)}") from exc
-        except (smtplib.SMTPServerDisconnected, OSError, socket.timeout) as exc:
+        except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             raise TemporaryDeliveryError(f"connection to {self.host}:{self.port} lost: {exc}") from exc
         except smtplib.SMTPException as exc:
