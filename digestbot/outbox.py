@@ -164,10 +164,15 @@ def worker_id() -> str:
 
 
 def _start_time(pid: int) -> str:
+    return _proc_stat(pid, 19)
+
+
+def _proc_stat(pid: int, index: int) -> str:
+    """A field of /proc/PID/stat counted after the command name (0: state, 19: start time); "?" if unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read().rsplit(b")", 1)[1].split()
-        return stat[19].decode()
+        return stat[index].decode()
     except (OSError, IndexError):
         return "?"
 
@@ -188,6 +193,8 @@ def _holder_is_dead(claimed_by: str | None) -> bool:
         return True
     except PermissionError:
         pass
+    if _proc_stat(pid, 0) in ("Z", "X"):
+        return True  # killed but not yet reaped by its parent: it will send nothing more
     return started != "?" and _start_time(pid) != started
 
 

@@ -1,0 +1,514 @@
+"""Delivery you can trust: outbox states, retries with backoff, setup failures, rate limit, check --smtp.
+
+Everything runs against a real aiosmtpd server and a real database (SQLite, and PostgreSQL where the
+test takes `db_url`); the clock of later runs is driven through deliver_due's `clock=` argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from click.testing import Result
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from digestbot import app, outbox, pipeline
+from digestbot.cli import cli
+from digestbot.db import make_engine
+from digestbot.models import Digest, Subscriber
+from digestbot.settings import load_settings
+from tests.conftest import SMTPHandler, SMTPServer, fixture_day, free_port, write_day
+
+DAY = "2026-03-04"
+ADA, GRACE, ALAN = "ada@example.org", "grace@example.org", "alan@example.org"
+PEOPLE = (ADA, GRACE, ALAN)
+FROM = "Paper Digest <digest@lab.test>"  # the conftest default is the refused placeholder
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    state: str
+    attempts: int
+    message_id: str
+    last_error: str | None
+    next_attempt_at: datetime | None
+    first_attempt_at: datetime | None
+    claimed_by: str | None
+    period: str
+
+
+@dataclass
+class Bot:
+    """digestbot pointed at a real SMTP server, through its CLI and its pipeline functions."""
+
+    server: SMTPServer
+    monkeypatch: pytest.MonkeyPatch
+    workdir: Path
+
+    def setenv(self, **env: str) -> None:
+        for key, value in env.items():
+            self.monkeypatch.setenv(key, value)
+
+    def cli(self, *args: str, **env: str) -> Result:
+        return CliRunner().invoke(cli, list(args), env={"COLUMNS": "400", **env})
+
+    @property
+    def url(self) -> str:
+        return load_settings().database_url
+
+    def rows(self) -> dict[str, Row]:
+        engine = make_engine(self.url)
+        try:
+            with Session(engine) as s:
+                out = {}
+                for email, d in s.exec(select(Subscriber.email, Digest).join(Digest)):
+                    out[email] = Row(
+                        d.state, d.attempts, d.message_id, d.last_error, d.next_attempt_at,
+                        d.first_attempt_at, d.claimed_by, d.period,
+                    )
+                return out
+        finally:
+            engine.dispose()
+
+    def deliver(self, at: datetime) -> pipeline.DeliveryReport:
+        """One delivery run in-process, as a run at `at` would do it."""
+        settings = load_settings()
+        d = app.delivery(settings)
+        engine = app.database(settings)
+        try:
+            return pipeline.deliver_due(
+                engine, backend=d.backend, mail=d.mail, policy=d.policy, limiter=d.limiter,
+                clock=lambda: at,
+            )
+        finally:
+            d.backend.close()
+            engine.dispose()
+
+
+@pytest.fixture
+def bot(workdir: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Bot:
+    b = Bot(server=smtp_server, monkeypatch=monkeypatch, workdir=workdir)
+    b.setenv(**{**smtp_server.env(), "DIGESTBOT_MAIL_FROM": FROM})
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return b
+
+
+@contextmanager
+def serve(handler: SMTPHandler, **smtp_kwargs: Any) -> Iterator[SMTPServer]:
+    """Another real aiosmtpd server (with login or TLS options) on a free loopback port."""
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **smtp_kwargs)
+    controller.start()
+    try:
+        yield SMTPServer(handler=handler, host="127.0.0.1", port=port)
+    finally:
+        controller.stop()
+
+
+@dataclass
+class RecordingHandler(SMTPHandler):
+    """Also records every DATA attempt (accepted or not), its connection and arrival time;
+    `drop` closes the connection of the next N messages to an address without replying,
+    `stall` holds them past the client's timeout."""
+
+    attempts: list[tuple[str, str, Any]] = field(default_factory=list)  # rcpt, Message-ID, peer
+    drop: dict[str, int] = field(default_factory=dict)
+    arrivals: list[float] = field(default_factory=list)
+    stall: dict[str, int] = field(default_factory=dict)
+    delay: float = 0.0
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        mid = _message_id(envelope.original_content)
+        rcpt = envelope.rcpt_tos[0]
+        self.attempts.append((rcpt, mid, session.peer))
+        if self.drop.get(rcpt, 0) > 0:
+            self.drop[rcpt] -= 1
+            server.transport.close()
+            return "421 4.4.2 gone"
+        if self.stall.get(rcpt, 0) > 0:
+            self.stall[rcpt] -= 1
+            await asyncio.sleep(1.0)  # longer than the client's DIGESTBOT_SMTP_TIMEOUT
+            return "451 4.4.2 too slow"
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.arrivals.append(time.monotonic())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def _message_id(raw: bytes) -> str:
+    for line in raw.split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode()
+    return ""
+
+
+def received_ids(handler: SMTPHandler, rcpt: str) -> list[str]:
+    return [r.message["Message-ID"] for r in handler.to(rcpt)]
+
+
+def write_subscribers(folder: Path, emails: list[str], keywords: str = '["model"]') -> None:
+    body = '[defaults]\nsend_at = "07:00"\ntimezone = "UTC"\n'
+    for e in emails:
+        body += f'\n[[subscribers]]\nemail = "{e}"\nkeywords = {keywords}\n'
+    (folder / "subscribers.toml").write_text(body)
+
+
+# -- temporary and permanent replies --------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["rcpt", "data"])
+def test_temporary_reply_defers_with_backoff_then_gives_up(bot: Bot, db_url: str, stage: str) -> None:
+    """A 4xx reply defers only that digest with doubling, jittered, capped retry times, and fails it after the give-up time."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url, DIGESTBOT_RETRY_INITIAL="60",
+               DIGESTBOT_RETRY_MAX="240", DIGESTBOT_RETRY_GIVE_UP="1000")
+    handler = bot.server.handler
+    (handler.reject_rcpt if stage == "rcpt" else handler.reject_data)[GRACE] = "451 4.3.0 try later"
+
+    t0 = datetime.now(UTC)
+    result = bot.cli("send", "--date", DAY)
+    t1 = datetime.now(UTC)
+
+    assert result.exit_code == 1, result.output
+    assert "deferred grace@example.org" in result.output and "451 4.3.0 try later" in result.output
+    assert sorted(r for m in handler.received for r in m.rcpt_tos) == [ADA, ALAN]
+    rows = bot.rows()
+    assert rows[ADA].state == rows[ALAN].state == "sent"
+    g = rows[GRACE]
+    assert (g.state, g.attempts) == ("deferred", 1)
+    assert "451 4.3.0 try later" in (g.last_error or "")
+    assert g.next_attempt_at is not None
+    assert t0 + timedelta(seconds=30) <= g.next_attempt_at <= t1 + timedelta(seconds=60)
+
+    bases = []
+    at = g.next_attempt_at
+    for _ in range(20):
+        early = bot.deliver(at - timedelta(seconds=1))
+        assert not (early.sent or early.deferred or early.failed), "a retry went out before its time"
+        report = bot.deliver(at)
+        row = bot.rows()[GRACE]
+        assert row.claimed_by is None
+        if row.state == "failed":
+            assert [e for e, _ in report.failed] == [GRACE]
+            break
+        assert [e for e, _ in report.deferred] == [GRACE] and not report.sent
+        assert row.state == "deferred" and row.attempts == len(bases) + 2
+        assert row.next_attempt_at is not None
+        delay = (row.next_attempt_at - at).total_seconds()
+        base = min(240.0, 60.0 * 2 ** (row.attempts - 1))
+        assert base / 2 - 0.01 <= delay <= base + 0.01, (row.attempts, delay)
+        bases.append(base)
+        at = row.next_attempt_at
+    else:
+        pytest.fail("the digest was never given up")
+
+    assert bases[:3] == [120.0, 240.0, 240.0]
+    assert row.first_attempt_at is not None
+    assert (at - row.first_attempt_at).total_seconds() >= 1000
+    assert "gave up" in (row.last_error or "") and "451 4.3.0 try later" in (row.last_error or "")
+    assert handler.to(GRACE) == []
+    assert bot.rows()[ADA].attempts == 1 and len(handler.to(ADA)) == 1
+
+
+@pytest.mark.parametrize("stage", ["rcpt", "data"])
+def test_deferred_digest_is_sent_later_with_same_message_id(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """After a 4xx, a later run past the retry time sends the deferred digest with the Message-ID it was planned with."""
+    handler = RecordingHandler()
+    with serve(handler) as server:
+        b = Bot(server=server, monkeypatch=monkeypatch, workdir=workdir)
+        b.setenv(**{**server.env(), "DIGESTBOT_MAIL_FROM": FROM})
+        (handler.reject_rcpt if stage == "rcpt" else handler.reject_data)[ALAN] = "452 4.2.2 mailbox full"
+        assert b.cli("send", "--date", DAY).exit_code == 1
+        row = b.rows()[ALAN]
+        assert row.state == "deferred" and row.next_attempt_at is not None
+
+        handler.reject_rcpt.clear()
+        handler.reject_data.clear()
+        assert b.deliver(row.next_attempt_at - timedelta(seconds=5)).sent == []
+        report = b.deliver(row.next_attempt_at)
+        assert report.sent == [ALAN] and report.ok
+
+    assert received_ids(handler, ALAN) == [row.message_id]
+    if stage == "data":  # the refused attempt carried the same Message-ID too
+        assert [mid for rcpt, mid, _ in handler.attempts if rcpt == ALAN] == [row.message_id] * 2
+    after = b.rows()[ALAN]
+    assert (after.state, after.attempts, after.last_error) == ("sent", 2, None)
+    assert all(len(handler.to(p)) == 1 for p in PEOPLE)
+
+
+def test_permanent_reply_fails_is_listed_and_retry_requeues(bot: Bot, db_url: str) -> None:
+    """A 5xx fails that digest at once, `status` shows subscriber, attempts and reply, and `retry EMAIL` gets it sent next run."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
+    handler = bot.server.handler
+    handler.reject_rcpt[ADA] = "550 5.1.1 no such user"
+
+    result = bot.cli("send", "--date", DAY)
+    assert result.exit_code == 1
+    assert "failed ada@example.org" in result.output and "550 5.1.1 no such user" in result.output
+    rows = bot.rows()
+    assert (rows[ADA].state, rows[ADA].attempts) == ("failed", 1)
+    assert "550 5.1.1 no such user" in (rows[ADA].last_error or "")
+    assert rows[ADA].next_attempt_at is None
+    assert rows[GRACE].state == rows[ALAN].state == "sent"
+    assert len(handler.to(GRACE)) == len(handler.to(ALAN)) == 1
+
+    status = bot.cli("status")
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ADA in ln)
+    entry = " ".join(lines[at : at + 2])  # one entry: state, subscriber, attempts, then the reply
+    assert "failed" in entry and re.search(r"\battempts\D{0,3}1\b|\b1\b", entry)
+    assert "550 5.1.1 no such user" in entry
+    assert GRACE not in status.output
+
+    # a second send does not retry a failed digest by itself
+    assert bot.cli("send", "--date", DAY, "--no-fetch").exit_code == 0
+    assert handler.to(ADA) == []
+
+    handler.reject_rcpt.clear()
+    requeue = bot.cli("retry", ADA)
+    assert requeue.exit_code == 0 and "requeued 1" in requeue.output
+    assert (bot.rows()[ADA].state, bot.rows()[ADA].attempts) == ("planned", 0)
+
+    again = bot.cli("send", "--date", DAY, "--no-fetch")
+    assert again.exit_code == 0, again.output
+    assert received_ids(handler, ADA) == [rows[ADA].message_id]
+    assert len(handler.to(GRACE)) == len(handler.to(ALAN)) == 1
+    assert bot.rows()[ADA].state == "sent"
+
+
+@pytest.mark.parametrize("how", ["drop", "timeout"])
+def test_dropped_connection_defers_and_next_digest_reconnects(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A connection dropped (or timed out) mid-message defers that digest; the next digest goes out on a new connection in the same run."""
+    handler = RecordingHandler(**({"drop": {ADA: 1}} if how == "drop" else {"stall": {ADA: 1}}))
+    with serve(handler) as server:
+        b = Bot(server=server, monkeypatch=monkeypatch, workdir=workdir)
+        b.setenv(**{**server.env(), "DIGESTBOT_MAIL_FROM": FROM}, DIGESTBOT_SMTP_TIMEOUT="0.5")
+        result = b.cli("send", "--date", DAY)
+        assert result.exit_code == 1
+        assert "deferred ada@example.org" in result.output
+        rows = b.rows()
+        assert (rows[ADA].state, rows[ADA].attempts) == ("deferred", 1)
+        assert "lost" in (rows[ADA].last_error or "")
+        handler.received[:] = [m for m in handler.received if ADA not in m.rcpt_tos]  # a stalled one may land
+        assert rows[GRACE].state == rows[ALAN].state == "sent"
+        dropped_peer = next(peer for rcpt, _, peer in handler.attempts if rcpt == ADA)
+        later_peers = {peer for rcpt, _, peer in handler.attempts if rcpt != ADA}
+        assert len(later_peers) == 1 and dropped_peer not in later_peers
+
+        assert rows[ADA].next_attempt_at is not None
+        assert b.deliver(rows[ADA].next_attempt_at).sent == [ADA]
+    assert received_ids(handler, ADA) == [rows[ADA].message_id]
+    assert [mid for rcpt, mid, _ in handler.attempts if rcpt == ADA] == [rows[ADA].message_id] * 2
+
+
+# -- the server cannot be used at all -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def _login_ok(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"digest" and auth_data.password == b"s3cret"
+    return AuthResult(success=ok, handled=False)
+
+
+@contextmanager
+def failing_setup(kind: str, bot: Bot, cert: tuple[Path, Path]) -> Iterator[tuple[dict[str, str], dict[str, str], str, SMTPHandler]]:
+    """(env of the broken run, env of the fixed run, the setting the error must name, the server's handler)."""
+    handler = SMTPHandler()
+    if kind == "unreachable":
+        yield ({"DIGESTBOT_SMTP_PORT": str(free_port())}, {}, "DIGESTBOT_SMTP_PORT", bot.server.handler)
+    elif kind == "login":
+        with serve(handler, authenticator=_login_ok, auth_require_tls=False) as s:
+            port = {"DIGESTBOT_SMTP_PORT": str(s.port), "DIGESTBOT_SMTP_USERNAME": "digest"}
+            yield ({**port, "DIGESTBOT_SMTP_PASSWORD": "wrong"}, {**port, "DIGESTBOT_SMTP_PASSWORD": "s3cret"},
+                   "DIGESTBOT_SMTP_PASSWORD", handler)
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        with serve(handler, tls_context=ctx, require_starttls=True) as s:
+            env = {"DIGESTBOT_SMTP_PORT": str(s.port), "DIGESTBOT_SMTP_SECURITY": "starttls"}
+            yield env, {**env, "SSL_CERT_FILE": str(cert[0])}, "DIGESTBOT_SMTP_SECURITY", handler
+
+
+def _setup_failure_then_recovery(bot: Bot, kind: str, cert: tuple[Path, Path]) -> None:
+    with failing_setup(kind, bot, cert) as (bad, good, setting, handler):
+        result = bot.cli("send", "--date", DAY, **bad)
+        assert result.exit_code == 1, result.output
+        assert setting in result.output and "nothing more was attempted" in result.output
+        if kind == "tls":
+            assert "certificate verify failed" in result.output
+        assert handler.received == []
+        rows = bot.rows()
+        assert sorted(rows) == sorted(PEOPLE)
+        assert all((r.state, r.attempts, r.claimed_by, r.last_error) == ("planned", 0, None, None)
+                   for r in rows.values()), rows
+        assert "deferred and failed" not in bot.cli("status").output
+
+        fixed = bot.cli("send", "--date", DAY, "--no-fetch", **good)
+        assert fixed.exit_code == 0, fixed.output
+        assert sorted(r for m in handler.received for r in m.rcpt_tos) == sorted(PEOPLE)
+        assert all((r.state, r.attempts) == ("sent", 1) for r in bot.rows().values())
+
+
+def test_unreachable_server_stops_run_and_attempts_nothing(
+    bot: Bot, db_url: str, self_signed: tuple[Path, Path]
+) -> None:
+    """A closed SMTP port stops the run naming the host/port settings, leaves every digest planned with 0 attempts, and the next run sends all."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
+    _setup_failure_then_recovery(bot, "unreachable", self_signed)
+
+
+@pytest.mark.parametrize("kind", ["login", "tls"])
+def test_refused_login_or_unverified_tls_stops_run_and_attempts_nothing(
+    bot: Bot, kind: str, self_signed: tuple[Path, Path]
+) -> None:
+    """A refused login, or a STARTTLS certificate that does not verify (the same server works once SSL_CERT_FILE trusts it), stops the run naming the setting and attempts nothing."""
+    _setup_failure_then_recovery(bot, kind, self_signed)
+
+
+# -- rate limit -----------------------------------------------------------------------------
+
+
+def test_rate_setting_spaces_messages_across_a_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DIGESTBOT_SMTP_RATE caps messages per second over the whole run, across claim batches."""
+    n = pipeline.CLAIM_BATCH + 5
+    write_subscribers(workdir, [f"reader{i:02d}@example.org" for i in range(n)])
+    handler = RecordingHandler()
+    with serve(handler) as server:
+        b = Bot(server=server, monkeypatch=monkeypatch, workdir=workdir)
+        b.setenv(**{**server.env(), "DIGESTBOT_MAIL_FROM": FROM}, DIGESTBOT_SMTP_RATE="50")
+        result = b.cli("send", "--date", DAY)
+    assert result.exit_code == 0, result.output
+    assert len(handler.received) == n
+    span = handler.arrivals[-1] - handler.arrivals[0]
+    assert span >= (n - 1) / 50 * 0.9, span
+    gaps = [b_ - a for a, b_ in zip(handler.arrivals, handler.arrivals[1:], strict=False)]
+    assert sum(1 for g in gaps if g < 0.01) <= 2, gaps  # no bursts, not even at the batch boundary
+
+
+def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
+    """The rate limiter given to deliver_due lets at most `rate` messages out per second of its clock."""
+    assert bot.cli("fetch", "--date", DAY).exit_code == 0
+    settings = load_settings()
+    engine = app.database(settings)
+    recipients = pipeline.sync_subscribers(engine, app.load_people(settings), now=datetime.now(UTC))
+    pipeline.plan_digests(
+        engine, recipients, as_of=datetime(2026, 3, 5, tzinfo=UTC), lookback=2, period=lambda _s: DAY,
+        from_addr=FROM, now=datetime.now(UTC),
+    )
+    fake = [100.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        fake[0] += seconds
+
+    sent_at: list[float] = []
+    d = app.delivery(settings)
+    report = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy,
+        limiter=pipeline.RateLimiter(2.0, clock=lambda: fake[0], sleep=sleep),
+        on_result=lambda _e, _o: sent_at.append(fake[0]),
+    )
+    d.backend.close()
+    engine.dispose()
+    assert len(report.sent) == 3
+    assert [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)] == [0.5, 0.5]
+    assert sleeps == [0.5, 0.5]
+
+
+# -- check --smtp ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["plain", "login", "unreachable", "login refused"])
+def test_check_smtp_reports_what_works_and_sends_nothing(bot: Bot, case: str) -> None:
+    """`check --smtp` says whether the feed and the SMTP server (and login) work, exits 1 naming the setting when not, and sends nothing."""
+    handler = SMTPHandler()
+    with serve(handler, authenticator=_login_ok, auth_require_tls=False) as auth:
+        env = {
+            "plain": {},
+            "login": {"DIGESTBOT_SMTP_PORT": str(auth.port), "DIGESTBOT_SMTP_USERNAME": "digest",
+                      "DIGESTBOT_SMTP_PASSWORD": "s3cret"},
+            "unreachable": {"DIGESTBOT_SMTP_PORT": str(free_port())},
+            "login refused": {"DIGESTBOT_SMTP_PORT": str(auth.port), "DIGESTBOT_SMTP_USERNAME": "digest",
+                              "DIGESTBOT_SMTP_PASSWORD": "nope"},
+        }[case]
+        result = bot.cli("check", "--smtp", **env)
+    out = result.output
+    assert "feed: ok" in out
+    if case in ("plain", "login"):
+        assert result.exit_code == 0, out
+        assert "smtp: ok" in out
+        if case == "login":
+            assert "logged in as digest" in out
+    else:
+        assert result.exit_code == 1, out
+        assert "smtp: FAILED" in out
+        assert ("DIGESTBOT_SMTP_PORT" if case == "unreachable" else "DIGESTBOT_SMTP_PASSWORD") in out
+    assert bot.server.handler.received == [] and handler.received == []
+
+
+# -- envelope -------------------------------------------------------------------------------
+
+
+def test_envelope_recipient_is_only_the_subscriber(bot: Bot, feed_dir: Path) -> None:
+    """Whatever a paper's title, authors or abstract contain, each message goes to exactly its subscriber and no one else."""
+    items = fixture_day(DAY)
+    evil = json.loads(json.dumps(items[0]))
+    paper = evil["paper"]
+    paper["id"] = "2603.99999"
+    paper["title"] = "Diffusion agents for transformer reasoning, cc: evil@attacker.test; To: <evil@attacker.test>"
+    paper["summary"] = (
+        "Speculative decoding with diffusion.\n.\nRCPT TO:<evil@attacker.test>\r\nBcc: evil@attacker.test\n"
+        "DATA\nSubject: owned\n\n.\nQUIT\n"
+    )
+    paper["authors"][0]["name"] = "Mallory <evil@attacker.test>, Eve <eve@attacker.test>"
+    write_day(feed_dir, DAY, [evil, *items])
+
+    result = bot.cli("send", "--date", DAY)
+    assert result.exit_code == 0, result.output
+    received = bot.server.handler.received
+    assert sorted(r for m in received for r in m.rcpt_tos) == sorted(PEOPLE)
+    assert "evil@attacker.test" in received[0].raw.decode("utf-8", "replace") or any(
+        "2603.99999" in m.raw.decode() for m in received
+    )
+    for m in received:
+        assert m.mail_from == "digest@lab.test"
+        assert len(m.rcpt_tos) == 1
+        msg = m.message
+        assert [a for _, a in getaddresses(msg.get_all("To", []))] == m.rcpt_tos
+        assert msg["Cc"] is None and msg["Bcc"] is None
+        assert "owned" not in str(msg["Subject"])
