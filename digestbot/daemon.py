@@ -35,6 +35,7 @@ log = logging.getLogger("digestbot.daemon")
 
 FRESH_FETCH = timedelta(minutes=15)  # fetch right before planning when the last fetch is older
 SETUP_PAUSE = timedelta(minutes=5)  # after the mail server could not be used at all
+FEED_WAIT = timedelta(hours=3)  # how long due digests wait for a failing feed before going out anyway
 MAX_CATCH_UP = 30  # days: how far back a fetch after downtime reaches (at least lookback_days)
 
 
@@ -63,6 +64,7 @@ class Daemon:
         self._looked_up_last_good = False
         self._paused_until: datetime | None = None
         self._done: set[tuple[time, str, str]] = set()  # (send_at, zone, period) groups fully planned
+        self._due_since: dict[tuple[time, str, str], datetime] = {}  # groups held back by a feed outage
         self._scheduler: BlockingScheduler | None = None
         self._specs: Sequence[SubscriberSpec] | None = specs  # synced to the database on first use
         self._groups: dict[tuple[time, str], list[pipeline.Recipient]] = {}
@@ -98,8 +100,11 @@ class Daemon:
         self._set_people(specs)
 
     # -- jobs -------------------------------------------------------------------------------
-    def fetch(self) -> None:
-        """Fetch and store the feed; after downtime, every day since the last good fetch."""
+    def fetch(self) -> bool:
+        """Fetch and store the feed; after downtime, every day since the last good fetch.
+
+        Returns whether the fetch worked; a failure is logged with the feed URL, never raised.
+        """
         now = self.clock()
         lookback = self._fetch_lookback(now)
         try:
@@ -109,11 +114,12 @@ class Daemon:
             )
         except DigestbotError as exc:
             log.error("fetch from %s failed: %s", self.settings.feed_url, exc)
-            return
+            return False
         finally:
             self._last_fetch = now
         self._last_good_fetch = now
         log.info("fetched %d papers: %d new, %d updated", summary.fetched, summary.new, summary.updated)
+        return True
 
     def _fetch_lookback(self, now: datetime) -> int:
         """lookback_days, or more when the last good fetch is older (the daemon was down)."""
@@ -144,8 +150,18 @@ class Daemon:
             due.extend(recipients)
             keys.append(key)
         if due:
+            for key in keys:
+                self._due_since.setdefault(key, now)
             if self._last_fetch is None or now - self._last_fetch > FRESH_FETCH:
-                self.fetch()
+                if not self.fetch() and now - min(self._due_since[k] for k in keys) < FEED_WAIT:
+                    # Sending now would mail yesterday's papers and use up the day's digest; the
+                    # feed gets FEED_WAIT to recover (retried every FRESH_FETCH) before we send anyway.
+                    log.warning(
+                        "holding %d digests until the feed answers (at most %s after their send time)",
+                        len(due), FEED_WAIT,
+                    )
+                    self.deliver()
+                    return
             try:
                 summary = pipeline.plan_digests(
                     self.engine, due, as_of=now, lookback=self.settings.lookback_days,
@@ -156,6 +172,8 @@ class Daemon:
                 log.error("planning digests failed: %s", exc)
             else:
                 self._done.update(keys)
+                for key in keys:
+                    self._due_since.pop(key, None)
                 if summary.planned or summary.skipped:
                     log.info("planned %d digests (%d with nothing new)", summary.planned, summary.skipped)
         self.deliver()

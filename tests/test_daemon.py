@@ -325,14 +325,14 @@ def test_paper_featured_after_the_digest_comes_the_next_day_and_nothing_twice(
 # -- in-process: failures -------------------------------------------------------------------
 
 
-def test_feed_failure_is_logged_with_the_url_and_the_daemon_carries_on(
+def test_feed_failure_at_send_time_holds_digests_until_the_feed_answers(
     workdir: Path,
     feed_dir: Path,
     make_settings: Callable[..., Settings],
     make_daemon: Callable[..., Daemon],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A broken feed during a tick is logged with the feed URL, the tick completes, and the next day's digests go out."""
+    """A broken feed at send time is logged with its URL; digests wait for it, then go out with the day's papers."""
     good = (feed_dir / "2026-03-04.json").read_bytes()
     (feed_dir / "2026-03-04.json").write_text("<html><body>502 Bad Gateway</body></html>")
     settings = make_settings()
@@ -343,10 +343,11 @@ def test_feed_failure_is_logged_with_the_url_and_the_daemon_carries_on(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors and str(feed_dir) in errors[0].getMessage()
     assert "HTML" in errors[0].getMessage()
-    assert mailbox(workdir / "outbox") == []  # nothing stored, so nothing to send today
+    assert any("holding 3 digests" in r.getMessage() for r in caplog.records)
+    assert mailbox(workdir / "outbox") == [] and periods(daemon.engine) == []
 
     (feed_dir / "2026-03-04.json").write_bytes(good)
-    clock.now = after("2026-03-05", 7)
+    clock.now = after("2026-03-04", 7.5)  # the next fetch attempt, once the feed is back
     daemon.tick()
     sent = mailbox(workdir / "outbox")
     assert sorted(m.to for m in sent) == [
@@ -356,6 +357,28 @@ def test_feed_failure_is_logged_with_the_url_and_the_daemon_carries_on(
     ]
     day_of = featured_days(feed_dir)
     assert any(day_of[p] == "2026-03-04" for m in sent for p in m.papers)
+
+
+def test_digests_go_out_anyway_when_the_feed_stays_down(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """If the feed is still down hours after send time, the day's digests go out from the papers already stored."""
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()  # the feed works: today's digests go out
+    assert len(mailbox(workdir / "outbox")) == 3
+    (feed_dir / "2026-03-05.json").write_text("<html><body>502 Bad Gateway</body></html>")
+    for hour in (7, 8, 9, 9.5):
+        clock.now = after("2026-03-05", hour)
+        daemon.tick()
+        assert len({p for _, _, p in periods(daemon.engine)}) == 1, "held while the feed is down"
+    clock.now = after("2026-03-05", 10.25)  # more than FEED_WAIT after send time
+    daemon.tick()
+    assert {p for _, _, p in periods(daemon.engine)} == {"2026-03-04", "2026-03-05"}
 
 
 def test_smtp_rejection_of_one_subscriber_is_logged_and_the_others_are_sent(
