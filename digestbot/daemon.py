@@ -152,16 +152,17 @@ class Daemon:
         if due:
             for key in keys:
                 self._due_since.setdefault(key, now)
-            if self._last_fetch is None or now - self._last_fetch > FRESH_FETCH:
-                if not self.fetch() and now - min(self._due_since[k] for k in keys) < FEED_WAIT:
-                    # Sending now would mail yesterday's papers and use up the day's digest; the
-                    # feed gets FEED_WAIT to recover (retried every FRESH_FETCH) before we send anyway.
-                    log.warning(
-                        "holding %d digests until the feed answers (at most %s after their send time)",
-                        len(due), FEED_WAIT,
-                    )
-                    self.deliver()
-                    return
+            stale = self._last_fetch is None or now - self._last_fetch > FRESH_FETCH
+            waited = now - min(self._due_since[k] for k in keys)
+            if stale and not self.fetch() and waited < FEED_WAIT:
+                # Sending now would mail old papers and use up the day's digest; the feed gets
+                # FEED_WAIT to recover (retried every FRESH_FETCH) before we send anyway.
+                log.warning(
+                    "holding %d digests until the feed answers (at most %s after their send time)",
+                    len(due), FEED_WAIT,
+                )
+                self.deliver()
+                return
             try:
                 summary = pipeline.plan_digests(
                     self.engine, due, as_of=now, lookback=self.settings.lookback_days,
