@@ -1,0 +1,31 @@
+"""Subscriber filters: a small query language, compiled once, evaluated in bulk over a window's papers.
+
+    flt = compile_filter(keywords=['"speculative decoding"', "diffus* -video"], authors=["Christopher Ré"])
+    index = PaperIndex.build(papers)
+    for m in index.match(flt): ...      # ranked Match values with matched queries and highlight spans
+    explain(flt, paper)                 # the same answer for one paper, evaluated directly
+
+Pure: no database, HTTP, SMTP or settings imports.
+"""
+
+from digestbot.errors import QueryError
+
+from .explain import explain
+from .index import PaperIndex
+from .model import Match, PaperDoc, rank_key
+from .query import CompiledFilter, Query, compile_filter, parse_query
+from .text import normalize
+
+__all__ = [
+    "CompiledFilter",
+    "Match",
+    "PaperDoc",
+    "PaperIndex",
+    "Query",
+    "QueryError",
+    "compile_filter",
+    "explain",
+    "normalize",
+    "parse_query",
+    "rank_key",
+]
