@@ -1,0 +1,122 @@
+"""Property tests of matching: the parser only raises QueryError, normalize is idempotent, and the
+bulk index gives exactly what evaluating each filter on each paper alone gives."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from digestbot.errors import QueryError
+from digestbot.matching import PaperIndex, compile_filter, explain, normalize, parse_query
+from tests.test_matching import Paper, papers
+
+SYNTAX = ' ()"-*:ANDORNOTtitleabstractauthorkeywordcategory\\$_{}\'.,éß'
+
+# words that occur in the fixture papers, in several spellings, so random queries do match
+VOCAB = [
+    "diffusion", "Diffusion", "sampling", "language", "models", "LLMs", "LLM", "speculative",
+    "decoding", "bandit", "bandits", "RL", "test-time", "compute", "video", "transformers",
+    "reasoning", "learning", "optimal", "transport", "zero-shot", "scaling", "inference", "and",
+    "or", "not", "Ré", "Données", "alpha", "the", "of", "text", "generation", "multi-draft",
+    "cross-entropy", "perplexity", "training", "data", "large", "code", "Straße",
+]
+NAMES = ["Sabharwal", "Christopher Re", "Wang", "Y. Wang", "Lav Varshney", "Zoë Ångström", "Hatfield-Dodds"]
+FIELDS = ["title:", "abstract:", "keyword:", "category:", "author:"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(), st.text(alphabet=SYNTAX, max_size=40)))
+def test_parse_query_raises_only_query_errors(text: str) -> None:
+    """parse_query on any text either returns a query or raises QueryError with a column."""
+    try:
+        q = parse_query(text)
+    except QueryError as err:
+        assert err.column is None or 1 <= err.column <= len(text) + 1
+    else:
+        assert q.text == text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_normalize_is_idempotent(text: str) -> None:
+    """normalize(normalize(x)) == normalize(x) for any text."""
+    once = normalize(text)
+    assert normalize(once) == once
+
+
+def _term() -> st.SearchStrategy[str]:
+    word = st.sampled_from(VOCAB)
+    prefix = word.map(lambda w: w[: max(2, len(w) - 3)] + "*")
+    phrase = st.lists(word, min_size=1, max_size=3).map(lambda ws: '"' + " ".join(ws) + '"')
+    author = st.sampled_from(NAMES).map(lambda n: f'author:"{n}"' if " " in n else f"author:{n}")
+    base = st.one_of(word, word, prefix, phrase)
+    fielded = st.tuples(st.sampled_from(FIELDS[:4]), base).map("".join)
+    category = st.sampled_from(["category:cs.LG", "category:cs.CL", "category:stat.ML"])
+    return st.one_of(base, base, fielded, author, category)
+
+
+def _query() -> st.SearchStrategy[str]:
+    def extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        return st.one_of(
+            st.tuples(inner, inner).map(" ".join),
+            st.tuples(inner, inner).map(" AND ".join),
+            st.tuples(inner, inner).map(" OR ".join),
+            st.tuples(inner, inner).map(lambda t: f"{t[0]} NOT {t[1]}"),
+            st.tuples(inner, inner).map(lambda t: f"{t[0]} -{t[1]}"),
+            inner.map(lambda q: f"({q})"),
+        )
+
+    return st.recursive(_term(), extend, max_leaves=5)
+
+
+def _paper() -> st.SearchStrategy[Paper]:
+    """A made-up paper whose text mixes the vocabulary with hyphens, LaTeX, accents and punctuation."""
+    sep = st.sampled_from([" ", " ", "-", ", ", ": ", " $\\alpha$ ", " \\textbf{", "} ", "'s ", " (", ") "])
+    text = st.lists(st.tuples(st.sampled_from(VOCAB), sep), min_size=1, max_size=25).map(
+        lambda pairs: "".join(w + s for w, s in pairs)
+    )
+    return st.builds(
+        Paper,
+        arxiv_id=st.integers(0, 10**5).map(lambda i: f"9902.{i:05d}"),
+        title=text,
+        summary=text,
+        authors=st.lists(st.sampled_from(NAMES + ["Ashish Sabharwal", "Yue Wang"]), max_size=3).map(tuple),
+        ai_keywords=st.lists(text, max_size=2).map(tuple),
+        categories=st.lists(st.sampled_from(["cs.LG", "cs.CL", "stat.ML"]), max_size=2).map(tuple),
+        upvotes=st.integers(0, 20),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    keywords=st.lists(_query(), min_size=0, max_size=4),
+    exclude=st.lists(_query(), max_size=2),
+    authors=st.lists(st.sampled_from(NAMES), max_size=2),
+    min_upvotes=st.integers(0, 12),
+    real=st.lists(st.integers(0, 10**6), min_size=0, max_size=25),
+    made_up=st.lists(_paper(), max_size=4, unique_by=lambda p: p.arxiv_id),
+)
+def test_bulk_match_equals_explain_on_each_paper(
+    keywords: list[str], exclude: list[str], authors: list[str], min_upvotes: int, real: list[int],
+    made_up: list[Paper],
+) -> None:
+    """PaperIndex.match returns exactly the papers explain() accepts, with the same matched and spans."""
+    try:
+        flt = compile_filter(keywords=keywords, exclude=exclude, authors=authors, min_upvotes=min_upvotes)
+    except QueryError:
+        assume(False)  # e.g. a query of negated terms only
+        return
+    pool = papers()
+    chosen = {pool[i % len(pool)].arxiv_id: pool[i % len(pool)] for i in real}
+    docs = list(chosen.values()) + made_up
+    got = PaperIndex.build(docs).match(flt)
+    event(f"{min(len(got), 3)}+ matches" if len(got) >= 3 else f"{len(got)} matches")
+    one = {p.arxiv_id: m for p in docs if (m := explain(flt, p)) is not None}
+    assert {m.arxiv_id for m in got} == set(one)
+    for m in got:
+        e = one[m.arxiv_id]
+        assert (m.matched, m.title_spans, m.summary_spans, m.upvotes) == (
+            e.matched, e.title_spans, e.summary_spans, e.upvotes,
+        )
+    ranks = [(-m.score, -m.upvotes, m.arxiv_id) for m in got]
+    assert ranks == sorted(ranks)
