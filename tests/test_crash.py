@@ -70,14 +70,25 @@ def slow_server(delay: float) -> Iterator[SMTPServer]:
 
 def bot_env(server: SMTPServer, **extra: str) -> dict[str, str]:
     """The process environment for a real digestbot subprocess (cwd, feed and database come from `workdir`)."""
-    return {**os.environ, **server.env(), "DIGESTBOT_MAIL_FROM": FROM, "DIGESTBOT_LOG_LEVEL": "WARNING", **extra}
+    return {
+        **os.environ,
+        **server.env(),
+        "DIGESTBOT_MAIL_FROM": FROM,
+        "DIGESTBOT_LOG_LEVEL": "WARNING",
+        **extra,
+    }
 
 
 def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen([sys.executable, "-m", "digestbot", *args], env=env, cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "digestbot", *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     finally:
         out.close()
 
@@ -87,10 +98,15 @@ def digest_rows(url: str) -> list[tuple[str, str, str, str, int]]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(
-                "SELECT s.email, d.period, d.state, d.message_id, d.attempts "
-                "FROM digests d JOIN subscribers s ON s.id = d.subscriber_id"
-            ))]  # type: ignore[misc]
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT s.email, d.period, d.state, d.message_id, d.attempts "
+                        "FROM digests d JOIN subscribers s ON s.id = d.subscriber_id"
+                    )
+                )
+            ]  # type: ignore[misc]
     finally:
         engine.dispose()
 
@@ -100,16 +116,20 @@ def sent_papers(url: str) -> dict[str, set[str]]:
     try:
         with engine.connect() as conn:
             out: dict[str, set[str]] = {}
-            for email, arxiv_id in conn.execute(sa.text(
-                "SELECT s.email, i.arxiv_id FROM digest_items i JOIN subscribers s ON s.id = i.subscriber_id"
-            )):
+            for email, arxiv_id in conn.execute(
+                sa.text(
+                    "SELECT s.email, i.arxiv_id FROM digest_items i JOIN subscribers s ON s.id = i.subscriber_id"
+                )
+            ):
                 out.setdefault(email, set()).add(arxiv_id)
             return out
     finally:
         engine.dispose()
 
 
-def assert_exactly_one_digest_each(handler: SMTPHandler, emails: list[str], url: str, *, kills: int) -> None:
+def assert_exactly_one_digest_each(
+    handler: SMTPHandler, emails: list[str], url: str, *, kills: int
+) -> None:
     """Everyone got their digest; repeats are the same message (same Message-ID), at most one per kill."""
     rows = digest_rows(url)
     by_email = {email: (period, state, mid) for email, period, state, mid, _ in rows}
@@ -182,12 +202,28 @@ def test_send_killed_repeatedly_then_finished_sends_each_digest_once(
                 time.sleep(0.001)
     assert kills >= 3, log.read_text()
 
-    final = subprocess.run([sys.executable, "-m", "digestbot", *args], env=env, cwd=workdir,
-                           capture_output=True, text=True, timeout=60)
+    final = subprocess.run(
+        [sys.executable, "-m", "digestbot", *args],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     proc.wait()
     assert final.returncode == 0, final.stdout + final.stderr
-    assert_exactly_one_digest_each(handler, emails, os.environ["DIGESTBOT_DATABASE_URL"], kills=kills)
+    assert_exactly_one_digest_each(
+        handler, emails, os.environ["DIGESTBOT_DATABASE_URL"], kills=kills
+    )
 
-    again = subprocess.run([sys.executable, "-m", "digestbot", *args], env=env, cwd=workdir,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "digestbot", *args],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert again.returncode == 0 and "sent 0" in again.stdout, again.stdout + again.stderr

@@ -7,6 +7,7 @@ test takes `db_url`); the clock of later runs is driven through deliver_due's `c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import ssl
@@ -27,7 +28,7 @@ from click.testing import Result
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from digestbot import app, outbox, pipeline
+from digestbot import app, pipeline
 from digestbot.cli import cli
 from digestbot.db import make_engine
 from digestbot.models import Digest, Subscriber
@@ -81,8 +82,14 @@ class Bot:
                 out = {}
                 for email, d in s.exec(select(Subscriber.email, Digest).join(Digest)):
                     out[email] = Row(
-                        d.state, d.attempts, d.message_id, d.last_error, d.next_attempt_at,
-                        d.first_attempt_at, d.claimed_by, d.period,
+                        d.state,
+                        d.attempts,
+                        d.message_id,
+                        d.last_error,
+                        d.next_attempt_at,
+                        d.first_attempt_at,
+                        d.claimed_by,
+                        d.period,
                     )
                 return out
         finally:
@@ -95,7 +102,11 @@ class Bot:
         engine = app.database(settings)
         try:
             return pipeline.deliver_due(
-                engine, backend=d.backend, mail=d.mail, policy=d.policy, limiter=d.limiter,
+                engine,
+                backend=d.backend,
+                mail=d.mail,
+                policy=d.policy,
+                limiter=d.limiter,
                 clock=lambda: at,
             )
         finally:
@@ -176,10 +187,16 @@ def write_subscribers(folder: Path, emails: list[str], keywords: str = '["model"
 
 
 @pytest.mark.parametrize("stage", ["rcpt", "data"])
-def test_temporary_reply_defers_with_backoff_then_gives_up(bot: Bot, db_url: str, stage: str) -> None:
+def test_temporary_reply_defers_with_backoff_then_gives_up(
+    bot: Bot, db_url: str, stage: str
+) -> None:
     """A 4xx reply defers only that digest with doubling, jittered, capped retry times, and fails it after the give-up time."""
-    bot.setenv(DIGESTBOT_DATABASE_URL=db_url, DIGESTBOT_RETRY_INITIAL="60",
-               DIGESTBOT_RETRY_MAX="240", DIGESTBOT_RETRY_GIVE_UP="1000")
+    bot.setenv(
+        DIGESTBOT_DATABASE_URL=db_url,
+        DIGESTBOT_RETRY_INITIAL="60",
+        DIGESTBOT_RETRY_MAX="240",
+        DIGESTBOT_RETRY_GIVE_UP="1000",
+    )
     handler = bot.server.handler
     (handler.reject_rcpt if stage == "rcpt" else handler.reject_data)[GRACE] = "451 4.3.0 try later"
 
@@ -202,7 +219,9 @@ def test_temporary_reply_defers_with_backoff_then_gives_up(bot: Bot, db_url: str
     at = g.next_attempt_at
     for _ in range(20):
         early = bot.deliver(at - timedelta(seconds=1))
-        assert not (early.sent or early.deferred or early.failed), "a retry went out before its time"
+        assert not (early.sent or early.deferred or early.failed), (
+            "a retry went out before its time"
+        )
         report = bot.deliver(at)
         row = bot.rows()[GRACE]
         assert row.claimed_by is None
@@ -237,7 +256,9 @@ def test_deferred_digest_is_sent_later_with_same_message_id(
     with serve(handler) as server:
         b = Bot(server=server, monkeypatch=monkeypatch, workdir=workdir)
         b.setenv(**{**server.env(), "DIGESTBOT_MAIL_FROM": FROM})
-        (handler.reject_rcpt if stage == "rcpt" else handler.reject_data)[ALAN] = "452 4.2.2 mailbox full"
+        (handler.reject_rcpt if stage == "rcpt" else handler.reject_data)[ALAN] = (
+            "452 4.2.2 mailbox full"
+        )
         assert b.cli("send", "--date", DAY).exit_code == 1
         row = b.rows()[ALAN]
         assert row.state == "deferred" and row.next_attempt_at is not None
@@ -312,7 +333,9 @@ def test_dropped_connection_defers_and_next_digest_reconnects(
         rows = b.rows()
         assert (rows[ADA].state, rows[ADA].attempts) == ("deferred", 1)
         assert "lost" in (rows[ADA].last_error or "")
-        handler.received[:] = [m for m in handler.received if ADA not in m.rcpt_tos]  # a stalled one may land
+        handler.received[:] = [
+            m for m in handler.received if ADA not in m.rcpt_tos
+        ]  # a stalled one may land
         assert rows[GRACE].state == rows[ALAN].state == "sent"
         dropped_peer = next(peer for rcpt, _, peer in handler.attempts if rcpt == ADA)
         later_peers = {peer for rcpt, _, peer in handler.attempts if rcpt != ADA}
@@ -332,29 +355,61 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
 
 def _login_ok(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-    ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"digest" and auth_data.password == b"s3cret"
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == b"digest"
+        and auth_data.password == b"s3cret"
+    )
     return AuthResult(success=ok, handled=False)
 
 
 @contextmanager
-def failing_setup(kind: str, bot: Bot, cert: tuple[Path, Path]) -> Iterator[tuple[dict[str, str], dict[str, str], str, SMTPHandler]]:
+def failing_setup(
+    kind: str, bot: Bot, cert: tuple[Path, Path]
+) -> Iterator[tuple[dict[str, str], dict[str, str], str, SMTPHandler]]:
     """(env of the broken run, env of the fixed run, the setting the error must name, the server's handler)."""
     handler = SMTPHandler()
     if kind == "unreachable":
-        yield ({"DIGESTBOT_SMTP_PORT": str(free_port())}, {}, "DIGESTBOT_SMTP_PORT", bot.server.handler)
+        yield (
+            {"DIGESTBOT_SMTP_PORT": str(free_port())},
+            {},
+            "DIGESTBOT_SMTP_PORT",
+            bot.server.handler,
+        )
     elif kind == "login":
         with serve(handler, authenticator=_login_ok, auth_require_tls=False) as s:
             port = {"DIGESTBOT_SMTP_PORT": str(s.port), "DIGESTBOT_SMTP_USERNAME": "digest"}
-            yield ({**port, "DIGESTBOT_SMTP_PASSWORD": "wrong"}, {**port, "DIGESTBOT_SMTP_PASSWORD": "s3cret"},
-                   "DIGESTBOT_SMTP_PASSWORD", handler)
+            yield (
+                {**port, "DIGESTBOT_SMTP_PASSWORD": "wrong"},
+                {**port, "DIGESTBOT_SMTP_PASSWORD": "s3cret"},
+                "DIGESTBOT_SMTP_PASSWORD",
+                handler,
+            )
     else:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(cert[0]), str(cert[1]))
@@ -373,8 +428,10 @@ def _setup_failure_then_recovery(bot: Bot, kind: str, cert: tuple[Path, Path]) -
         assert handler.received == []
         rows = bot.rows()
         assert sorted(rows) == sorted(PEOPLE)
-        assert all((r.state, r.attempts, r.claimed_by, r.last_error) == ("planned", 0, None, None)
-                   for r in rows.values()), rows
+        assert all(
+            (r.state, r.attempts, r.claimed_by, r.last_error) == ("planned", 0, None, None)
+            for r in rows.values()
+        ), rows
         assert "deferred and failed" not in bot.cli("status").output
 
         fixed = bot.cli("send", "--date", DAY, "--no-fetch", **good)
@@ -402,7 +459,9 @@ def test_refused_login_or_unverified_tls_stops_run_and_attempts_nothing(
 # -- rate limit -----------------------------------------------------------------------------
 
 
-def test_rate_setting_spaces_messages_across_a_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_setting_spaces_messages_across_a_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DIGESTBOT_SMTP_RATE caps messages per second over the whole run, across claim batches."""
     n = pipeline.CLAIM_BATCH + 5
     write_subscribers(workdir, [f"reader{i:02d}@example.org" for i in range(n)])
@@ -415,7 +474,7 @@ def test_rate_setting_spaces_messages_across_a_run(workdir: Path, monkeypatch: p
     assert len(handler.received) == n
     span = handler.arrivals[-1] - handler.arrivals[0]
     assert span >= (n - 1) / 50 * 0.9, span
-    gaps = [b_ - a for a, b_ in zip(handler.arrivals, handler.arrivals[1:], strict=False)]
+    gaps = [b_ - a for a, b_ in itertools.pairwise(handler.arrivals)]
     assert sum(1 for g in gaps if g < 0.01) <= 2, gaps  # no bursts, not even at the batch boundary
 
 
@@ -426,8 +485,13 @@ def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
     engine = app.database(settings)
     recipients = pipeline.sync_subscribers(engine, app.load_people(settings), now=datetime.now(UTC))
     pipeline.plan_digests(
-        engine, recipients, as_of=datetime(2026, 3, 5, tzinfo=UTC), lookback=2, period=lambda _s: DAY,
-        from_addr=FROM, now=datetime.now(UTC),
+        engine,
+        recipients,
+        as_of=datetime(2026, 3, 5, tzinfo=UTC),
+        lookback=2,
+        period=lambda _s: DAY,
+        from_addr=FROM,
+        now=datetime.now(UTC),
     )
     fake = [100.0]
     sleeps: list[float] = []
@@ -439,14 +503,17 @@ def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
     sent_at: list[float] = []
     d = app.delivery(settings)
     report = pipeline.deliver_due(
-        engine, backend=d.backend, mail=d.mail, policy=d.policy,
+        engine,
+        backend=d.backend,
+        mail=d.mail,
+        policy=d.policy,
         limiter=pipeline.RateLimiter(2.0, clock=lambda: fake[0], sleep=sleep),
         on_result=lambda _e, _o: sent_at.append(fake[0]),
     )
     d.backend.close()
     engine.dispose()
     assert len(report.sent) == 3
-    assert [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)] == [0.5, 0.5]
+    assert [b - a for a, b in itertools.pairwise(sent_at)] == [0.5, 0.5]
     assert sleeps == [0.5, 0.5]
 
 
@@ -460,11 +527,17 @@ def test_check_smtp_reports_what_works_and_sends_nothing(bot: Bot, case: str) ->
     with serve(handler, authenticator=_login_ok, auth_require_tls=False) as auth:
         env = {
             "plain": {},
-            "login": {"DIGESTBOT_SMTP_PORT": str(auth.port), "DIGESTBOT_SMTP_USERNAME": "digest",
-                      "DIGESTBOT_SMTP_PASSWORD": "s3cret"},
+            "login": {
+                "DIGESTBOT_SMTP_PORT": str(auth.port),
+                "DIGESTBOT_SMTP_USERNAME": "digest",
+                "DIGESTBOT_SMTP_PASSWORD": "s3cret",
+            },
             "unreachable": {"DIGESTBOT_SMTP_PORT": str(free_port())},
-            "login refused": {"DIGESTBOT_SMTP_PORT": str(auth.port), "DIGESTBOT_SMTP_USERNAME": "digest",
-                              "DIGESTBOT_SMTP_PASSWORD": "nope"},
+            "login refused": {
+                "DIGESTBOT_SMTP_PORT": str(auth.port),
+                "DIGESTBOT_SMTP_USERNAME": "digest",
+                "DIGESTBOT_SMTP_PASSWORD": "nope",
+            },
         }[case]
         result = bot.cli("check", "--smtp", **env)
     out = result.output
@@ -477,7 +550,9 @@ def test_check_smtp_reports_what_works_and_sends_nothing(bot: Bot, case: str) ->
     else:
         assert result.exit_code == 1, out
         assert "smtp: FAILED" in out
-        assert ("DIGESTBOT_SMTP_PORT" if case == "unreachable" else "DIGESTBOT_SMTP_PASSWORD") in out
+        assert (
+            "DIGESTBOT_SMTP_PORT" if case == "unreachable" else "DIGESTBOT_SMTP_PASSWORD"
+        ) in out
     assert bot.server.handler.received == [] and handler.received == []
 
 
@@ -490,7 +565,9 @@ def test_envelope_recipient_is_only_the_subscriber(bot: Bot, feed_dir: Path) -> 
     evil = json.loads(json.dumps(items[0]))
     paper = evil["paper"]
     paper["id"] = "2603.99999"
-    paper["title"] = "Diffusion agents for transformer reasoning, cc: evil@attacker.test; To: <evil@attacker.test>"
+    paper["title"] = (
+        "Diffusion agents for transformer reasoning, cc: evil@attacker.test; To: <evil@attacker.test>"
+    )
     paper["summary"] = (
         "Speculative decoding with diffusion.\n.\nRCPT TO:<evil@attacker.test>\r\nBcc: evil@attacker.test\n"
         "DATA\nSubject: owned\n\n.\nQUIT\n"
