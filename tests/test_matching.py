@@ -336,7 +336,7 @@ def test_ranking_puts_title_hits_first_then_upvotes() -> None:
     assert {m.arxiv_id for m in got[:4]} == title_hits
     assert [m.score for m in got] == sorted((m.score for m in got), reverse=True)
     same = index().match(compile_filter(keywords=[], authors=["Christopher Ré"]))
-    assert [m.score for m in same][0] == same[1].score
+    assert same[0].score == same[1].score
     assert [m.upvotes for m in same] == sorted((m.upvotes for m in same), reverse=True)
 
 

@@ -31,7 +31,7 @@ class Analyzed:
     authors: tuple[tuple[str, ...], ...]
 
 
-def analyze(title: str, summary: str, authors, ai_keywords, categories) -> Analyzed:  # noqa: ANN001
+def analyze(title: str, summary: str, authors, ai_keywords, categories) -> Analyzed:
     """Tokenize each field of a paper once."""
     return Analyzed(
         fields={
@@ -86,7 +86,7 @@ def holds(node: Node, a: Analyzed) -> bool:
     return any(holds(c, a) for c in node[1])
 
 
-def satisfying_terms(node: Node, ok) -> list[Term] | None:  # noqa: ANN001
+def satisfying_terms(node: Node, ok) -> list[Term] | None:
     """Positive terms that make a matching node true (None when the node is false).
 
     `ok(term)` says whether a term holds. AND contributes all of its children's terms, OR those of

@@ -9,13 +9,12 @@ finished Match values are cached in the index, since thousands of subscribers sh
 from __future__ import annotations
 
 import bisect
-from operator import itemgetter
 from collections.abc import Iterable
+from operator import itemgetter
 
 from .explain import satisfying_terms
 from .model import (
     DEFAULT_FIELDS,
-    TEXT_FIELDS,
     Match,
     PaperDoc,
     field_score,
@@ -34,8 +33,16 @@ class _Field:
     """Postings of one text field: stem -> bits, surface word -> bits, token lists per paper."""
 
     __slots__ = (
-        "stems", "surfs", "sorted_surfs", "docs", "positions", "surface_positions", "lengths", "avg",
-        "prefixes", "prefix_words",
+        "avg",
+        "docs",
+        "lengths",
+        "positions",
+        "prefix_words",
+        "prefixes",
+        "sorted_surfs",
+        "stems",
+        "surface_positions",
+        "surfs",
     )
 
     def __init__(self, docs: list[list[Token | None]]) -> None:

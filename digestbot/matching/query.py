@@ -172,7 +172,7 @@ def _lex_chunk(text: str, query: str, col: int) -> tuple[_Tok, ...]:
 
 
 class _Parser:
-    __slots__ = ("q", "toks", "i")
+    __slots__ = ("i", "q", "toks")
 
     def __init__(self, query: str, toks: list[_Tok]) -> None:
         self.q = query

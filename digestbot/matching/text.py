@@ -27,10 +27,7 @@ _FOLD_LETTERS = str.maketrans(
 )
 # LaTeX commands that only format text: dropped. Other commands (\alpha, \ell) keep their name.
 _LATEX_FORMAT = frozenset(
-    "textbf textit texttt textrm textsc textsf emph mathrm mathbf mathit mathcal mathbb mathsf "
-    "mathtt mathfrak boldsymbol bm text it bf rm tt sf sc em cal scriptsize footnotesize small "
-    "large huge tiny normalsize left right big bigl bigr operatorname mbox hbox displaystyle "
-    "textstyle frac sqrt cite ref url href".split()
+    ["textbf", "textit", "texttt", "textrm", "textsc", "textsf", "emph", "mathrm", "mathbf", "mathit", "mathcal", "mathbb", "mathsf", "mathtt", "mathfrak", "boldsymbol", "bm", "text", "it", "bf", "rm", "tt", "sf", "sc", "em", "cal", "scriptsize", "footnotesize", "small", "large", "huge", "tiny", "normalsize", "left", "right", "big", "bigl", "bigr", "operatorname", "mbox", "hbox", "displaystyle", "textstyle", "frac", "sqrt", "cite", "ref", "url", "href"]
 )
 _VOWELS = frozenset("aeiouy")
 
