@@ -44,19 +44,9 @@ def _exactly_once(server: SMTPServer, emails: list[str], url: str, period: str) 
 
 @pytest.mark.parametrize("fresh", [False, True], ids=["fetched", "fresh-db"])
 def test_two_sends_at_once_deliver_each_digest_once(
-    workdir: Path, slower_smtp: SMTPServer, db_url: str, fresh: bool, request: pytest.FixtureRequest
+    workdir: Path, slower_smtp: SMTPServer, db_url: str, fresh: bool
 ) -> None:
     """Two `digestbot send` started together (on a fetched or a brand-new database) send every subscriber exactly one digest."""
-    if fresh and db_url.startswith("sqlite"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=False,
-                reason=(
-                    "known bug in digestbot/db.py: two processes opening a brand-new SQLite file at once race on "
-                    "PRAGMA journal_mode = WAL, which fails with 'database is locked' without waiting for busy_timeout"
-                ),
-            )
-        )
     emails = many_subscribers(workdir, 40)
     env = bot_env(slower_smtp, DIGESTBOT_DATABASE_URL=db_url)
     args = ["send", "--date", DAY]
