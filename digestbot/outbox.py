@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from digestbot.matching import Match
 from digestbot.models import Digest, DigestItem, UTCDateTime
 from digestbot.store import chunks, dialect_insert
 
@@ -24,16 +25,6 @@ PLANNED, SENDING, SENT, DEFERRED, FAILED, SKIPPED = (
     "planned", "sending", "sent", "deferred", "failed", "skipped",
 )
 LEASE = timedelta(minutes=30)
-
-
-@dataclass(frozen=True, slots=True)
-class ItemPlan:
-    arxiv_id: str
-    score: float
-    upvotes: int
-    matched: tuple[str, ...]
-    title_spans: tuple[tuple[int, int], ...]
-    summary_spans: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +36,7 @@ class DigestPlan:
     period: str
     window_start: datetime
     window_end: datetime
-    items: tuple[ItemPlan, ...]
+    items: tuple[Match, ...]  # the papers, with why they matched, fixed at planning
     more_count: int
     send_empty: bool
     message_id: str
@@ -290,21 +281,31 @@ class RetryPolicy:
         return base * (0.5 + 0.5 * (rng or random).random())
 
 
-def mark_temporary_failure(
-    session: Session, *, digest_id: int, me: str, now: datetime, error: str, policy: RetryPolicy
-) -> str:
-    """Defer with backoff, or fail once the give-up time since the first attempt has passed."""
+def _attempted(session: Session, *, digest_id: int, me: str, now: datetime, error: str) -> Digest | None:
+    """Count a failed attempt on a digest this run still holds (None if another run took it back)."""
     d = session.get(Digest, digest_id)
-    assert d is not None
+    if d is None or d.state != SENDING or d.claimed_by != me:
+        return None
     d.attempts += 1
     d.first_attempt_at = d.first_attempt_at or now
     d.last_error = error
     d.claimed_by = None
     d.lease_until = None
+    d.next_attempt_at = None
+    return d
+
+
+def mark_temporary_failure(
+    session: Session, *, digest_id: int, me: str, now: datetime, error: str, policy: RetryPolicy
+) -> str:
+    """Defer with backoff, or fail once the give-up time since the first attempt has passed."""
+    d = _attempted(session, digest_id=digest_id, me=me, now=now, error=error)
+    if d is None:
+        return SENDING
+    assert d.first_attempt_at is not None
     if (now - d.first_attempt_at).total_seconds() >= policy.give_up:
         d.state = FAILED
         d.last_error = f"gave up after {d.attempts} attempts: {error}"
-        d.next_attempt_at = None
     else:
         d.state = DEFERRED
         d.next_attempt_at = now + timedelta(seconds=policy.delay(d.attempts))
@@ -313,16 +314,22 @@ def mark_temporary_failure(
 
 
 def mark_failed(session: Session, *, digest_id: int, me: str, now: datetime, error: str) -> None:
-    d = session.get(Digest, digest_id)
-    assert d is not None
-    d.attempts += 1
-    d.first_attempt_at = d.first_attempt_at or now
-    d.state = FAILED
-    d.last_error = error
-    d.claimed_by = None
-    d.lease_until = None
-    d.next_attempt_at = None
-    session.add(d)
+    """A permanent failure: the server's reply is kept, and only `digestbot retry` requeues it."""
+    d = _attempted(session, digest_id=digest_id, me=me, now=now, error=error)
+    if d is not None:
+        d.state = FAILED
+        session.add(d)
+
+
+def extend_lease(session: Session, *, ids: Sequence[int], me: str, now: datetime) -> None:
+    """Keep holding digests still waiting in this run's batch (slow servers, low rate limits)."""
+    table = Digest.__table__
+    for chunk in chunks(list(ids)):
+        session.connection().execute(
+            table.update()
+            .where(table.c.id.in_(chunk), table.c.state == SENDING, table.c.claimed_by == me)
+            .values(lease_until=now + LEASE)
+        )
 
 
 def requeue_failed(session: Session, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:

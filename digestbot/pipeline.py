@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
+import jinja2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -24,13 +25,14 @@ from sqlmodel import Session, col, select
 from digestbot import outbox, store
 from digestbot.db import session_scope
 from digestbot.errors import (
+    ConfigError,
     FetchError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
 from digestbot.mail.backends import Backend, Envelope
 from digestbot.mail.message import build_message, dkim_sign, make_message_id, message_bytes
-from digestbot.matching import PaperIndex, compile_filter
+from digestbot.matching import Match, PaperIndex, compile_filter
 from digestbot.models import Digest, DigestItem, Paper
 from digestbot.render import DigestView, PaperView, Renderer
 from digestbot.sources.base import FetchedPaper
@@ -189,17 +191,7 @@ def compute_plans(
                 period=p,
                 window_start=prev[r.id][0] if r.id in prev else first_day,
                 window_end=as_of,
-                items=tuple(
-                    outbox.ItemPlan(
-                        arxiv_id=m.arxiv_id,
-                        score=m.score,
-                        upvotes=m.upvotes,
-                        matched=m.matched,
-                        title_spans=m.title_spans,
-                        summary_spans=m.summary_spans,
-                    )
-                    for m in top
-                ),
+                items=tuple(top),
                 more_count=len(fresh) - len(top),
                 send_empty=r.spec.send_empty,
                 message_id=make_message_id(
@@ -285,7 +277,7 @@ def digest_view(
     )
 
 
-def paper_view(paper: Paper, item: DigestItem | outbox.ItemPlan) -> PaperView:
+def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
     return PaperView(
         arxiv_id=paper.arxiv_id,
         title=paper.title,
@@ -422,25 +414,29 @@ def deliver_due(
         with session_scope(engine) as s:
             batch = _load_batch(s, ids, mail=mail)
         pending = list(ids)
+        renew_at = clock() + outbox.LEASE / 2
         try:
             for digest_id in ids:
                 if stop is not None and stop.is_set():
                     report.stopped = True
                     break
+                if clock() >= renew_at:
+                    with session_scope(engine) as s:
+                        outbox.extend_lease(s, ids=pending, me=me, now=clock())
+                    renew_at = clock() + outbox.LEASE / 2
                 email, message_id, view = batch[digest_id]
-                raw = compose(mail=mail, view=view, message_id=message_id, date_=clock())
-                limiter.wait()
-                outcome, error = _send_one(backend, mail, email, raw, digest_id, view)
+                outcome, error = _compose_and_send(
+                    backend, mail, email, message_id, view, digest_id, clock(), limiter
+                )
                 with session_scope(engine) as s:
                     if outcome == "sent":
                         outbox.mark_sent(s, digest_id=digest_id, me=me, now=clock())
                         report.sent.append(email)
                     elif outcome == "temporary":
-                        state = outbox.mark_temporary_failure(
+                        outcome = outbox.mark_temporary_failure(
                             s, digest_id=digest_id, me=me, now=clock(), error=error, policy=policy
                         )
-                        (report.failed if state == outbox.FAILED else report.deferred).append((email, error))
-                        outcome = state
+                        (report.failed if outcome == outbox.FAILED else report.deferred).append((email, error))
                     else:
                         outbox.mark_failed(s, digest_id=digest_id, me=me, now=clock(), error=error)
                         report.failed.append((email, error))
@@ -457,9 +453,25 @@ def deliver_due(
     return report
 
 
-def _send_one(
-    backend: Backend, mail: MailContext, email: str, raw: bytes, digest_id: int, view: DigestView
+def _compose_and_send(
+    backend: Backend, mail: MailContext, email: str, message_id: str, view: DigestView,
+    digest_id: int, now: datetime, limiter: RateLimiter,
 ) -> tuple[str, str]:
+    """Build and hand over one message; returns ("sent" | "temporary" | "permanent", reason).
+
+    A problem of this one message (say, an address the mail library refuses) fails only this
+    digest. Problems that would hit every message (a broken template override, the server
+    unusable) are raised, and the caller gives the run's remaining digests back untouched.
+    """
+    try:
+        raw = compose(mail=mail, view=view, message_id=message_id, date_=now)
+    except jinja2.TemplateError as exc:
+        raise ConfigError(
+            f"cannot render the digest templates: {exc}", field="DIGESTBOT_TEMPLATES_DIR"
+        ) from exc
+    except (ValueError, ConfigError) as exc:
+        return "permanent", f"could not build the message: {exc}"
+    limiter.wait()
     name = f"{view.digest_date.isoformat()}_{digest_id:08d}"
     try:
         backend.send(Envelope(sender=mail.envelope_from, recipient=email, raw=raw, name=name))
