@@ -32,7 +32,7 @@ from digestbot.errors import (
 )
 from digestbot.mail.backends import Backend, Envelope
 from digestbot.mail.message import build_message, dkim_sign, make_message_id, message_bytes
-from digestbot.matching import Match, PaperIndex, compile_filter
+from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
 from digestbot.models import Digest, DigestItem, Paper
 from digestbot.render import DigestView, PaperView, Renderer
 from digestbot.sources.base import FetchedPaper
@@ -170,14 +170,15 @@ def compute_plans(
     for offset in range(0, len(todo), PLAN_BATCH):
         batch = todo[offset : offset + PLAN_BATCH]
         found = {}
-        for r, _ in batch:
-            flt = compile_filter(
-                keywords=r.spec.keywords,
-                exclude=r.spec.exclude,
-                authors=r.spec.authors,
-                min_upvotes=r.spec.min_upvotes,
-            )
-            found[r.id] = [m for m in index.match(flt) if is_new(r.id, by_id[m.arxiv_id])]
+        with bulk_matching():
+            for r, _ in batch:
+                flt = compile_filter(
+                    keywords=r.spec.keywords,
+                    exclude=r.spec.exclude,
+                    authors=r.spec.authors,
+                    min_upvotes=r.spec.min_upvotes,
+                )
+                found[r.id] = [m for m in index.match(flt) if is_new(r.id, by_id[m.arxiv_id])]
         with_matches = [sid for sid, ms in found.items() if ms]
         held = outbox.already_held(
             session, with_matches, sorted({m.arxiv_id for sid in with_matches for m in found[sid]})

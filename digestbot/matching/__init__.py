@@ -11,7 +11,7 @@ Pure: no database, HTTP, SMTP or settings imports.
 from digestbot.errors import QueryError
 
 from .explain import explain
-from .index import PaperIndex
+from .index import PaperIndex, bulk_matching
 from .model import Match, PaperDoc, rank_key
 from .query import CompiledFilter, Query, compile_filter, parse_query
 from .text import normalize
@@ -23,6 +23,7 @@ __all__ = [
     "PaperIndex",
     "Query",
     "QueryError",
+    "bulk_matching",
     "compile_filter",
     "explain",
     "normalize",
