@@ -592,3 +592,26 @@ def test_envelope_recipient_is_only_the_subscriber(bot: Bot, feed_dir: Path) -> 
         assert [a for _, a in getaddresses(msg.get_all("To", []))] == m.rcpt_tos
         assert msg["Cc"] is None and msg["Bcc"] is None
         assert "owned" not in str(msg["Subject"])
+
+
+def test_connection_closed_by_the_server_while_idle_is_reopened() -> None:
+    """When the server drops a connection left idle between two digests, the next one still goes out."""
+    from aiosmtpd.controller import Controller
+
+    from digestbot.mail.backends import Envelope, SMTPBackend
+    from tests.conftest import SMTPHandler, free_port
+
+    handler = SMTPHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, timeout=0.3)
+    controller.start()
+    try:
+        backend = SMTPBackend(host="127.0.0.1", port=port, security="none", idle_probe_after=0.1)
+        raw = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nhello\r\n"
+        backend.send(Envelope(sender="a@example.org", recipient="b@example.org", raw=raw, name="1"))
+        time.sleep(0.8)  # the server's idle timeout closes the session
+        backend.send(Envelope(sender="a@example.org", recipient="c@example.org", raw=raw, name="2"))
+        backend.close()
+    finally:
+        controller.stop()
+    assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]

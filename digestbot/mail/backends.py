@@ -13,6 +13,7 @@ import re
 import smtplib
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -94,6 +95,7 @@ class ConsoleBackend:
 
 
 _SECURITY = ("starttls", "ssl", "none")
+IDLE_PROBE_AFTER = 10.0  # seconds a connection may sit unused before it is checked
 
 
 class SMTPBackend:
@@ -109,6 +111,7 @@ class SMTPBackend:
         password: str | None = None,
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        idle_probe_after: float = IDLE_PROBE_AFTER,
     ) -> None:
         if security not in _SECURITY:
             raise ConfigError(
@@ -122,7 +125,9 @@ class SMTPBackend:
         self.password = password
         self.timeout = timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
+        self.idle_probe_after = idle_probe_after
         self._conn: smtplib.SMTP | None = None
+        self._used_at = 0.0
 
     # -- connection -------------------------------------------------------------------------
     def open(self) -> None:
@@ -186,6 +191,7 @@ class SMTPBackend:
                 setting="DIGESTBOT_SMTP_HOST and DIGESTBOT_SMTP_PORT",
             ) from exc
         self._conn = conn
+        self._used_at = time.monotonic()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -202,6 +208,7 @@ class SMTPBackend:
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, envelope: Envelope) -> None:
+        self._check_idle()
         self.open()
         assert self._conn is not None
         try:
@@ -219,6 +226,20 @@ class SMTPBackend:
         except smtplib.SMTPException as exc:
             self._drop()
             raise TemporaryDeliveryError(f"SMTP error: {exc}") from exc
+        finally:
+            self._used_at = time.monotonic()
+
+    def _check_idle(self) -> None:
+        """Servers close connections left idle (rate limits, slow batches): probe with NOOP and
+        reconnect instead of deferring the next digest over a connection that is already gone."""
+        if self._conn is None or time.monotonic() - self._used_at < self.idle_probe_after:
+            return
+        try:
+            code, _ = self._conn.noop()
+        except (OSError, smtplib.SMTPException):
+            code = 0
+        if code != 250:
+            self._drop()
 
     def _after_reply(self, code: int) -> None:
         """Reset the transaction so the next message can use the connection; drop it on 421."""
