@@ -151,7 +151,9 @@ def compute_plans(
     if not todo:
         return
     grace = timedelta(days=lookback)
-    first_day = datetime.combine(as_of.date(), datetime.min.time(), tzinfo=UTC) - grace
+    # the day as_of falls in (as_of may be the exclusive end of a --date day), and lookback days before
+    today = (as_of - timedelta(microseconds=1)).astimezone(UTC).date()
+    first_day = datetime.combine(today, datetime.min.time(), tzinfo=UTC) - grace
     prev = outbox.last_windows(session, [r.id for r, _ in todo])
     papers = store.papers_featured_between(
         session, start=min([first_day] + [end - grace for end, _ in prev.values()]), end=as_of
