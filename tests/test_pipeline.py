@@ -186,3 +186,18 @@ def test_item_uniqueness_is_enforced_by_the_database(env) -> None:  # type: igno
         values = {c: getattr(item, c) for c in ("digest_id", "subscriber_id", "arxiv_id", "score", "upvotes")}
     with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as s:
         s.add(DigestItem(**values, position=99, matched=[], title_spans=[], summary_spans=[]))
+
+
+def test_new_subscriber_gets_today_and_the_lookback_days(env) -> None:  # type: ignore[no-untyped-def]
+    """A new subscriber's first digest covers the run's day and the lookback days before it, no more."""
+    settings, engine = env
+    everything = parse_subscribers(
+        '[[subscribers]]\nemail = "all@example.org"\nkeywords = ["the"]\nmax_papers = 500\n', source="t.toml"
+    )
+    fetch(settings, engine, "2026-03-02")
+    fetch(settings, engine, "2026-03-05")
+    plan(settings, engine, everything, "2026-03-05", now=datetime(2026, 3, 6, tzinfo=UTC))
+    with session_scope(engine) as s:
+        featured = {p.arxiv_id: p.featured_at.date().isoformat() for p in s.execute(sa.select(Paper)).scalars()}
+    days = {featured[a] for a in items_of(engine, "all")["2026-03-05"]}
+    assert days == {"2026-03-03", "2026-03-04", "2026-03-05"}
