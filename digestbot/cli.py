@@ -196,13 +196,16 @@ def send(
         delivery = app.delivery(settings)
         engine = app.database(settings)
         now = _now()
-        if not no_fetch:
-            _fetch(settings, engine, today=day or now.date(), now=now)
         as_of = _as_of(day, now)
         period = (lambda _sp: day.isoformat()) if day else (lambda sp: pipeline.local_period(sp, as_of))
         if dry_run:
-            _dry_run(settings, engine, specs, delivery.mail, as_of=as_of, period=period)
+            fetched = None if no_fetch else app.make_source(settings).fetch_window(
+                today=day or now.date(), lookback=settings.lookback_days
+            )
+            _dry_run(settings, engine, specs, delivery.mail, fetched=fetched, as_of=as_of, period=period)
             return
+        if not no_fetch:
+            _fetch(settings, engine, today=day or now.date(), now=now)
         recipients = pipeline.sync_subscribers(engine, specs, now=now)
         plan = pipeline.plan_digests(
             engine, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
@@ -238,11 +241,15 @@ def send(
             raise typer.Exit(1)
 
 
-def _dry_run(settings, engine, specs, mail, *, as_of, period) -> None:  # type: ignore[no-untyped-def]
+def _dry_run(settings, engine, specs, mail, *, fetched, as_of, period) -> None:  # type: ignore[no-untyped-def]
+    """Plan and render as a real send would, inside one transaction that is rolled back."""
     ids = _known_ids(engine, [sp.email for sp in specs])
     recipients = [pipeline.Recipient(spec=sp, id=ids.get(sp.email, -1 - i)) for i, sp in enumerate(specs)]
     table = Table("subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded")
     with session_scope(engine) as s:
+        if fetched is not None:
+            store.upsert_papers(s, papers=fetched, now=_now())
+            err.print(f"fetched {len(fetched)} papers from {settings.feed_url} (not stored)", markup=False)
         plans = pipeline.compute_plans(
             s, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
             from_addr=settings.mail_from,

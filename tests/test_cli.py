@@ -102,9 +102,10 @@ def test_dry_run_sends_and_records_nothing(workdir: Path, smtp_server: SMTPServe
     assert result.exit_code == 0, result.output
     assert "ada@example.org" in result.output and "dry run" in result.output
     assert smtp_server.handler.received == []
-    assert db_rows(workdir, "SELECT COUNT(*) FROM digests") == [(0,)]
+    for table in ("digests", "papers", "fetch_runs", "subscribers"):
+        assert db_rows(workdir, f"SELECT COUNT(*) FROM {table}") == [(0,)], table
     # ... and a real send afterwards still sends everything.
-    assert invoke("send", "--date", "2026-03-04", "--no-fetch", env=smtp_server.env()).exit_code == 0
+    assert invoke("send", "--date", "2026-03-04", env=smtp_server.env()).exit_code == 0
     assert len(smtp_server.handler.received) == 3
 
 
