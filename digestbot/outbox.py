@@ -132,17 +132,20 @@ def existing_periods(session: Session, pairs: Sequence[tuple[int, str]]) -> set[
 
 
 def already_held(session: Session, subscriber_ids: Sequence[int], arxiv_ids: Sequence[str]) -> set[tuple[int, str]]:
-    """(subscriber, paper) pairs already fixed into some digest: those papers are never sent again."""
+    """(subscriber, paper) pairs already fixed into some digest: those papers are never sent again.
+
+    Both lists are bounded per query, so a subscriber's long history is never read whole.
+    """
     held: set[tuple[int, str]] = set()
     if not arxiv_ids:
         return held
-    for chunk in chunks(list(subscriber_ids)):
-        stmt = sa.select(DigestItem.subscriber_id, DigestItem.arxiv_id).where(
-            col(DigestItem.subscriber_id).in_(chunk)
-        )
-        if len(arxiv_ids) <= 1000:
-            stmt = stmt.where(col(DigestItem.arxiv_id).in_(list(arxiv_ids)))
-        held.update((sid, aid) for sid, aid in session.execute(stmt))
+    papers = sorted(set(arxiv_ids))
+    for people in chunks(list(subscriber_ids)):
+        for ids in chunks(papers):
+            stmt = sa.select(DigestItem.subscriber_id, DigestItem.arxiv_id).where(
+                col(DigestItem.subscriber_id).in_(people), col(DigestItem.arxiv_id).in_(ids)
+            )
+            held.update((sid, aid) for sid, aid in session.execute(stmt))
     return held
 
 
