@@ -9,9 +9,12 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
@@ -160,17 +163,33 @@ class SMTPServer:
         }
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SMTPServer]:
-    """A real aiosmtpd server on a free loopback port."""
-    handler = SMTPHandler()
+@contextmanager
+def serve(handler: SMTPHandler, **smtp_kwargs: Any) -> Iterator[SMTPServer]:
+    """A real aiosmtpd server for `handler` on a free loopback port (options: login, TLS, timeout)."""
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **smtp_kwargs)
     controller.start()
     try:
         yield SMTPServer(handler=handler, host="127.0.0.1", port=port)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    """A real aiosmtpd server on a free loopback port."""
+    with serve(SMTPHandler()) as server:
+        yield server
+
+
+def run_digestbot(
+    args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m digestbot ARGS` as a real process and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "digestbot", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+    )
 
 
 # -- subscribers ----------------------------------------------------------------------------

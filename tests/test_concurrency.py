@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from digestbot.cli import cli
-from tests.conftest import SMTPServer, fixture_day, shift_items, write_day
+from tests.conftest import SMTPServer, fixture_day, run_digestbot, shift_items, write_day
 from tests.test_crash import DAY, bot_env, digest_rows, many_subscribers, slow_server, start
 
 pytestmark = pytest.mark.slow
@@ -107,15 +106,7 @@ def test_claims_are_checked_by_pid_not_memory(workdir: Path, slower_smtp: SMTPSe
     deadline = time.monotonic() + 30
     while not slower_smtp.handler.received and time.monotonic() < deadline:
         time.sleep(0.005)
-    second = subprocess.run(
-        [sys.executable, "-m", "digestbot", *args],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    second = run_digestbot(args, env=env, cwd=workdir)
     assert first.wait(timeout=60) == 0, (workdir / "a.log").read_text()
     assert second.returncode == 0, second.stdout + second.stderr
     assert "took back" not in second.stderr  # a live sender's digests are not "reclaimed"

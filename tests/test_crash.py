@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 from typer.testing import CliRunner
 
 from digestbot.cli import cli
 from digestbot.db import make_engine
-from tests.conftest import SMTPHandler, SMTPServer, free_port
+from tests.conftest import SMTPHandler, SMTPServer, run_digestbot, serve
 
 DAY = "2026-03-04"
 FROM = "Paper Digest <digest@lab.test>"
@@ -58,14 +57,8 @@ class SlowHandler(SMTPHandler):
 
 
 def slow_server(delay: float) -> Iterator[SMTPServer]:
-    handler = SlowHandler(delay=delay)
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SMTPServer(handler=handler, host="127.0.0.1", port=port)
-    finally:
-        controller.stop()
+    with serve(SlowHandler(delay=delay)) as server:
+        yield server
 
 
 def bot_env(server: SMTPServer, **extra: str) -> dict[str, str]:
@@ -202,28 +195,12 @@ def test_send_killed_repeatedly_then_finished_sends_each_digest_once(
                 time.sleep(0.001)
     assert kills >= 3, log.read_text()
 
-    final = subprocess.run(
-        [sys.executable, "-m", "digestbot", *args],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    final = run_digestbot(args, env=env, cwd=workdir)
     proc.wait()
     assert final.returncode == 0, final.stdout + final.stderr
     assert_exactly_one_digest_each(
         handler, emails, os.environ["DIGESTBOT_DATABASE_URL"], kills=kills
     )
 
-    again = subprocess.run(
-        [sys.executable, "-m", "digestbot", *args],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = run_digestbot(args, env=env, cwd=workdir)
     assert again.returncode == 0 and "sent 0" in again.stdout, again.stdout + again.stderr

@@ -31,7 +31,7 @@ from digestbot.db import open_database, session_scope
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import Settings, load_settings
 from digestbot.subscribers import SubscriberSpec, load_subscribers, parse_subscribers
-from tests.conftest import SMTPServer, after, fixture_day, shift_items, write_day
+from tests.conftest import SMTPServer, after, fixture_day, run_digestbot, shift_items, write_day
 
 PAPER_LINK = re.compile(r"huggingface\.co/papers/(\d{4}\.\d{4,5})")
 
@@ -576,15 +576,7 @@ def test_second_daemon_on_the_same_database_exits_1(
         + '[[subscribers]]\nemail = "x@example.org"\nkeywords = ["agent"]\n'
     )
 
-    second = subprocess.run(
-        [sys.executable, "-m", "digestbot", "run"],
-        check=False,
-        cwd=workdir,
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    second = run_digestbot(["run"], env=run_env, cwd=workdir, timeout=30)
     assert second.returncode == 1, second.stderr
     assert "another digestbot daemon is already running" in second.stderr
     assert len(mailbox(workdir / "outbox")) == 3

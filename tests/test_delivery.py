@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import Result
 from sqlmodel import Session, select
@@ -34,7 +33,7 @@ from digestbot.cli import cli
 from digestbot.db import make_engine
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import load_settings
-from tests.conftest import SMTPHandler, SMTPServer, fixture_day, free_port, write_day
+from tests.conftest import SMTPHandler, SMTPServer, fixture_day, free_port, serve, write_day
 
 DAY = "2026-03-04"
 ADA, GRACE, ALAN = "ada@example.org", "grace@example.org", "alan@example.org"
@@ -122,18 +121,6 @@ def bot(workdir: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     return b
-
-
-@contextmanager
-def serve(handler: SMTPHandler, **smtp_kwargs: Any) -> Iterator[SMTPServer]:
-    """Another real aiosmtpd server (with login or TLS options) on a free loopback port."""
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **smtp_kwargs)
-    controller.start()
-    try:
-        yield SMTPServer(handler=handler, host="127.0.0.1", port=port)
-    finally:
-        controller.stop()
 
 
 @dataclass
@@ -596,22 +583,14 @@ def test_envelope_recipient_is_only_the_subscriber(bot: Bot, feed_dir: Path) -> 
 
 def test_connection_closed_by_the_server_while_idle_is_reopened() -> None:
     """When the server drops a connection left idle between two digests, the next one still goes out."""
-    from aiosmtpd.controller import Controller
-
     from digestbot.mail.backends import Envelope, SMTPBackend
-    from tests.conftest import SMTPHandler, free_port
 
     handler = SMTPHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, timeout=0.3)
-    controller.start()
-    try:
-        backend = SMTPBackend(host="127.0.0.1", port=port, security="none", idle_probe_after=0.1)
+    with serve(handler, timeout=0.3) as server:
+        backend = SMTPBackend(host=server.host, port=server.port, security="none", idle_probe_after=0.1)
         raw = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nhello\r\n"
         backend.send(Envelope(sender="a@example.org", recipient="b@example.org", raw=raw, name="1"))
         time.sleep(0.8)  # the server's idle timeout closes the session
         backend.send(Envelope(sender="a@example.org", recipient="c@example.org", raw=raw, name="2"))
         backend.close()
-    finally:
-        controller.stop()
     assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]
