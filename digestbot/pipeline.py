@@ -41,6 +41,7 @@ from digestbot.subscribers import SubscriberSpec
 log = logging.getLogger("digestbot")
 
 PLAN_BATCH = 1000
+MAX_WINDOW_DAYS = 30  # the oldest papers a digest can hold, in days before the run (or lookback, if longer)
 CLAIM_BATCH = 20
 
 
@@ -154,7 +155,12 @@ def compute_plans(
     # the day as_of falls in (as_of may be the exclusive end of a --date day), and lookback days before
     today = (as_of - timedelta(microseconds=1)).astimezone(UTC).date()
     first_day = datetime.combine(today, datetime.min.time(), tzinfo=UTC) - grace
-    prev = outbox.last_windows(session, [r.id for r, _ in todo])
+    # A subscriber back after a long gap gets the last MAX_WINDOW_DAYS, not months of old papers.
+    oldest = min(first_day, as_of - timedelta(days=MAX_WINDOW_DAYS))
+    prev = {
+        sid: (max(end, oldest + grace), planned_at)
+        for sid, (end, planned_at) in outbox.last_windows(session, [r.id for r, _ in todo]).items()
+    }
     papers = store.papers_featured_between(
         session, start=min([first_day] + [end - grace for end, _ in prev.values()]), end=as_of
     )

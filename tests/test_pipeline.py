@@ -14,7 +14,7 @@ from digestbot.models import Digest, DigestItem, Paper
 from digestbot.settings import load_settings
 from digestbot.sources.hf_daily import HFDailyPapers
 from digestbot.subscribers import parse_subscribers
-from tests.conftest import fixture_day, write_day
+from tests.conftest import fixture_day, shift_items, write_day
 
 PEOPLE = """
 [[subscribers]]
@@ -201,3 +201,19 @@ def test_new_subscriber_gets_today_and_the_lookback_days(env) -> None:  # type: 
         featured = {p.arxiv_id: p.featured_at.date().isoformat() for p in s.execute(sa.select(Paper)).scalars()}
     days = {featured[a] for a in items_of(engine, "all")["2026-03-05"]}
     assert days == {"2026-03-03", "2026-03-04", "2026-03-05"}
+
+
+def test_a_long_gap_is_capped_to_the_last_thirty_days(env, feed_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """A subscriber whose last digest is months old gets the last 30 days of matches, not months of them."""
+    settings, engine = env
+    everything = parse_subscribers(
+        '[[subscribers]]\nemail = "all@example.org"\nkeywords = ["the"]\nmax_papers = 500\n', source="t.toml"
+    )
+    fetch(settings, engine, "2026-03-02")
+    plan(settings, engine, everything, "2026-01-01", now=datetime(2026, 1, 1, 23, tzinfo=UTC))
+    items = shift_items(fixture_day("2026-03-06"), date(2026, 4, 20))
+    write_day(feed_dir, "2026-04-20", items)
+    fetch(settings, engine, "2026-04-20")
+    plan(settings, engine, everything, "2026-04-20", now=datetime(2026, 4, 20, 23, tzinfo=UTC))
+    got = set(items_of(engine, "all")["2026-04-20"])
+    assert got == {it["paper"]["id"] for it in items}, "March papers are older than 30 days: left out"
