@@ -183,15 +183,16 @@ def send(
     """
     with _errors():
         settings = _settings()
-        specs = app.load_people(settings)
+        everyone = app.load_people(settings)
+        specs = everyone
         if subscriber:
             wanted = {s.strip().lower() for s in subscriber}
-            unknown = wanted - {sp.email.lower() for sp in specs}
+            unknown = wanted - {sp.email.lower() for sp in everyone}
             if unknown:
                 raise ConfigError(
                     f"not in {settings.subscribers_path}: {', '.join(sorted(unknown))}", field="--subscriber"
                 )
-            specs = [sp for sp in specs if sp.email.lower() in wanted]
+            specs = [sp for sp in everyone if sp.email.lower() in wanted]
         day = _parse_date(date_)
         delivery = app.delivery(settings)
         engine = app.database(settings)
@@ -206,13 +207,15 @@ def send(
             return
         if not no_fetch:
             _fetch(settings, engine, today=day or now.date(), now=now)
-        recipients = pipeline.sync_subscribers(engine, specs, now=now)
+        chosen = {sp.email for sp in specs}
+        recipients = [r for r in pipeline.sync_subscribers(engine, everyone, now=now) if r.spec.email in chosen]
         plan = pipeline.plan_digests(
             engine, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
             from_addr=settings.mail_from, now=now,
         )
         ids = [r.id for r in recipients] if subscriber else None
-        total = pipeline.count_due(engine, now=_now(), subscriber_ids=ids)
+        with session_scope(engine) as s:
+            total = outbox.count_due(s, now=_now(), subscriber_ids=ids)
         bar, on_result = _progress(total)
         try:
             if bar is not None:

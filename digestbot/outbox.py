@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from digestbot.matching import Match
-from digestbot.models import Digest, DigestItem, UTCDateTime
+from digestbot.models import Digest, DigestItem, Subscriber, UTCDateTime
 from digestbot.store import chunks, dialect_insert
 
 PLANNED, SENDING, SENT, DEFERRED, FAILED, SKIPPED = (
@@ -211,6 +211,24 @@ def _release(d: Digest) -> None:
     d.lease_until = None
 
 
+def _due(now: datetime) -> sa.ColumnElement[bool]:
+    """Digests to deliver now: planned, or deferred with their retry time come; of active subscribers
+    only (someone removed from the subscribers file gets nothing more, even a digest planned before)."""
+    active = sa.select(Subscriber.id).where(col(Subscriber.active).is_(True))
+    return sa.and_(
+        sa.or_(Digest.state == PLANNED, sa.and_(Digest.state == DEFERRED, col(Digest.next_attempt_at) <= now)),
+        col(Digest.subscriber_id).in_(active),
+    )
+
+
+def count_due(session: Session, *, now: datetime, subscriber_ids: Sequence[int] | None = None) -> int:
+    """How many digests a delivery run started now would send (for the progress bar)."""
+    stmt = sa.select(sa.func.count()).select_from(Digest).where(_due(now))
+    if subscriber_ids is not None:
+        stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
+    return int(session.execute(stmt).scalar_one())
+
+
 def claim(
     session: Session,
     *,
@@ -224,11 +242,7 @@ def claim(
     One UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING id: on SQLite the
     statement runs inside a BEGIN IMMEDIATE write transaction, on PostgreSQL locked rows are skipped.
     """
-    due = sa.or_(
-        Digest.state == PLANNED,
-        sa.and_(Digest.state == DEFERRED, col(Digest.next_attempt_at) <= now),
-    )
-    pick = sa.select(Digest.id).where(due).order_by(col(Digest.id)).limit(limit)
+    pick = sa.select(Digest.id).where(_due(now)).order_by(col(Digest.id)).limit(limit)
     if subscriber_ids is not None:
         pick = pick.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
     if session.get_bind().dialect.name == "postgresql":

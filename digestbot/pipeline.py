@@ -374,19 +374,6 @@ class RateLimiter:
         self._next = now + self.interval
 
 
-def count_due(engine: Engine, *, now: datetime, subscriber_ids: Sequence[int] | None = None) -> int:
-    with session_scope(engine) as s:
-        stmt = sa.select(sa.func.count()).select_from(Digest).where(
-            sa.or_(
-                Digest.state == outbox.PLANNED,
-                sa.and_(Digest.state == outbox.DEFERRED, col(Digest.next_attempt_at) <= now),
-            )
-        )
-        if subscriber_ids is not None:
-            stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
-        return int(s.execute(stmt).scalar_one())
-
-
 def deliver_due(
     engine: Engine,
     *,

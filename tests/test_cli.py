@@ -116,6 +116,29 @@ def test_send_one_subscriber(workdir: Path, smtp_server: SMTPServer) -> None:
     assert [r.rcpt_tos for r in smtp_server.handler.received] == [["grace@example.org"]]
     bad = invoke("send", "--subscriber", "nobody@example.org", env=smtp_server.env())
     assert bad.exit_code == 2 and "nobody@example.org" in bad.output
+    # The others stay subscribed: a later full send still mails them.
+    assert db_rows(workdir, "SELECT COUNT(*) FROM subscribers WHERE active") == [(3,)]
+    assert invoke("send", "--date", "2026-03-04", "--no-fetch", env=smtp_server.env()).exit_code == 0
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.handler.received) == [
+        "ada@example.org", "alan@example.org", "grace@example.org"
+    ]
+
+
+def test_removed_subscriber_gets_no_pending_digest(workdir: Path, smtp_server: SMTPServer) -> None:
+    """Someone removed from the subscribers file is not mailed a digest that was waiting for a retry."""
+    smtp_server.handler.reject_rcpt["grace@example.org"] = "451 4.3.0 try again later"
+    assert invoke("send", "--date", "2026-03-04", env=smtp_server.env()).exit_code == 1
+    text = (workdir / "subscribers.toml").read_text()
+    grace = text[text.index("[[subscribers]]\nemail = \"grace"):text.index("[[subscribers]]\nemail = \"alan")]
+    (workdir / "subscribers.toml").write_text(text.replace(grace, ""))
+    smtp_server.handler.reject_rcpt.clear()
+    db = sa.create_engine(f"sqlite:///{workdir / 'digestbot.db'}")
+    with db.begin() as conn:  # the retry is due now
+        conn.execute(sa.text("UPDATE digests SET next_attempt_at = '2000-01-01 00:00:00' WHERE state = 'deferred'"))
+    db.dispose()
+    again = invoke("send", "--date", "2026-03-04", "--no-fetch", env=smtp_server.env())
+    assert again.exit_code == 0, again.output
+    assert smtp_server.handler.to("grace@example.org") == []
 
 
 # -- broken feeds ---------------------------------------------------------------------------
