@@ -125,7 +125,7 @@ class Daemon:
         """lookback_days, or more when the last good fetch is older (the daemon was down)."""
         if not self._looked_up_last_good:
             with session_scope(self.engine) as s:
-                last = store.status(s, problem_limit=0).last_good_fetch
+                last = store.last_good_fetch(s)
             self._last_good_fetch = last.started_at if last is not None else None
             self._looked_up_last_good = True
         lookback = self.settings.lookback_days

@@ -268,17 +268,16 @@ class MailContext:
 
 
 def digest_view(
-    *, mail: MailContext, email: str, name: str | None, period: str, items: Sequence[DigestItem],
-    papers: dict[str, Paper], more_count: int,
+    *, mail: MailContext, email: str, name: str | None, period: str,
+    items: Sequence[DigestItem | Match], papers: dict[str, Paper], more_count: int,
 ) -> DigestView:
+    """What one digest shows; `items` in digest order (stored items or a plan's matches)."""
     mailto, url = mail.unsubscribe_for(email)
     return DigestView(
         subscriber_email=email,
         subscriber_name=name,
         digest_date=date.fromisoformat(period),
-        papers=tuple(
-            paper_view(papers[it.arxiv_id], it) for it in sorted(items, key=lambda i: i.position)
-        ),
+        papers=tuple(paper_view(papers[it.arxiv_id], it) for it in items),
         more_count=more_count,
         list_name=mail.list_name,
         unsubscribe_mailto=mailto,
@@ -305,15 +304,9 @@ def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
 def render_plan(session: Session, plan: outbox.DigestPlan, *, mail: MailContext, name: str | None):  # type: ignore[no-untyped-def]
     """Render a digest that is planned but not stored (dry runs and previews)."""
     papers = store.papers_by_id(session, [it.arxiv_id for it in plan.items])
-    view = DigestView(
-        subscriber_email=plan.email,
-        subscriber_name=name,
-        digest_date=date.fromisoformat(plan.period),
-        papers=tuple(paper_view(papers[it.arxiv_id], it) for it in plan.items),
-        more_count=plan.more_count,
-        list_name=mail.list_name,
-        unsubscribe_mailto=mail.unsubscribe_for(plan.email)[0],
-        unsubscribe_url=mail.unsubscribe_for(plan.email)[1],
+    view = digest_view(
+        mail=mail, email=plan.email, name=name, period=plan.period, items=plan.items,
+        papers=papers, more_count=plan.more_count,
     )
     return mail.renderer.render(view)
 
@@ -484,7 +477,10 @@ def _load_batch(
     digests = {d.id: d for d in session.exec(select(Digest).where(col(Digest.id).in_(list(ids))))}
     people = store.subscriber_records(session, [d.subscriber_id for d in digests.values()])
     items: dict[int, list[DigestItem]] = {i: [] for i in ids}
-    for it in session.exec(select(DigestItem).where(col(DigestItem.digest_id).in_(list(ids)))):
+    stmt = select(DigestItem).where(col(DigestItem.digest_id).in_(list(ids))).order_by(
+        col(DigestItem.digest_id), col(DigestItem.position)
+    )
+    for it in session.exec(stmt):
         items[it.digest_id].append(it)
     papers = store.papers_by_id(session, [it.arxiv_id for its in items.values() for it in its])
     out = {}

@@ -213,11 +213,16 @@ class Status:
     problems: list[tuple[str, str, str, int, str | None, datetime | None]]  # email, period, state, attempts, error, next
 
 
-def status(session: Session, *, problem_limit: int = 50) -> Status:
-    last = session.exec(select(FetchRun).order_by(col(FetchRun.id).desc()).limit(1)).first()
-    last_ok = session.exec(
+def last_good_fetch(session: Session) -> FetchRun | None:
+    """The newest fetch that worked (the daemon catches up from there after downtime)."""
+    return session.exec(
         select(FetchRun).where(col(FetchRun.ok).is_(True)).order_by(col(FetchRun.id).desc()).limit(1)
     ).first()
+
+
+def status(session: Session, *, problem_limit: int = 50) -> Status:
+    last = session.exec(select(FetchRun).order_by(col(FetchRun.id).desc()).limit(1)).first()
+    last_ok = last_good_fetch(session)
     papers = session.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
     subs = session.execute(
         sa.select(sa.func.count()).select_from(Subscriber).where(col(Subscriber.active).is_(True))
