@@ -27,7 +27,7 @@ import re
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,24 +37,13 @@ import itertools
 
 from digestbot.matching import PaperIndex, bulk_matching, compile_filter, explain
 from digestbot.matching.text import tokenize
+from digestbot.sources.base import FetchedPaper
 
 _STOP = frozenset(
     ["a", "an", "the", "of", "for", "and", "or", "not", "in", "on", "to", "with", "by", "from", "via", "as", "at", "is", "are", "be", "we", "our", "this", "that", "which", "these", "those", "its", "it", "can", "than", "into", "over", "under", "using", "use", "based", "towards", "toward", "without", "between", "how", "what", "when", "why", "do", "does", "more", "most", "less", "new", "two", "one", "their", "such", "also", "has", "have", "been", "while"]
 )
+FEATURED = datetime(2026, 3, 6, 12, tzinfo=UTC)
 CATEGORIES = ["cs.CL", "cs.LG", "cs.AI", "cs.CV", "stat.ML", "cs.IR", "cs.DS", "math.OC", "cs.SD"]
-
-
-@dataclass(frozen=True, slots=True)
-class Paper:
-    """A synthetic paper with the fields matching reads."""
-
-    arxiv_id: str
-    title: str
-    summary: str
-    authors: tuple[str, ...]
-    ai_keywords: tuple[str, ...]
-    categories: tuple[str, ...]
-    upvotes: int
 
 
 def fixture_dir() -> Path:
@@ -75,7 +64,7 @@ def title_bigrams(real: list[dict]) -> list[str]:
     return [" ".join(t[i:i + 2]) for t in titles for i in range(len(t) - 1)]
 
 
-def make_papers(real: list[dict], n: int, rng: random.Random) -> list[Paper]:
+def make_papers(real: list[dict], n: int, rng: random.Random) -> list[FetchedPaper]:
     """Recombine the real papers into n realistic ones (same vocabulary and word statistics)."""
     sentences = [re.split(r"(?<=[.!?])\s+", p["summary"]) for p in real]
     names = sorted({a["name"] for p in real for a in p["authors"]})
@@ -96,8 +85,10 @@ def make_papers(real: list[dict], n: int, rng: random.Random) -> list[Paper]:
                 bg.strip(":,.") for bg in rng.sample(tbg, 3)
             )
         out.append(
-            Paper(
+            FetchedPaper(
                 arxiv_id=f"2603.{i:05d}",
+                published_at=None,
+                featured_at=FEATURED,
                 title=title,
                 summary=summary,
                 authors=tuple(rng.sample(names, rng.randint(1, 8))),
