@@ -40,7 +40,68 @@ from digestbot.matching.text import tokenize
 from digestbot.sources.base import FetchedPaper
 
 _STOP = frozenset(
-    ["a", "an", "the", "of", "for", "and", "or", "not", "in", "on", "to", "with", "by", "from", "via", "as", "at", "is", "are", "be", "we", "our", "this", "that", "which", "these", "those", "its", "it", "can", "than", "into", "over", "under", "using", "use", "based", "towards", "toward", "without", "between", "how", "what", "when", "why", "do", "does", "more", "most", "less", "new", "two", "one", "their", "such", "also", "has", "have", "been", "while"]
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "for",
+        "and",
+        "or",
+        "not",
+        "in",
+        "on",
+        "to",
+        "with",
+        "by",
+        "from",
+        "via",
+        "as",
+        "at",
+        "is",
+        "are",
+        "be",
+        "we",
+        "our",
+        "this",
+        "that",
+        "which",
+        "these",
+        "those",
+        "its",
+        "it",
+        "can",
+        "than",
+        "into",
+        "over",
+        "under",
+        "using",
+        "use",
+        "based",
+        "towards",
+        "toward",
+        "without",
+        "between",
+        "how",
+        "what",
+        "when",
+        "why",
+        "do",
+        "does",
+        "more",
+        "most",
+        "less",
+        "new",
+        "two",
+        "one",
+        "their",
+        "such",
+        "also",
+        "has",
+        "have",
+        "been",
+        "while",
+    ]
 )
 FEATURED = datetime(2026, 3, 6, 12, tzinfo=UTC)
 CATEGORIES = ["cs.CL", "cs.LG", "cs.AI", "cs.CV", "stat.ML", "cs.IR", "cs.DS", "math.OC", "cs.SD"]
@@ -48,7 +109,11 @@ CATEGORIES = ["cs.CL", "cs.LG", "cs.AI", "cs.CV", "stat.ML", "cs.IR", "cs.DS", "
 
 def fixture_dir() -> Path:
     local = ROOT / "tests" / "fixtures" / "hf_daily_papers"
-    return local if local.is_dir() and any(local.glob("2026-*.json")) else ROOT.parent / "shared" / "fixtures" / "hf_daily_papers"
+    return (
+        local
+        if local.is_dir() and any(local.glob("2026-*.json"))
+        else ROOT.parent / "shared" / "fixtures" / "hf_daily_papers"
+    )
 
 
 def load_real() -> list[dict]:
@@ -61,7 +126,7 @@ def load_real() -> list[dict]:
 
 def title_bigrams(real: list[dict]) -> list[str]:
     titles = [p["title"].split() for p in real]
-    return [" ".join(t[i:i + 2]) for t in titles for i in range(len(t) - 1)]
+    return [" ".join(t[i : i + 2]) for t in titles for i in range(len(t) - 1)]
 
 
 def make_papers(real: list[dict], n: int, rng: random.Random) -> list[FetchedPaper]:
@@ -133,8 +198,12 @@ class QueryMaker:
                 f"{x} {y}"
                 for toks in per_paper
                 for x, y in itertools.pairwise(toks)
-                if x.lower() not in _STOP and y.lower() not in _STOP and len(x) > 2 and len(y) > 2
-                and bdf.get(key(f"{x} {y}"), 99) <= 2 and (topical(x) or topical(y))
+                if x.lower() not in _STOP
+                and y.lower() not in _STOP
+                and len(x) > 2
+                and len(y) > 2
+                and bdf.get(key(f"{x} {y}"), 99) <= 2
+                and (topical(x) or topical(y))
             }
         )
         self.authors = sorted({a["name"] for p in real for a in p["authors"]})
@@ -209,15 +278,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch", type=int, default=20_000)
     ap.add_argument(
-        "--gc", choices=("default", "freeze"), default="default",
+        "--gc",
+        choices=("default", "freeze"),
+        default="default",
         help="freeze: gc.freeze() after each batch, so the cyclic GC skips the index's long-lived caches",
     )
     ap.add_argument(
-        "--distinct-queries", type=int, default=None,
+        "--distinct-queries",
+        type=int,
+        default=None,
         help="size of the pool of distinct queries subscribers share, drawn with Zipf popularity "
         "(default: subscribers / 5); 0 draws every query fresh (the worst case: ~1 distinct query per query)",
     )
-    ap.add_argument("--sample", type=int, default=100, help="subscribers for the straightforward baseline")
+    ap.add_argument(
+        "--sample", type=int, default=100, help="subscribers for the straightforward baseline"
+    )
     args = ap.parse_args(argv)
     n, p = args.subscribers, args.papers
 
@@ -273,8 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     naive_scaled = t_naive_sample * n / max(1, len(sample))
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"papers: {p} indexed in {t_build:.3f} s; queries drawn from "
-          f"{f'{pool} distinct (Zipf popularity)' if pool else 'fresh for every subscriber'}")
+    print(
+        f"papers: {p} indexed in {t_build:.3f} s; queries drawn from "
+        f"{f'{pool} distinct (Zipf popularity)' if pool else 'fresh for every subscriber'}"
+    )
     print(f"compile: {t_compile:.3f} s; evaluate: {t_match:.3f} s")
     print(
         f"subscribers with >= 1 match: {matched_subs} ({100 * matched_subs / max(1, n):.1f}%); "

@@ -31,8 +31,23 @@ from digestbot.sources.hf_daily import HFDailyPapers
 from digestbot.subscribers import SubscriberSpec
 
 FEED = ROOT / "tests" / "fixtures" / "hf_daily_papers"
-WORDS = ["diffusion", "agent", "reasoning", '"language model"', "video", "transformer", "decoding",
-         "benchmark", "reinforcement", "multimodal", "retrieval", "alignment", "3D", "speech", "robot*"]
+WORDS = [
+    "diffusion",
+    "agent",
+    "reasoning",
+    '"language model"',
+    "video",
+    "transformer",
+    "decoding",
+    "benchmark",
+    "reinforcement",
+    "multimodal",
+    "retrieval",
+    "alignment",
+    "3D",
+    "speech",
+    "robot*",
+]
 
 
 class CountingBackend:
@@ -55,7 +70,9 @@ def rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--subscribers", type=int, default=10_000)
-    ap.add_argument("--database", default=None, help="database URL (default: a temporary SQLite file)")
+    ap.add_argument(
+        "--database", default=None, help="database URL (default: a temporary SQLite file)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -65,26 +82,46 @@ def main() -> None:
     now = datetime(2026, 3, 6, 23, 0, tzinfo=UTC)
     specs = [
         SubscriberSpec(
-            email=f"user{i}@example.org", name=f"User {i}",
-            keywords=tuple(rng.sample(WORDS, rng.randint(1, 3))), exclude=("survey",), authors=(),
-            min_upvotes=0, send_at=dtime(7, 0), timezone="UTC", max_papers=10, send_empty=False,
+            email=f"user{i}@example.org",
+            name=f"User {i}",
+            keywords=tuple(rng.sample(WORDS, rng.randint(1, 3))),
+            exclude=("survey",),
+            authors=(),
+            min_upvotes=0,
+            send_at=dtime(7, 0),
+            timezone="UTC",
+            max_papers=10,
+            send_empty=False,
         )
         for i in range(args.subscribers)
     ]
     t0 = time.perf_counter()
     source = HFDailyPapers(feed_url=str(FEED), client=None)
-    fetched = pipeline.fetch_and_store(engine, source=source, feed_url=str(FEED), today=date(2026, 3, 6),
-                                       lookback=4, now=now)
+    fetched = pipeline.fetch_and_store(
+        engine, source=source, feed_url=str(FEED), today=date(2026, 3, 6), lookback=4, now=now
+    )
     t1 = time.perf_counter()
     recipients = pipeline.sync_subscribers(engine, specs, now=now)
     t2 = time.perf_counter()
-    plan = pipeline.plan_digests(engine, recipients, as_of=now, lookback=4, period=lambda _s: "2026-03-06",
-                                 from_addr="Bench <bench@example.org>", now=now)
+    plan = pipeline.plan_digests(
+        engine,
+        recipients,
+        as_of=now,
+        lookback=4,
+        period=lambda _s: "2026-03-06",
+        from_addr="Bench <bench@example.org>",
+        now=now,
+    )
     t3 = time.perf_counter()
     backend = CountingBackend()
-    mail = pipeline.MailContext(renderer=Renderer(), from_addr="Bench <bench@example.org>",
-                                envelope_from="bench@example.org", list_name="Bench",
-                                list_id="<bench.example.org>", unsubscribe_email="bench@example.org")
+    mail = pipeline.MailContext(
+        renderer=Renderer(),
+        from_addr="Bench <bench@example.org>",
+        envelope_from="bench@example.org",
+        list_name="Bench",
+        list_id="<bench.example.org>",
+        unsubscribe_email="bench@example.org",
+    )
     report = pipeline.deliver_due(engine, backend=backend, mail=mail, policy=RetryPolicy())
     t4 = time.perf_counter()
     print(f"fetch+store: {fetched.fetched} papers in {t1 - t0:.2f} s")
@@ -92,8 +129,10 @@ def main() -> None:
     print(f"plan: {plan.planned} planned, {plan.skipped} skipped in {t3 - t2:.2f} s")
     print(f"deliver: {len(report.sent)} messages, {backend.bytes / 1e6:.1f} MB in {t4 - t3:.2f} s")
     rate = len(report.sent) / (t4 - t3) if t4 > t3 else 0.0
-    print(f"send: {args.subscribers} subscribers: plan {t3 - t2:.2f} s, deliver {t4 - t3:.2f} s "
-          f"({rate:.0f} msgs/s), peak RSS {rss_mb():.0f} MB")
+    print(
+        f"send: {args.subscribers} subscribers: plan {t3 - t2:.2f} s, deliver {t4 - t3:.2f} s "
+        f"({rate:.0f} msgs/s), peak RSS {rss_mb():.0f} MB"
+    )
     engine.dispose()
 
 

@@ -43,11 +43,15 @@ def database(settings: Settings) -> Engine:
     return open_database(settings.database_url)
 
 
-def make_source(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> HFDailyPapers:
+def make_source(
+    settings: Settings, *, transport: httpx.BaseTransport | None = None
+) -> HFDailyPapers:
     url = settings.feed_url
     client = None
     if url.startswith(("http://", "https://")):
-        client = make_client(timeout=settings.fetch_timeout, token=settings.hf_token, transport=transport)
+        client = make_client(
+            timeout=settings.fetch_timeout, token=settings.hf_token, transport=transport
+        )
     return HFDailyPapers(feed_url=url, client=client, retries=settings.fetch_retries)
 
 
@@ -71,7 +75,9 @@ def make_backend(settings: Settings) -> Backend:
             password=settings.smtp_password,
             timeout=settings.smtp_timeout,
         )
-    raise ConfigError(f"unknown mail backend {settings.mail_backend!r}", field="DIGESTBOT_MAIL_BACKEND")
+    raise ConfigError(
+        f"unknown mail backend {settings.mail_backend!r}", field="DIGESTBOT_MAIL_BACKEND"
+    )
 
 
 def mail_context(settings: Settings) -> MailContext:
@@ -88,7 +94,8 @@ def mail_context(settings: Settings) -> MailContext:
             ) from exc
     if settings.templates_dir is not None and not Path(settings.templates_dir).is_dir():
         raise ConfigError(
-            f"templates folder {settings.templates_dir} does not exist", field="DIGESTBOT_TEMPLATES_DIR"
+            f"templates folder {settings.templates_dir} does not exist",
+            field="DIGESTBOT_TEMPLATES_DIR",
         )
     return MailContext(
         renderer=Renderer(templates_dir=settings.templates_dir),

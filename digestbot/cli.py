@@ -95,7 +95,11 @@ def _progress(total: int) -> tuple[Progress | None, Callable[[str, str], None] |
     if total < 2 or not sys.stderr.isatty():
         return None, None
     bar = Progress(
-        TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        TextColumn("sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
         transient=True,
     )
     task = bar.add_task("send", total=total)
@@ -105,12 +109,17 @@ def _progress(total: int) -> tuple[Progress | None, Callable[[str, str], None] |
 def _fetch(settings: Settings, engine: Any, *, today: date, now: datetime) -> pipeline.FetchSummary:
     source = app.make_source(settings)
     summary = pipeline.fetch_and_store(
-        engine, source=source, feed_url=settings.feed_url, today=today,
-        lookback=settings.lookback_days, now=now,
+        engine,
+        source=source,
+        feed_url=settings.feed_url,
+        today=today,
+        lookback=settings.lookback_days,
+        now=now,
     )
     err.print(
         f"fetched {summary.fetched} papers from {settings.feed_url}: "
-        f"{summary.new} new, {summary.updated} updated", markup=False,
+        f"{summary.new} new, {summary.updated} updated",
+        markup=False,
     )
     return summary
 
@@ -130,7 +139,10 @@ def init() -> None:
 
     with _errors():
         settings = _settings()
-        for target, source in ((settings.subscribers_path, subscribers_example()), (Path(".env"), env_example())):
+        for target, source in (
+            (settings.subscribers_path, subscribers_example()),
+            (Path(".env"), env_example()),
+        ):
             if target.exists():
                 out.print(f"kept existing {target}", markup=False)
             else:
@@ -143,7 +155,12 @@ def init() -> None:
 
 @cli.command()
 def fetch(
-    date_: Annotated[str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Fetch as if today were this day (YYYY-MM-DD).")] = None,
+    date_: Annotated[
+        str | None,
+        typer.Option(
+            "--date", metavar="YYYY-MM-DD", help="Fetch as if today were this day (YYYY-MM-DD)."
+        ),
+    ] = None,
 ) -> None:
     """Fetch the feed (today and the lookback days before it) and store new and changed papers.
 
@@ -164,14 +181,22 @@ def fetch(
 @cli.command()
 def send(
     subscriber: Annotated[
-        list[str] | None, typer.Option("--subscriber", "-s", metavar="EMAIL", help="Only this subscriber (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--subscriber", "-s", metavar="EMAIL", help="Only this subscriber (repeatable)."
+        ),
     ] = None,
-    no_fetch: Annotated[bool, typer.Option("--no-fetch", help="Use the stored papers; do not fetch first.")] = False,
+    no_fetch: Annotated[
+        bool, typer.Option("--no-fetch", help="Use the stored papers; do not fetch first.")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Render and summarize; send and record nothing.")
     ] = False,
     date_: Annotated[
-        str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Act as if today were this day (YYYY-MM-DD).")
+        str | None,
+        typer.Option(
+            "--date", metavar="YYYY-MM-DD", help="Act as if today were this day (YYYY-MM-DD)."
+        ),
     ] = None,
 ) -> None:
     """Fetch, then build and deliver every subscriber's digest now, whatever their schedule.
@@ -190,7 +215,8 @@ def send(
             unknown = wanted - {sp.email.lower() for sp in everyone}
             if unknown:
                 raise ConfigError(
-                    f"not in {settings.subscribers_path}: {', '.join(sorted(unknown))}", field="--subscriber"
+                    f"not in {settings.subscribers_path}: {', '.join(sorted(unknown))}",
+                    field="--subscriber",
                 )
             specs = [sp for sp in everyone if sp.email.lower() in wanted]
         day = _parse_date(date_)
@@ -198,20 +224,37 @@ def send(
         engine = app.database(settings)
         now = _now()
         as_of = _as_of(day, now)
-        period = (lambda _sp: day.isoformat()) if day else (lambda sp: pipeline.local_period(sp, as_of))
+        period = (
+            (lambda _sp: day.isoformat()) if day else (lambda sp: pipeline.local_period(sp, as_of))
+        )
         if dry_run:
-            fetched = None if no_fetch else app.make_source(settings).fetch_window(
-                today=day or now.date(), lookback=settings.lookback_days
+            fetched = (
+                None
+                if no_fetch
+                else app.make_source(settings).fetch_window(
+                    today=day or now.date(), lookback=settings.lookback_days
+                )
             )
-            _dry_run(settings, engine, specs, delivery.mail, fetched=fetched, as_of=as_of, period=period)
+            _dry_run(
+                settings, engine, specs, delivery.mail, fetched=fetched, as_of=as_of, period=period
+            )
             return
         if not no_fetch:
             _fetch(settings, engine, today=day or now.date(), now=now)
         chosen = {sp.email for sp in specs}
-        recipients = [r for r in pipeline.sync_subscribers(engine, everyone, now=now) if r.spec.email in chosen]
+        recipients = [
+            r
+            for r in pipeline.sync_subscribers(engine, everyone, now=now)
+            if r.spec.email in chosen
+        ]
         plan = pipeline.plan_digests(
-            engine, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
-            from_addr=settings.mail_from, now=now,
+            engine,
+            recipients,
+            as_of=as_of,
+            lookback=settings.lookback_days,
+            period=period,
+            from_addr=settings.mail_from,
+            now=now,
         )
         ids = [r.id for r in recipients] if subscriber else None
         with session_scope(engine) as s:
@@ -221,8 +264,13 @@ def send(
             if bar is not None:
                 bar.start()
             report = pipeline.deliver_due(
-                engine, backend=delivery.backend, mail=delivery.mail, policy=delivery.policy,
-                limiter=delivery.limiter, subscriber_ids=ids, on_result=on_result,
+                engine,
+                backend=delivery.backend,
+                mail=delivery.mail,
+                policy=delivery.policy,
+                limiter=delivery.limiter,
+                subscriber_ids=ids,
+                on_result=on_result,
             )
         except DeliverySetupError as exc:
             raise DigestbotError(f"delivery stopped, nothing more was attempted: {exc}") from exc
@@ -247,14 +295,24 @@ def send(
 def _dry_run(settings, engine, specs, mail, *, fetched, as_of, period) -> None:  # type: ignore[no-untyped-def]
     """Plan and render as a real send would, inside one transaction that is rolled back."""
     ids = _known_ids(engine, [sp.email for sp in specs])
-    recipients = [pipeline.Recipient(spec=sp, id=ids.get(sp.email, -1 - i)) for i, sp in enumerate(specs)]
-    table = Table("subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded")
+    recipients = [
+        pipeline.Recipient(spec=sp, id=ids.get(sp.email, -1 - i)) for i, sp in enumerate(specs)
+    ]
+    table = Table(
+        "subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded"
+    )
     with session_scope(engine) as s:
         if fetched is not None:
             store.upsert_papers(s, papers=fetched, now=_now())
-            err.print(f"fetched {len(fetched)} papers from {settings.feed_url} (not stored)", markup=False)
+            err.print(
+                f"fetched {len(fetched)} papers from {settings.feed_url} (not stored)", markup=False
+            )
         plans = pipeline.compute_plans(
-            s, recipients, as_of=as_of, lookback=settings.lookback_days, period=period,
+            s,
+            recipients,
+            as_of=as_of,
+            lookback=settings.lookback_days,
+            period=period,
             from_addr=settings.mail_from,
         )
         count = 0
@@ -268,7 +326,10 @@ def _dry_run(settings, engine, specs, mail, *, fetched, as_of, period) -> None: 
             table.add_row(plan.email, str(len(plan.items)), str(plan.more_count), rendered.subject)
         s.rollback()
     out.print(table)
-    out.print(f"{count} digests would be planned; {len(specs) - count} already done for the day", markup=False)
+    out.print(
+        f"{count} digests would be planned; {len(specs) - count} already done for the day",
+        markup=False,
+    )
 
 
 def _known_ids(engine: Any, emails: list[str]) -> dict[str, int]:
@@ -283,7 +344,9 @@ def _known_ids(engine: Any, emails: list[str]) -> dict[str, int]:
             found.update(
                 (email, sid)
                 for sid, email in s.execute(
-                    sa.select(Subscriber.id, Subscriber.email).where(Subscriber.email.in_(list(chunk)))
+                    sa.select(Subscriber.id, Subscriber.email).where(
+                        Subscriber.email.in_(list(chunk))
+                    )
                 )
             )
     return found
@@ -292,10 +355,16 @@ def _known_ids(engine: Any, emails: list[str]) -> dict[str, int]:
 @cli.command()
 def preview(
     email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
-    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the HTML part to this file.")] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", metavar="FILE", help="Write the HTML part to this file."),
+    ] = None,
     text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
     date_: Annotated[
-        str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Preview as if today were this day (YYYY-MM-DD).")
+        str | None,
+        typer.Option(
+            "--date", metavar="YYYY-MM-DD", help="Preview as if today were this day (YYYY-MM-DD)."
+        ),
     ] = None,
 ) -> None:
     """Render a subscriber's next digest from the stored papers without sending or recording it.
@@ -316,7 +385,9 @@ def preview(
         engine = app.database(settings)
         as_of = _as_of(day, _now())
         sid = _known_ids(engine, [spec.email]).get(spec.email)
-        pending = pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid else None
+        pending = (
+            pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid else None
+        )
         if pending is not None:
             rendered = mail.renderer.render(pending)
         else:
@@ -324,12 +395,17 @@ def preview(
             with session_scope(engine) as s:
                 plan = next(
                     pipeline.compute_plans(
-                        s, [pipeline.Recipient(spec=spec, id=sid or -1)], as_of=as_of,
-                        lookback=settings.lookback_days, period=lambda _sp: "0001-01-01",
+                        s,
+                        [pipeline.Recipient(spec=spec, id=sid or -1)],
+                        as_of=as_of,
+                        lookback=settings.lookback_days,
+                        period=lambda _sp: "0001-01-01",
                         from_addr=settings.mail_from,
                     )
                 )
-                rendered = pipeline.render_plan(s, replace(plan, period=period), mail=mail, name=spec.name)
+                rendered = pipeline.render_plan(
+                    s, replace(plan, period=period), mail=mail, name=spec.name
+                )
         if html is not None:
             html.write_text(rendered.html, encoding="utf-8")
             err.print(f"wrote {html}", markup=False)
@@ -375,11 +451,19 @@ def status() -> None:
             out.print("last fetch: never (run `digestbot fetch`)", markup=False)
         else:
             outcome = (
-                f"ok, {last.new_count} new, {last.updated_count} updated" if last.ok else f"FAILED: {last.error}"
+                f"ok, {last.new_count} new, {last.updated_count} updated"
+                if last.ok
+                else f"FAILED: {last.error}"
             )
-            out.print(f"last fetch: {last.started_at:%Y-%m-%d %H:%M} UTC from {last.feed_url}: {outcome}", markup=False)
+            out.print(
+                f"last fetch: {last.started_at:%Y-%m-%d %H:%M} UTC from {last.feed_url}: {outcome}",
+                markup=False,
+            )
             if not last.ok and st.last_good_fetch is not None:
-                out.print(f"last good fetch: {st.last_good_fetch.started_at:%Y-%m-%d %H:%M} UTC", markup=False)
+                out.print(
+                    f"last good fetch: {st.last_good_fetch.started_at:%Y-%m-%d %H:%M} UTC",
+                    markup=False,
+                )
         out.print(f"papers stored: {st.papers}", markup=False)
         out.print(f"active subscribers: {st.subscribers}", markup=False)
         states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items())) or "none yet"
@@ -387,7 +471,11 @@ def status() -> None:
         if st.problems:
             out.print("deferred and failed digests (newest first):", markup=False)
             for email, period, state, attempts, error, nxt in st.problems:
-                when = f", next try {nxt:%Y-%m-%d %H:%M} UTC" if nxt and state == outbox.DEFERRED else ""
+                when = (
+                    f", next try {nxt:%Y-%m-%d %H:%M} UTC"
+                    if nxt and state == outbox.DEFERRED
+                    else ""
+                )
                 out.print(
                     f"  {state:<8} {email}  day {period}  attempts {attempts}{when}\n"
                     f"           server reply: {error or '-'}",
@@ -397,7 +485,9 @@ def status() -> None:
 
 @cli.command()
 def retry(
-    email: Annotated[str | None, typer.Argument(help="Only this subscriber's failed digests.")] = None,
+    email: Annotated[
+        str | None, typer.Argument(help="Only this subscriber's failed digests.")
+    ] = None,
 ) -> None:
     """Requeue failed digests so the next `digestbot send` or daemon run delivers them again.
 
@@ -414,13 +504,19 @@ def retry(
             ids = list(sid.values())
         with session_scope(engine) as s:
             n = outbox.requeue_failed(s, subscriber_ids=ids, now=_now())
-        out.print(f"requeued {n} failed digest(s); run `digestbot send --no-fetch` to deliver them now", markup=False)
+        out.print(
+            f"requeued {n} failed digest(s); run `digestbot send --no-fetch` to deliver them now",
+            markup=False,
+        )
 
 
 @cli.command()
 def check(
     smtp: Annotated[
-        bool, typer.Option("--smtp", help="Also connect and log in to the SMTP server, and fetch the feed once.")
+        bool,
+        typer.Option(
+            "--smtp", help="Also connect and log in to the SMTP server, and fetch the feed once."
+        ),
     ] = False,
 ) -> None:
     """Validate the settings, the subscribers file and every query; exits 2 on the first problem.
@@ -435,26 +531,35 @@ def check(
         out.print("settings: ok", markup=False)
         specs = app.load_people(settings)
         queries = sum(len(sp.keywords) + len(sp.exclude) + len(sp.authors) for sp in specs)
-        out.print(f"subscribers: {len(specs)} in {settings.subscribers_path}, {queries} queries: ok", markup=False)
+        out.print(
+            f"subscribers: {len(specs)} in {settings.subscribers_path}, {queries} queries: ok",
+            markup=False,
+        )
         app.mail_context(settings)
         if not smtp:
             return
         problems = 0
         try:
             papers = app.make_source(settings).fetch_window(today=_now().date(), lookback=0)
-            out.print(f"feed: ok ({len(papers)} papers today from {settings.feed_url})", markup=False)
+            out.print(
+                f"feed: ok ({len(papers)} papers today from {settings.feed_url})", markup=False
+            )
         except FetchError as exc:
             problems += 1
             err.print(f"feed: FAILED: {exc}", markup=False)
         backend = app.make_backend(settings)
         if settings.mail_backend != "smtp":
-            out.print(f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False)
+            out.print(
+                f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False
+            )
         else:
             try:
                 backend.open()  # type: ignore[attr-defined]
                 login = f", logged in as {settings.smtp_username}" if settings.smtp_username else ""
-                out.print(f"smtp: ok ({settings.smtp_host}:{settings.smtp_port}, {settings.smtp_security}{login})",
-                          markup=False)
+                out.print(
+                    f"smtp: ok ({settings.smtp_host}:{settings.smtp_port}, {settings.smtp_security}{login})",
+                    markup=False,
+                )
             except DeliverySetupError as exc:
                 problems += 1
                 err.print(f"smtp: FAILED: {exc}", markup=False)
@@ -466,8 +571,15 @@ def check(
 
 @cli.command()
 def match(
-    query: Annotated[str, typer.Argument(help='A filter query, e.g. \'"speculative decoding" -survey\'.')],
-    date_: Annotated[str | None, typer.Option("--date", metavar="YYYY-MM-DD", help="Only papers featured on this day (YYYY-MM-DD).")] = None,
+    query: Annotated[
+        str, typer.Argument(help="A filter query, e.g. '\"speculative decoding\" -survey'.")
+    ],
+    date_: Annotated[
+        str | None,
+        typer.Option(
+            "--date", metavar="YYYY-MM-DD", help="Only papers featured on this day (YYYY-MM-DD)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Run one query against the stored papers and list what it matches, and why.
@@ -493,27 +605,46 @@ def match(
         by_id = {p.arxiv_id: p for p in papers}
         matches = PaperIndex.build(papers).match(flt)
         if as_json:
-            out.print_json(json.dumps([
-                {
-                    "arxiv_id": m.arxiv_id,
-                    "title": by_id[m.arxiv_id].title,
-                    "score": round(m.score, 4),
-                    "upvotes": m.upvotes,
-                    "featured_at": by_id[m.arxiv_id].featured_at.isoformat(),
-                    "matched": list(m.matched),
-                    "title_highlights": [by_id[m.arxiv_id].title[a:b] for a, b in m.title_spans],
-                    "abstract_highlights": [by_id[m.arxiv_id].summary[a:b] for a, b in m.summary_spans],
-                }
-                for m in matches
-            ]))
+            out.print_json(
+                json.dumps(
+                    [
+                        {
+                            "arxiv_id": m.arxiv_id,
+                            "title": by_id[m.arxiv_id].title,
+                            "score": round(m.score, 4),
+                            "upvotes": m.upvotes,
+                            "featured_at": by_id[m.arxiv_id].featured_at.isoformat(),
+                            "matched": list(m.matched),
+                            "title_highlights": [
+                                by_id[m.arxiv_id].title[a:b] for a, b in m.title_spans
+                            ],
+                            "abstract_highlights": [
+                                by_id[m.arxiv_id].summary[a:b] for a, b in m.summary_spans
+                            ],
+                        }
+                        for m in matches
+                    ]
+                )
+            )
             return
-        table = Table("arXiv id", "score", "upvotes", "title", "matched words",
-                      title=f"{len(matches)} of {len(papers)} stored papers match {query!r}")
+        table = Table(
+            "arXiv id",
+            "score",
+            "upvotes",
+            "title",
+            "matched words",
+            title=f"{len(matches)} of {len(papers)} stored papers match {query!r}",
+        )
         for m in matches:
             p = by_id[m.arxiv_id]
-            words = sorted({p.title[a:b] for a, b in m.title_spans} | {p.summary[a:b] for a, b in m.summary_spans},
-                           key=str.lower)
-            table.add_row(m.arxiv_id, f"{m.score:.2f}", str(m.upvotes), p.title, ", ".join(words[:8]))
+            words = sorted(
+                {p.title[a:b] for a, b in m.title_spans}
+                | {p.summary[a:b] for a, b in m.summary_spans},
+                key=str.lower,
+            )
+            table.add_row(
+                m.arxiv_id, f"{m.score:.2f}", str(m.upvotes), p.title, ", ".join(words[:8])
+            )
         out.print(table)
 
 

@@ -35,7 +35,9 @@ log = logging.getLogger("digestbot.daemon")
 
 FRESH_FETCH = timedelta(minutes=15)  # fetch right before planning when the last fetch is older
 SETUP_PAUSE = timedelta(minutes=5)  # after the mail server could not be used at all
-FEED_WAIT = timedelta(hours=3)  # how long due digests wait for a failing feed before going out anyway
+FEED_WAIT = timedelta(
+    hours=3
+)  # how long due digests wait for a failing feed before going out anyway
 MAX_CATCH_UP = 30  # days: how far back a fetch after downtime reaches (at least lookback_days)
 
 
@@ -63,8 +65,12 @@ class Daemon:
         self._last_good_fetch: datetime | None = None  # read from the database on the first fetch
         self._looked_up_last_good = False
         self._paused_until: datetime | None = None
-        self._done: set[tuple[time, str, str]] = set()  # (send_at, zone, period) groups fully planned
-        self._due_since: dict[tuple[time, str, str], datetime] = {}  # groups held back by a feed outage
+        self._done: set[tuple[time, str, str]] = (
+            set()
+        )  # (send_at, zone, period) groups fully planned
+        self._due_since: dict[
+            tuple[time, str, str], datetime
+        ] = {}  # groups held back by a feed outage
         self._scheduler: BlockingScheduler | None = None
         self._specs: Sequence[SubscriberSpec] | None = specs  # synced to the database on first use
         self._groups: dict[tuple[time, str], list[pipeline.Recipient]] = {}
@@ -109,8 +115,12 @@ class Daemon:
         lookback = self._fetch_lookback(now)
         try:
             summary = pipeline.fetch_and_store(
-                self.engine, source=self.source, feed_url=self.settings.feed_url, today=now.date(),
-                lookback=lookback, now=now,
+                self.engine,
+                source=self.source,
+                feed_url=self.settings.feed_url,
+                today=now.date(),
+                lookback=lookback,
+                now=now,
             )
         except DigestbotError as exc:
             log.error("fetch from %s failed: %s", self.settings.feed_url, exc)
@@ -118,7 +128,9 @@ class Daemon:
         finally:
             self._last_fetch = now
         self._last_good_fetch = now
-        log.info("fetched %d papers: %d new, %d updated", summary.fetched, summary.new, summary.updated)
+        log.info(
+            "fetched %d papers: %d new, %d updated", summary.fetched, summary.new, summary.updated
+        )
         return True
 
     def _fetch_lookback(self, now: datetime) -> int:
@@ -130,10 +142,14 @@ class Daemon:
             self._looked_up_last_good = True
         lookback = self.settings.lookback_days
         if self._last_good_fetch is not None:
-            behind = (now.astimezone(UTC).date() - self._last_good_fetch.astimezone(UTC).date()).days
+            behind = (
+                now.astimezone(UTC).date() - self._last_good_fetch.astimezone(UTC).date()
+            ).days
             if behind > lookback:
                 lookback = min(behind, max(MAX_CATCH_UP, lookback))
-                log.info("last good fetch was %d days ago; fetching the %d days since", behind, lookback)
+                log.info(
+                    "last good fetch was %d days ago; fetching the %d days since", behind, lookback
+                )
         return lookback
 
     def tick(self) -> None:
@@ -159,14 +175,19 @@ class Daemon:
                 # FEED_WAIT to recover (retried every FRESH_FETCH) before we send anyway.
                 log.warning(
                     "holding %d digests until the feed answers (at most %s after their send time)",
-                    len(due), FEED_WAIT,
+                    len(due),
+                    FEED_WAIT,
                 )
                 self.deliver()
                 return
             try:
                 summary = pipeline.plan_digests(
-                    self.engine, due, as_of=now, lookback=self.settings.lookback_days,
-                    period=lambda sp: pipeline.local_period(sp, now), from_addr=self.settings.mail_from,
+                    self.engine,
+                    due,
+                    as_of=now,
+                    lookback=self.settings.lookback_days,
+                    period=lambda sp: pipeline.local_period(sp, now),
+                    from_addr=self.settings.mail_from,
                     now=now,
                 )
             except DigestbotError as exc:
@@ -176,7 +197,9 @@ class Daemon:
                 for key in keys:
                     self._due_since.pop(key, None)
                 if summary.planned or summary.skipped:
-                    log.info("planned %d digests (%d with nothing new)", summary.planned, summary.skipped)
+                    log.info(
+                        "planned %d digests (%d with nothing new)", summary.planned, summary.skipped
+                    )
         self.deliver()
 
     def deliver(self) -> pipeline.DeliveryReport | None:
@@ -186,8 +209,13 @@ class Daemon:
         d = self.delivery
         try:
             report = pipeline.deliver_due(
-                self.engine, backend=d.backend, mail=d.mail, policy=d.policy, limiter=d.limiter,
-                clock=self.clock, stop=self.stop_event,
+                self.engine,
+                backend=d.backend,
+                mail=d.mail,
+                policy=d.policy,
+                limiter=d.limiter,
+                clock=self.clock,
+                stop=self.stop_event,
             )
         except DeliverySetupError as exc:
             self._paused_until = now + SETUP_PAUSE
@@ -199,7 +227,12 @@ class Daemon:
         finally:
             d.backend.close()
         if report.sent or report.deferred or report.failed:
-            log.info("sent %d, deferred %d, failed %d", len(report.sent), len(report.deferred), len(report.failed))
+            log.info(
+                "sent %d, deferred %d, failed %d",
+                len(report.sent),
+                len(report.deferred),
+                len(report.failed),
+            )
         for email, reason in report.failed:
             log.error("digest for %s failed: %s", email, reason)
         return report
@@ -246,14 +279,20 @@ class Daemon:
             self._scheduler = scheduler
             now = self.clock()
             scheduler.add_job(
-                self.fetch, IntervalTrigger(minutes=self.settings.fetch_interval_minutes),
-                id="fetch", next_run_time=now,
+                self.fetch,
+                IntervalTrigger(minutes=self.settings.fetch_interval_minutes),
+                id="fetch",
+                next_run_time=now,
             )
             scheduler.add_job(self.tick, IntervalTrigger(seconds=60), id="tick", next_run_time=now)
             previous = {
-                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                sig: signal.signal(sig, self._on_signal)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
             }
-            log.info("digestbot daemon started (fetch every %d min)", self.settings.fetch_interval_minutes)
+            log.info(
+                "digestbot daemon started (fetch every %d min)",
+                self.settings.fetch_interval_minutes,
+            )
             try:
                 if not self.stop_event.is_set():
                     scheduler.start()

@@ -38,7 +38,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         engine = sa.create_engine(sa_url, **kwargs)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
-        hint = " (install the extra: pip install 'digestbot[postgres]')" if "postgres" in url else ""
+        hint = (
+            " (install the extra: pip install 'digestbot[postgres]')" if "postgres" in url else ""
+        )
         raise ConfigError(
             f"cannot use database {sa_url.render_as_string(hide_password=True)}: {exc}{hint}",
             field="DIGESTBOT_DATABASE_URL",
@@ -108,7 +110,9 @@ def migrate(engine: Engine) -> None:
                 conn.commit()
             finally:
                 if engine.dialect.name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK}
+                    )
                     conn.commit()
     except SQLAlchemyError as exc:
         raise DigestbotError(
@@ -141,7 +145,9 @@ def daemon_lock(engine: Engine) -> Iterator[None]:
     """Hold the one-daemon-per-database lock: a file lock beside SQLite, an advisory lock on PostgreSQL."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_DAEMON_LOCK}).scalar()
+            got = conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_DAEMON_LOCK}
+            ).scalar()
             conn.commit()
             if not got:
                 raise LockError("another digestbot daemon is already running against this database")
@@ -152,7 +158,9 @@ def daemon_lock(engine: Engine) -> Iterator[None]:
                 conn.commit()
         return
     database = engine.url.database or "digestbot"
-    lock_path = Path(f"{database}.daemon.lock") if database != ":memory:" else Path("digestbot.daemon.lock")
+    lock_path = (
+        Path(f"{database}.daemon.lock") if database != ":memory:" else Path("digestbot.daemon.lock")
+    )
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

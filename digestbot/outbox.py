@@ -22,7 +22,12 @@ from digestbot.models import Digest, DigestItem, Subscriber, UTCDateTime
 from digestbot.store import chunks, dialect_insert
 
 PLANNED, SENDING, SENT, DEFERRED, FAILED, SKIPPED = (
-    "planned", "sending", "sent", "deferred", "failed", "skipped",
+    "planned",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "skipped",
 )
 LEASE = timedelta(minutes=30)
 
@@ -103,7 +108,9 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
     return inserted
 
 
-def last_windows(session: Session, subscriber_ids: Sequence[int]) -> dict[int, tuple[datetime, datetime]]:
+def last_windows(
+    session: Session, subscriber_ids: Sequence[int]
+) -> dict[int, tuple[datetime, datetime]]:
     """For each subscriber with a digest: where its latest window ended and when it was planned."""
     out: dict[int, tuple[datetime, datetime]] = {}
     end = sa.func.max(Digest.window_end, type_=UTCDateTime())
@@ -131,7 +138,9 @@ def existing_periods(session: Session, pairs: Sequence[tuple[int, str]]) -> set[
     return found & set(pairs)
 
 
-def already_held(session: Session, subscriber_ids: Sequence[int], arxiv_ids: Sequence[str]) -> set[tuple[int, str]]:
+def already_held(
+    session: Session, subscriber_ids: Sequence[int], arxiv_ids: Sequence[str]
+) -> set[tuple[int, str]]:
     """(subscriber, paper) pairs already fixed into some digest: those papers are never sent again.
 
     Both lists are bounded per query, so a subscriber's long history is never read whole.
@@ -216,12 +225,17 @@ def _due(now: datetime) -> sa.ColumnElement[bool]:
     only (someone removed from the subscribers file gets nothing more, even a digest planned before)."""
     active = sa.select(Subscriber.id).where(col(Subscriber.active).is_(True))
     return sa.and_(
-        sa.or_(Digest.state == PLANNED, sa.and_(Digest.state == DEFERRED, col(Digest.next_attempt_at) <= now)),
+        sa.or_(
+            Digest.state == PLANNED,
+            sa.and_(Digest.state == DEFERRED, col(Digest.next_attempt_at) <= now),
+        ),
         col(Digest.subscriber_id).in_(active),
     )
 
 
-def count_due(session: Session, *, now: datetime, subscriber_ids: Sequence[int] | None = None) -> int:
+def count_due(
+    session: Session, *, now: datetime, subscriber_ids: Sequence[int] | None = None
+) -> int:
     """How many digests a delivery run started now would send (for the progress bar)."""
     stmt = sa.select(sa.func.count()).select_from(Digest).where(_due(now))
     if subscriber_ids is not None:
@@ -261,7 +275,9 @@ def release(session: Session, *, ids: Sequence[int], me: str) -> None:
     """Give back claimed digests untouched (the run stopped before attempting them)."""
     for chunk in chunks(list(ids)):
         for d in session.exec(
-            select(Digest).where(col(Digest.id).in_(chunk), Digest.state == SENDING, Digest.claimed_by == me)
+            select(Digest).where(
+                col(Digest.id).in_(chunk), Digest.state == SENDING, Digest.claimed_by == me
+            )
         ):
             _release(d)
             session.add(d)
@@ -298,7 +314,9 @@ class RetryPolicy:
         return base * (0.5 + 0.5 * (rng or random).random())
 
 
-def _attempted(session: Session, *, digest_id: int, me: str, now: datetime, error: str) -> Digest | None:
+def _attempted(
+    session: Session, *, digest_id: int, me: str, now: datetime, error: str
+) -> Digest | None:
     """Count a failed attempt on a digest this run still holds (None if another run took it back)."""
     d = session.get(Digest, digest_id)
     if d is None or d.state != SENDING or d.claimed_by != me:

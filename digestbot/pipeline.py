@@ -41,7 +41,9 @@ from digestbot.subscribers import SubscriberSpec
 log = logging.getLogger("digestbot")
 
 PLAN_BATCH = 1000
-MAX_WINDOW_DAYS = 30  # the oldest papers a digest can hold, in days before the run (or lookback, if longer)
+MAX_WINDOW_DAYS = (
+    30  # the oldest papers a digest can hold, in days before the run (or lookback, if longer)
+)
 CLAIM_BATCH = 20
 
 
@@ -72,7 +74,12 @@ def fetch_and_store(
     except FetchError as exc:
         with session_scope(engine) as s:
             store.record_fetch_run(
-                s, feed_url=feed_url, started_at=now, finished_at=_utcnow(), ok=False, error=str(exc)
+                s,
+                feed_url=feed_url,
+                started_at=now,
+                finished_at=_utcnow(),
+                ok=False,
+                error=str(exc),
             )
         raise
     with session_scope(engine) as s:
@@ -100,7 +107,9 @@ class Recipient:
     id: int
 
 
-def sync_subscribers(engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime) -> list[Recipient]:
+def sync_subscribers(
+    engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime
+) -> list[Recipient]:
     """Store the subscribers file's people (new ones added, removed ones deactivated)."""
     with session_scope(engine) as s:
         ids = store.sync_subscribers(s, people=[(sp.email, sp.name) for sp in specs], now=now)
@@ -223,7 +232,9 @@ def plan_digests(
     planned = skipped = 0
     with session_scope(engine) as s:
         plans = list(
-            compute_plans(s, recipients, as_of=as_of, lookback=lookback, period=period, from_addr=from_addr)
+            compute_plans(
+                s, recipients, as_of=as_of, lookback=lookback, period=period, from_addr=from_addr
+            )
         )
     existing = len(recipients) - len(plans)
     for offset in range(0, len(plans), PLAN_BATCH):
@@ -268,8 +279,14 @@ class MailContext:
 
 
 def digest_view(
-    *, mail: MailContext, email: str, name: str | None, period: str,
-    items: Sequence[DigestItem | Match], papers: dict[str, Paper], more_count: int,
+    *,
+    mail: MailContext,
+    email: str,
+    name: str | None,
+    period: str,
+    items: Sequence[DigestItem | Match],
+    papers: dict[str, Paper],
+    more_count: int,
 ) -> DigestView:
     """What one digest shows; `items` in digest order (stored items or a plan's matches)."""
     mailto, url = mail.unsubscribe_for(email)
@@ -305,15 +322,18 @@ def render_plan(session: Session, plan: outbox.DigestPlan, *, mail: MailContext,
     """Render a digest that is planned but not stored (dry runs and previews)."""
     papers = store.papers_by_id(session, [it.arxiv_id for it in plan.items])
     view = digest_view(
-        mail=mail, email=plan.email, name=name, period=plan.period, items=plan.items,
-        papers=papers, more_count=plan.more_count,
+        mail=mail,
+        email=plan.email,
+        name=name,
+        period=plan.period,
+        items=plan.items,
+        papers=papers,
+        more_count=plan.more_count,
     )
     return mail.renderer.render(view)
 
 
-def compose(
-    *, mail: MailContext, view: DigestView, message_id: str, date_: datetime
-) -> bytes:
+def compose(*, mail: MailContext, view: DigestView, message_id: str, date_: datetime) -> bytes:
     """Render and serialise one digest; DKIM-signed when configured."""
     rendered = mail.renderer.render(view)
     msg = build_message(
@@ -329,7 +349,9 @@ def compose(
     )
     raw = message_bytes(msg)
     if mail.dkim_key and mail.dkim_selector and mail.dkim_domain:
-        raw = dkim_sign(raw, selector=mail.dkim_selector, domain=mail.dkim_domain, private_key=mail.dkim_key)
+        raw = dkim_sign(
+            raw, selector=mail.dkim_selector, domain=mail.dkim_domain, private_key=mail.dkim_key
+        )
     return raw
 
 
@@ -350,8 +372,13 @@ class DeliveryReport:
 class RateLimiter:
     """At most `rate` messages per second across a run (None: unlimited)."""
 
-    def __init__(self, rate: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.interval = 1.0 / rate if rate else 0.0
         self.clock = clock
         self.sleep = sleep
@@ -391,13 +418,17 @@ def deliver_due(
     with session_scope(engine) as s:
         reclaimed = outbox.reclaim_orphans(s, now=clock())
     if reclaimed:
-        log.warning("took back %d digest(s) left mid-send by a stopped run; sending them again", reclaimed)
+        log.warning(
+            "took back %d digest(s) left mid-send by a stopped run; sending them again", reclaimed
+        )
     while True:
         if stop is not None and stop.is_set():
             report.stopped = True
             break
         with session_scope(engine) as s:
-            ids = outbox.claim(s, now=clock(), me=me, limit=CLAIM_BATCH, subscriber_ids=subscriber_ids)
+            ids = outbox.claim(
+                s, now=clock(), me=me, limit=CLAIM_BATCH, subscriber_ids=subscriber_ids
+            )
         if not ids:
             break
         with session_scope(engine) as s:
@@ -425,7 +456,9 @@ def deliver_due(
                         outcome = outbox.mark_temporary_failure(
                             s, digest_id=digest_id, me=me, now=clock(), error=error, policy=policy
                         )
-                        (report.failed if outcome == outbox.FAILED else report.deferred).append((email, error))
+                        (report.failed if outcome == outbox.FAILED else report.deferred).append(
+                            (email, error)
+                        )
                     else:
                         outbox.mark_failed(s, digest_id=digest_id, me=me, now=clock(), error=error)
                         report.failed.append((email, error))
@@ -443,8 +476,14 @@ def deliver_due(
 
 
 def _compose_and_send(
-    backend: Backend, mail: MailContext, email: str, message_id: str, view: DigestView,
-    digest_id: int, now: datetime, limiter: RateLimiter,
+    backend: Backend,
+    mail: MailContext,
+    email: str,
+    message_id: str,
+    view: DigestView,
+    digest_id: int,
+    now: datetime,
+    limiter: RateLimiter,
 ) -> tuple[str, str]:
     """Build and hand over one message; returns ("sent" | "temporary" | "permanent", reason).
 
@@ -477,8 +516,10 @@ def _load_batch(
     digests = {d.id: d for d in session.exec(select(Digest).where(col(Digest.id).in_(list(ids))))}
     people = store.subscriber_records(session, [d.subscriber_id for d in digests.values()])
     items: dict[int, list[DigestItem]] = {i: [] for i in ids}
-    stmt = select(DigestItem).where(col(DigestItem.digest_id).in_(list(ids))).order_by(
-        col(DigestItem.digest_id), col(DigestItem.position)
+    stmt = (
+        select(DigestItem)
+        .where(col(DigestItem.digest_id).in_(list(ids)))
+        .order_by(col(DigestItem.digest_id), col(DigestItem.position))
     )
     for it in session.exec(stmt):
         items[it.digest_id].append(it)
@@ -487,21 +528,30 @@ def _load_batch(
     for digest_id, d in digests.items():
         person = people[d.subscriber_id]
         view = digest_view(
-            mail=mail, email=person.email, name=person.name, period=d.period,
-            items=items[digest_id], papers=papers, more_count=d.more_count,
+            mail=mail,
+            email=person.email,
+            name=person.name,
+            period=d.period,
+            items=items[digest_id],
+            papers=papers,
+            more_count=d.more_count,
         )
         out[digest_id] = (person.email, d.message_id, view)
     return out
 
 
-def pending_digest_view(engine: Engine, *, subscriber_id: int, mail: MailContext) -> DigestView | None:
+def pending_digest_view(
+    engine: Engine, *, subscriber_id: int, mail: MailContext
+) -> DigestView | None:
     """The subscriber's oldest stored digest that is not sent yet, as a view (for previews)."""
     with session_scope(engine) as s:
         digest_id = s.execute(
             sa.select(Digest.id)
             .where(
                 Digest.subscriber_id == subscriber_id,
-                col(Digest.state).in_((outbox.PLANNED, outbox.DEFERRED, outbox.SENDING, outbox.FAILED)),
+                col(Digest.state).in_(
+                    (outbox.PLANNED, outbox.DEFERRED, outbox.SENDING, outbox.FAILED)
+                ),
             )
             .order_by(col(Digest.id))
             .limit(1)

@@ -121,61 +121,145 @@ def _doc(group: str, name: str, default: str, description: str) -> SettingDoc:
 
 
 SETTINGS_REFERENCE: tuple[SettingDoc, ...] = (
-    _doc("Storage", "DIGESTBOT_DATABASE_URL", "sqlite:///digestbot.db",
-         "SQLAlchemy database URL (sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)."),
-    _doc("Storage", "DIGESTBOT_SUBSCRIBERS", "subscribers.toml",
-         "Path of the subscribers file (`digestbot init` writes an example)."),
-    _doc("Feed", "DIGESTBOT_FEED_URL", "https://huggingface.co/api/daily_papers",
-         "Feed to fetch: an http(s) URL, or a file path / file:// URL of a saved response."),
-    _doc("Feed", "DIGESTBOT_FETCH_RETRIES", "3",
-         "Retries per feed request on connection errors, 429 and 5xx (0-100)."),
-    _doc("Feed", "DIGESTBOT_FETCH_TIMEOUT", "30",
-         "Timeout of each feed request, in seconds."),
-    _doc("Feed", "DIGESTBOT_LOOKBACK_DAYS", "2",
-         "Days before today (UTC) fetched and considered for a new subscriber's first digest (0-365)."),
-    _doc("Feed", "DIGESTBOT_FETCH_INTERVAL", "60",
-         "Minutes between feed fetches in the daemon (`digestbot run`)."),
-    _doc("Feed", "HF_TOKEN", "",
-         "Optional Hugging Face token, sent as a bearer token to the feed."),
-    _doc("Mail", "DIGESTBOT_MAIL_FROM", "Paper Digest <digest@example.org>",
-         "From address of every digest, with an optional display name."),
-    _doc("Mail", "DIGESTBOT_MAIL_BACKEND", "file",
-         "How digests leave: smtp, file (one .eml per digest in DIGESTBOT_MAIL_DIR) or console."),
-    _doc("Mail", "DIGESTBOT_MAIL_DIR", "outbox",
-         "Folder of the file backend."),
-    _doc("Mail", "DIGESTBOT_TEMPLATES_DIR", "",
-         "Optional folder whose templates override the built-in ones (same file names)."),
+    _doc(
+        "Storage",
+        "DIGESTBOT_DATABASE_URL",
+        "sqlite:///digestbot.db",
+        "SQLAlchemy database URL (sqlite:///FILE or postgresql+psycopg://USER@HOST/DB).",
+    ),
+    _doc(
+        "Storage",
+        "DIGESTBOT_SUBSCRIBERS",
+        "subscribers.toml",
+        "Path of the subscribers file (`digestbot init` writes an example).",
+    ),
+    _doc(
+        "Feed",
+        "DIGESTBOT_FEED_URL",
+        "https://huggingface.co/api/daily_papers",
+        "Feed to fetch: an http(s) URL, or a file path / file:// URL of a saved response.",
+    ),
+    _doc(
+        "Feed",
+        "DIGESTBOT_FETCH_RETRIES",
+        "3",
+        "Retries per feed request on connection errors, 429 and 5xx (0-100).",
+    ),
+    _doc("Feed", "DIGESTBOT_FETCH_TIMEOUT", "30", "Timeout of each feed request, in seconds."),
+    _doc(
+        "Feed",
+        "DIGESTBOT_LOOKBACK_DAYS",
+        "2",
+        "Days before today (UTC) fetched and considered for a new subscriber's first digest (0-365).",
+    ),
+    _doc(
+        "Feed",
+        "DIGESTBOT_FETCH_INTERVAL",
+        "60",
+        "Minutes between feed fetches in the daemon (`digestbot run`).",
+    ),
+    _doc(
+        "Feed", "HF_TOKEN", "", "Optional Hugging Face token, sent as a bearer token to the feed."
+    ),
+    _doc(
+        "Mail",
+        "DIGESTBOT_MAIL_FROM",
+        "Paper Digest <digest@example.org>",
+        "From address of every digest, with an optional display name.",
+    ),
+    _doc(
+        "Mail",
+        "DIGESTBOT_MAIL_BACKEND",
+        "file",
+        "How digests leave: smtp, file (one .eml per digest in DIGESTBOT_MAIL_DIR) or console.",
+    ),
+    _doc("Mail", "DIGESTBOT_MAIL_DIR", "outbox", "Folder of the file backend."),
+    _doc(
+        "Mail",
+        "DIGESTBOT_TEMPLATES_DIR",
+        "",
+        "Optional folder whose templates override the built-in ones (same file names).",
+    ),
     _doc("SMTP", "DIGESTBOT_SMTP_HOST", "localhost", "SMTP server host name."),
     _doc("SMTP", "DIGESTBOT_SMTP_PORT", "587", "SMTP server port (465 is usual with ssl)."),
     _doc("SMTP", "DIGESTBOT_SMTP_USERNAME", "", "SMTP login; no login when unset."),
     _doc("SMTP", "DIGESTBOT_SMTP_PASSWORD", "", "SMTP password."),
-    _doc("SMTP", "DIGESTBOT_SMTP_SECURITY", "starttls",
-         "Transport security: starttls, ssl (implicit TLS) or none; certificates are verified."),
+    _doc(
+        "SMTP",
+        "DIGESTBOT_SMTP_SECURITY",
+        "starttls",
+        "Transport security: starttls, ssl (implicit TLS) or none; certificates are verified.",
+    ),
     _doc("SMTP", "DIGESTBOT_SMTP_TIMEOUT", "30", "SMTP network timeout, in seconds."),
-    _doc("SMTP", "DIGESTBOT_SMTP_RATE", "",
-         "Maximum messages per second sent over SMTP (e.g. 0.5); unlimited when unset."),
-    _doc("Delivery", "DIGESTBOT_RETRY_INITIAL", "60",
-         "Seconds before the first retry of a temporarily failed digest; doubles on each attempt."),
-    _doc("Delivery", "DIGESTBOT_RETRY_MAX", "3600",
-         "Longest wait between two retries, in seconds."),
-    _doc("Delivery", "DIGESTBOT_RETRY_GIVE_UP", "86400",
-         "Seconds after the first attempt when a digest still deferred is marked failed."),
-    _doc("Headers", "DIGESTBOT_UNSUBSCRIBE_EMAIL", "",
-         "mailto: address of List-Unsubscribe; default: the From address."),
-    _doc("Headers", "DIGESTBOT_UNSUBSCRIBE_URL", "",
-         "Optional one-click unsubscribe URL: https, with {token} (and optionally {email})."),
-    _doc("Headers", "DIGESTBOT_UNSUBSCRIBE_SECRET", "",
-         "Secret key (16+ characters) signing unsubscribe tokens; required with DIGESTBOT_UNSUBSCRIBE_URL."),
-    _doc("Headers", "DIGESTBOT_LIST_ID", "",
-         "List-Id header, e.g. 'Paper Digest <digest.example.org>'; default: <digest.FROM-DOMAIN>."),
-    _doc("Headers", "DIGESTBOT_DKIM_KEY_FILE", "",
-         "PEM private key for DKIM signing; set together with DIGESTBOT_DKIM_SELECTOR."),
-    _doc("Headers", "DIGESTBOT_DKIM_SELECTOR", "",
-         "DKIM selector (the s= tag; DNS name SELECTOR._domainkey.DOMAIN)."),
-    _doc("Headers", "DIGESTBOT_DKIM_DOMAIN", "",
-         "DKIM signing domain (the d= tag); default: the From address's domain."),
-    _doc("Logging", "DIGESTBOT_LOG_LEVEL", "INFO",
-         "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."),
+    _doc(
+        "SMTP",
+        "DIGESTBOT_SMTP_RATE",
+        "",
+        "Maximum messages per second sent over SMTP (e.g. 0.5); unlimited when unset.",
+    ),
+    _doc(
+        "Delivery",
+        "DIGESTBOT_RETRY_INITIAL",
+        "60",
+        "Seconds before the first retry of a temporarily failed digest; doubles on each attempt.",
+    ),
+    _doc(
+        "Delivery", "DIGESTBOT_RETRY_MAX", "3600", "Longest wait between two retries, in seconds."
+    ),
+    _doc(
+        "Delivery",
+        "DIGESTBOT_RETRY_GIVE_UP",
+        "86400",
+        "Seconds after the first attempt when a digest still deferred is marked failed.",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_UNSUBSCRIBE_EMAIL",
+        "",
+        "mailto: address of List-Unsubscribe; default: the From address.",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_UNSUBSCRIBE_URL",
+        "",
+        "Optional one-click unsubscribe URL: https, with {token} (and optionally {email}).",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_UNSUBSCRIBE_SECRET",
+        "",
+        "Secret key (16+ characters) signing unsubscribe tokens; required with DIGESTBOT_UNSUBSCRIBE_URL.",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_LIST_ID",
+        "",
+        "List-Id header, e.g. 'Paper Digest <digest.example.org>'; default: <digest.FROM-DOMAIN>.",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_DKIM_KEY_FILE",
+        "",
+        "PEM private key for DKIM signing; set together with DIGESTBOT_DKIM_SELECTOR.",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_DKIM_SELECTOR",
+        "",
+        "DKIM selector (the s= tag; DNS name SELECTOR._domainkey.DOMAIN).",
+    ),
+    _doc(
+        "Headers",
+        "DIGESTBOT_DKIM_DOMAIN",
+        "",
+        "DKIM signing domain (the d= tag); default: the From address's domain.",
+    ),
+    _doc(
+        "Logging",
+        "DIGESTBOT_LOG_LEVEL",
+        "INFO",
+        "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    ),
 )
 
 
@@ -289,12 +373,19 @@ def load_settings(
             raise ConfigError(f"cannot read the settings file: {exc}", file=file_label) from exc
         known = {doc.name for doc in SETTINGS_REFERENCE}
         for name, value in values.items():
-            if name not in known and name.startswith("DIGESTBOT_") and \
-                    not name.startswith("DIGESTBOT_TEST_"):
+            if (
+                name not in known
+                and name.startswith("DIGESTBOT_")
+                and not name.startswith("DIGESTBOT_TEST_")
+            ):
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"did you mean {close[0]}? " if close else ""
-                raise ConfigError(f"unknown setting; {hint}see .env.example for the list",
-                                  file=file_label, line=lines.get(name), field=name)
+                raise ConfigError(
+                    f"unknown setting; {hint}see .env.example for the list",
+                    file=file_label,
+                    line=lines.get(name),
+                    field=name,
+                )
             if value is not None:
                 raw[name] = _Raw(value, file_label, lines.get(name))
     for doc in SETTINGS_REFERENCE:
@@ -407,8 +498,10 @@ def _build(raw: Mapping[str, _Raw]) -> Settings:
     put("fetch_retries", r.integer("DIGESTBOT_FETCH_RETRIES", minimum=0, maximum=100))
     put("fetch_timeout", r.number("DIGESTBOT_FETCH_TIMEOUT", minimum=0, maximum=3600))
     put("lookback_days", r.integer("DIGESTBOT_LOOKBACK_DAYS", minimum=0, maximum=365))
-    put("fetch_interval_minutes",
-        r.integer("DIGESTBOT_FETCH_INTERVAL", minimum=1, maximum=7 * 24 * 60))
+    put(
+        "fetch_interval_minutes",
+        r.integer("DIGESTBOT_FETCH_INTERVAL", minimum=1, maximum=7 * 24 * 60),
+    )
     put("hf_token", r.text("HF_TOKEN", secret=True, allow_space=False))
     put("mail_from", _mail_from(r))
     put("mail_backend", r.choice("DIGESTBOT_MAIL_BACKEND", MAIL_BACKENDS))
@@ -420,8 +513,10 @@ def _build(raw: Mapping[str, _Raw]) -> Settings:
     put("smtp_password", r.text("DIGESTBOT_SMTP_PASSWORD", secret=True))
     put("smtp_security", r.choice("DIGESTBOT_SMTP_SECURITY", SMTP_SECURITY))
     put("smtp_timeout", r.number("DIGESTBOT_SMTP_TIMEOUT", minimum=0, maximum=3600))
-    put("smtp_rate",
-        r.number("DIGESTBOT_SMTP_RATE", minimum=0, maximum=10000, unit="messages per second"))
+    put(
+        "smtp_rate",
+        r.number("DIGESTBOT_SMTP_RATE", minimum=0, maximum=10000, unit="messages per second"),
+    )
     put("retry_initial", r.number("DIGESTBOT_RETRY_INITIAL", minimum=0, maximum=7 * 86400))
     put("retry_max", r.number("DIGESTBOT_RETRY_MAX", minimum=0, maximum=7 * 86400))
     put("retry_give_up", r.number("DIGESTBOT_RETRY_GIVE_UP", minimum=0, maximum=30 * 86400))
@@ -485,7 +580,7 @@ def _unsubscribe_email(r: _Reader) -> str | None:
     if value is None:
         return None
     if value.lower().startswith("mailto:"):
-        value = value[len("mailto:"):]
+        value = value[len("mailto:") :]
     try:
         return check_addr_spec(value, need_dot=False)
     except ValueError as exc:
@@ -541,16 +636,17 @@ def _dns_name(r: _Reader, name: str, *, underscore: bool = False) -> str | None:
     value = r.text(name, allow_space=False)
     if value is None:
         return None
-    label = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?" if underscore else \
-        r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    label = (
+        r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+        if underscore
+        else r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    )
     if not re.fullmatch(rf"{label}(?:\.{label})*", value) or len(value) > 253:
         raise r.error(name, f"{_show(value)} is not a DNS name (letters, digits, '-' and dots)")
     return value.lower()
 
 
-def _existing(
-    r: _Reader, name: str, check: Callable[[Path], bool], kind: str
-) -> Path | None:
+def _existing(r: _Reader, name: str, check: Callable[[Path], bool], kind: str) -> Path | None:
     path = r.path(name)
     if path is not None and not check(path):
         raise r.error(name, f"{str(path)!r} is not an existing {kind}")
@@ -571,7 +667,9 @@ def _check_together(r: _Reader, s: Settings) -> None:
             "the longest wait must be at least the first one",
         )
     if (s.dkim_key_file is None) != (s.dkim_selector is None):
-        missing = "DIGESTBOT_DKIM_SELECTOR" if s.dkim_selector is None else "DIGESTBOT_DKIM_KEY_FILE"
+        missing = (
+            "DIGESTBOT_DKIM_SELECTOR" if s.dkim_selector is None else "DIGESTBOT_DKIM_KEY_FILE"
+        )
         given = "DIGESTBOT_DKIM_KEY_FILE" if s.dkim_selector is None else "DIGESTBOT_DKIM_SELECTOR"
         raise r.error(
             missing,

@@ -16,7 +16,15 @@ from digestbot.sources.base import FetchedPaper
 
 CHUNK = 500
 # Fields a later fetch may change; title, abstract, authors and featured_at are kept as first seen.
-_MUTABLE = ("upvotes", "num_comments", "github_repo", "github_stars", "project_page", "ai_summary", "ai_keywords")
+_MUTABLE = (
+    "upvotes",
+    "num_comments",
+    "github_repo",
+    "github_stars",
+    "project_page",
+    "ai_summary",
+    "ai_keywords",
+)
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -43,16 +51,16 @@ class StoreResult:
     updated: int
 
 
-def upsert_papers(session: Session, *, papers: Sequence[FetchedPaper], now: datetime) -> StoreResult:
+def upsert_papers(
+    session: Session, *, papers: Sequence[FetchedPaper], now: datetime
+) -> StoreResult:
     """Insert new papers and update what changes on known ones; counts what was new and what changed."""
     by_id = {p.arxiv_id: p for p in papers}
     existing: dict[str, Paper] = {}
     for ids in chunks(sorted(by_id)):
         for row in session.exec(select(Paper).where(col(Paper.arxiv_id).in_(ids))):
             existing[row.arxiv_id] = row
-    new_rows = [
-        _paper_values(p, now) for arxiv_id, p in by_id.items() if arxiv_id not in existing
-    ]
+    new_rows = [_paper_values(p, now) for arxiv_id, p in by_id.items() if arxiv_id not in existing]
     new = 0
     for rows in chunks(new_rows):
         stmt = (
@@ -194,7 +202,9 @@ def subscriber_records(session: Session, ids: Iterable[int]) -> dict[int, Subscr
     out: dict[int, SubscriberRecord] = {}
     for chunk in chunks(sorted(set(ids))):
         for sid, email, name in session.execute(
-            sa.select(Subscriber.id, Subscriber.email, Subscriber.name).where(col(Subscriber.id).in_(chunk))
+            sa.select(Subscriber.id, Subscriber.email, Subscriber.name).where(
+                col(Subscriber.id).in_(chunk)
+            )
         ):
             out[sid] = SubscriberRecord(id=sid, email=email, name=name)
     return out
@@ -210,13 +220,18 @@ class Status:
     papers: int
     subscribers: int
     digests_by_state: dict[str, int]
-    problems: list[tuple[str, str, str, int, str | None, datetime | None]]  # email, period, state, attempts, error, next
+    problems: list[
+        tuple[str, str, str, int, str | None, datetime | None]
+    ]  # email, period, state, attempts, error, next
 
 
 def last_good_fetch(session: Session) -> FetchRun | None:
     """The newest fetch that worked (the daemon catches up from there after downtime)."""
     return session.exec(
-        select(FetchRun).where(col(FetchRun.ok).is_(True)).order_by(col(FetchRun.id).desc()).limit(1)
+        select(FetchRun)
+        .where(col(FetchRun.ok).is_(True))
+        .order_by(col(FetchRun.id).desc())
+        .limit(1)
     ).first()
 
 
@@ -228,13 +243,18 @@ def status(session: Session, *, problem_limit: int = 50) -> Status:
         sa.select(sa.func.count()).select_from(Subscriber).where(col(Subscriber.active).is_(True))
     ).scalar_one()
     by_state = dict(
-        tuple(r) for r in session.execute(sa.select(Digest.state, sa.func.count()).group_by(Digest.state))
+        tuple(r)
+        for r in session.execute(sa.select(Digest.state, sa.func.count()).group_by(Digest.state))
     )
     problems = [
         tuple(r)
         for r in session.execute(
             sa.select(
-                Subscriber.email, Digest.period, Digest.state, Digest.attempts, Digest.last_error,
+                Subscriber.email,
+                Digest.period,
+                Digest.state,
+                Digest.attempts,
+                Digest.last_error,
                 Digest.next_attempt_at,
             )
             .join(Subscriber, Subscriber.id == Digest.subscriber_id)

@@ -27,8 +27,16 @@ __all__ = ["SubscriberSpec", "load_subscribers", "parse_subscribers"]
 TOP_KEYS = ("defaults", "subscribers")
 DEFAULT_KEYS = ("send_at", "timezone", "max_papers", "send_empty", "min_upvotes")
 SUBSCRIBER_KEYS = (
-    "email", "name", "keywords", "exclude", "authors",
-    "min_upvotes", "send_at", "timezone", "max_papers", "send_empty",
+    "email",
+    "name",
+    "keywords",
+    "exclude",
+    "authors",
+    "min_upvotes",
+    "send_at",
+    "timezone",
+    "max_papers",
+    "send_empty",
 )
 BUILTIN_DEFAULTS: Mapping[str, Any] = {
     "send_at": datetime.time(7, 0),
@@ -76,8 +84,9 @@ def load_subscribers(path: Path) -> list[SubscriberSpec]:
             file=source,
         ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the subscribers file: {exc.strerror or exc}",
-                          file=source) from exc
+        raise ConfigError(
+            f"cannot read the subscribers file: {exc.strerror or exc}", file=source
+        ) from exc
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -104,12 +113,18 @@ def _toml_error(exc: tomllib.TOMLDecodeError, text: str, source: str) -> ConfigE
     match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
     if match:
         reason = message[: match.start()]
-        return ConfigError(f"invalid TOML: {reason} at column {match.group(2)}",
-                           file=source, line=int(match.group(1)))
+        return ConfigError(
+            f"invalid TOML: {reason} at column {match.group(2)}",
+            file=source,
+            line=int(match.group(1)),
+        )
     if message.endswith("(at end of document)"):
         reason = message[: -len("(at end of document)")].rstrip()
-        return ConfigError(f"invalid TOML: {reason} at the end of the file",
-                           file=source, line=_last_line(text) or None)
+        return ConfigError(
+            f"invalid TOML: {reason} at the end of the file",
+            file=source,
+            line=_last_line(text) or None,
+        )
     return ConfigError(f"invalid TOML: {message}", file=source)
 
 
@@ -181,12 +196,12 @@ def _check_send_at(value: object) -> datetime.time:
     if isinstance(value, datetime.time) and not isinstance(value, datetime.datetime):
         if value.tzinfo is None and value.second == 0 and value.microsecond == 0:
             return value
-        raise _Invalid(f"{value.isoformat()} is not a whole minute; expected HH:MM, e.g. \"07:00\"")
+        raise _Invalid(f'{value.isoformat()} is not a whole minute; expected HH:MM, e.g. "07:00"')
     if not isinstance(value, str):
-        raise _Invalid(f"expected a time as HH:MM (24-hour), e.g. \"07:00\", got {_kind(value)}")
+        raise _Invalid(f'expected a time as HH:MM (24-hour), e.g. "07:00", got {_kind(value)}')
     match = _TIME.fullmatch(value.strip())
     if not match:
-        raise _Invalid(f"{_short(value)} is not a time; expected HH:MM (24-hour), e.g. \"07:00\"")
+        raise _Invalid(f'{_short(value)} is not a time; expected HH:MM (24-hour), e.g. "07:00"')
     return datetime.time(int(match.group(1)), int(match.group(2)))
 
 
@@ -197,7 +212,7 @@ def _zone_names() -> frozenset[str]:
 
 def _check_timezone(value: object) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"expected an IANA zone name such as \"Europe/Paris\", got {_kind(value)}")
+        raise _Invalid(f'expected an IANA zone name such as "Europe/Paris", got {_kind(value)}')
     name = value.strip()
     ok = bool(_ZONE_NAME.fullmatch(name)) and len(name) <= 64
     if ok:
@@ -207,7 +222,7 @@ def _check_timezone(value: object) -> str:
             ok = False
     if not ok:
         close = difflib.get_close_matches(name, _zone_names(), n=1) if len(name) <= 64 else []
-        hint = f"; did you mean {close[0]!r}?" if close else " such as \"Europe/Paris\" or \"UTC\""
+        hint = f"; did you mean {close[0]!r}?" if close else ' such as "Europe/Paris" or "UTC"'
         raise _Invalid(f"{_short(value)} is not a known IANA time zone{hint}")
     return name
 
@@ -259,26 +274,40 @@ class _Validator:
         self.lines = lines
         self.source = source
 
-    def error(self, message: str, *, line: int | None, subscriber: str | None = None,
-              field_name: str | None = None) -> ConfigError:
-        return ConfigError(message, file=self.source, line=line, subscriber=subscriber,
-                           field=field_name)
+    def error(
+        self,
+        message: str,
+        *,
+        line: int | None,
+        subscriber: str | None = None,
+        field_name: str | None = None,
+    ) -> ConfigError:
+        return ConfigError(
+            message, file=self.source, line=line, subscriber=subscriber, field=field_name
+        )
 
     def run(self) -> list[SubscriberSpec]:
         for key in self.doc:
             if key not in TOP_KEYS:
-                raise self.error(_unknown_key_message(key, TOP_KEYS, "the file"),
-                                 line=self.lines.top.get(key), field_name=key)
+                raise self.error(
+                    _unknown_key_message(key, TOP_KEYS, "the file"),
+                    line=self.lines.top.get(key),
+                    field_name=key,
+                )
         defaults = self.defaults()
         raw = self.doc.get("subscribers")
         if raw is None or raw == []:
             raise self.error(
                 "no subscribers: add at least one [[subscribers]] entry with an email and keywords",
-                line=self.lines.top.get("subscribers"), field_name="subscribers")
+                line=self.lines.top.get("subscribers"),
+                field_name="subscribers",
+            )
         if not isinstance(raw, list):
             raise self.error(
                 f"expected [[subscribers]] entries (an array of tables), got {_kind(raw)}",
-                line=self.lines.top.get("subscribers"), field_name="subscribers")
+                line=self.lines.top.get("subscribers"),
+                field_name="subscribers",
+            )
         specs: list[SubscriberSpec] = []
         seen: dict[str, tuple[int, int | None]] = {}
         for index, entry in enumerate(raw):
@@ -290,7 +319,10 @@ class _Validator:
                 raise self.error(
                     f"duplicate email {spec.email!r}: subscriber #{first_n}{where} already uses it "
                     "(addresses are compared ignoring case)",
-                    line=self.lines.sub(index, "email"), subscriber=spec.email, field_name="email")
+                    line=self.lines.sub(index, "email"),
+                    subscriber=spec.email,
+                    field_name="email",
+                )
             seen[key] = (index + 1, self.lines.sub(index, "email"))
             specs.append(spec)
         return specs
@@ -301,15 +333,20 @@ class _Validator:
         if raw is None:
             return merged
         if not isinstance(raw, dict):
-            raise self.error(f"[defaults] must be a table, got {_kind(raw)}",
-                             line=self.lines.top.get("defaults"), field_name="defaults")
+            raise self.error(
+                f"[defaults] must be a table, got {_kind(raw)}",
+                line=self.lines.top.get("defaults"),
+                field_name="defaults",
+            )
         for key, value in raw.items():
             line = self.lines.default(key)
             if key not in DEFAULT_KEYS:
                 hint = " (set it per subscriber)" if key in SUBSCRIBER_KEYS else ""
                 raise self.error(
                     _unknown_key_message(key, DEFAULT_KEYS, "[defaults]") + hint,
-                    line=line, field_name=key)
+                    line=line,
+                    field_name=key,
+                )
             try:
                 merged[key] = _DEFAULT_CHECKS[key](value)
             except _Invalid as exc:
@@ -320,8 +357,11 @@ class _Validator:
         number = f"#{index + 1}"
         header = self.lines.sub(index)
         if not isinstance(entry, dict):
-            raise self.error(f"each subscriber must be a table, got {_kind(entry)}",
-                             line=header, subscriber=number)
+            raise self.error(
+                f"each subscriber must be a table, got {_kind(entry)}",
+                line=header,
+                subscriber=number,
+            )
         try:
             email: str | None = _check_email(entry["email"]) if "email" in entry else None
             email_problem: str | None = None if email else "missing 'email'"
@@ -330,19 +370,28 @@ class _Validator:
         who = email or number
         for key in entry:
             if key not in SUBSCRIBER_KEYS:
-                raise self.error(_unknown_key_message(key, SUBSCRIBER_KEYS, "a subscriber"),
-                                 line=self.lines.sub(index, key), subscriber=who, field_name=key)
+                raise self.error(
+                    _unknown_key_message(key, SUBSCRIBER_KEYS, "a subscriber"),
+                    line=self.lines.sub(index, key),
+                    subscriber=who,
+                    field_name=key,
+                )
         if email is None:
             assert email_problem is not None
-            raise self.error(email_problem, line=self.lines.sub(index, "email"),
-                             subscriber=number, field_name="email")
+            raise self.error(
+                email_problem,
+                line=self.lines.sub(index, "email"),
+                subscriber=number,
+                field_name="email",
+            )
 
         def check(key: str, fn: Callable[[object], Any]) -> Any:
             try:
                 return fn(entry[key])
             except _Invalid as exc:
-                raise self.error(str(exc), line=self.lines.sub(index, key), subscriber=who,
-                                 field_name=key) from None
+                raise self.error(
+                    str(exc), line=self.lines.sub(index, key), subscriber=who, field_name=key
+                ) from None
 
         def strings(key: str, example: str, what: str) -> tuple[str, ...]:
             if key not in entry:
@@ -355,9 +404,12 @@ class _Validator:
                     if not text:
                         raise _Invalid("is empty")
                 except _Invalid as exc:
-                    raise self.error(f"entry {position}: {exc}",
-                                     line=self.lines.item(index, key, position - 1),
-                                     subscriber=who, field_name=key) from None
+                    raise self.error(
+                        f"entry {position}: {exc}",
+                        line=self.lines.item(index, key, position - 1),
+                        subscriber=who,
+                        field_name=key,
+                    ) from None
                 out.append(text)
             return tuple(out)
 
@@ -375,7 +427,9 @@ class _Validator:
             raise self.error(
                 "follows nothing: give at least one entry in keywords or authors",
                 line=self.lines.sub(index, "keywords") if "keywords" in entry else header,
-                subscriber=who, field_name="keywords")
+                subscriber=who,
+                field_name="keywords",
+            )
         for key, queries in (("keywords", keywords), ("exclude", exclude)):
             self.check_queries(queries, index=index, who=who, key=key)
         return SubscriberSpec(
@@ -401,8 +455,12 @@ class _Validator:
                 parse_query(query)
             except QueryError as exc:
                 at = f" at column {exc.column}" if exc.column is not None else ""
-                raise self.error(f"{exc.reason}{at} in query {query!r}", line=line, subscriber=who,
-                                 field_name=key) from exc
+                raise self.error(
+                    f"{exc.reason}{at} in query {query!r}",
+                    line=line,
+                    subscriber=who,
+                    field_name=key,
+                ) from exc
 
 
 # --------------------------------------------------------------------------- line recovery
@@ -507,10 +565,10 @@ class _Lexer:
         return self.pos >= len(self.text)
 
     def peek(self, n: int = 1) -> str:
-        return self.text[self.pos:self.pos + n]
+        return self.text[self.pos : self.pos + n]
 
     def advance(self, n: int) -> None:
-        chunk = self.text[self.pos:self.pos + n]
+        chunk = self.text[self.pos : self.pos + n]
         self.line += chunk.count("\n")
         self.pos += len(chunk)
 
@@ -550,7 +608,7 @@ class _Lexer:
             elif char == "'":
                 end = self.text.find("'", self.pos + 1)
                 end = len(self.text) if end < 0 else end
-                parts.append(self.text[self.pos + 1:end])
+                parts.append(self.text[self.pos + 1 : end])
                 self.advance(end + 1 - self.pos)
             else:
                 match = self._BARE.match(self.text, self.pos)
@@ -574,7 +632,7 @@ class _Lexer:
             self.advance(1)
             if char == '"':
                 break
-        return self.text[start:self.pos]
+        return self.text[start : self.pos]
 
     def skip_value(self) -> list[int]:
         """Skip one value, across lines for arrays and multi-line strings, and the line's comment.

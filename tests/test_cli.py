@@ -15,7 +15,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from digestbot.cli import cli
-from tests.conftest import SMTPServer, fixture_day, write_day
+from tests.helpers import SMTPServer, fixture_day, write_day
 
 runner = CliRunner()
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -47,7 +47,11 @@ def test_send_end_to_end_over_smtp(workdir: Path, smtp_server: SMTPServer) -> No
     result = invoke("send", "--date", "2026-03-04", env=smtp_server.env())
     assert result.exit_code == 0, result.output
     received = smtp_server.handler.received
-    assert sorted(r.rcpt_tos[0] for r in received) == ["ada@example.org", "alan@example.org", "grace@example.org"]
+    assert sorted(r.rcpt_tos[0] for r in received) == [
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
+    ]
     for r in received:
         assert r.rcpt_tos == [r.message["To"].addresses[0].addr_spec]
         assert r.mail_from == "digest@lab.example.net"
@@ -71,19 +75,24 @@ def test_second_run_sends_nothing_new(workdir: Path, smtp_server: SMTPServer) ->
     assert "already done for the day" in again.output
 
 
-def test_paper_featured_later_goes_out_in_next_digest(workdir: Path, feed_dir: Path, smtp_server: SMTPServer) -> None:
+def test_paper_featured_later_goes_out_in_next_digest(
+    workdir: Path, feed_dir: Path, smtp_server: SMTPServer
+) -> None:
     """A matching paper featured after a digest was sent arrives in the next day's digest, once."""
     assert invoke("send", "--date", "2026-03-02", env=smtp_server.env()).exit_code == 0
     first = {r.rcpt_tos[0]: sent_ids(r.message) for r in smtp_server.handler.received}
     assert invoke("send", "--date", "2026-03-03", env=smtp_server.env()).exit_code == 0
-    later = [r for r in smtp_server.handler.received[len(first):]]
+    later = [r for r in smtp_server.handler.received[len(first) :]]
     march3 = {it["paper"]["id"] for it in fixture_day("2026-03-03")}
     got_later = {r.rcpt_tos[0]: sent_ids(r.message) for r in later}
     assert any(ids & march3 for ids in got_later.values()), "some 2026-03-03 paper matched someone"
     for email, ids in got_later.items():
         assert not ids & first.get(email, set()), f"{email} got a paper twice"
     # Every paper sent is recorded once per subscriber in the database.
-    dupes = db_rows(workdir, "SELECT subscriber_id, arxiv_id, COUNT(*) FROM digest_items GROUP BY 1, 2 HAVING COUNT(*) > 1")
+    dupes = db_rows(
+        workdir,
+        "SELECT subscriber_id, arxiv_id, COUNT(*) FROM digest_items GROUP BY 1, 2 HAVING COUNT(*) > 1",
+    )
     assert dupes == []
 
 
@@ -111,16 +120,22 @@ def test_dry_run_sends_and_records_nothing(workdir: Path, smtp_server: SMTPServe
 
 def test_send_one_subscriber(workdir: Path, smtp_server: SMTPServer) -> None:
     """`send --subscriber EMAIL` mails only that subscriber; an unknown address is a usage error."""
-    result = invoke("send", "--date", "2026-03-04", "--subscriber", "grace@example.org", env=smtp_server.env())
+    result = invoke(
+        "send", "--date", "2026-03-04", "--subscriber", "grace@example.org", env=smtp_server.env()
+    )
     assert result.exit_code == 0, result.output
     assert [r.rcpt_tos for r in smtp_server.handler.received] == [["grace@example.org"]]
     bad = invoke("send", "--subscriber", "nobody@example.org", env=smtp_server.env())
     assert bad.exit_code == 2 and "nobody@example.org" in bad.output
     # The others stay subscribed: a later full send still mails them.
     assert db_rows(workdir, "SELECT COUNT(*) FROM subscribers WHERE active") == [(3,)]
-    assert invoke("send", "--date", "2026-03-04", "--no-fetch", env=smtp_server.env()).exit_code == 0
+    assert (
+        invoke("send", "--date", "2026-03-04", "--no-fetch", env=smtp_server.env()).exit_code == 0
+    )
     assert sorted(r.rcpt_tos[0] for r in smtp_server.handler.received) == [
-        "ada@example.org", "alan@example.org", "grace@example.org"
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
     ]
 
 
@@ -129,12 +144,18 @@ def test_removed_subscriber_gets_no_pending_digest(workdir: Path, smtp_server: S
     smtp_server.handler.reject_rcpt["grace@example.org"] = "451 4.3.0 try again later"
     assert invoke("send", "--date", "2026-03-04", env=smtp_server.env()).exit_code == 1
     text = (workdir / "subscribers.toml").read_text()
-    grace = text[text.index("[[subscribers]]\nemail = \"grace"):text.index("[[subscribers]]\nemail = \"alan")]
+    grace = text[
+        text.index('[[subscribers]]\nemail = "grace') : text.index('[[subscribers]]\nemail = "alan')
+    ]
     (workdir / "subscribers.toml").write_text(text.replace(grace, ""))
     smtp_server.handler.reject_rcpt.clear()
     db = sa.create_engine(f"sqlite:///{workdir / 'digestbot.db'}")
     with db.begin() as conn:  # the retry is due now
-        conn.execute(sa.text("UPDATE digests SET next_attempt_at = '2000-01-01 00:00:00' WHERE state = 'deferred'"))
+        conn.execute(
+            sa.text(
+                "UPDATE digests SET next_attempt_at = '2000-01-01 00:00:00' WHERE state = 'deferred'"
+            )
+        )
     db.dispose()
     again = invoke("send", "--date", "2026-03-04", "--no-fetch", env=smtp_server.env())
     assert again.exit_code == 0, again.output
@@ -196,8 +217,13 @@ GOOD_DAY = json.dumps(fixture_day("2026-03-04")).encode()
     ids=["http-503", "html", "truncated-json", "wrong-shape", "missing-id"],
 )
 def test_broken_feed_stores_nothing_and_exits_1(
-    workdir: Path, smtp_server: SMTPServer, feed_server: list[FeedServer],
-    status: int, body: bytes, ctype: str, expect: str,
+    workdir: Path,
+    smtp_server: SMTPServer,
+    feed_server: list[FeedServer],
+    status: int,
+    body: bytes,
+    ctype: str,
+    expect: str,
 ) -> None:
     """A feed answering 503, HTML, truncated JSON or the wrong shape stores nothing, sends nothing, exits 1 naming the URL."""
     server = FeedServer(status, body, ctype)
@@ -233,7 +259,10 @@ def test_fetch_over_http_stores_papers(workdir: Path, feed_server: list[FeedServ
     ("text", "needle"),
     [
         ('[[subscribers]]\nemail = "not-an-address"\nkeywords = ["x"]\n', "email"),
-        ('[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\nsend_at = "25:00"\n', "send_at"),
+        (
+            '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\nsend_at = "25:00"\n',
+            "send_at",
+        ),
         ('[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\ncolour = "blue"\n', "colour"),
         ('[[subscribers]]\nemail = "a@example.org"\nkeywords = ["(diffusion"]\n', "column"),
     ],
@@ -248,7 +277,9 @@ def test_invalid_subscribers_file_exits_2_and_sends_nothing(
     assert result.exit_code == 2, result.output
     assert "subscribers.toml:" in result.output and needle in result.output
     assert smtp_server.handler.received == []
-    assert not (workdir / "digestbot.db").exists() or db_rows(workdir, "SELECT COUNT(*) FROM papers") == [(0,)]
+    assert not (workdir / "digestbot.db").exists() or db_rows(
+        workdir, "SELECT COUNT(*) FROM papers"
+    ) == [(0,)]
 
 
 def test_bad_setting_exits_2(workdir: Path) -> None:
@@ -268,18 +299,27 @@ def test_check_validates_configuration(workdir: Path) -> None:
     )
     bad = invoke("check")
     assert bad.exit_code == 2
-    assert "subscribers.toml:3" in bad.output and "a@example.org" in bad.output and "column" in bad.output
+    assert (
+        "subscribers.toml:3" in bad.output
+        and "a@example.org" in bad.output
+        and "column" in bad.output
+    )
 
 
 # -- delivery failures ----------------------------------------------------------------------
 
 
-def test_one_rejected_subscriber_does_not_stop_the_others(workdir: Path, smtp_server: SMTPServer) -> None:
+def test_one_rejected_subscriber_does_not_stop_the_others(
+    workdir: Path, smtp_server: SMTPServer
+) -> None:
     """An SMTP rejection for one subscriber is reported; the others still get their digest; exit 1."""
     smtp_server.handler.reject_rcpt["grace@example.org"] = "550 5.1.1 mailbox unavailable"
     result = invoke("send", "--date", "2026-03-04", env=smtp_server.env())
     assert result.exit_code == 1
-    assert sorted(r.rcpt_tos[0] for r in smtp_server.handler.received) == ["ada@example.org", "alan@example.org"]
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.handler.received) == [
+        "ada@example.org",
+        "alan@example.org",
+    ]
     assert "grace@example.org" in result.output and "550" in result.output
     status = invoke("status")
     assert "grace@example.org" in status.output and "failed" in status.output
@@ -295,7 +335,9 @@ def test_hostile_feed_text_cannot_add_headers_recipients_or_markup(
     items = fixture_day("2026-03-04")
     evil = items[0]["paper"]
     evil["title"] = "Diffusion\r\nBcc: victim@evil.example\r\nX-Evil: 1 <script>alert(1)</script>"
-    evil["summary"] = 'diffusion <img src=x onerror=alert(1)> <a href="javascript:alert(1)">click</a>'
+    evil["summary"] = (
+        'diffusion <img src=x onerror=alert(1)> <a href="javascript:alert(1)">click</a>'
+    )
     evil["authors"] = [{"name": "Eve\r\nCc: also@evil.example"}]
     evil["githubRepo"] = "javascript:alert(document.cookie)"
     evil["projectPage"] = "data:text/html,<script>alert(1)</script>"
@@ -311,14 +353,20 @@ def test_hostile_feed_text_cannot_add_headers_recipients_or_markup(
         assert "<img" not in html.lower()
         hrefs = re.findall(r"""href\s*=\s*["']([^"']*)""", html, flags=re.IGNORECASE)
         assert hrefs and all(h.startswith(("https://", "http://", "mailto:")) for h in hrefs), hrefs
-    ada_html = smtp_server.handler.to("ada@example.org")[0].message.get_body(preferencelist=("html",)).get_content()
+    ada_html = (
+        smtp_server.handler.to("ada@example.org")[0]
+        .message.get_body(preferencelist=("html",))
+        .get_content()
+    )
     assert "&lt;script&gt;" in ada_html
 
 
 # -- other commands -------------------------------------------------------------------------
 
 
-def test_init_writes_examples_and_creates_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_writes_examples_and_creates_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`digestbot init` writes subscribers.toml, .env and the database, and never overwrites them."""
     monkeypatch.chdir(tmp_path)
     for key in ("DIGESTBOT_DATABASE_URL", "DIGESTBOT_SUBSCRIBERS"):
@@ -340,7 +388,9 @@ def test_preview_renders_without_sending_or_recording(workdir: Path, tmp_path: P
     """`digestbot preview EMAIL` prints the next digest and writes its HTML, recording nothing."""
     assert invoke("fetch", "--date", "2026-03-04").exit_code == 0
     html = tmp_path / "ada.html"
-    result = invoke("preview", "ada@example.org", "--date", "2026-03-04", "--html", str(html), "--text")
+    result = invoke(
+        "preview", "ada@example.org", "--date", "2026-03-04", "--html", str(html), "--text"
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Subject: ")
     assert "huggingface.co/papers/" in result.stdout
@@ -356,7 +406,10 @@ def test_match_lists_matches_with_explanation_as_json(workdir: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert rows and all(r["matched"] == ["diffusion"] for r in rows)
-    assert all(any("diffusion" in h.lower() for h in r["title_highlights"] + r["abstract_highlights"]) for r in rows)
+    assert all(
+        any("diffusion" in h.lower() for h in r["title_highlights"] + r["abstract_highlights"])
+        for r in rows
+    )
     assert rows == sorted(rows, key=lambda r: (-r["score"], -r["upvotes"]))
     bad = invoke("match", "title:(diffusion")
     assert bad.exit_code == 2 and "column" in bad.output
@@ -380,7 +433,9 @@ def test_every_command_has_help_with_example_and_is_in_readme() -> None:
     group = get_command(cli)
     readme = README.read_text()
     names = sorted(group.commands)  # type: ignore[attr-defined]
-    assert {"init", "fetch", "send", "preview", "run", "status", "retry", "check", "match"} <= set(names)
+    assert {"init", "fetch", "send", "preview", "run", "status", "retry", "check", "match"} <= set(
+        names
+    )
     for name in names:
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0

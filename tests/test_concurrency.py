@@ -18,8 +18,19 @@ import pytest
 from typer.testing import CliRunner
 
 from digestbot.cli import cli
-from tests.conftest import SMTPServer, fixture_day, run_digestbot, shift_items, write_day
-from tests.test_crash import DAY, bot_env, digest_rows, many_subscribers, slow_server, start
+from tests.helpers import (
+    DAY,
+    SMTPServer,
+    bot_env,
+    digest_rows,
+    fixture_day,
+    many_subscribers,
+    run_digestbot,
+    shift_items,
+    slow_server,
+    start,
+    write_day,
+)
 
 pytestmark = pytest.mark.slow
 

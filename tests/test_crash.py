@@ -5,144 +5,27 @@ The only duplicate allowed is the message in flight at the moment of a kill, wit
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import re
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from digestbot.cli import cli
-from digestbot.db import make_engine
-from tests.conftest import SMTPHandler, SMTPServer, run_digestbot, serve
-
-DAY = "2026-03-04"
-FROM = "Paper Digest <digest@lab.test>"
-KEYWORDS = ["model", "language", "diffusion", "reasoning", "learning", "llm", "transformer"]
-
-
-def many_subscribers(folder: Path, n: int, *, send_at: str = "07:00") -> list[str]:
-    """Write a subscribers.toml of `n` people with distinct emails whose keywords match the fixture papers."""
-    emails = [f"reader{i:03d}@example.org" for i in range(n)]
-    body = f'[defaults]\nsend_at = "{send_at}"\ntimezone = "UTC"\nmax_papers = 5\n'
-    for i, email in enumerate(emails):
-        words = sorted({KEYWORDS[i % len(KEYWORDS)], KEYWORDS[(3 * i + 1) % len(KEYWORDS)]})
-        body += f'\n[[subscribers]]\nemail = "{email}"\nname = "Reader {i}"\nkeywords = {words!r}\n'
-    (folder / "subscribers.toml").write_text(body.replace("'", '"'))
-    return emails
-
-
-@dataclass
-class SlowHandler(SMTPHandler):
-    """Accepts every message after `delay` seconds (a wide window to kill the sender in), noting the connection."""
-
-    delay: float = 0.02
-    peers: list[Any] = field(default_factory=list)
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        await asyncio.sleep(self.delay)
-        self.peers.append(session.peer)
-        return await super().handle_DATA(server, session, envelope)
-
-
-def slow_server(delay: float) -> Iterator[SMTPServer]:
-    with serve(SlowHandler(delay=delay)) as server:
-        yield server
-
-
-def bot_env(server: SMTPServer, **extra: str) -> dict[str, str]:
-    """The process environment for a real digestbot subprocess (cwd, feed and database come from `workdir`)."""
-    return {
-        **os.environ,
-        **server.env(),
-        "DIGESTBOT_MAIL_FROM": FROM,
-        "DIGESTBOT_LOG_LEVEL": "WARNING",
-        **extra,
-    }
-
-
-def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "digestbot", *args],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    finally:
-        out.close()
-
-
-def digest_rows(url: str) -> list[tuple[str, str, str, str, int]]:
-    """(email, period, state, message_id, attempts) of every digest."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [
-                tuple(r)
-                for r in conn.execute(
-                    sa.text(
-                        "SELECT s.email, d.period, d.state, d.message_id, d.attempts "
-                        "FROM digests d JOIN subscribers s ON s.id = d.subscriber_id"
-                    )
-                )
-            ]  # type: ignore[misc]
-    finally:
-        engine.dispose()
-
-
-def sent_papers(url: str) -> dict[str, set[str]]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            out: dict[str, set[str]] = {}
-            for email, arxiv_id in conn.execute(
-                sa.text(
-                    "SELECT s.email, i.arxiv_id FROM digest_items i JOIN subscribers s ON s.id = i.subscriber_id"
-                )
-            ):
-                out.setdefault(email, set()).add(arxiv_id)
-            return out
-    finally:
-        engine.dispose()
-
-
-def assert_exactly_one_digest_each(
-    handler: SMTPHandler, emails: list[str], url: str, *, kills: int
-) -> None:
-    """Everyone got their digest; repeats are the same message (same Message-ID), at most one per kill."""
-    rows = digest_rows(url)
-    by_email = {email: (period, state, mid) for email, period, state, mid, _ in rows}
-    assert len(rows) == len(emails) == len(by_email), "exactly one digest per subscriber and period"
-    assert all(state == "sent" and period == DAY for period, state, _ in by_email.values()), rows
-    assert all(len(r.rcpt_tos) == 1 for r in handler.received)
-    copies = Counter(r.rcpt_tos[0] for r in handler.received)
-    assert set(copies) == set(emails), f"no message for {sorted(set(emails) - set(copies))}"
-    for email in emails:
-        ids = {r.message["Message-ID"] for r in handler.to(email)}
-        assert ids == {by_email[email][2]}, (email, ids)
-    extra = sum(n - 1 for n in copies.values())
-    assert extra <= kills, f"{extra} duplicates for {kills} kills: {copies.most_common(5)}"
-    # every paper a subscriber was sent appears in that one digest only, listed once
-    papers = sent_papers(url)
-    for email in emails:
-        body = handler.to(email)[0].message.get_body(preferencelist=("plain",)).get_content()
-        listed = re.findall(r"arxiv\.org/abs/(\d{4}\.\d{4,5})", body)
-        assert listed and set(listed) <= papers[email], (email, listed)
-        assert len(listed) == len(set(listed)), (email, listed)
+from tests.helpers import (
+    DAY,
+    SMTPServer,
+    assert_exactly_one_digest_each,
+    bot_env,
+    many_subscribers,
+    run_digestbot,
+    slow_server,
+    start,
+)
 
 
 def _state(pid: int) -> str:

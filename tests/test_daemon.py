@@ -31,7 +31,7 @@ from digestbot.db import open_database, session_scope
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import Settings, load_settings
 from digestbot.subscribers import SubscriberSpec, load_subscribers, parse_subscribers
-from tests.conftest import SMTPServer, after, fixture_day, run_digestbot, shift_items, write_day
+from tests.helpers import SMTPServer, after, fixture_day, run_digestbot, shift_items, write_day
 
 PAPER_LINK = re.compile(r"huggingface\.co/papers/(\d{4}\.\d{4,5})")
 

@@ -24,16 +24,15 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from click.testing import Result
 from sqlmodel import Session, select
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from digestbot import app, pipeline
 from digestbot.cli import cli
 from digestbot.db import make_engine
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import load_settings
-from tests.conftest import SMTPHandler, SMTPServer, fixture_day, free_port, serve, write_day
+from tests.helpers import SMTPHandler, SMTPServer, fixture_day, free_port, serve, write_day
 
 DAY = "2026-03-04"
 ADA, GRACE, ALAN = "ada@example.org", "grace@example.org", "alan@example.org"
@@ -465,7 +464,10 @@ def test_rate_setting_spaces_messages_across_a_run(
     gaps = [b_ - a for a, b_ in itertools.pairwise(handler.arrivals)]
     assert statistics.median(gaps) >= 0.8 / 50, gaps  # evenly spaced, not bursts
     # and no burst at the claim-batch boundary either
-    assert handler.arrivals[pipeline.CLAIM_BATCH] - handler.arrivals[pipeline.CLAIM_BATCH - 2] >= 1.5 / 50, gaps
+    assert (
+        handler.arrivals[pipeline.CLAIM_BATCH] - handler.arrivals[pipeline.CLAIM_BATCH - 2]
+        >= 1.5 / 50
+    ), gaps
 
 
 def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
@@ -587,7 +589,9 @@ def test_connection_closed_by_the_server_while_idle_is_reopened() -> None:
 
     handler = SMTPHandler()
     with serve(handler, timeout=0.3) as server:
-        backend = SMTPBackend(host=server.host, port=server.port, security="none", idle_probe_after=0.1)
+        backend = SMTPBackend(
+            host=server.host, port=server.port, security="none", idle_probe_after=0.1
+        )
         raw = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nhello\r\n"
         backend.send(Envelope(sender="a@example.org", recipient="b@example.org", raw=raw, name="1"))
         time.sleep(0.8)  # the server's idle timeout closes the session

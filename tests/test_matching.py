@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import pytest
 
@@ -18,66 +15,7 @@ from digestbot.matching import (
     normalize,
     parse_query,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Paper:
-    """A PaperDoc for tests (FetchedPaper has more fields than matching needs)."""
-
-    arxiv_id: str
-    title: str
-    summary: str
-    authors: tuple[str, ...] = ()
-    ai_keywords: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
-    upvotes: int = 0
-
-
-def fixture_dir() -> Path:
-    local = Path(__file__).parent / "fixtures" / "hf_daily_papers"
-    if local.is_dir() and any(local.glob("2026-*.json")):
-        return local
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hf_daily_papers"
-
-
-# The feed gives no arXiv categories; these few are assigned here so category: has something to find.
-CATEGORIES = {"2310.15141": ("cs.LG", "cs.CL"), "2502.06155": ("cs.CV",), "2303.16998": ("stat.ML", "cs.LG")}
-
-# Two made-up papers for what the fixtures do not contain: accents, ß, LaTeX markup, apostrophes.
-EXTRA = (
-    Paper(
-        "9901.00001",
-        "Données Straße: \\textbf{Robust} $\\alpha$-Divergence for Café Recommendation",
-        "We study the Øresund dataset's naïve baselines with \\emph{coöperative} agents; see https://example.org/url.",
-        ("Zoë Ångström", "José María García-López"),
-        upvotes=2,
-    ),
-    Paper(
-        "9901.00002",
-        "Self-Play RL for the World Model of URL Ranking",
-        "Reinforcement learning (RL) agents rank URLs; world models help.",
-        ("Jane Q. Public",),
-        upvotes=2,
-    ),
-)
-
-
-@cache
-def papers() -> tuple[Paper, ...]:
-    seen: dict[str, Paper] = {}
-    for f in sorted(fixture_dir().glob("*.json")):
-        for item in json.loads(f.read_text()):
-            p = item["paper"]
-            seen[p["id"]] = Paper(
-                arxiv_id=p["id"],
-                title=p["title"],
-                summary=p["summary"],
-                authors=tuple(a["name"] for a in p["authors"]),
-                ai_keywords=tuple(p.get("ai_keywords", ())),
-                categories=CATEGORIES.get(p["id"], ()),
-                upvotes=p.get("upvotes", 0),
-            )
-    return tuple(seen.values()) + EXTRA
+from tests.helpers import Paper, papers
 
 
 @cache
@@ -119,7 +57,10 @@ CASES: list[tuple[str, set[str]]] = [
     ("diffusion -video", {"2402.15170", "2411.02780", "2501.09732"}),
     ("diffusion NOT video", {"2402.15170", "2411.02780", "2501.09732"}),
     ('diffusion -"video diffusion"', DIFFUSION - {"2502.06155"}),
-    ("decoding -speculative", {"2007.14966", "2210.00720", "2305.02309", "2310.03262", "2402.15170", "2405.18400"}),
+    (
+        "decoding -speculative",
+        {"2007.14966", "2210.00720", "2305.02309", "2310.03262", "2402.15170", "2405.18400"},
+    ),
     ("Speculative AND NOT multi-draft", {"2310.15141"}),
     ("NOT NOT mirostat", {"2007.14966"}),
     ("NOT diffusion mirostat", {"2007.14966"}),
@@ -171,10 +112,23 @@ CASES: list[tuple[str, set[str]]] = [
     ('author:"Jose Maria Garcia Lopez"', {"9901.00001"}),
     ("author:García-López", {"9901.00001"}),
     # normalization: stemming, case, hyphens, whole words, accents, LaTeX, punctuation
-    ("transformers", {
-        "1508.06336", "2112.09054", "2303.09730", "2303.90011", "2307.11353", "2310.04064",
-        "2311.04420", "2402.15170", "2407.05483", "2410.20502", "2412.06028", "2502.06155",
-    }),
+    (
+        "transformers",
+        {
+            "1508.06336",
+            "2112.09054",
+            "2303.09730",
+            "2303.90011",
+            "2307.11353",
+            "2310.04064",
+            "2311.04420",
+            "2402.15170",
+            "2407.05483",
+            "2410.20502",
+            "2412.06028",
+            "2502.06155",
+        },
+    ),
     ("LLMs", ids("llm")),
     ("bandit", BANDIT),
     ("bandits", BANDIT),
@@ -245,7 +199,9 @@ ERRORS: list[tuple[str, str, int]] = [
 ]
 
 
-@pytest.mark.parametrize(("query", "reason", "column"), ERRORS, ids=[q or "<empty>" for q, _, _ in ERRORS])
+@pytest.mark.parametrize(
+    ("query", "reason", "column"), ERRORS, ids=[q or "<empty>" for q, _, _ in ERRORS]
+)
 def test_invalid_query_names_reason_and_column(query: str, reason: str, column: int) -> None:
     """An invalid query raises QueryError (a ConfigError) with a precise reason and 1-based column."""
     with pytest.raises(QueryError) as info:
@@ -272,7 +228,21 @@ def test_table_covers_enough_cases() -> None:
     """The language table has at least 60 match cases and covers every operator and field."""
     assert len(CASES) + len(ERRORS) >= 60 and len(CASES) >= 60
     text = " ".join(q for q, _ in CASES)
-    for token in ("AND", "OR", "NOT", " -", '-"', "(", '"', "*", "title:", "abstract:", "author:", "keyword:", "category:"):
+    for token in (
+        "AND",
+        "OR",
+        "NOT",
+        " -",
+        '-"',
+        "(",
+        '"',
+        "*",
+        "title:",
+        "abstract:",
+        "author:",
+        "keyword:",
+        "category:",
+    ):
         assert token in text, token
 
 
@@ -282,7 +252,9 @@ def test_filter_combines_keywords_authors_exclude_and_upvotes() -> None:
     flt = compile_filter(keywords=["speculative", "mirostat"], authors=["Christopher Ré"])
     got = {m.arxiv_id for m in idx.match(flt)}
     assert got == SPEC | RE | {"2007.14966"}
-    flt = compile_filter(keywords=["speculative", "mirostat"], exclude=["multi-draft", "perplexity"])
+    flt = compile_filter(
+        keywords=["speculative", "mirostat"], exclude=["multi-draft", "perplexity"]
+    )
     assert {m.arxiv_id for m in idx.match(flt)} == {"2310.15141"}
     flt = compile_filter(keywords=["speculative", "mirostat"], min_upvotes=10)
     assert {m.arxiv_id for m in idx.match(flt)} == {"2007.14966"}  # 75 upvotes; SpecTr has 9
@@ -293,7 +265,8 @@ def test_filter_combines_keywords_authors_exclude_and_upvotes() -> None:
 def test_matched_lists_queries_in_config_order_and_authors_as_author_field() -> None:
     """Match.matched lists the subscriber's own query strings that matched, keywords then authors."""
     flt = compile_filter(
-        keywords=["decoding", "Bandits", '"speculative decoding"'], authors=["Christopher Ré", "Sabharwal"]
+        keywords=["decoding", "Bandits", '"speculative decoding"'],
+        authors=["Christopher Ré", "Sabharwal"],
     )
     got = {m.arxiv_id: m for m in index().match(flt)}
     assert got["2310.15141"].matched == ("decoding", '"speculative decoding"')
@@ -308,7 +281,10 @@ def test_spans_point_at_the_original_title_and_abstract() -> None:
     flt = compile_filter(keywords=['"speculative decoding"', "transport -video"])
     m = next(m for m in index().match(flt) if m.arxiv_id == paper.arxiv_id)
     assert [paper.title[s:e] for s, e in m.title_spans] == ["Speculative Decoding", "Transport"]
-    assert {paper.summary[s:e].lower() for s, e in m.summary_spans} == {"speculative decoding", "transport"}
+    assert {paper.summary[s:e].lower() for s, e in m.summary_spans} == {
+        "speculative decoding",
+        "transport",
+    }
     assert list(m.summary_spans) == sorted(set(m.summary_spans))
     assert all(a[1] < b[0] for a, b in zip(m.summary_spans, m.summary_spans[1:]))
 
@@ -318,7 +294,12 @@ def test_spans_survive_accents_latex_and_hyphens() -> None:
     paper = by_id("9901.00001")
     m = explain(compile_filter(keywords=["strasse alpha-divergence cafe robust"]), paper)
     assert m is not None
-    assert [paper.title[s:e] for s, e in m.title_spans] == ["Straße", "Robust", "alpha$-Divergence", "Café"]
+    assert [paper.title[s:e] for s, e in m.title_spans] == [
+        "Straße",
+        "Robust",
+        "alpha$-Divergence",
+        "Café",
+    ]
 
 
 def test_negated_and_unmatched_or_branches_are_not_highlighted() -> None:
@@ -363,4 +344,8 @@ def test_bulk_match_equals_explain_on_every_fixture_paper() -> None:
     assert bulk.keys() == one.keys()
     for k, m in bulk.items():
         assert isinstance(m, Match)
-        assert (m.matched, m.title_spans, m.summary_spans) == (one[k].matched, one[k].title_spans, one[k].summary_spans)
+        assert (m.matched, m.title_spans, m.summary_spans) == (
+            one[k].matched,
+            one[k].title_spans,
+            one[k].summary_spans,
+        )

@@ -8,19 +8,63 @@ from hypothesis import strategies as st
 
 from digestbot.errors import QueryError
 from digestbot.matching import PaperIndex, compile_filter, explain, normalize, parse_query
-from tests.test_matching import Paper, papers
+from tests.helpers import Paper, papers
 
-SYNTAX = ' ()"-*:ANDORNOTtitleabstractauthorkeywordcategory\\$_{}\'.,éß'
+SYNTAX = " ()\"-*:ANDORNOTtitleabstractauthorkeywordcategory\\$_{}'.,éß"
 
 # words that occur in the fixture papers, in several spellings, so random queries do match
 VOCAB = [
-    "diffusion", "Diffusion", "sampling", "language", "models", "LLMs", "LLM", "speculative",
-    "decoding", "bandit", "bandits", "RL", "test-time", "compute", "video", "transformers",
-    "reasoning", "learning", "optimal", "transport", "zero-shot", "scaling", "inference", "and",
-    "or", "not", "Ré", "Données", "alpha", "the", "of", "text", "generation", "multi-draft",
-    "cross-entropy", "perplexity", "training", "data", "large", "code", "Straße",
+    "diffusion",
+    "Diffusion",
+    "sampling",
+    "language",
+    "models",
+    "LLMs",
+    "LLM",
+    "speculative",
+    "decoding",
+    "bandit",
+    "bandits",
+    "RL",
+    "test-time",
+    "compute",
+    "video",
+    "transformers",
+    "reasoning",
+    "learning",
+    "optimal",
+    "transport",
+    "zero-shot",
+    "scaling",
+    "inference",
+    "and",
+    "or",
+    "not",
+    "Ré",
+    "Données",
+    "alpha",
+    "the",
+    "of",
+    "text",
+    "generation",
+    "multi-draft",
+    "cross-entropy",
+    "perplexity",
+    "training",
+    "data",
+    "large",
+    "code",
+    "Straße",
 ]
-NAMES = ["Sabharwal", "Christopher Re", "Wang", "Y. Wang", "Lav Varshney", "Zoë Ångström", "Hatfield-Dodds"]
+NAMES = [
+    "Sabharwal",
+    "Christopher Re",
+    "Wang",
+    "Y. Wang",
+    "Lav Varshney",
+    "Zoë Ångström",
+    "Hatfield-Dodds",
+]
 FIELDS = ["title:", "abstract:", "keyword:", "category:", "author:"]
 
 
@@ -71,7 +115,9 @@ def _query() -> st.SearchStrategy[str]:
 
 def _paper() -> st.SearchStrategy[Paper]:
     """A made-up paper whose text mixes the vocabulary with hyphens, LaTeX, accents and punctuation."""
-    sep = st.sampled_from([" ", " ", "-", ", ", ": ", " $\\alpha$ ", " \\textbf{", "} ", "'s ", " (", ") "])
+    sep = st.sampled_from(
+        [" ", " ", "-", ", ", ": ", " $\\alpha$ ", " \\textbf{", "} ", "'s ", " (", ") "]
+    )
     text = st.lists(st.tuples(st.sampled_from(VOCAB), sep), min_size=1, max_size=25).map(
         lambda pairs: "".join(w + s for w, s in pairs)
     )
@@ -80,7 +126,9 @@ def _paper() -> st.SearchStrategy[Paper]:
         arxiv_id=st.integers(0, 10**5).map(lambda i: f"9902.{i:05d}"),
         title=text,
         summary=text,
-        authors=st.lists(st.sampled_from(NAMES + ["Ashish Sabharwal", "Yue Wang"]), max_size=3).map(tuple),
+        authors=st.lists(st.sampled_from(NAMES + ["Ashish Sabharwal", "Yue Wang"]), max_size=3).map(
+            tuple
+        ),
         ai_keywords=st.lists(text, max_size=2).map(tuple),
         categories=st.lists(st.sampled_from(["cs.LG", "cs.CL", "stat.ML"]), max_size=2).map(tuple),
         upvotes=st.integers(0, 20),
@@ -97,12 +145,18 @@ def _paper() -> st.SearchStrategy[Paper]:
     made_up=st.lists(_paper(), max_size=4, unique_by=lambda p: p.arxiv_id),
 )
 def test_bulk_match_equals_explain_on_each_paper(
-    keywords: list[str], exclude: list[str], authors: list[str], min_upvotes: int, real: list[int],
+    keywords: list[str],
+    exclude: list[str],
+    authors: list[str],
+    min_upvotes: int,
+    real: list[int],
     made_up: list[Paper],
 ) -> None:
     """PaperIndex.match returns exactly the papers explain() accepts, with the same matched and spans."""
     try:
-        flt = compile_filter(keywords=keywords, exclude=exclude, authors=authors, min_upvotes=min_upvotes)
+        flt = compile_filter(
+            keywords=keywords, exclude=exclude, authors=authors, min_upvotes=min_upvotes
+        )
     except QueryError:
         assume(False)  # e.g. a query of negated terms only
         return
@@ -116,7 +170,10 @@ def test_bulk_match_equals_explain_on_each_paper(
     for m in got:
         e = one[m.arxiv_id]
         assert (m.matched, m.title_spans, m.summary_spans, m.upvotes) == (
-            e.matched, e.title_spans, e.summary_spans, e.upvotes,
+            e.matched,
+            e.title_spans,
+            e.summary_spans,
+            e.upvotes,
         )
     ranks = [(-m.score, -m.upvotes, m.arxiv_id) for m in got]
     assert ranks == sorted(ranks)

@@ -16,7 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_ships_templates_migrations_and_examples(tmp_path: Path) -> None:
     """The built wheel holds every template, the migrations and the example files, and finds them installed."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
     )
     wheel = next(tmp_path.glob("digestbot-*.whl"))
@@ -26,7 +37,10 @@ def test_wheel_ships_templates_migrations_and_examples(tmp_path: Path) -> None:
     for version in (ROOT / "migrations" / "versions").glob("*.py"):
         assert f"digestbot/_data/migrations/versions/{version.name}" in names
     assert "digestbot/_data/migrations/env.py" in names
-    assert "digestbot/_data/env.example" in names and "digestbot/_data/subscribers.example.toml" in names
+    assert (
+        "digestbot/_data/env.example" in names
+        and "digestbot/_data/subscribers.example.toml" in names
+    )
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
@@ -34,7 +48,15 @@ def test_wheel_ships_templates_migrations_and_examples(tmp_path: Path) -> None:
         "print(r.templates_dir(), r.migrations_dir(), r.env_example().exists(), r.subscribers_example().exists())"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site)},
-        check=True, capture_output=True, text=True,
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
-    assert out[0].startswith(str(site)) and out[1].startswith(str(site)) and out[2:] == ["True", "True"]
+    assert (
+        out[0].startswith(str(site))
+        and out[1].startswith(str(site))
+        and out[2:] == ["True", "True"]
+    )

@@ -14,7 +14,7 @@ from digestbot.models import Digest, DigestItem, Paper
 from digestbot.settings import load_settings
 from digestbot.sources.hf_daily import HFDailyPapers
 from digestbot.subscribers import parse_subscribers
-from tests.conftest import fixture_day, shift_items, write_day
+from tests.helpers import fixture_day, shift_items, write_day
 
 PEOPLE = """
 [[subscribers]]
@@ -40,8 +40,11 @@ def at(day: str, hour: int = 12) -> datetime:
 @pytest.fixture
 def env(db_url: str, feed_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = load_settings(
-        environ={"DIGESTBOT_DATABASE_URL": db_url, "DIGESTBOT_FEED_URL": str(feed_dir),
-                 "DIGESTBOT_MAIL_DIR": str(tmp_path / "out")},
+        environ={
+            "DIGESTBOT_DATABASE_URL": db_url,
+            "DIGESTBOT_FEED_URL": str(feed_dir),
+            "DIGESTBOT_MAIL_DIR": str(tmp_path / "out"),
+        },
         env_file=None,
     )
     engine = open_database(db_url)
@@ -52,8 +55,12 @@ def env(db_url: str, feed_dir: Path, tmp_path: Path):  # type: ignore[no-untyped
 def fetch(settings, engine, day: str, now: datetime | None = None) -> pipeline.FetchSummary:  # type: ignore[no-untyped-def]
     source = HFDailyPapers(feed_url=settings.feed_url, client=None)
     return pipeline.fetch_and_store(
-        engine, source=source, feed_url=settings.feed_url, today=date.fromisoformat(day),
-        lookback=settings.lookback_days, now=now or at(day, 6),
+        engine,
+        source=source,
+        feed_url=settings.feed_url,
+        today=date.fromisoformat(day),
+        lookback=settings.lookback_days,
+        now=now or at(day, 6),
     )
 
 
@@ -61,8 +68,13 @@ def plan(settings, engine, specs, day: str, now: datetime | None = None) -> pipe
     now = now or at(day, 23)
     recipients = pipeline.sync_subscribers(engine, specs, now=now)
     return pipeline.plan_digests(
-        engine, recipients, as_of=now, lookback=settings.lookback_days,
-        period=lambda _sp: day, from_addr=settings.mail_from, now=now,
+        engine,
+        recipients,
+        as_of=now,
+        lookback=settings.lookback_days,
+        period=lambda _sp: day,
+        from_addr=settings.mail_from,
+        now=now,
     )
 
 
@@ -110,12 +122,24 @@ def test_planning_is_idempotent_and_respects_max_and_send_empty(env) -> None:  #
     assert (first.planned, first.skipped, first.existing) == (2, 1, 0)
     assert (again.planned, again.skipped, again.existing) == (0, 0, 3)
     with session_scope(engine) as s:
-        states = dict(s.execute(sa.text(
-            "SELECT s.email, d.state FROM digests d JOIN subscribers s ON s.id = d.subscriber_id")).all())
-        ada = s.execute(sa.text(
-            "SELECT d.paper_count, d.more_count FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
-            "WHERE s.email = 'ada@example.org'")).one()
-    assert states == {"ada@example.org": "planned", "bob@example.org": "skipped", "cy@example.org": "planned"}
+        states = dict(
+            s.execute(
+                sa.text(
+                    "SELECT s.email, d.state FROM digests d JOIN subscribers s ON s.id = d.subscriber_id"
+                )
+            ).all()
+        )
+        ada = s.execute(
+            sa.text(
+                "SELECT d.paper_count, d.more_count FROM digests d JOIN subscribers s ON s.id = d.subscriber_id "
+                "WHERE s.email = 'ada@example.org'"
+            )
+        ).one()
+    assert states == {
+        "ada@example.org": "planned",
+        "bob@example.org": "skipped",
+        "cy@example.org": "planned",
+    }
     assert ada[0] == 2 and ada[1] >= 1
 
 
@@ -140,7 +164,11 @@ def test_paper_stored_late_still_reaches_the_subscriber(env, feed_dir: Path) -> 
     settings, engine = env
     specs = parse_subscribers(PEOPLE.replace("max_papers = 2", "max_papers = 50"), source="t.toml")
     items = fixture_day("2026-03-04")
-    late = [it for it in items if "iffusion" in it["paper"]["title"] or "ecoding" in it["paper"]["title"]][:1]
+    late = [
+        it
+        for it in items
+        if "iffusion" in it["paper"]["title"] or "ecoding" in it["paper"]["title"]
+    ][:1]
     assert late, "a 2026-03-04 fixture paper matches ada"
     write_day(feed_dir, "2026-03-04", [it for it in items if it not in late])
     fetch(settings, engine, "2026-03-04", now=at("2026-03-04", 22))
@@ -183,7 +211,10 @@ def test_item_uniqueness_is_enforced_by_the_database(env) -> None:  # type: igno
     with session_scope(engine) as s:
         item = s.execute(sa.select(DigestItem)).scalars().first()
         assert item is not None
-        values = {c: getattr(item, c) for c in ("digest_id", "subscriber_id", "arxiv_id", "score", "upvotes")}
+        values = {
+            c: getattr(item, c)
+            for c in ("digest_id", "subscriber_id", "arxiv_id", "score", "upvotes")
+        }
     with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as s:
         s.add(DigestItem(**values, position=99, matched=[], title_spans=[], summary_spans=[]))
 
@@ -192,13 +223,17 @@ def test_new_subscriber_gets_today_and_the_lookback_days(env) -> None:  # type: 
     """A new subscriber's first digest covers the run's day and the lookback days before it, no more."""
     settings, engine = env
     everything = parse_subscribers(
-        '[[subscribers]]\nemail = "all@example.org"\nkeywords = ["the"]\nmax_papers = 500\n', source="t.toml"
+        '[[subscribers]]\nemail = "all@example.org"\nkeywords = ["the"]\nmax_papers = 500\n',
+        source="t.toml",
     )
     fetch(settings, engine, "2026-03-02")
     fetch(settings, engine, "2026-03-05")
     plan(settings, engine, everything, "2026-03-05", now=datetime(2026, 3, 6, tzinfo=UTC))
     with session_scope(engine) as s:
-        featured = {p.arxiv_id: p.featured_at.date().isoformat() for p in s.execute(sa.select(Paper)).scalars()}
+        featured = {
+            p.arxiv_id: p.featured_at.date().isoformat()
+            for p in s.execute(sa.select(Paper)).scalars()
+        }
     days = {featured[a] for a in items_of(engine, "all")["2026-03-05"]}
     assert days == {"2026-03-03", "2026-03-04", "2026-03-05"}
 
@@ -207,7 +242,8 @@ def test_a_long_gap_is_capped_to_the_last_thirty_days(env, feed_dir: Path) -> No
     """A subscriber whose last digest is months old gets the last 30 days of matches, not months of them."""
     settings, engine = env
     everything = parse_subscribers(
-        '[[subscribers]]\nemail = "all@example.org"\nkeywords = ["the"]\nmax_papers = 500\n', source="t.toml"
+        '[[subscribers]]\nemail = "all@example.org"\nkeywords = ["the"]\nmax_papers = 500\n',
+        source="t.toml",
     )
     fetch(settings, engine, "2026-03-02")
     plan(settings, engine, everything, "2026-01-01", now=datetime(2026, 1, 1, 23, tzinfo=UTC))
@@ -216,4 +252,6 @@ def test_a_long_gap_is_capped_to_the_last_thirty_days(env, feed_dir: Path) -> No
     fetch(settings, engine, "2026-04-20")
     plan(settings, engine, everything, "2026-04-20", now=datetime(2026, 4, 20, 23, tzinfo=UTC))
     got = set(items_of(engine, "all")["2026-04-20"])
-    assert got == {it["paper"]["id"] for it in items}, "March papers are older than 30 days: left out"
+    assert got == {it["paper"]["id"] for it in items}, (
+        "March papers are older than 30 days: left out"
+    )

@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from digestbot.errors import ConfigError
 from digestbot.settings import (
@@ -40,10 +42,18 @@ def test_defaults_match_the_documented_values() -> None:
     assert s.subscribers_path == Path("subscribers.toml")
     assert s.feed_url == "https://huggingface.co/api/daily_papers"
     assert (s.fetch_retries, s.fetch_timeout, s.lookback_days, s.fetch_interval_minutes) == (
-        3, 30.0, 2, 60)
+        3,
+        30.0,
+        2,
+        60,
+    )
     assert s.mail_backend == "file" and s.mail_dir == Path("outbox")
     assert (s.smtp_host, s.smtp_port, s.smtp_security, s.smtp_timeout) == (
-        "localhost", 587, "starttls", 30.0)
+        "localhost",
+        587,
+        "starttls",
+        30.0,
+    )
     assert s.smtp_rate is None and s.hf_token is None and s.templates_dir is None
     assert (s.retry_initial, s.retry_max, s.retry_give_up) == (60.0, 3600.0, 86400.0)
     assert s.log_level == "INFO"
@@ -83,7 +93,7 @@ def test_every_field_is_documented() -> None:
 def test_env_example_lists_exactly_the_reference() -> None:
     """.env.example names exactly the SETTINGS_REFERENCE variables, each commented with its default."""
     text = (REPO / ".env.example").read_text(encoding="utf-8")
-    found = re.findall(r"^# ([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.M)
+    found = re.findall(r"^# ([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.MULTILINE)
     assert [name for name, _ in found] == [d.name for d in SETTINGS_REFERENCE]
     assert text == render_env_example()
 
@@ -127,16 +137,18 @@ def test_empty_value_means_default(tmp_path: Path) -> None:
 def test_values_are_parsed_and_normalized(tmp_path: Path) -> None:
     """Numbers, paths, choices and optional strings are converted to their types."""
     (tmp_path / "tpl").mkdir()
-    s = load({
-        "DIGESTBOT_MAIL_BACKEND": "SMTP",
-        "DIGESTBOT_SMTP_SECURITY": "ssl",
-        "DIGESTBOT_SMTP_RATE": "0.5",
-        "DIGESTBOT_FETCH_TIMEOUT": "12.5",
-        "DIGESTBOT_LOG_LEVEL": "debug",
-        "DIGESTBOT_TEMPLATES_DIR": str(tmp_path / "tpl"),
-        "DIGESTBOT_UNSUBSCRIBE_EMAIL": "mailto:leave@example.org",
-        "DIGESTBOT_LIST_ID": "Paper Digest <papers.example.org>",
-    })
+    s = load(
+        {
+            "DIGESTBOT_MAIL_BACKEND": "SMTP",
+            "DIGESTBOT_SMTP_SECURITY": "ssl",
+            "DIGESTBOT_SMTP_RATE": "0.5",
+            "DIGESTBOT_FETCH_TIMEOUT": "12.5",
+            "DIGESTBOT_LOG_LEVEL": "debug",
+            "DIGESTBOT_TEMPLATES_DIR": str(tmp_path / "tpl"),
+            "DIGESTBOT_UNSUBSCRIBE_EMAIL": "mailto:leave@example.org",
+            "DIGESTBOT_LIST_ID": "Paper Digest <papers.example.org>",
+        }
+    )
     assert s.mail_backend == "smtp" and s.smtp_security == "ssl"
     assert s.smtp_rate == 0.5 and s.fetch_timeout == 12.5
     assert s.log_level == "DEBUG"
@@ -174,7 +186,9 @@ def test_values_are_parsed_and_normalized(tmp_path: Path) -> None:
         ("DIGESTBOT_DKIM_SELECTOR", "bad.sel!", "not a DNS name"),
     ],
 )
-def test_bad_environment_value_names_variable_and_source(name: str, value: str, fragment: str) -> None:
+def test_bad_environment_value_names_variable_and_source(
+    name: str, value: str, fragment: str
+) -> None:
     """A bad value from the environment raises ConfigError naming the variable and 'environment'."""
     with pytest.raises(ConfigError) as info:
         load({name: value, "DIGESTBOT_UNSUBSCRIBE_SECRET": "x" * 32})
@@ -203,7 +217,10 @@ def test_default_env_file_is_reported_as_dot_env(tmp_path: Path, monkeypatch) ->
     with pytest.raises(ConfigError) as info:
         load_settings({})
     assert (info.value.file, info.value.line, info.value.field) == (
-        ".env", 1, "DIGESTBOT_LOG_LEVEL")
+        ".env",
+        1,
+        "DIGESTBOT_LOG_LEVEL",
+    )
 
 
 def test_unknown_digestbot_variable_in_dotenv_is_an_error(tmp_path: Path) -> None:
@@ -237,11 +254,13 @@ def test_dkim_configured_defaults_domain_to_from_domain(tmp_path: Path) -> None:
     """With key file and selector set, the signing domain defaults to the From domain."""
     key = tmp_path / "dkim.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\n", encoding="utf-8")
-    s = load({
-        "DIGESTBOT_DKIM_KEY_FILE": str(key),
-        "DIGESTBOT_DKIM_SELECTOR": "mail2024",
-        "DIGESTBOT_MAIL_FROM": "digest@papers.example.org",
-    })
+    s = load(
+        {
+            "DIGESTBOT_DKIM_KEY_FILE": str(key),
+            "DIGESTBOT_DKIM_SELECTOR": "mail2024",
+            "DIGESTBOT_MAIL_FROM": "digest@papers.example.org",
+        }
+    )
     assert s.effective_dkim_domain == "papers.example.org"
     assert s.dkim_selector == "mail2024"
 
@@ -249,8 +268,12 @@ def test_dkim_configured_defaults_domain_to_from_domain(tmp_path: Path) -> None:
 def test_dkim_missing_key_file_is_an_error(tmp_path: Path) -> None:
     """A DKIM key file that does not exist is reported with its variable."""
     with pytest.raises(ConfigError) as info:
-        load({"DIGESTBOT_DKIM_KEY_FILE": str(tmp_path / "missing.pem"),
-              "DIGESTBOT_DKIM_SELECTOR": "s1"})
+        load(
+            {
+                "DIGESTBOT_DKIM_KEY_FILE": str(tmp_path / "missing.pem"),
+                "DIGESTBOT_DKIM_SELECTOR": "s1",
+            }
+        )
     assert info.value.field == "DIGESTBOT_DKIM_KEY_FILE"
 
 
@@ -280,11 +303,13 @@ def test_unsubscribe_url_needs_a_secret() -> None:
 
 def test_secrets_never_appear_in_repr() -> None:
     """HF_TOKEN, the SMTP password and the unsubscribe secret are not in repr() of Settings."""
-    s = load({
-        "HF_TOKEN": "hf_" + SECRET,
-        "DIGESTBOT_SMTP_PASSWORD": SECRET + "-pw",
-        "DIGESTBOT_UNSUBSCRIBE_SECRET": SECRET + "-unsub",
-    })
+    s = load(
+        {
+            "HF_TOKEN": "hf_" + SECRET,
+            "DIGESTBOT_SMTP_PASSWORD": SECRET + "-pw",
+            "DIGESTBOT_UNSUBSCRIBE_SECRET": SECRET + "-unsub",
+        }
+    )
     assert s.hf_token == "hf_" + SECRET
     assert SECRET not in repr(s) and SECRET not in str(s)
 
@@ -312,8 +337,9 @@ def test_nothing_is_read_at_import_time() -> None:
         "import digestbot.settings\n"
         "print([f for f in opened if f.endswith('.env') or f.endswith('.toml')])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -329,8 +355,11 @@ def test_arbitrary_int_values_are_valid_or_config_errors(name: str, value: str) 
     except ConfigError as err:
         assert err.field == name
         return
-    field = {"DIGESTBOT_FETCH_RETRIES": "fetch_retries", "DIGESTBOT_SMTP_PORT": "smtp_port",
-             "DIGESTBOT_LOOKBACK_DAYS": "lookback_days"}[name]
+    field = {
+        "DIGESTBOT_FETCH_RETRIES": "fetch_retries",
+        "DIGESTBOT_SMTP_PORT": "smtp_port",
+        "DIGESTBOT_LOOKBACK_DAYS": "lookback_days",
+    }[name]
     assert isinstance(getattr(s, field), int)
 
 
@@ -338,11 +367,16 @@ def test_arbitrary_int_values_are_valid_or_config_errors(name: str, value: str) 
 @hsettings(max_examples=200, deadline=None)
 def test_arbitrary_float_and_address_values_are_valid_or_config_errors(value: str) -> None:
     """Any string for a number or an address setting yields a value or a ConfigError, nothing else."""
-    for name in ("DIGESTBOT_SMTP_RATE", "DIGESTBOT_MAIL_FROM", "DIGESTBOT_UNSUBSCRIBE_URL",
-                 "DIGESTBOT_LIST_ID", "DIGESTBOT_FEED_URL"):
+    for name in (
+        "DIGESTBOT_SMTP_RATE",
+        "DIGESTBOT_MAIL_FROM",
+        "DIGESTBOT_UNSUBSCRIBE_URL",
+        "DIGESTBOT_LIST_ID",
+        "DIGESTBOT_FEED_URL",
+    ):
         try:
             s = load({name: value, "DIGESTBOT_UNSUBSCRIBE_SECRET": "k" * 16})
         except ConfigError as err:
             assert err.field in (name, "DIGESTBOT_UNSUBSCRIBE_SECRET")
         else:
-            s.mail_from_address  # a mail_from that loaded always parses
+            assert s.mail_from_address  # a mail_from that loaded always parses

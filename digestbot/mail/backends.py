@@ -216,13 +216,19 @@ class SMTPBackend:
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()), (0, b""))
             self._after_reply(code)
-            raise _classify(code, f"recipient {envelope.recipient} refused: {code} {_text(text)}") from exc
+            raise _classify(
+                code, f"recipient {envelope.recipient} refused: {code} {_text(text)}"
+            ) from exc
         except smtplib.SMTPResponseException as exc:
             self._after_reply(exc.smtp_code)
-            raise _classify(exc.smtp_code, f"server replied {exc.smtp_code} {_text(exc.smtp_error)}") from exc
+            raise _classify(
+                exc.smtp_code, f"server replied {exc.smtp_code} {_text(exc.smtp_error)}"
+            ) from exc
         except (TimeoutError, smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
-            raise TemporaryDeliveryError(f"connection to {self.host}:{self.port} lost: {exc}") from exc
+            raise TemporaryDeliveryError(
+                f"connection to {self.host}:{self.port} lost: {exc}"
+            ) from exc
         except smtplib.SMTPException as exc:
             self._drop()
             raise TemporaryDeliveryError(f"SMTP error: {exc}") from exc

@@ -123,7 +123,10 @@ def explain(flt: CompiledFilter, paper: PaperDoc) -> Match | None:
     if upvotes < flt.min_upvotes:
         return None
     a = _analyze_cached(
-        paper.title, paper.summary, tuple(paper.authors or ()), tuple(paper.ai_keywords or ()),
+        paper.title,
+        paper.summary,
+        tuple(paper.authors or ()),
+        tuple(paper.ai_keywords or ()),
         tuple(paper.categories or ()),
     )
     matched = [q for q in flt.positive if holds(q.node, a)]
@@ -155,6 +158,10 @@ def explain(flt: CompiledFilter, paper: PaperDoc) -> Match | None:
             n = sum(len(seg) for seg in a.fields[f])
             score += one * field_score(f, tf, n, float(n))
     return Match(
-        paper.arxiv_id, score, upvotes, tuple(q.text for q in matched),
-        merge_spans(tspans), merge_spans(sspans),
+        paper.arxiv_id,
+        score,
+        upvotes,
+        tuple(q.text for q in matched),
+        merge_spans(tspans),
+        merge_spans(sspans),
     )

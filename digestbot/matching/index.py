@@ -337,7 +337,9 @@ class PaperIndex:
             return q.terms
         return satisfying_terms(q.node, lambda t: bool(self.term_bits(t) & low)) or []
 
-    def _build_match(self, p: int, low: int, queries: list[Query], matched: tuple[str, ...]) -> Match:
+    def _build_match(
+        self, p: int, low: int, queries: list[Query], matched: tuple[str, ...]
+    ) -> Match:
         if len(queries) == 1:
             terms = self._terms_at(queries[0], low)
         else:

@@ -37,8 +37,12 @@ _set = tuple(getattr(Match, f).__set__ for f in Match.__slots__)
 
 
 def new_match(
-    arxiv_id: str, score: float, upvotes: int, matched: tuple[str, ...],
-    title_spans: tuple[tuple[int, int], ...], summary_spans: tuple[tuple[int, int], ...],
+    arxiv_id: str,
+    score: float,
+    upvotes: int,
+    matched: tuple[str, ...],
+    title_spans: tuple[tuple[int, int], ...],
+    summary_spans: tuple[tuple[int, int], ...],
 ) -> Match:
     """Match(...) without the frozen-dataclass __init__ overhead (bulk matching makes millions)."""
     m = _new(Match)

@@ -26,7 +26,12 @@ from digestbot.errors import QueryError
 from .text import raw_words, stem
 
 FIELDS = frozenset({"title", "abstract", "author", "keyword", "category"})
-_FIELD_ALIASES = {"keywords": "keyword", "summary": "abstract", "authors": "author", "cat": "category"}
+_FIELD_ALIASES = {
+    "keywords": "keyword",
+    "summary": "abstract",
+    "authors": "author",
+    "cat": "category",
+}
 _LEX = re.compile(r'\s+|\(|\)|"[^"]*"?|[^\s()"]+')
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
 _OPS = frozenset({"AND", "OR", "NOT"})
@@ -158,7 +163,7 @@ def _lex_chunk(text: str, query: str, col: int) -> tuple[_Tok, ...]:
         if name not in FIELDS:
             raise QueryError(f"unknown field '{fm.group()}'", query=query, column=col)
         out.append(("FIELD", col - base, (name, fm.group())))
-        word = word[fm.end():]
+        word = word[fm.end() :]
         col += fm.end()
         if not word:
             return tuple(out)
@@ -424,7 +429,8 @@ def _parse_full(text: str) -> Query:
     node = _Parser(text, toks).parse()
     if not anchored(node):
         raise QueryError(
-            "query has only negated terms (NOT/-): add a word it must contain", query=text,
+            "query has only negated terms (NOT/-): add a word it must contain",
+            query=text,
             column=toks[0][1],
         )
     return Query(text, node, _static_terms(node))
@@ -466,7 +472,9 @@ def author_query(name: str) -> Query:
     try:
         return _parse(f'author:"{clean}"')
     except QueryError as exc:  # e.g. a name of punctuation only
-        raise QueryError(f"author name has no usable words ({exc.reason})", query=name, column=1) from exc
+        raise QueryError(
+            f"author name has no usable words ({exc.reason})", query=name, column=1
+        ) from exc
 
 
 def compile_filter(

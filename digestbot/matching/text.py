@@ -22,12 +22,75 @@ _WORD = re.compile(r"[^\W_]+")
 _APOSTROPHES = str.maketrans("", "", "'\u2019\u02bc")
 # letters that carry no decomposition but are "accented" to a reader
 _FOLD_LETTERS = str.maketrans(
-    {"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe", "þ": "th", "ð": "d",
-     "ŧ": "t", "ŀ": "l", "ƒ": "f", "ŋ": "n"}
+    {
+        "ø": "o",
+        "ł": "l",
+        "đ": "d",
+        "ħ": "h",
+        "ı": "i",
+        "æ": "ae",
+        "œ": "oe",
+        "þ": "th",
+        "ð": "d",
+        "ŧ": "t",
+        "ŀ": "l",
+        "ƒ": "f",
+        "ŋ": "n",
+    }
 )
 # LaTeX commands that only format text: dropped. Other commands (\alpha, \ell) keep their name.
 _LATEX_FORMAT = frozenset(
-    ["textbf", "textit", "texttt", "textrm", "textsc", "textsf", "emph", "mathrm", "mathbf", "mathit", "mathcal", "mathbb", "mathsf", "mathtt", "mathfrak", "boldsymbol", "bm", "text", "it", "bf", "rm", "tt", "sf", "sc", "em", "cal", "scriptsize", "footnotesize", "small", "large", "huge", "tiny", "normalsize", "left", "right", "big", "bigl", "bigr", "operatorname", "mbox", "hbox", "displaystyle", "textstyle", "frac", "sqrt", "cite", "ref", "url", "href"]
+    [
+        "textbf",
+        "textit",
+        "texttt",
+        "textrm",
+        "textsc",
+        "textsf",
+        "emph",
+        "mathrm",
+        "mathbf",
+        "mathit",
+        "mathcal",
+        "mathbb",
+        "mathsf",
+        "mathtt",
+        "mathfrak",
+        "boldsymbol",
+        "bm",
+        "text",
+        "it",
+        "bf",
+        "rm",
+        "tt",
+        "sf",
+        "sc",
+        "em",
+        "cal",
+        "scriptsize",
+        "footnotesize",
+        "small",
+        "large",
+        "huge",
+        "tiny",
+        "normalsize",
+        "left",
+        "right",
+        "big",
+        "bigl",
+        "bigr",
+        "operatorname",
+        "mbox",
+        "hbox",
+        "displaystyle",
+        "textstyle",
+        "frac",
+        "sqrt",
+        "cite",
+        "ref",
+        "url",
+        "href",
+    ]
 )
 _VOWELS = frozenset("aeiouy")
 
@@ -83,7 +146,12 @@ def stem(word: str) -> str:
     if got is None:
         got = word if word.isdigit() else _stemmer.stemWord(word)
         # Snowball keeps the "s" of vowel-less acronyms (llms, cnns, mdps); people expect LLMs = LLM.
-        if len(got) >= 4 and got[-1] == "s" and got[-2] != "s" and not _VOWELS.intersection(got[:-1]):
+        if (
+            len(got) >= 4
+            and got[-1] == "s"
+            and got[-2] != "s"
+            and not _VOWELS.intersection(got[:-1])
+        ):
             got = got[:-1]
         if len(_stem_cache) > 200_000:
             _stem_cache.clear()
@@ -148,9 +216,14 @@ def name_matches(query: tuple[str, ...], author: tuple[str, ...]) -> bool:
     nq, na = len(query), len(author)
     if not nq or not na:
         return False
-    if nq <= na and all(_word_eq(q, a) for q, a in zip(query, author[na - nq:])):
+    if nq <= na and all(_word_eq(q, a) for q, a in zip(query, author[na - nq :])):
         return True
-    if nq < 2 or na < 2 or not _word_eq(query[-1], author[-1]) or not _given_eq(query[0], author[0]):
+    if (
+        nq < 2
+        or na < 2
+        or not _word_eq(query[-1], author[-1])
+        or not _given_eq(query[0], author[0])
+    ):
         return False
     j = 1
     for q in query[1:-1]:
