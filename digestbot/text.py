@@ -1,0 +1,80 @@
+"""The one home of text hygiene: cleaning outside text, arXiv ids and safe links.
+
+Feed data, config values, headers and rendered digests all go through these functions, so the
+rule for "what may reach a header, a log line or markup" is written once.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import quote, urlsplit
+
+__all__ = [
+    "UNSAFE",
+    "arxiv_id",
+    "clean_line",
+    "has_unsafe",
+    "safe_http_url",
+    "snippet",
+]
+
+# C0 controls (CR, LF, NUL...), DEL, C1 controls, Unicode line/paragraph separators and the bidi
+# embedding, override and isolate marks: none of them may reach a header, a log line or one line
+# of a digest.
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+# arXiv identifiers: new style 2401.01234 (YYMM.NNNNN) and old style hep-th/9901001, either with vN.
+_ARXIV_NEW = re.compile(r"(\d{2}(?:0[1-9]|1[0-2])\.\d{4,5})(?:v\d+)?")
+_ARXIV_OLD = re.compile(r"([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{2}(?:0[1-9]|1[0-2])\d{3})(?:v\d+)?")
+
+_URL_FORBIDDEN = re.compile(r"[\s<>\"'`\\{}|^]")
+_URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
+URL_MAX = 2000
+
+
+def has_unsafe(value: str) -> bool:
+    """True when `value` holds a character that must never reach a header or one line of output."""
+    return bool(UNSAFE.search(value) or _SURROGATE.search(value))
+
+
+def clean_line(value: object) -> str:
+    """`value` as one line of text: unsafe characters become spaces, runs of space collapse, NFC."""
+    text = _SURROGATE.sub("\ufffd", str(value))
+    text = unicodedata.normalize("NFC", UNSAFE.sub(" ", text))
+    return " ".join(text.split())
+
+
+def snippet(value: object, limit: int = 120) -> str:
+    """A short single-line excerpt of outside text, safe in an error message or a log line."""
+    text = clean_line(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def arxiv_id(value: str) -> str | None:
+    """The arXiv id in `value` without its version (``2401.01234v2`` -> ``2401.01234``), else None."""
+    value = value.strip()
+    match = _ARXIV_NEW.fullmatch(value) or _ARXIV_OLD.fullmatch(value)
+    return match.group(1) if match else None
+
+
+def safe_http_url(value: object) -> str | None:
+    """`value` as a link target if it is an absolute http(s) URL with a host, else None.
+
+    Anything else (``javascript:``, ``data:``, relative paths, whitespace or control characters,
+    quotes or angle brackets, over URL_MAX characters) is refused. Non-ASCII is percent-encoded.
+    """
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if not url or len(url) > URL_MAX or has_unsafe(url) or _URL_FORBIDDEN.search(url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or not host:
+        return None
+    return quote(url, safe=_URL_SAFE)
