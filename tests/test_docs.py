@@ -18,7 +18,7 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_quickstart_is_two_commands_and_ci_runs_the_readme_test_command() -> None:
-    """The Quickstart holds exactly two commands, and .ci/run ends with the second one verbatim."""
+    """The Quickstart holds exactly two commands, and .ci/run (after its gates) ends with the second one verbatim."""
     quickstart = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", quickstart, flags=re.DOTALL)
     commands = [line for block in blocks for line in block.splitlines() if line.strip()]
