@@ -19,8 +19,17 @@ from digestbot.settings import (
     load_settings,
     render_env_example,
 )
+from tests.helpers import make_rsa_key
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2048-bit RSA private key in a PEM file."""
+    path = tmp_path_factory.mktemp("dkim") / "dkim.pem"
+    path.write_bytes(make_rsa_key()[0])
+    return path
 SECRET = "s3cr3t-value-that-must-not-leak"
 
 
@@ -140,6 +149,7 @@ def test_values_are_parsed_and_normalized(tmp_path: Path) -> None:
     s = load(
         {
             "DIGESTBOT_MAIL_BACKEND": "SMTP",
+            "DIGESTBOT_MAIL_FROM": "Papers <papers@lab.example.net>",
             "DIGESTBOT_SMTP_SECURITY": "ssl",
             "DIGESTBOT_SMTP_RATE": "0.5",
             "DIGESTBOT_FETCH_TIMEOUT": "12.5",
@@ -250,13 +260,11 @@ def test_dkim_half_configured_is_an_error(tmp_path: Path) -> None:
     assert "set both or neither" in info.value.message
 
 
-def test_dkim_configured_defaults_domain_to_from_domain(tmp_path: Path) -> None:
+def test_dkim_configured_defaults_domain_to_from_domain(dkim_key: Path) -> None:
     """With key file and selector set, the signing domain defaults to the From domain."""
-    key = tmp_path / "dkim.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\n", encoding="utf-8")
     s = load(
         {
-            "DIGESTBOT_DKIM_KEY_FILE": str(key),
+            "DIGESTBOT_DKIM_KEY_FILE": str(dkim_key),
             "DIGESTBOT_DKIM_SELECTOR": "mail2024",
             "DIGESTBOT_MAIL_FROM": "digest@papers.example.org",
         }
