@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.errors import ObsoleteHeaderDefect
 from email.headerregistry import HeaderRegistry
 
 from email_validator import EmailNotValidError, validate_email
@@ -117,7 +118,8 @@ def parse_mailbox(value: str) -> Mailbox:
         raise AddressError(f"cannot be parsed as an address ({exc})") from exc
     if len(addresses) != 1 or any(group.display_name is not None for group in groups):
         raise AddressError(f"must be exactly one address, found {len(addresses)}")
-    if header.defects:
+    # obsolete-but-readable forms (a '.' in an unquoted name) are fine; Address re-quotes them
+    if any(not isinstance(d, ObsoleteHeaderDefect) for d in header.defects):
         raise AddressError("is not a valid address like 'Paper Digest <digest@example.org>'")
     box = _validate(addresses[0].addr_spec)
     return Mailbox(
