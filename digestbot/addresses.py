@@ -16,6 +16,7 @@ The rule, written once:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email.errors import ObsoleteHeaderDefect
@@ -32,6 +33,7 @@ __all__ = [
     "check_address",
     "check_dns_name",
     "is_dot_atom",
+    "parse_addr_spec",
     "parse_mailbox",
 ]
 
@@ -95,14 +97,21 @@ def check_address(value: str) -> str:
 
     Raises AddressError with a reason (a display name, two addresses, a bad domain...).
     """
+    return parse_addr_spec(value).addr_spec
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_addr_spec(value: str) -> Mailbox:
+    """Validate a bare address `local@domain` into a Mailbox without display name (see check_address)."""
     value = value.strip()
     if has_unsafe(value):
         raise AddressError("contains a control character (CR, LF, ...)")
     if "<" in value or ">" in value or any(ch.isspace() for ch in value):
         raise AddressError("must be a bare address like ada@example.org, without a display name")
-    return _validate(value).addr_spec
+    return _validate(value)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_mailbox(value: str) -> Mailbox:
     """Parse `Display Name <addr@domain>` or a bare address into a validated Mailbox.
 

@@ -18,7 +18,7 @@ from email.headerregistry import Address, BaseHeader, HeaderRegistry, Unstructur
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, cast
 
-from digestbot.addresses import AddressError, check_address, check_dns_name, is_dot_atom
+from digestbot.addresses import AddressError, check_dns_name, is_dot_atom, parse_addr_spec
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
 from digestbot.text import clean_line
@@ -114,10 +114,7 @@ def parse_address(value: str, *, what: str, allow_display_name: bool = False) ->
     if not isinstance(value, str):
         raise ConfigError(f"{what}: not a single email address: {value!r}")
     try:
-        if allow_display_name:
-            box = _parse_mailbox(value)
-        else:
-            box = _parse_mailbox(check_address(value))
+        box = _parse_mailbox(value) if allow_display_name else parse_addr_spec(value)
     except AddressError as exc:
         raise ConfigError(f"{what}: {clean_header_text(value, limit=200)!r} {exc}") from None
     try:
