@@ -1,12 +1,64 @@
 """The one home of email addresses: parsing, validation and comparison.
 
 Settings, the subscribers file, the CLI and message building all use these functions, so an
-address that one part accepts, every part accepts.
+address that one part accepts, every part accepts. The address grammar is the well-kept
+`email-validator` library's (no DNS lookups); display names (`Name <addr>`) are parsed by the
+standard library's header parser. Errors are `AddressError` (a ValueError) with a reason; each
+caller adds where the address came from.
+
+The rule, written once:
+- the local part is plain ASCII (a dot-atom: no quoting, no SMTPUTF8), kept as written;
+- the domain is a host name with at least one dot (internationalized names allowed, stored in
+  lower case); special-use names such as `localhost`, `.local` or `.invalid` are refused, but
+  the RFC 2606 testing domain `.test` is accepted;
+- two addresses are the same when `address_key` says so.
 """
 
 from __future__ import annotations
 
-__all__ = ["address_key"]
+import functools
+import re
+from dataclasses import dataclass
+from email.errors import ObsoleteHeaderDefect
+from email.headerregistry import HeaderRegistry
+
+from email_validator import EmailNotValidError, validate_email
+
+from digestbot.text import has_unsafe
+
+__all__ = [
+    "AddressError",
+    "Mailbox",
+    "address_key",
+    "check_address",
+    "check_dns_name",
+    "is_dot_atom",
+    "parse_addr_spec",
+    "parse_mailbox",
+]
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class AddressError(ValueError):
+    """An address, mailbox or DNS name that is not valid; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One validated mailbox: `display_name <local_part@domain>`."""
+
+    display_name: str
+    local_part: str
+    domain: str  # lower case, Unicode for internationalized names
+    ascii_domain: str  # the same in ASCII (IDNA), for headers and SMTP
+
+    @property
+    def addr_spec(self) -> str:
+        """`local@domain`, the local part as written."""
+        return f"{self.local_part}@{self.domain}"
 
 
 def address_key(address: str) -> str:
@@ -16,3 +68,98 @@ def address_key(address: str) -> str:
     too, as every mainstream mail system treats it, and mail is still delivered as written.
     """
     return address.strip().lower()
+
+
+def _validate(addr_spec: str) -> Mailbox:
+    if has_unsafe(addr_spec):
+        raise AddressError("contains a control character (CR, LF, ...)")
+    try:
+        result = validate_email(
+            addr_spec,
+            check_deliverability=False,
+            allow_smtputf8=False,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            test_environment=True,  # accept the reserved testing domain .test
+        )
+    except EmailNotValidError as exc:
+        raise AddressError(str(exc).rstrip(".")) from None
+    return Mailbox(
+        display_name="",
+        local_part=result.local_part,
+        domain=result.domain.lower(),
+        ascii_domain=(result.ascii_domain or result.domain).lower(),
+    )
+
+
+def check_address(value: str) -> str:
+    """Validate a bare address `local@domain`; return it with the domain in lower case.
+
+    Raises AddressError with a reason (a display name, two addresses, a bad domain...).
+    """
+    return parse_addr_spec(value).addr_spec
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_addr_spec(value: str) -> Mailbox:
+    """Validate a bare address `local@domain` into a Mailbox without display name (see check_address)."""
+    value = value.strip()
+    if has_unsafe(value):
+        raise AddressError("contains a control character (CR, LF, ...)")
+    if "<" in value or ">" in value or any(ch.isspace() for ch in value):
+        raise AddressError("must be a bare address like ada@example.org, without a display name")
+    return _validate(value)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_mailbox(value: str) -> Mailbox:
+    """Parse `Display Name <addr@domain>` or a bare address into a validated Mailbox.
+
+    Raises AddressError with a reason when the value is not exactly one valid mailbox.
+    """
+    if has_unsafe(value):
+        raise AddressError("contains a control character (CR, LF, ...)")
+    try:
+        header = HeaderRegistry()("From", value.strip())
+        groups = header.groups  # type: ignore[attr-defined]
+        addresses = header.addresses  # type: ignore[attr-defined]
+    except Exception as exc:  # the header parser raises IndexError, HeaderParseError, ...
+        raise AddressError(f"cannot be parsed as an address ({exc})") from exc
+    if len(addresses) != 1 or any(group.display_name is not None for group in groups):
+        raise AddressError(f"must be exactly one address, found {len(addresses)}")
+    # obsolete-but-readable forms (a '.' in an unquoted name) are fine; Address re-quotes them
+    if any(not isinstance(d, ObsoleteHeaderDefect) for d in header.defects):
+        raise AddressError("is not a valid address like 'Paper Digest <digest@example.org>'")
+    box = _validate(addresses[0].addr_spec)
+    return Mailbox(
+        display_name=" ".join(addresses[0].display_name.split()),
+        local_part=box.local_part,
+        domain=box.domain,
+        ascii_domain=box.ascii_domain,
+    )
+
+
+def check_dns_name(value: str) -> str:
+    """Validate a DNS name (letters, digits, '-' and dots; IDNA allowed); return it in ASCII, lower case.
+
+    Used for the DKIM selector and signing domain. Raises AddressError with a reason.
+    """
+    name = value.strip().lower()
+    if has_unsafe(name):
+        raise AddressError("contains a control character")
+    try:
+        ascii_name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        raise AddressError("is not a valid DNS name") from None
+    labels = ascii_name.split(".")
+    if not 0 < len(ascii_name) <= 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise AddressError(
+            "is not a DNS name (labels of letters, digits and '-', separated by dots; "
+            "no '_', no leading or trailing '-')"
+        )
+    return ascii_name
+
+
+def is_dot_atom(value: str) -> bool:
+    """True when `value` is an RFC 5322 dot-atom (the grammar of a List-Id identifier)."""
+    return bool(_DOT_ATOM.fullmatch(value))

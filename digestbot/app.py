@@ -14,12 +14,13 @@ import httpx
 from sqlalchemy.engine import Engine
 
 from digestbot import outbox
+from digestbot.addresses import parse_mailbox
 from digestbot.db import open_database
 from digestbot.errors import ConfigError
 from digestbot.mail.backends import Backend, ConsoleBackend, FileBackend, SMTPBackend
 from digestbot.pipeline import MailContext, RateLimiter
 from digestbot.render import Renderer
-from digestbot.settings import Settings, parse_mailbox
+from digestbot.settings import Settings
 from digestbot.sources.hf_daily import HFDailyPapers, make_client
 from digestbot.subscribers import SubscriberSpec, load_subscribers
 
@@ -61,12 +62,6 @@ def make_backend(settings: Settings) -> Backend:
     if settings.mail_backend == "console":
         return ConsoleBackend()
     if settings.mail_backend == "smtp":
-        if settings.mail_from == Settings().mail_from:
-            raise ConfigError(
-                f"the From address is still the placeholder {settings.mail_from!r}; set it to the "
-                "address your SMTP server lets you send from",
-                field="DIGESTBOT_MAIL_FROM",
-            )
         return SMTPBackend(
             host=settings.smtp_host,
             port=settings.smtp_port,
@@ -82,7 +77,7 @@ def make_backend(settings: Settings) -> Backend:
 
 def mail_context(settings: Settings) -> MailContext:
     """What every message shares; reads the DKIM key file once."""
-    display, _ = parse_mailbox(settings.mail_from)
+    display = parse_mailbox(settings.mail_from).display_name
     key = None
     if settings.dkim_key_file is not None:
         try:

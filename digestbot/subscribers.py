@@ -2,7 +2,7 @@
 
 Validation is strict and complete before anything is fetched or sent: unknown keys, wrong types,
 bad addresses, times, zones, limits, duplicates and queries that do not parse are all errors.
-tomllib gives no positions for values, so `_LineMap` recovers them by scanning the raw text.
+tomllib gives no positions for values; digestbot.tomlpos recovers them from the raw text.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digestbot.addresses import AddressError, address_key, check_address
 from digestbot.errors import ConfigError, QueryError
 from digestbot.matching import parse_query
-from digestbot.settings import check_addr_spec
+from digestbot.text import has_unsafe
+from digestbot.tomlpos import LineMap
 
 __all__ = ["SubscriberSpec", "load_subscribers", "parse_subscribers"]
 
@@ -105,7 +107,7 @@ def parse_subscribers(text: str, *, source: str) -> list[SubscriberSpec]:
         raise ConfigError("invalid TOML: values nested too deeply", file=source) from exc
     except ValueError as exc:  # e.g. an integer literal with thousands of digits
         raise ConfigError(f"invalid TOML: {exc}", file=source) from exc
-    return _Validator(doc, _LineMap.scan(text), source).run()
+    return _Validator(doc, LineMap.scan(text), source).run()
 
 
 def _toml_error(exc: tomllib.TOMLDecodeError, text: str, source: str) -> ConfigError:
@@ -139,7 +141,6 @@ class _Invalid(ValueError):
     """A value-level problem; the caller adds file, line, subscriber and field."""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TIME = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
 _ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*")
 
@@ -231,7 +232,7 @@ def _check_text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"expected {what} as a string, got {_kind(value)}")
     text = value.strip()
-    if _CONTROL.search(text):
+    if has_unsafe(text):
         raise _Invalid(f"{_short(value)} contains a control character (newline, tab...)")
     if len(text) > MAX_ENTRY_LENGTH:
         raise _Invalid(f"is longer than {MAX_ENTRY_LENGTH} characters")
@@ -248,8 +249,8 @@ def _check_email(value: object) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"expected an address as a string, got {_kind(value)}")
     try:
-        return check_addr_spec(value, need_dot=True)
-    except ValueError as exc:
+        return check_address(value)
+    except AddressError as exc:
         raise _Invalid(f"{_short(value)} is not a valid address: {exc}") from None
 
 
@@ -269,7 +270,7 @@ def _unknown_key_message(key: str, allowed: tuple[str, ...], where: str) -> str:
 
 
 class _Validator:
-    def __init__(self, doc: dict[str, Any], lines: _LineMap, source: str) -> None:
+    def __init__(self, doc: dict[str, Any], lines: LineMap, source: str) -> None:
         self.doc = doc
         self.lines = lines
         self.source = source
@@ -312,7 +313,7 @@ class _Validator:
         seen: dict[str, tuple[int, int | None]] = {}
         for index, entry in enumerate(raw):
             spec = self.subscriber(index, entry, defaults)
-            key = spec.email.casefold()
+            key = address_key(spec.email)
             if key in seen:
                 first_n, first_line = seen[key]
                 where = f" (line {first_line})" if first_line else ""
@@ -461,228 +462,3 @@ class _Validator:
                     subscriber=who,
                     field_name=key,
                 ) from exc
-
-
-# --------------------------------------------------------------------------- line recovery
-
-
-@dataclass
-class _Block:
-    line: int
-    keys: dict[str, int] = field(default_factory=dict)
-    items: dict[str, list[int]] = field(default_factory=dict)  # line of each array element
-
-
-@dataclass
-class _LineMap:
-    """Lines of keys in a TOML text that tomllib accepted: top level, [defaults], each [[subscribers]].
-
-    Only standard forms are tracked; a subscriber written as an inline table falls back to the
-    line of `subscribers =`, a key in a form not tracked falls back to its block's header.
-    """
-
-    top: dict[str, int] = field(default_factory=dict)
-    defaults_keys: dict[str, int] = field(default_factory=dict)
-    defaults_line: int | None = None
-    blocks: list[_Block] = field(default_factory=list)
-
-    def default(self, key: str) -> int | None:
-        return self.defaults_keys.get(key) or self.defaults_line or self.top.get("defaults")
-
-    def sub(self, index: int, key: str | None = None) -> int | None:
-        if index < len(self.blocks):
-            block = self.blocks[index]
-            return block.keys.get(key, block.line) if key else block.line
-        return self.top.get("subscribers")
-
-    def item(self, index: int, key: str, position: int) -> int | None:
-        """Line of the `position`-th (0-based) element of array `key`, else the key's line."""
-        if index < len(self.blocks):
-            items = self.blocks[index].items.get(key, [])
-            if position < len(items):
-                return items[position]
-        return self.sub(index, key)
-
-    @classmethod
-    def scan(cls, text: str) -> _LineMap:
-        result = cls()
-        lexer = _Lexer(text)
-        context: dict[str, int] | None = result.top  # where key lines are recorded
-        block: _Block | None = None
-        while not lexer.at_end():
-            lexer.skip_blank()
-            if lexer.at_end():
-                break
-            line = lexer.line
-            char = lexer.peek()
-            if char == "#":
-                lexer.skip_comment()
-                continue
-            if char == "[":
-                is_array = lexer.peek(2) == "[["
-                lexer.advance(2 if is_array else 1)
-                path = lexer.key_path()
-                lexer.advance(2 if is_array else 1)
-                head = path[0] if path else ""
-                result.top.setdefault(head, line)
-                context, block = None, None
-                if path == ["defaults"] and not is_array:
-                    result.defaults_line = line
-                    context = result.defaults_keys
-                elif path == ["subscribers"] and is_array:
-                    block = _Block(line)
-                    result.blocks.append(block)
-                    context = block.keys
-                elif head == "defaults" and len(path) > 1:
-                    result.defaults_keys.setdefault(path[1], line)
-                elif head == "subscribers" and len(path) > 1 and result.blocks:
-                    result.blocks[-1].keys.setdefault(path[1], line)
-                lexer.skip_line_rest()
-                continue
-            path = lexer.key_path()
-            if context is not None and path:
-                context.setdefault(path[0], line)
-                if context is result.top and path[0] == "defaults" and len(path) > 1:
-                    result.defaults_keys.setdefault(path[1], line)
-            lexer.expect("=")
-            items = lexer.skip_value()
-            if block is not None and len(path) == 1:
-                block.items.setdefault(path[0], items)
-        return result
-
-
-class _Lexer:
-    """Just enough of a TOML lexer to find where statements start, for text tomllib accepted."""
-
-    _BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-        self.line = 1
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def peek(self, n: int = 1) -> str:
-        return self.text[self.pos : self.pos + n]
-
-    def advance(self, n: int) -> None:
-        chunk = self.text[self.pos : self.pos + n]
-        self.line += chunk.count("\n")
-        self.pos += len(chunk)
-
-    def skip_blank(self) -> None:
-        """Skip whitespace and newlines."""
-        while not self.at_end() and self.text[self.pos] in " \t\r\n":
-            self.advance(1)
-
-    def skip_spaces(self) -> None:
-        while not self.at_end() and self.text[self.pos] in " \t":
-            self.pos += 1
-
-    def skip_comment(self) -> None:
-        end = self.text.find("\n", self.pos)
-        self.pos = len(self.text) if end < 0 else end
-
-    def skip_line_rest(self) -> None:
-        self.skip_comment()
-
-    def expect(self, char: str) -> None:
-        self.skip_spaces()
-        if self.peek() == char:
-            self.advance(1)
-
-    def key_path(self) -> list[str]:
-        """Read a possibly dotted, possibly quoted key; return its parts."""
-        parts: list[str] = []
-        while True:
-            self.skip_spaces()
-            char = self.peek()
-            if char == '"':
-                raw = self._basic_string()
-                try:
-                    parts.append(tomllib.loads(f"k = {raw}")["k"])
-                except (tomllib.TOMLDecodeError, ValueError):
-                    parts.append(raw[1:-1])
-            elif char == "'":
-                end = self.text.find("'", self.pos + 1)
-                end = len(self.text) if end < 0 else end
-                parts.append(self.text[self.pos + 1 : end])
-                self.advance(end + 1 - self.pos)
-            else:
-                match = self._BARE.match(self.text, self.pos)
-                if not match:
-                    return parts
-                parts.append(match.group())
-                self.advance(match.end() - self.pos)
-            self.skip_spaces()
-            if self.peek() != ".":
-                return parts
-            self.advance(1)
-
-    def _basic_string(self) -> str:
-        start = self.pos
-        self.advance(1)
-        while not self.at_end():
-            char = self.text[self.pos]
-            if char == "\\":
-                self.advance(2)
-                continue
-            self.advance(1)
-            if char == '"':
-                break
-        return self.text[start : self.pos]
-
-    def skip_value(self) -> list[int]:
-        """Skip one value, across lines for arrays and multi-line strings, and the line's comment.
-
-        Returns the line of each element when the value is an array.
-        """
-        depth = 0
-        items: list[int] = []
-        want_item = False
-        while not self.at_end():
-            char = self.text[self.pos]
-            if char == "\n" and depth == 0:
-                return items
-            if char == "#":
-                self.skip_comment()
-                continue
-            if depth == 1 and want_item and char not in " \t\r\n,]":
-                items.append(self.line)
-                want_item = False
-            if depth == 1 and char == ",":
-                want_item = True
-            if self.text.startswith('"""', self.pos):
-                self._skip_until('"""', escapes=True, start=3)
-            elif self.text.startswith("'''", self.pos):
-                self._skip_until("'''", escapes=False, start=3)
-            elif char == '"':
-                self._skip_until('"', escapes=True, start=1)
-            elif char == "'":
-                self._skip_until("'", escapes=False, start=1)
-            elif char in "[{":
-                depth += 1
-                want_item = depth == 1
-                self.advance(1)
-            elif char in "]}":
-                depth -= 1
-                self.advance(1)
-            else:
-                self.advance(1)
-        return items
-
-    def _skip_until(self, closer: str, *, escapes: bool, start: int) -> None:
-        self.advance(start)
-        while not self.at_end():
-            if escapes and self.text[self.pos] == "\\":
-                self.advance(2)
-                continue
-            if self.text.startswith(closer, self.pos):
-                self.advance(len(closer))
-                # a multi-line string may end with up to two extra quotes: """a""""" is legal
-                while len(closer) == 3 and self.peek() == closer[0]:
-                    self.advance(1)
-                return
-            self.advance(1)

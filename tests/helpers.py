@@ -345,3 +345,30 @@ def papers() -> tuple[Paper, ...]:
                 upvotes=p.get("upvotes", 0),
             )
     return tuple(seen.values()) + EXTRA
+
+
+# -- DKIM -------------------------------------------------------------------------------------
+
+
+def make_rsa_key() -> tuple[bytes, bytes]:
+    """A fresh 2048-bit RSA key as (PKCS#8 PEM private key, DER SubjectPublicKeyInfo)."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError:
+        pem = subprocess.run(["openssl", "genrsa", "2048"], check=True, capture_output=True).stdout
+        der = subprocess.run(
+            ["openssl", "rsa", "-pubout", "-outform", "DER"],
+            input=pem,
+            check=True,
+            capture_output=True,
+        ).stdout
+        return pem, der
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, der

@@ -6,7 +6,6 @@ import base64
 import email.policy
 import os
 import re
-import subprocess
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 from digestbot.errors import ConfigError
 from digestbot.mail import build_message, dkim_sign, make_message_id, message_bytes
 from digestbot.render import RenderedDigest
+from tests.helpers import make_rsa_key
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("DIGESTBOT_REGEN_GOLDEN") == "1"
@@ -365,33 +365,9 @@ def test_message_id_is_stable_per_digest_key() -> None:
 # --------------------------------------------------------------------------- DKIM
 
 
-def _rsa_key() -> tuple[bytes, bytes]:
-    """A fresh 2048-bit RSA key as (PKCS#8 PEM private key, DER SubjectPublicKeyInfo)."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-    except ImportError:
-        pem = subprocess.run(["openssl", "genrsa", "2048"], check=True, capture_output=True).stdout
-        der = subprocess.run(
-            ["openssl", "rsa", "-pubout", "-outform", "DER"],
-            input=pem,
-            check=True,
-            capture_output=True,
-        ).stdout
-        return pem, der
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem, der
-
-
 @pytest.fixture(scope="module")
 def rsa_key() -> tuple[bytes, bytes]:
-    return _rsa_key()
+    return make_rsa_key()
 
 
 def _dnsfunc(public_der: bytes) -> Any:

@@ -8,19 +8,34 @@ import re
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from digestbot.addresses import parse_mailbox
 from digestbot.errors import ConfigError
+from digestbot.mail.message import dkim_sign, make_message_id, parse_address
 from digestbot.settings import (
+    PLACEHOLDER_FROM,
     SETTINGS_REFERENCE,
     Settings,
     load_settings,
     render_env_example,
 )
+from tests.helpers import make_rsa_key, run_digestbot
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2048-bit RSA private key in a PEM file."""
+    path = tmp_path_factory.mktemp("dkim") / "dkim.pem"
+    path.write_bytes(make_rsa_key()[0])
+    return path
+
+
 SECRET = "s3cr3t-value-that-must-not-leak"
 
 
@@ -140,6 +155,7 @@ def test_values_are_parsed_and_normalized(tmp_path: Path) -> None:
     s = load(
         {
             "DIGESTBOT_MAIL_BACKEND": "SMTP",
+            "DIGESTBOT_MAIL_FROM": "Papers <papers@lab.example.net>",
             "DIGESTBOT_SMTP_SECURITY": "ssl",
             "DIGESTBOT_SMTP_RATE": "0.5",
             "DIGESTBOT_FETCH_TIMEOUT": "12.5",
@@ -250,13 +266,11 @@ def test_dkim_half_configured_is_an_error(tmp_path: Path) -> None:
     assert "set both or neither" in info.value.message
 
 
-def test_dkim_configured_defaults_domain_to_from_domain(tmp_path: Path) -> None:
+def test_dkim_configured_defaults_domain_to_from_domain(dkim_key: Path) -> None:
     """With key file and selector set, the signing domain defaults to the From domain."""
-    key = tmp_path / "dkim.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\n", encoding="utf-8")
     s = load(
         {
-            "DIGESTBOT_DKIM_KEY_FILE": str(key),
+            "DIGESTBOT_DKIM_KEY_FILE": str(dkim_key),
             "DIGESTBOT_DKIM_SELECTOR": "mail2024",
             "DIGESTBOT_MAIL_FROM": "digest@papers.example.org",
         }
@@ -380,3 +394,235 @@ def test_arbitrary_float_and_address_values_are_valid_or_config_errors(value: st
             assert err.field in (name, "DIGESTBOT_UNSUBSCRIBE_SECRET")
         else:
             assert s.mail_from_address  # a mail_from that loaded always parses
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("Digest <digest@localhost>", "should have a period"),
+        ("Digest <digest@host.local>", "special-use"),
+        ("Digest <digest@exa_mple.org>", "invalid characters"),
+        ('Digest <"quoted x"@example.org>', "Quoting"),
+    ],
+)
+def test_mail_from_is_checked_by_the_one_address_validator(value: str, fragment: str) -> None:
+    """DIGESTBOT_MAIL_FROM with a domain message building would refuse is refused at load."""
+    with pytest.raises(ConfigError) as info:
+        load({"DIGESTBOT_MAIL_FROM": value})
+    assert info.value.field == "DIGESTBOT_MAIL_FROM"
+    assert fragment in info.value.message
+
+
+def test_display_names_keep_their_characters() -> None:
+    """A display name with accents, dots or quoted commas is accepted and kept."""
+    for value, name in [
+        ("Zoë Ångström <z@example.org>", "Zoë Ångström"),
+        ("Dr. Who <who@example.org>", "Dr. Who"),
+        ('"Digest, Papers" <d@lab.test>', "Digest, Papers"),
+    ]:
+        s = load({"DIGESTBOT_MAIL_FROM": value})
+        assert s.mail_from == value
+        assert parse_mailbox(s.mail_from).display_name == name
+
+
+@given(value=st.text(max_size=60))
+@hsettings(max_examples=300, deadline=None)
+def test_settings_accept_exactly_the_addresses_messages_accept(value: str) -> None:
+    """Any DIGESTBOT_MAIL_FROM that settings accept, message building accepts, and vice versa."""
+    try:
+        s = load({"DIGESTBOT_MAIL_FROM": value})
+    except ConfigError:
+        settings_ok = False
+    else:
+        settings_ok = True
+    try:
+        parse_address(value, what="From address", allow_display_name=True)
+    except ConfigError:
+        message_ok = False
+    else:
+        message_ok = True
+    if value.strip():
+        assert settings_ok == message_ok, value
+    if settings_ok and value.strip():
+        assert make_message_id(digest_key="k", from_addr=s.mail_from).endswith(
+            f"@{parse_mailbox(s.mail_from).ascii_domain}>"
+        )
+
+
+# --------------------------------------------------------------------------- DKIM
+
+
+def test_dkim_selector_that_is_not_a_dns_label_is_refused(dkim_key: Path) -> None:
+    """A DKIM selector with '_' is refused at load even with a valid key, naming the selector."""
+    with pytest.raises(ConfigError) as info:
+        load({"DIGESTBOT_DKIM_KEY_FILE": str(dkim_key), "DIGESTBOT_DKIM_SELECTOR": "sel_"})
+    assert info.value.field == "DIGESTBOT_DKIM_SELECTOR"
+    assert "not a DNS name" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a key\n",
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        b"",
+    ],
+)
+def test_dkim_key_that_cannot_sign_is_refused(tmp_path: Path, content: bytes) -> None:
+    """A key file dkimpy cannot sign with is a ConfigError naming DIGESTBOT_DKIM_KEY_FILE."""
+    key = tmp_path / "bad.pem"
+    key.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load({"DIGESTBOT_DKIM_KEY_FILE": str(key), "DIGESTBOT_DKIM_SELECTOR": "mail"})
+    assert info.value.field == "DIGESTBOT_DKIM_KEY_FILE"
+    assert "cannot sign" in info.value.message
+
+
+def test_dkim_sign_errors_name_the_dkim_variable(dkim_key: Path) -> None:
+    """dkim_sign raises ConfigError naming the DKIM variable for a bad selector, domain or key."""
+    raw = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    key = dkim_key.read_bytes()
+    cases = [
+        ({"selector": "sel_", "domain": "example.org", "private_key": key}, "SELECTOR"),
+        ({"selector": "mail", "domain": "exa mple", "private_key": key}, "DOMAIN"),
+        ({"selector": "mail", "domain": "example.org", "private_key": b"junk"}, "KEY_FILE"),
+    ]
+    for kwargs, variable in cases:
+        with pytest.raises(ConfigError) as info:
+            dkim_sign(raw, **kwargs)  # type: ignore[arg-type]
+        assert info.value.field == f"DIGESTBOT_DKIM_{variable}"
+
+
+# --------------------------------------------------------------------------- .env hygiene
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["DIGESTBOT_SMTP_PORT 2525", "DIGESTBOT_MAIL_BACKEND: smtp", "DIGESTBOT_SMTP_PORT"],
+)
+def test_malformed_dotenv_line_is_an_error_naming_file_and_line(tmp_path: Path, line: str) -> None:
+    """A .env line that is not NAME=VALUE is a ConfigError naming the file and its line."""
+    text = f"# settings\n\nDIGESTBOT_SMTP_HOST=mail.example.org\n{line}\n"
+    with pytest.raises(ConfigError) as info:
+        load({}, text, tmp_path)
+    assert (info.value.file, info.value.line) == (str(tmp_path / ".env"), 4)
+
+
+def test_placeholder_from_is_refused_with_smtp() -> None:
+    """DIGESTBOT_MAIL_BACKEND=smtp with the placeholder From is refused at load."""
+    with pytest.raises(ConfigError) as info:
+        load({"DIGESTBOT_MAIL_BACKEND": "smtp"})
+    assert info.value.field == "DIGESTBOT_MAIL_FROM"
+    assert "placeholder" in info.value.message
+    assert load({"DIGESTBOT_MAIL_BACKEND": "file"}).mail_from == PLACEHOLDER_FROM
+
+
+def test_feed_location_must_exist_unless_http(tmp_path: Path) -> None:
+    """A feed path or file:// URL that does not exist is refused; existing ones and http(s) are fine."""
+    missing = tmp_path / "nope"
+    for value in (str(missing), missing.as_uri(), "~/surely-no-such-feed-folder"):
+        with pytest.raises(ConfigError) as info:
+            load({"DIGESTBOT_FEED_URL": value})
+        assert info.value.field == "DIGESTBOT_FEED_URL"
+        assert "not an existing file or folder" in info.value.message
+    (tmp_path / "feed.json").write_text("[]")
+    for value in (str(tmp_path), (tmp_path / "feed.json").as_uri(), "http://feed.example.org/x"):
+        assert load({"DIGESTBOT_FEED_URL": value}).feed_url == value
+
+
+# --------------------------------------------------------------------------- check and send agree
+
+BAD_SETTINGS = {
+    "from-localhost": ({"DIGESTBOT_MAIL_FROM": "Digest <digest@localhost>"}, "DIGESTBOT_MAIL_FROM"),
+    "smtp-placeholder": ({"DIGESTBOT_MAIL_BACKEND": "smtp"}, "DIGESTBOT_MAIL_FROM"),
+    "feed-missing-path": ({"DIGESTBOT_FEED_URL": "no-such-feed"}, "DIGESTBOT_FEED_URL"),
+    "feed-missing-file-url": (
+        {"DIGESTBOT_FEED_URL": "file:///nonexistent/feed.json"},
+        "DIGESTBOT_FEED_URL",
+    ),
+    "dkim-selector": ({"DIGESTBOT_DKIM_SELECTOR": "sel_"}, "DIGESTBOT_DKIM_SELECTOR"),
+    "dkim-bad-key": (
+        {"DIGESTBOT_DKIM_SELECTOR": "mail", "BAD_KEY": "1"},
+        "DIGESTBOT_DKIM_KEY_FILE",
+    ),
+    "dotenv-space": ({".env": "DIGESTBOT_SMTP_PORT 2525\n"}, ".env:1"),
+    "dotenv-colon": ({".env": "DIGESTBOT_MAIL_BACKEND: smtp\n"}, ".env:1"),
+}
+
+
+def _bot_env(workdir: Path, dkim_key: Path, case: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, "DIGESTBOT_LOG_LEVEL": "WARNING"}
+    case = dict(case)
+    if ".env" in case:
+        (workdir / ".env").write_text(case.pop(".env"), encoding="utf-8")
+    if "DIGESTBOT_DKIM_SELECTOR" in case:
+        key = dkim_key
+        if case.pop("BAD_KEY", None):
+            key = workdir / "bad.pem"
+            key.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+        env["DIGESTBOT_DKIM_KEY_FILE"] = str(key)
+    env.update(case)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_check_and_send_dry_run_refuse_the_same_settings(
+    workdir: Path, dkim_key: Path, case: str
+) -> None:
+    """`check` and `send --dry-run` both exit 2 naming the variable (or .env line) for each bad setting."""
+    values, named = BAD_SETTINGS[case]
+    env = _bot_env(workdir, dkim_key, values)
+    for args in (["check"], ["send", "--dry-run", "--date", "2026-03-04"]):
+        result = run_digestbot(args, env=env, cwd=workdir)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert named in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_check_and_send_dry_run_accept_the_same_settings(workdir: Path, dkim_key: Path) -> None:
+    """A From on the .test domain with a display name and working DKIM passes `check` and `send --dry-run`."""
+    env = {
+        **os.environ,
+        "DIGESTBOT_MAIL_FROM": "Zoë's Digest <digest@lab.test>",
+        "DIGESTBOT_DKIM_KEY_FILE": str(dkim_key),
+        "DIGESTBOT_DKIM_SELECTOR": "mail-2026",
+        "DIGESTBOT_LOG_LEVEL": "WARNING",
+    }
+    for args in (["check"], ["send", "--dry-run", "--date", "2026-03-04"]):
+        result = run_digestbot(args, env=env, cwd=workdir)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["dkim-selector", "dkim-bad-key"])
+def test_send_with_broken_dkim_exits_2_and_fails_no_digest(
+    workdir: Path, dkim_key: Path, case: str
+) -> None:
+    """A real `send` with a bad DKIM selector or key exits 2 before planning: no digest is marked failed."""
+    values, named = BAD_SETTINGS[case]
+    env = _bot_env(workdir, dkim_key, values)
+    result = run_digestbot(["send", "--date", "2026-03-04"], env=env, cwd=workdir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert named in result.stderr
+    assert not list((workdir / "outbox").glob("*.eml")) if (workdir / "outbox").exists() else True
+    db = workdir / "digestbot.db"
+    if db.exists():
+        engine = sa.create_engine(f"sqlite:///{db}")
+        with engine.connect() as conn:
+            has_digests = conn.execute(
+                sa.text("SELECT count(*) FROM sqlite_master WHERE name = 'digests'")
+            ).scalar()
+            failed = (
+                conn.execute(
+                    sa.text("SELECT count(*) FROM digests WHERE state = 'failed'")
+                ).scalar()
+                if has_digests
+                else 0
+            )
+        engine.dispose()
+        assert failed == 0

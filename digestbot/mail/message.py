@@ -14,11 +14,14 @@ import hashlib
 import re
 from datetime import datetime
 from email.errors import HeaderParseError
-from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from digestbot.addresses import AddressError, check_dns_name, is_dot_atom, parse_addr_spec
+from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
+from digestbot.text import clean_line
 
 if TYPE_CHECKING:
     from digestbot.render import RenderedDigest
@@ -59,6 +62,8 @@ class _VerbatimHeader(UnstructuredHeader):
     List-Unsubscribe URL into an encoded word that mail clients cannot use.
     """
 
+    name: str  # set by BaseHeader, which the registry mixes in
+
     @classmethod
     def parse(cls, value: str, kwds: dict[str, object]) -> None:
         kwds["parse_tree"] = cls.value_parser(value)
@@ -78,10 +83,11 @@ class _VerbatimHeader(UnstructuredHeader):
         return policy.linesep.join(lines) + policy.linesep
 
 
-def _make_policy() -> email.policy.EmailPolicy:
+def _make_policy() -> email.policy.EmailPolicy[EmailMessage]:
     registry = HeaderRegistry()
-    registry.map_to_type("list-unsubscribe", _VerbatimHeader)
-    registry.map_to_type("list-id", _VerbatimHeader)
+    verbatim = cast("type[BaseHeader]", _VerbatimHeader)  # the registry mixes BaseHeader in
+    registry.map_to_type("list-unsubscribe", verbatim)
+    registry.map_to_type("list-id", verbatim)
     # SMTP settings (CRLF line endings, 78-column folding) with a private header registry, so
     # the shared email.policy.SMTP is never modified.
     return email.policy.EmailPolicy(linesep="\r\n", header_factory=registry)
@@ -89,63 +95,34 @@ def _make_policy() -> email.policy.EmailPolicy:
 
 _POLICY = _make_policy()
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u0085]")
-_SPACE_RUN = re.compile(r"\s+")
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_DOMAIN = re.compile(
-    r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-)
 _MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x5a\x5e-\x7e]+>")
 _URI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\uffff<>\"\\`{}|^,]")
 _URI_MAX = 900
 
 
 def clean_header_text(value: object, *, limit: int = 900) -> str:
-    """One line of header text: control characters become spaces, runs collapse, ends trimmed."""
-    text = _SPACE_RUN.sub(" ", _CONTROL.sub(" ", str(value))).strip()
-    return text[:limit].rstrip()
-
-
-def _ascii_domain(domain: str, *, what: str) -> str:
-    """The domain in ASCII (IDNA for non-ASCII), or ConfigError when it is not a hostname."""
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
-    except UnicodeError as exc:
-        raise ConfigError(f"{what}: invalid domain {domain!r}") from exc
-    if not _DOMAIN.fullmatch(ascii_domain) or "." not in ascii_domain.strip("."):
-        raise ConfigError(f"{what}: invalid domain {domain!r}")
-    return ascii_domain.lower()
+    """One line of header text: unsafe characters become spaces, runs collapse, ends trimmed."""
+    return clean_line(value)[:limit].rstrip()
 
 
 def parse_address(value: str, *, what: str, allow_display_name: bool = False) -> Address:
     """Parse one mailbox (``addr@domain`` or, when allowed, ``Name <addr@domain>``).
 
-    Anything else (no address, several addresses, control characters, a non-ASCII local part,
-    parse defects) is a ConfigError naming ``what``.
+    The rule is digestbot.addresses' (the one validator); anything it refuses is a ConfigError
+    naming ``what``. The domain of the result is ASCII (IDNA), ready for a header.
     """
-    if not isinstance(value, str) or _CONTROL.search(value) or not value.strip():
+    if not isinstance(value, str):
         raise ConfigError(f"{what}: not a single email address: {value!r}")
-    value = value.strip()
-    if allow_display_name and "<" in value:
-        header = _POLICY.header_factory("From", value)
-        addresses = getattr(header, "addresses", ())
-        if len(addresses) != 1 or header.defects:  # type: ignore[attr-defined]
-            raise ConfigError(f"{what}: not a single email address: {value!r}")
-        display_name = clean_header_text(addresses[0].display_name, limit=200)
-        addr_spec = addresses[0].addr_spec
-    else:
-        display_name, addr_spec = "", value
-    if any(ch.isspace() for ch in addr_spec) or addr_spec.count("@") < 1:
-        raise ConfigError(f"{what}: not a single email address: {value!r}")
-    local, _, domain = addr_spec.rpartition("@")
-    if not local or not local.isascii() or not _DOT_ATOM.fullmatch(local):
-        raise ConfigError(
-            f"{what}: unsupported mailbox {addr_spec!r} (plain ASCII local part needed)"
-        )
-    domain = _ascii_domain(domain, what=what)
     try:
-        return Address(display_name=display_name, username=local, domain=domain)
+        box = _parse_mailbox(value) if allow_display_name else parse_addr_spec(value)
+    except AddressError as exc:
+        raise ConfigError(f"{what}: {clean_header_text(value, limit=200)!r} {exc}") from None
+    try:
+        return Address(
+            display_name=clean_header_text(box.display_name, limit=200),
+            username=box.local_part,
+            domain=box.ascii_domain,
+        )
     except (ValueError, HeaderParseError, IndexError) as exc:
         raise ConfigError(f"{what}: not a single email address: {value!r}") from exc
 
@@ -198,7 +175,7 @@ def _list_id(value: str) -> str:
         label = label.strip()
     else:
         ident, label = text, ""
-    if not _DOT_ATOM.fullmatch(ident) or "." not in ident or len(ident) > 255:
+    if not is_dot_atom(ident) or "." not in ident or len(ident) > 255:
         raise ConfigError(f"List-Id must look like 'Label <name.example.org>', got {value!r}")
     label = label.strip('"').replace('"', "'").replace("\\", "/")[:100].strip()
     if not label:
@@ -307,26 +284,39 @@ def dkim_sign(raw: bytes, *, selector: str, domain: str, private_key: bytes) -> 
     """Return ``raw`` with a DKIM-Signature header (rsa-sha256, relaxed/relaxed) prepended.
 
     Signs those of :data:`DKIM_HEADERS` present in the message, over-signing From, To and
-    Subject. A bad key, selector or domain is a ConfigError.
+    Subject. A bad key, selector or domain hits every message, so it is a ConfigError naming
+    the DKIM variable to fix (settings check the same at load, by signing a probe).
     """
     import dkim  # dkimpy; imported here so building unsigned mail never needs it
 
     present = {name.lower(): name for name in _header_names(raw)}
     include = [name for name in DKIM_HEADERS if name.lower() in present]
     include += [name for name in _OVERSIGNED if name.lower() in present]
-    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", selector or ""):
-        raise ConfigError(f"invalid DKIM selector {selector!r}")
-    ascii_domain = _ascii_domain(domain, what="DKIM domain")
+    try:
+        ascii_selector = check_dns_name(selector or "")
+    except AddressError as exc:
+        raise ConfigError(
+            f"invalid DKIM selector {selector!r}: {exc}", field="DIGESTBOT_DKIM_SELECTOR"
+        ) from None
+    try:
+        ascii_domain = check_dns_name(domain or "")
+    except AddressError as exc:
+        raise ConfigError(
+            f"invalid DKIM domain {domain!r}: {exc}", field="DIGESTBOT_DKIM_DOMAIN"
+        ) from None
     try:
         signature = dkim.sign(
             raw,
-            selector.encode("ascii"),
+            ascii_selector.encode("ascii"),
             ascii_domain.encode("ascii"),
             private_key,
             canonicalize=(b"relaxed", b"relaxed"),
             include_headers=[name.encode("ascii") for name in include],
             linesep=b"\r\n",
         )
-    except dkim.DKIMException as exc:
-        raise ConfigError(f"DKIM signing failed: {exc}") from exc
+    except Exception as exc:  # dkimpy raises KeyFormatError, but also ValueError, IndexError...
+        raise ConfigError(
+            f"DKIM signing failed: {type(exc).__name__}: {str(exc)[:120]}",
+            field="DIGESTBOT_DKIM_KEY_FILE",
+        ) from exc
     return signature + raw
