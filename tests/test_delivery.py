@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typer.testing import CliRunner, Result
 from digestbot import app, pipeline
 from digestbot.cli import cli
 from digestbot.db import make_engine
+from digestbot.mail.ratelimit import RateLimiter
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import load_settings
 from tests.helpers import SMTPHandler, SMTPServer, fixture_day, free_port, serve, write_day
@@ -481,7 +482,7 @@ def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
         recipients,
         as_of=datetime(2026, 3, 5, tzinfo=UTC),
         lookback=2,
-        period=lambda _s: DAY,
+        day=date.fromisoformat(DAY),
         from_addr=FROM,
         now=datetime.now(UTC),
     )
@@ -499,7 +500,8 @@ def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
         backend=d.backend,
         mail=d.mail,
         policy=d.policy,
-        limiter=pipeline.RateLimiter(2.0, clock=lambda: fake[0], sleep=sleep),
+        clock=lambda: datetime.now(UTC),
+        limiter=RateLimiter(2.0, clock=lambda: fake[0], sleep=sleep),
         on_result=lambda _e, _o: sent_at.append(fake[0]),
     )
     d.backend.close()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from digestbot import app, outbox, pipeline
+from digestbot import app, pipeline
 from digestbot.db import open_database, session_scope
-from digestbot.models import Digest, DigestItem, Paper
+from digestbot.models import Digest, DigestItem, DigestState, Paper
 from digestbot.settings import load_settings
 from digestbot.sources.hf_daily import HFDailyPapers
 from digestbot.subscribers import parse_subscribers
@@ -60,7 +60,7 @@ def fetch(settings, engine, day: str, now: datetime | None = None) -> pipeline.F
         feed_url=settings.feed_url,
         today=date.fromisoformat(day),
         lookback=settings.lookback_days,
-        now=now or at(day, 6),
+        clock=lambda: now or at(day, 6),
     )
 
 
@@ -72,7 +72,7 @@ def plan(settings, engine, specs, day: str, now: datetime | None = None) -> pipe
         recipients,
         as_of=now,
         lookback=settings.lookback_days,
-        period=lambda _sp: day,
+        day=date.fromisoformat(day),
         from_addr=settings.mail_from,
         now=now,
     )
@@ -187,14 +187,20 @@ def test_deliver_sends_each_planned_digest_once(env, tmp_path: Path) -> None:  #
     fetch(settings, engine, "2026-03-04")
     plan(settings, engine, specs, "2026-03-04")
     d = app.delivery(settings)
-    report = pipeline.deliver_due(engine, backend=d.backend, mail=d.mail, policy=d.policy)
+    report = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+    )
     assert sorted(report.sent) == ["ada@example.org", "cy@example.org"] and report.ok
     files = sorted((tmp_path / "out").glob("*.eml"))
     assert len(files) == 2
-    again = pipeline.deliver_due(engine, backend=d.backend, mail=d.mail, policy=d.policy)
+    again = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+    )
     assert again.sent == [] and len(list((tmp_path / "out").glob("*.eml"))) == 2
     with session_scope(engine) as s:
-        digests = s.execute(sa.select(Digest).where(Digest.state == outbox.SENT)).scalars().all()
+        digests = (
+            s.execute(sa.select(Digest).where(Digest.state == DigestState.SENT)).scalars().all()
+        )
     ids = {dg.message_id for dg in digests}
     raw = b"".join(f.read_bytes() for f in files)
     assert all(mid.encode() in raw for mid in ids)
