@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from digestbot import pipeline
 from digestbot.db import open_database
 from digestbot.mail.backends import Envelope
+from digestbot.mail.context import MailContext
 from digestbot.outbox import RetryPolicy
 from digestbot.render import Renderer
 from digestbot.sources.hf_daily import HFDailyPapers
@@ -98,7 +99,12 @@ def main() -> None:
     t0 = time.perf_counter()
     source = HFDailyPapers(feed_url=str(FEED), client=None)
     fetched = pipeline.fetch_and_store(
-        engine, source=source, feed_url=str(FEED), today=date(2026, 3, 6), lookback=4, now=now
+        engine,
+        source=source,
+        feed_url=str(FEED),
+        today=date(2026, 3, 6),
+        lookback=4,
+        clock=lambda: now,
     )
     t1 = time.perf_counter()
     recipients = pipeline.sync_subscribers(engine, specs, now=now)
@@ -108,13 +114,13 @@ def main() -> None:
         recipients,
         as_of=now,
         lookback=4,
-        period=lambda _s: "2026-03-06",
+        day=date(2026, 3, 6),
         from_addr="Bench <bench@example.org>",
         now=now,
     )
     t3 = time.perf_counter()
     backend = CountingBackend()
-    mail = pipeline.MailContext(
+    mail = MailContext(
         renderer=Renderer(),
         from_addr="Bench <bench@example.org>",
         envelope_from="bench@example.org",
@@ -122,7 +128,9 @@ def main() -> None:
         list_id="<bench.example.org>",
         unsubscribe_email="bench@example.org",
     )
-    report = pipeline.deliver_due(engine, backend=backend, mail=mail, policy=RetryPolicy())
+    report = pipeline.deliver_due(
+        engine, backend=backend, mail=mail, policy=RetryPolicy(), clock=lambda: now
+    )
     t4 = time.perf_counter()
     print(f"fetch+store: {fetched.fetched} papers in {t1 - t0:.2f} s")
     print(f"sync subscribers: {len(recipients)} in {t2 - t1:.2f} s")

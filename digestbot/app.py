@@ -18,7 +18,8 @@ from digestbot.addresses import parse_mailbox
 from digestbot.db import open_database
 from digestbot.errors import ConfigError
 from digestbot.mail.backends import Backend, ConsoleBackend, FileBackend, SMTPBackend
-from digestbot.pipeline import MailContext, RateLimiter
+from digestbot.mail.context import MailContext
+from digestbot.mail.ratelimit import RateLimiter
 from digestbot.render import Renderer
 from digestbot.settings import Settings
 from digestbot.sources.hf_daily import HFDailyPapers, make_client

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,10 +19,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.engine import Engine
 
-from digestbot import __version__, app, outbox, pipeline, store
+from digestbot import __version__, app, pipeline, schedule, store
 from digestbot.db import session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
+from digestbot.models import DigestState
 from digestbot.settings import Settings, load_settings
 
 cli = typer.Typer(
@@ -83,38 +84,19 @@ def _parse_date(value: str | None) -> date | None:
         raise ConfigError(f"--date must be YYYY-MM-DD, got {value!r}", field="--date") from None
 
 
-def _as_of(day: date | None, now: datetime) -> datetime:
-    """The moment a run acts at: now, or the end of --date when that day is over."""
-    if day is None:
-        return now
-    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    return min(end, now)
+def _date_option(help_text: str) -> Any:
+    """The one --date option, shared by every command that takes it."""
+    return typer.Option("--date", metavar="YYYY-MM-DD", help=help_text)
 
 
-def _progress(total: int) -> tuple[Progress | None, Callable[[str, str], None] | None]:
-    if total < 2 or not sys.stderr.isatty():
-        return None, None
-    bar = Progress(
-        TextColumn("sending"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task("send", total=total)
-    return bar, lambda _email, _outcome: bar.advance(task)
-
-
-def _fetch(settings: Settings, engine: Any, *, today: date, now: datetime) -> pipeline.FetchSummary:
-    source = app.make_source(settings)
+def _fetch(settings: Settings, engine: Engine, *, today: date) -> pipeline.FetchSummary:
     summary = pipeline.fetch_and_store(
         engine,
-        source=source,
+        source=app.make_source(settings),
         feed_url=settings.feed_url,
         today=today,
         lookback=settings.lookback_days,
-        now=now,
+        clock=_now,
     )
     err.print(
         f"fetched {summary.fetched} papers from {settings.feed_url}: "
@@ -156,10 +138,7 @@ def init() -> None:
 @cli.command()
 def fetch(
     date_: Annotated[
-        str | None,
-        typer.Option(
-            "--date", metavar="YYYY-MM-DD", help="Fetch as if today were this day (YYYY-MM-DD)."
-        ),
+        str | None, _date_option("Fetch as if today were this day (YYYY-MM-DD).")
     ] = None,
 ) -> None:
     """Fetch the feed (today and the lookback days before it) and store new and changed papers.
@@ -173,8 +152,7 @@ def fetch(
         settings = _settings()
         day = _parse_date(date_)
         engine = app.database(settings)
-        now = _now()
-        summary = _fetch(settings, engine, today=day or now.date(), now=now)
+        summary = _fetch(settings, engine, today=day or _now().date())
         out.print(f"{summary.new} new, {summary.updated} updated", markup=False)
 
 
@@ -193,10 +171,7 @@ def send(
         bool, typer.Option("--dry-run", help="Render and summarize; send and record nothing.")
     ] = False,
     date_: Annotated[
-        str | None,
-        typer.Option(
-            "--date", metavar="YYYY-MM-DD", help="Act as if today were this day (YYYY-MM-DD)."
-        ),
+        str | None, _date_option("Act as if today were this day (YYYY-MM-DD).")
     ] = None,
 ) -> None:
     """Fetch, then build and deliver every subscriber's digest now, whatever their schedule.
@@ -209,147 +184,130 @@ def send(
     with _errors():
         settings = _settings()
         everyone = app.load_people(settings)
-        specs = everyone
-        if subscriber:
-            wanted = {s.strip().lower() for s in subscriber}
-            unknown = wanted - {sp.email.lower() for sp in everyone}
-            if unknown:
-                raise ConfigError(
-                    f"not in {settings.subscribers_path}: {', '.join(sorted(unknown))}",
-                    field="--subscriber",
-                )
-            specs = [sp for sp in everyone if sp.email.lower() in wanted]
+        only = (
+            pipeline.select_subscribers(
+                everyone, subscriber, source=str(settings.subscribers_path), option="--subscriber"
+            )
+            if subscriber
+            else None
+        )
         day = _parse_date(date_)
         delivery = app.delivery(settings)
         engine = app.database(settings)
         now = _now()
-        as_of = _as_of(day, now)
-        period = (
-            (lambda _sp: day.isoformat()) if day else (lambda sp: pipeline.local_period(sp, as_of))
-        )
+        today = day or now.date()
         if dry_run:
             fetched = (
                 None
                 if no_fetch
                 else app.make_source(settings).fetch_window(
-                    today=day or now.date(), lookback=settings.lookback_days
+                    today=today, lookback=settings.lookback_days
                 )
             )
-            _dry_run(
-                settings, engine, specs, delivery.mail, fetched=fetched, as_of=as_of, period=period
+            result = pipeline.dry_run(
+                engine,
+                only if only is not None else everyone,
+                mail=delivery.mail,
+                fetched=fetched,
+                as_of=schedule.as_of(day, now),
+                day=day,
+                lookback=settings.lookback_days,
+                now=now,
             )
+            _print_dry_run(settings, result)
             return
         if not no_fetch:
-            _fetch(settings, engine, today=day or now.date(), now=now)
-        chosen = {sp.email for sp in specs}
-        recipients = [
-            r
-            for r in pipeline.sync_subscribers(engine, everyone, now=now)
-            if r.spec.email in chosen
-        ]
-        plan = pipeline.plan_digests(
-            engine,
-            recipients,
-            as_of=as_of,
-            lookback=settings.lookback_days,
-            period=period,
-            from_addr=settings.mail_from,
-            now=now,
-        )
-        ids = [r.id for r in recipients] if subscriber else None
-        with session_scope(engine) as s:
-            total = outbox.count_due(s, now=_now(), subscriber_ids=ids)
-        bar, on_result = _progress(total)
+            _fetch(settings, engine, today=today)
+        bar = _Bar()
         try:
-            if bar is not None:
-                bar.start()
-            report = pipeline.deliver_due(
+            done = pipeline.send(
                 engine,
+                everyone,
+                only=only,
                 backend=delivery.backend,
                 mail=delivery.mail,
                 policy=delivery.policy,
                 limiter=delivery.limiter,
-                subscriber_ids=ids,
-                on_result=on_result,
+                as_of=schedule.as_of(day, _now()),
+                day=day,
+                lookback=settings.lookback_days,
+                clock=_now,
+                on_start=bar.start,
+                on_result=bar.advance,
             )
         except DeliverySetupError as exc:
             raise DigestbotError(f"delivery stopped, nothing more was attempted: {exc}") from exc
         finally:
-            if bar is not None:
-                bar.stop()
+            bar.stop()
             delivery.backend.close()
+        plan, report = done.plan, done.report
+        taken = f", taken over by another run {len(report.taken_over)}" if report.taken_over else ""
         out.print(
             f"planned {plan.planned} digests ({plan.skipped} with nothing new, "
             f"{plan.existing} already done for the day); sent {len(report.sent)}, "
-            f"deferred {len(report.deferred)}, failed {len(report.failed)}",
+            f"deferred {len(report.deferred)}, failed {len(report.failed)}{taken}",
             markup=False,
         )
         for email, reason in report.deferred:
             err.print(f"deferred {email}: {reason} (will retry)", markup=False)
         for email, reason in report.failed:
             err.print(f"failed {email}: {reason}", markup=False)
+        for email, reason in report.taken_over:
+            err.print(f"taken over by another run {email}: {reason}", markup=False)
         if not report.ok:
             raise typer.Exit(1)
 
 
-def _dry_run(settings, engine, specs, mail, *, fetched, as_of, period) -> None:  # type: ignore[no-untyped-def]
-    """Plan and render as a real send would, inside one transaction that is rolled back."""
-    ids = _known_ids(engine, [sp.email for sp in specs])
-    recipients = [
-        pipeline.Recipient(spec=sp, id=ids.get(sp.email, -1 - i)) for i, sp in enumerate(specs)
-    ]
+class _Bar:
+    """A progress bar on a terminal for runs of two digests or more; nothing otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+
+    def start(self, total: int) -> None:
+        if total < 2 or not sys.stderr.isatty():
+            return
+        self.bar = Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        self.bar.add_task("send", total=total)
+        self.bar.start()
+
+    def advance(self, _email: str, _outcome: str) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.bar.task_ids[0])
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
+    if result.fetched is not None:
+        err.print(
+            f"fetched {result.fetched} papers from {settings.feed_url} (not stored)", markup=False
+        )
     table = Table(
         "subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded"
     )
-    with session_scope(engine) as s:
-        if fetched is not None:
-            store.upsert_papers(s, papers=fetched, now=_now())
-            err.print(
-                f"fetched {len(fetched)} papers from {settings.feed_url} (not stored)", markup=False
+    for row in result.rows:
+        plan = row.plan
+        if row.rendered is None:
+            table.add_row(plan.email, "0", "0", "(nothing new: skipped)")
+        else:
+            table.add_row(
+                plan.email, str(len(plan.items)), str(plan.more_count), row.rendered.subject
             )
-        plans = pipeline.compute_plans(
-            s,
-            recipients,
-            as_of=as_of,
-            lookback=settings.lookback_days,
-            period=period,
-            from_addr=settings.mail_from,
-        )
-        count = 0
-        for plan in plans:
-            count += 1
-            if plan.state == outbox.SKIPPED:
-                table.add_row(plan.email, "0", "0", "(nothing new: skipped)")
-                continue
-            name = next((sp.name for sp in specs if sp.email == plan.email), None)
-            rendered = pipeline.render_plan(s, plan, mail=mail, name=name)
-            table.add_row(plan.email, str(len(plan.items)), str(plan.more_count), rendered.subject)
-        s.rollback()
     out.print(table)
     out.print(
-        f"{count} digests would be planned; {len(specs) - count} already done for the day",
+        f"{len(result.rows)} digests would be planned; {result.existing} already done for the day",
         markup=False,
     )
-
-
-def _known_ids(engine: Any, emails: list[str]) -> dict[str, int]:
-    """Database ids of the subscribers with these addresses that were ever synced (read-only)."""
-    import sqlalchemy as sa
-
-    from digestbot.models import Subscriber
-
-    found: dict[str, int] = {}
-    with session_scope(engine) as s:
-        for chunk in store.chunks(emails):
-            found.update(
-                (email, sid)
-                for sid, email in s.execute(
-                    sa.select(Subscriber.id, Subscriber.email).where(
-                        Subscriber.email.in_(list(chunk))
-                    )
-                )
-            )
-    return found
 
 
 @cli.command()
@@ -361,10 +319,7 @@ def preview(
     ] = None,
     text: Annotated[bool, typer.Option("--text", help="Print the plain-text part.")] = False,
     date_: Annotated[
-        str | None,
-        typer.Option(
-            "--date", metavar="YYYY-MM-DD", help="Preview as if today were this day (YYYY-MM-DD)."
-        ),
+        str | None, _date_option("Preview as if today were this day (YYYY-MM-DD).")
     ] = None,
 ) -> None:
     """Render a subscriber's next digest from the stored papers without sending or recording it.
@@ -376,36 +331,22 @@ def preview(
     """
     with _errors():
         settings = _settings()
-        specs = app.load_people(settings)
-        spec = next((sp for sp in specs if sp.email.lower() == email.strip().lower()), None)
-        if spec is None:
-            raise ConfigError(f"{email} is not in {settings.subscribers_path}", field="EMAIL")
-        day = _parse_date(date_)
-        mail = app.mail_context(settings)
-        engine = app.database(settings)
-        as_of = _as_of(day, _now())
-        sid = _known_ids(engine, [spec.email]).get(spec.email)
-        pending = (
-            pipeline.pending_digest_view(engine, subscriber_id=sid, mail=mail) if sid else None
+        [spec] = pipeline.select_subscribers(
+            app.load_people(settings),
+            [email],
+            source=str(settings.subscribers_path),
+            option="EMAIL",
         )
-        if pending is not None:
-            rendered = mail.renderer.render(pending)
-        else:
-            period = day.isoformat() if day else pipeline.local_period(spec, as_of)
-            with session_scope(engine) as s:
-                plan = next(
-                    pipeline.compute_plans(
-                        s,
-                        [pipeline.Recipient(spec=spec, id=sid or -1)],
-                        as_of=as_of,
-                        lookback=settings.lookback_days,
-                        period=lambda _sp: "0001-01-01",
-                        from_addr=settings.mail_from,
-                    )
-                )
-                rendered = pipeline.render_plan(
-                    s, replace(plan, period=period), mail=mail, name=spec.name
-                )
+        day = _parse_date(date_)
+        engine = app.database(settings)
+        rendered = pipeline.preview(
+            engine,
+            spec,
+            mail=app.mail_context(settings),
+            as_of=schedule.as_of(day, _now()),
+            day=day,
+            lookback=settings.lookback_days,
+        )
         if html is not None:
             html.write_text(rendered.html, encoding="utf-8")
             err.print(f"wrote {html}", markup=False)
@@ -470,15 +411,15 @@ def status() -> None:
         out.print(f"digests: {states}; papers mailed: {sent_papers}", markup=False)
         if st.problems:
             out.print("deferred and failed digests (newest first):", markup=False)
-            for email, period, state, attempts, error, nxt in st.problems:
+            for p in st.problems:
                 when = (
-                    f", next try {nxt:%Y-%m-%d %H:%M} UTC"
-                    if nxt and state == outbox.DEFERRED
+                    f", next try {p.next_attempt_at:%Y-%m-%d %H:%M} UTC"
+                    if p.next_attempt_at and p.state == DigestState.DEFERRED
                     else ""
                 )
                 out.print(
-                    f"  {state:<8} {email}  day {period}  attempts {attempts}{when}\n"
-                    f"           server reply: {error or '-'}",
+                    f"  {p.state:<8} {p.email}  day {p.period}  attempts {p.attempts}{when}\n"
+                    f"           server reply: {p.error or '-'}",
                     markup=False,
                 )
 
@@ -498,12 +439,10 @@ def retry(
         engine = app.database(settings)
         ids = None
         if email is not None:
-            sid = _known_ids(engine, [email.strip().lower()])
-            if not sid:
+            ids = pipeline.subscriber_ids(engine, [email])
+            if not ids:
                 raise ConfigError(f"no digests recorded for {email}", field="EMAIL")
-            ids = list(sid.values())
-        with session_scope(engine) as s:
-            n = outbox.requeue_failed(s, subscriber_ids=ids, now=_now())
+        n = pipeline.requeue_failed(engine, subscriber_ids=ids, now=_now())
         out.print(
             f"requeued {n} failed digest(s); run `digestbot send --no-fetch` to deliver them now",
             markup=False,
@@ -575,10 +514,7 @@ def match(
         str, typer.Argument(help="A filter query, e.g. '\"speculative decoding\" -survey'.")
     ],
     date_: Annotated[
-        str | None,
-        typer.Option(
-            "--date", metavar="YYYY-MM-DD", help="Only papers featured on this day (YYYY-MM-DD)."
-        ),
+        str | None, _date_option("Only papers featured on this day (YYYY-MM-DD).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -588,22 +524,12 @@ def match(
 
     Example: digestbot match 'title:diffusion -survey' --date 2026-03-02
     """
-    from digestbot.matching import PaperIndex, compile_filter
-
     with _errors():
         settings = _settings()
         day = _parse_date(date_)
-        flt = compile_filter(keywords=[query])
         engine = app.database(settings)
-        with session_scope(engine) as s:
-            if day is None:
-                start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
-            else:
-                start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-                end = start + timedelta(days=1)
-            papers = store.papers_featured_between(s, start=start, end=end)
-        by_id = {p.arxiv_id: p for p in papers}
-        matches = PaperIndex.build(papers).match(flt)
+        found = pipeline.match_stored(engine, query=query, day=day)
+        by_id, matches = found.papers, found.matches
         if as_json:
             out.print_json(
                 json.dumps(
@@ -633,7 +559,7 @@ def match(
             "upvotes",
             "title",
             "matched words",
-            title=f"{len(matches)} of {len(papers)} stored papers match {query!r}",
+            title=f"{len(matches)} of {len(by_id)} stored papers match {query!r}",
         )
         for m in matches:
             p = by_id[m.arxiv_id]

@@ -25,7 +25,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
-from digestbot import app, pipeline, store
+from digestbot import app, pipeline, schedule, store
 from digestbot.db import daemon_lock, session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
 from digestbot.settings import Settings
@@ -120,7 +120,7 @@ class Daemon:
                 feed_url=self.settings.feed_url,
                 today=now.date(),
                 lookback=lookback,
-                now=now,
+                clock=self.clock,
             )
         except DigestbotError as exc:
             log.error("fetch from %s failed: %s", self.settings.feed_url, exc)
@@ -140,16 +140,11 @@ class Daemon:
                 last = store.last_good_fetch(s)
             self._last_good_fetch = last.started_at if last is not None else None
             self._looked_up_last_good = True
-        lookback = self.settings.lookback_days
-        if self._last_good_fetch is not None:
-            behind = (
-                now.astimezone(UTC).date() - self._last_good_fetch.astimezone(UTC).date()
-            ).days
-            if behind > lookback:
-                lookback = min(behind, max(MAX_CATCH_UP, lookback))
-                log.info(
-                    "last good fetch was %d days ago; fetching the %d days since", behind, lookback
-                )
+        lookback = schedule.catch_up_days(
+            now, self._last_good_fetch, lookback=self.settings.lookback_days, limit=MAX_CATCH_UP
+        )
+        if lookback > self.settings.lookback_days:
+            log.info("last good fetch was over %d days ago; fetching them", lookback)
         return lookback
 
     def tick(self) -> None:
@@ -160,8 +155,8 @@ class Daemon:
         groups = self._people()
         for (send_at, zone), recipients in groups:
             spec = recipients[0].spec
-            key = (send_at, zone, pipeline.local_period(spec, now))
-            if key in self._done or not pipeline.is_due(spec, now):
+            key = (send_at, zone, schedule.local_period(spec, now))
+            if key in self._done or not schedule.is_due(spec, now):
                 continue
             due.extend(recipients)
             keys.append(key)
@@ -186,7 +181,6 @@ class Daemon:
                     due,
                     as_of=now,
                     lookback=self.settings.lookback_days,
-                    period=lambda sp: pipeline.local_period(sp, now),
                     from_addr=self.settings.mail_from,
                     now=now,
                 )
@@ -226,12 +220,13 @@ class Daemon:
             return None
         finally:
             d.backend.close()
-        if report.sent or report.deferred or report.failed:
+        if report.sent or report.deferred or report.failed or report.taken_over:
             log.info(
-                "sent %d, deferred %d, failed %d",
+                "sent %d, deferred %d, failed %d, taken over by another run %d",
                 len(report.sent),
                 len(report.deferred),
                 len(report.failed),
+                len(report.taken_over),
             )
         for email, reason in report.failed:
             log.error("digest for %s failed: %s", email, reason)

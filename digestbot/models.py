@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +35,26 @@ def _utc(**kw: Any) -> Any:
     return Field(sa_type=UTCDateTime(), **kw)
 
 
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The Core table of a SQLModel table class (SQLModel's stubs do not declare `__table__`)."""
+    return SQLModel.metadata.tables[str(model.__tablename__)]
+
+
+class DigestState(StrEnum):
+    """Where a digest is in the outbox.
+
+    planned → sending → sent; sending → deferred (retry at next_attempt_at) → sending ...;
+    sending → failed (permanent, or given up); skipped (nothing matched, nothing to send).
+    """
+
+    PLANNED = "planned"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
 class Paper(SQLModel, table=True):
     """A paper seen in a feed, keyed by arXiv id. Title, abstract and authors are kept as first seen."""
 
@@ -61,9 +82,11 @@ class Subscriber(SQLModel, table=True):
     """A subscriber synced from the subscribers file; removed ones are kept inactive for history."""
 
     __tablename__ = "subscribers"
+    __table_args__ = (sa.Index("ix_subscribers_address_key", "address_key", unique=True),)
 
     id: int | None = Field(default=None, primary_key=True)
-    email: str = Field(max_length=320, sa_column_kwargs={"unique": True})
+    email: str = Field(max_length=320, sa_column_kwargs={"unique": True})  # as written in the file
+    address_key: str = Field(max_length=320)  # addresses.address_key(email): how lookups compare
     name: str | None = Field(default=None, max_length=300)
     active: bool = True
     created_at: datetime = _utc()
@@ -73,7 +96,7 @@ class Subscriber(SQLModel, table=True):
 class Digest(SQLModel, table=True):
     """The outbox: one row per subscriber and period, with its delivery state.
 
-    States: planned → sending → sent; deferred (retry later); failed (permanent); skipped (nothing matched).
+    `state` holds a DigestState value. `message_id` is fixed at planning, so retries reuse it.
     """
 
     __tablename__ = "digests"
@@ -85,7 +108,7 @@ class Digest(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     period: str = Field(max_length=10)  # the subscriber's local date, YYYY-MM-DD
-    state: str = Field(max_length=16)
+    state: str = Field(max_length=16)  # a DigestState
     window_start: datetime = _utc()
     window_end: datetime = _utc()
     paper_count: int = 0
@@ -134,3 +157,13 @@ class FetchRun(SQLModel, table=True):
     new_count: int = 0
     updated_count: int = 0
     error: str | None = Field(default=None, sa_type=sa.Text())
+
+
+class DatabaseIdentity(SQLModel, table=True):
+    """One row, written when the database is created: a random id that is part of every Message-ID,
+    so two databases (a fresh one, a recreated one) never reuse each other's Message-IDs."""
+
+    __tablename__ = "database_identity"
+
+    id: int = Field(default=1, primary_key=True)
+    token: str = Field(max_length=32)

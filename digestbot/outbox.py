@@ -1,8 +1,9 @@
 """The digest outbox: planning rows idempotently, claiming them for delivery, recording outcomes.
 
-States: planned → sending → sent; sending → deferred (retry at next_attempt_at) → sending ...;
-sending → failed (permanent); skipped (nothing matched, nothing to send). Uniqueness lives in the
-database: one digest per (subscriber, period) and one item per (subscriber, paper).
+States are models.DigestState: planned → sending → sent; sending → deferred (retry at
+next_attempt_at) → sending ...; sending → failed (permanent); skipped (nothing matched, nothing to
+send). What one delivery attempt came to is an Outcome. Uniqueness lives in the database: one
+digest per (subscriber, period) and one item per (subscriber, paper).
 """
 
 from __future__ import annotations
@@ -13,23 +14,33 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from digestbot.matching import Match
-from digestbot.models import Digest, DigestItem, Subscriber, UTCDateTime
-from digestbot.store import chunks, dialect_insert
-
-PLANNED, SENDING, SENT, DEFERRED, FAILED, SKIPPED = (
-    "planned",
-    "sending",
-    "sent",
-    "deferred",
-    "failed",
-    "skipped",
+from digestbot.models import (
+    Digest,
+    DigestItem,
+    DigestState,
+    Paper,
+    Subscriber,
+    UTCDateTime,
+    table_of,
 )
+from digestbot.store import chunks, dialect_insert, papers_by_id, subscriber_records
+
 LEASE = timedelta(minutes=30)
+
+
+class Outcome(StrEnum):
+    """What one delivery attempt came to, as recorded in the outbox."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"  # a temporary failure: retried after a backoff
+    FAILED = "failed"  # refused for good, or retried until the give-up time
+    TAKEN_OVER = "taken over"  # another run took the digest back meanwhile; it owns the outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +58,8 @@ class DigestPlan:
     message_id: str
 
     @property
-    def state(self) -> str:
-        return PLANNED if self.items or self.send_empty else SKIPPED
+    def state(self) -> DigestState:
+        return DigestState.PLANNED if self.items or self.send_empty else DigestState.SKIPPED
 
 
 def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
@@ -58,13 +69,13 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
     many digests were inserted by this call.
     """
     conn = session.connection()
-    digests = Digest.__table__
+    digests = table_of(Digest)
     insert_digest = (
         dialect_insert(session, digests)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
         .returning(digests.c.id, digests.c.subscriber_id)
     )
-    insert_item = dialect_insert(session, DigestItem.__table__).on_conflict_do_nothing(
+    insert_item = dialect_insert(session, table_of(DigestItem)).on_conflict_do_nothing(
         index_elements=["subscriber_id", "arxiv_id"]
     )
     inserted = 0
@@ -113,13 +124,13 @@ def last_windows(
 ) -> dict[int, tuple[datetime, datetime]]:
     """For each subscriber with a digest: where its latest window ended and when it was planned."""
     out: dict[int, tuple[datetime, datetime]] = {}
-    end = sa.func.max(Digest.window_end, type_=UTCDateTime())
-    planned = sa.func.max(Digest.planned_at, type_=UTCDateTime())
+    end = sa.func.max(col(Digest.window_end), type_=UTCDateTime())
+    planned = sa.func.max(col(Digest.planned_at), type_=UTCDateTime())
     for chunk in chunks(list(subscriber_ids)):
         stmt = (
-            sa.select(Digest.subscriber_id, end, planned)
+            sa.select(col(Digest.subscriber_id), end, planned)
             .where(col(Digest.subscriber_id).in_(chunk))
-            .group_by(Digest.subscriber_id)
+            .group_by(col(Digest.subscriber_id))
         )
         out.update((sid, (e, p)) for sid, e, p in session.execute(stmt))
     return out
@@ -131,7 +142,7 @@ def existing_periods(session: Session, pairs: Sequence[tuple[int, str]]) -> set[
     for chunk in chunks(list(pairs)):
         sids = sorted({sid for sid, _ in chunk})
         periods = sorted({p for _, p in chunk})
-        stmt = sa.select(Digest.subscriber_id, Digest.period).where(
+        stmt = sa.select(col(Digest.subscriber_id), col(Digest.period)).where(
             col(Digest.subscriber_id).in_(sids), col(Digest.period).in_(periods)
         )
         found.update((sid, p) for sid, p in session.execute(stmt))
@@ -151,11 +162,69 @@ def already_held(
     papers = sorted(set(arxiv_ids))
     for people in chunks(list(subscriber_ids)):
         for ids in chunks(papers):
-            stmt = sa.select(DigestItem.subscriber_id, DigestItem.arxiv_id).where(
+            stmt = sa.select(col(DigestItem.subscriber_id), col(DigestItem.arxiv_id)).where(
                 col(DigestItem.subscriber_id).in_(people), col(DigestItem.arxiv_id).in_(ids)
             )
             held.update((sid, aid) for sid, aid in session.execute(stmt))
     return held
+
+
+# -- reading stored digests ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDigest:
+    """A stored digest with its recipient and items (in digest order), ready to render."""
+
+    id: int
+    email: str
+    name: str | None
+    period: str
+    message_id: str
+    more_count: int
+    items: tuple[DigestItem, ...]
+
+
+def load_digests(
+    session: Session, ids: Sequence[int]
+) -> tuple[dict[int, StoredDigest], dict[str, Paper]]:
+    """The digests `ids` (by id) and every paper they hold (by arXiv id)."""
+    digests = list(session.exec(select(Digest).where(col(Digest.id).in_(list(ids)))))
+    people = subscriber_records(session, [d.subscriber_id for d in digests])
+    items: dict[int, list[DigestItem]] = {i: [] for i in ids}
+    stmt = (
+        select(DigestItem)
+        .where(col(DigestItem.digest_id).in_(list(ids)))
+        .order_by(col(DigestItem.digest_id), col(DigestItem.position))
+    )
+    for it in session.exec(stmt):
+        items[it.digest_id].append(it)
+    papers = papers_by_id(session, [it.arxiv_id for its in items.values() for it in its])
+    out: dict[int, StoredDigest] = {}
+    for d in digests:
+        assert d.id is not None
+        person = people[d.subscriber_id]
+        out[d.id] = StoredDigest(
+            id=d.id,
+            email=person.email,
+            name=person.name,
+            period=d.period,
+            message_id=d.message_id,
+            more_count=d.more_count,
+            items=tuple(items[d.id]),
+        )
+    return out, papers
+
+
+def next_unsent(session: Session, *, subscriber_id: int) -> int | None:
+    """The id of the subscriber's oldest stored digest not sent yet (what a preview shows)."""
+    unsent = (DigestState.PLANNED, DigestState.DEFERRED, DigestState.SENDING, DigestState.FAILED)
+    return session.execute(
+        sa.select(col(Digest.id))
+        .where(col(Digest.subscriber_id) == subscriber_id, col(Digest.state).in_(unsent))
+        .order_by(col(Digest.id))
+        .limit(1)
+    ).scalar()
 
 
 # -- claiming -------------------------------------------------------------------------------
@@ -203,7 +272,7 @@ def _holder_is_dead(claimed_by: str | None) -> bool:
 
 def reclaim_orphans(session: Session, *, now: datetime) -> int:
     """Put back digests whose sender died mid-send (same host, dead pid) or whose lease ran out."""
-    rows = session.exec(select(Digest).where(Digest.state == SENDING)).all()
+    rows = session.exec(select(Digest).where(col(Digest.state) == DigestState.SENDING)).all()
     n = 0
     for d in rows:
         lease_over = d.lease_until is None or d.lease_until < now
@@ -215,7 +284,7 @@ def reclaim_orphans(session: Session, *, now: datetime) -> int:
 
 
 def _release(d: Digest) -> None:
-    d.state = DEFERRED if d.attempts else PLANNED
+    d.state = DigestState.DEFERRED if d.attempts else DigestState.PLANNED
     d.claimed_by = None
     d.lease_until = None
 
@@ -223,11 +292,11 @@ def _release(d: Digest) -> None:
 def _due(now: datetime) -> sa.ColumnElement[bool]:
     """Digests to deliver now: planned, or deferred with their retry time come; of active subscribers
     only (someone removed from the subscribers file gets nothing more, even a digest planned before)."""
-    active = sa.select(Subscriber.id).where(col(Subscriber.active).is_(True))
+    active = sa.select(col(Subscriber.id)).where(col(Subscriber.active).is_(True))
     return sa.and_(
         sa.or_(
-            Digest.state == PLANNED,
-            sa.and_(Digest.state == DEFERRED, col(Digest.next_attempt_at) <= now),
+            col(Digest.state) == DigestState.PLANNED,
+            sa.and_(col(Digest.state) == DigestState.DEFERRED, col(Digest.next_attempt_at) <= now),
         ),
         col(Digest.subscriber_id).in_(active),
     )
@@ -256,7 +325,7 @@ def claim(
     One UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING id: on SQLite the
     statement runs inside a BEGIN IMMEDIATE write transaction, on PostgreSQL locked rows are skipped.
     """
-    pick = sa.select(Digest.id).where(_due(now)).order_by(col(Digest.id)).limit(limit)
+    pick = sa.select(col(Digest.id)).where(_due(now)).order_by(col(Digest.id)).limit(limit)
     if subscriber_ids is not None:
         pick = pick.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
     if session.get_bind().dialect.name == "postgresql":
@@ -264,8 +333,8 @@ def claim(
     stmt = (
         sa.update(Digest)
         .where(col(Digest.id).in_(pick.scalar_subquery()))
-        .values(state=SENDING, claimed_by=me, lease_until=now + LEASE)
-        .returning(Digest.id)
+        .values(state=DigestState.SENDING, claimed_by=me, lease_until=now + LEASE)
+        .returning(col(Digest.id))
         .execution_options(synchronize_session=False)
     )
     return sorted(session.execute(stmt).scalars())
@@ -276,21 +345,31 @@ def release(session: Session, *, ids: Sequence[int], me: str) -> None:
     for chunk in chunks(list(ids)):
         for d in session.exec(
             select(Digest).where(
-                col(Digest.id).in_(chunk), Digest.state == SENDING, Digest.claimed_by == me
+                col(Digest.id).in_(chunk),
+                col(Digest.state) == DigestState.SENDING,
+                col(Digest.claimed_by) == me,
             )
         ):
             _release(d)
             session.add(d)
 
 
-def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> None:
-    """Record that the backend accepted the digest (a Core UPDATE: this runs once per message)."""
-    table = Digest.__table__
-    session.connection().execute(
+def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> Outcome:
+    """Record that the backend accepted the digest (a Core UPDATE: this runs once per message).
+
+    TAKEN_OVER when another run took the digest back meanwhile (our lease ran out): the row is
+    left to that run.
+    """
+    table = table_of(Digest)
+    result = session.connection().execute(
         table.update()
-        .where(table.c.id == digest_id, table.c.claimed_by == me)
+        .where(
+            table.c.id == digest_id,
+            table.c.state == DigestState.SENDING,
+            table.c.claimed_by == me,
+        )
         .values(
-            state=SENT,
+            state=DigestState.SENT,
             sent_at=now,
             attempts=table.c.attempts + 1,
             first_attempt_at=sa.func.coalesce(table.c.first_attempt_at, now),
@@ -300,6 +379,7 @@ def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> No
             next_attempt_at=None,
         )
     )
+    return Outcome.SENT if result.rowcount else Outcome.TAKEN_OVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +399,7 @@ def _attempted(
 ) -> Digest | None:
     """Count a failed attempt on a digest this run still holds (None if another run took it back)."""
     d = session.get(Digest, digest_id)
-    if d is None or d.state != SENDING or d.claimed_by != me:
+    if d is None or d.state != DigestState.SENDING or d.claimed_by != me:
         return None
     d.attempts += 1
     d.first_attempt_at = d.first_attempt_at or now
@@ -332,49 +412,63 @@ def _attempted(
 
 def mark_temporary_failure(
     session: Session, *, digest_id: int, me: str, now: datetime, error: str, policy: RetryPolicy
-) -> str:
-    """Defer with backoff, or fail once the give-up time since the first attempt has passed."""
+) -> Outcome:
+    """Defer with backoff, or fail once the give-up time since the first attempt has passed.
+
+    TAKEN_OVER (nothing written) when another run took the digest back meanwhile.
+    """
     d = _attempted(session, digest_id=digest_id, me=me, now=now, error=error)
     if d is None:
-        return SENDING
+        return Outcome.TAKEN_OVER
     assert d.first_attempt_at is not None
     if (now - d.first_attempt_at).total_seconds() >= policy.give_up:
-        d.state = FAILED
+        d.state = DigestState.FAILED
         d.last_error = f"gave up after {d.attempts} attempts: {error}"
+        outcome = Outcome.FAILED
     else:
-        d.state = DEFERRED
+        d.state = DigestState.DEFERRED
         d.next_attempt_at = now + timedelta(seconds=policy.delay(d.attempts))
+        outcome = Outcome.DEFERRED
     session.add(d)
-    return d.state
+    return outcome
 
 
-def mark_failed(session: Session, *, digest_id: int, me: str, now: datetime, error: str) -> None:
-    """A permanent failure: the server's reply is kept, and only `digestbot retry` requeues it."""
+def mark_failed(session: Session, *, digest_id: int, me: str, now: datetime, error: str) -> Outcome:
+    """A permanent failure: the server's reply is kept, and only `digestbot retry` requeues it.
+
+    TAKEN_OVER (nothing written) when another run took the digest back meanwhile.
+    """
     d = _attempted(session, digest_id=digest_id, me=me, now=now, error=error)
-    if d is not None:
-        d.state = FAILED
-        session.add(d)
+    if d is None:
+        return Outcome.TAKEN_OVER
+    d.state = DigestState.FAILED
+    session.add(d)
+    return Outcome.FAILED
 
 
 def extend_lease(session: Session, *, ids: Sequence[int], me: str, now: datetime) -> None:
     """Keep holding digests still waiting in this run's batch (slow servers, low rate limits)."""
-    table = Digest.__table__
+    table = table_of(Digest)
     for chunk in chunks(list(ids)):
         session.connection().execute(
             table.update()
-            .where(table.c.id.in_(chunk), table.c.state == SENDING, table.c.claimed_by == me)
+            .where(
+                table.c.id.in_(chunk),
+                table.c.state == DigestState.SENDING,
+                table.c.claimed_by == me,
+            )
             .values(lease_until=now + LEASE)
         )
 
 
 def requeue_failed(session: Session, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:
     """`digestbot retry`: failed digests go back to planned, with a fresh attempt budget."""
+    table = table_of(Digest)
     stmt = (
-        sa.update(Digest)
-        .where(Digest.state == FAILED)
-        .values(state=PLANNED, attempts=0, first_attempt_at=None, next_attempt_at=now)
-        .execution_options(synchronize_session=False)
+        table.update()
+        .where(table.c.state == DigestState.FAILED)
+        .values(state=DigestState.PLANNED, attempts=0, first_attempt_at=None, next_attempt_at=now)
     )
     if subscriber_ids is not None:
-        stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
-    return session.execute(stmt).rowcount or 0
+        stmt = stmt.where(table.c.subscriber_id.in_(list(subscriber_ids)))
+    return session.connection().execute(stmt).rowcount or 0

@@ -1,28 +1,24 @@
 """The only module that wires stages together: fetch_and_store, plan_digests, deliver_due.
 
 The CLI and the daemon are thin front doors onto these functions. Every input (engine, source,
-backend, clock) is passed in; nothing here reads the environment.
+backend, clock) is passed in; nothing here reads the environment or the wall clock, runs SQL or
+builds a message: storage is in `store`/`outbox`, time in `schedule`, messages in `mail`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import threading
-import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Protocol
 
-import jinja2
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from digestbot import outbox, store
+from digestbot import outbox, schedule, store
+from digestbot.addresses import address_key
 from digestbot.db import session_scope
 from digestbot.errors import (
     ConfigError,
@@ -31,20 +27,20 @@ from digestbot.errors import (
     TemporaryDeliveryError,
 )
 from digestbot.mail.backends import Backend, Envelope
-from digestbot.mail.message import build_message, dkim_sign, make_message_id, message_bytes
+from digestbot.mail.context import MailContext, compose, digest_view
+from digestbot.mail.message import make_message_id
+from digestbot.mail.ratelimit import RateLimiter
 from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
-from digestbot.models import Digest, DigestItem, Paper
-from digestbot.render import DigestView, PaperView, Renderer
+from digestbot.models import DigestState, Paper
+from digestbot.render import DigestView, RenderedDigest
 from digestbot.sources.base import FetchedPaper
 from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
 
 PLAN_BATCH = 1000
-MAX_WINDOW_DAYS = (
-    30  # the oldest papers a digest can hold, in days before the run (or lookback, if longer)
-)
 CLAIM_BATCH = 20
+Clock = Callable[[], datetime]
 
 
 # -- fetch ----------------------------------------------------------------------------------
@@ -62,13 +58,14 @@ class FetchSummary:
 
 
 def fetch_and_store(
-    engine: Engine, *, source: Source, feed_url: str, today: date, lookback: int, now: datetime
+    engine: Engine, *, source: Source, feed_url: str, today: date, lookback: int, clock: Clock
 ) -> FetchSummary:
     """Fetch today and the previous `lookback` days, then store them in one transaction.
 
     The whole response is validated before anything is written: a broken feed stores nothing.
-    The attempt and its outcome are recorded for `digestbot status` either way.
+    The attempt and its outcome (start and end read from `clock`) are recorded either way.
     """
+    started = clock()
     try:
         papers = source.fetch_window(today=today, lookback=lookback)
     except FetchError as exc:
@@ -76,19 +73,19 @@ def fetch_and_store(
             store.record_fetch_run(
                 s,
                 feed_url=feed_url,
-                started_at=now,
-                finished_at=_utcnow(),
+                started_at=started,
+                finished_at=clock(),
                 ok=False,
                 error=str(exc),
             )
         raise
     with session_scope(engine) as s:
-        result = store.upsert_papers(s, papers=papers, now=now)
+        result = store.upsert_papers(s, papers=papers, now=started)
         store.record_fetch_run(
             s,
             feed_url=feed_url,
-            started_at=now,
-            finished_at=_utcnow(),
+            started_at=started,
+            finished_at=clock(),
             ok=True,
             new=result.new,
             updated=result.updated,
@@ -101,10 +98,26 @@ def fetch_and_store(
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """A validated subscriber spec with its database id."""
+    """A validated subscriber spec with its database id (negative: never synced, dry runs only)."""
 
     spec: SubscriberSpec
     id: int
+
+
+def select_subscribers(
+    specs: Sequence[SubscriberSpec], emails: Sequence[str], *, source: str, option: str
+) -> list[SubscriberSpec]:
+    """The specs with these addresses (compared by address_key), in file order.
+
+    An address not in the file is a ConfigError naming `source` and the `option` it came from.
+    """
+    wanted = {address_key(e): e for e in emails}
+    chosen = [sp for sp in specs if address_key(sp.email) in wanted]
+    unknown = set(wanted) - {address_key(sp.email) for sp in chosen}
+    if unknown:
+        names = ", ".join(sorted(wanted[k].strip() for k in unknown))
+        raise ConfigError(f"not in {source}: {names}", field=option)
+    return chosen
 
 
 def sync_subscribers(
@@ -113,17 +126,42 @@ def sync_subscribers(
     """Store the subscribers file's people (new ones added, removed ones deactivated)."""
     with session_scope(engine) as s:
         ids = store.sync_subscribers(s, people=[(sp.email, sp.name) for sp in specs], now=now)
-    return [Recipient(spec=sp, id=ids[sp.email]) for sp in specs]
+    return [Recipient(spec=sp, id=ids[address_key(sp.email)]) for sp in specs]
 
 
-def local_period(spec: SubscriberSpec, now: datetime) -> str:
-    """The subscriber's local calendar date at `now`: one digest per subscriber per such date."""
-    return now.astimezone(spec.tz).date().isoformat()
+def known_recipients(engine: Engine, specs: Sequence[SubscriberSpec]) -> list[Recipient]:
+    """The specs with their stored ids, without writing (never-synced ones get negative ids)."""
+    with session_scope(engine) as s:
+        ids = store.subscriber_ids(s, [sp.email for sp in specs])
+    return [
+        Recipient(spec=sp, id=ids.get(address_key(sp.email), -1 - i)) for i, sp in enumerate(specs)
+    ]
 
 
-def is_due(spec: SubscriberSpec, now: datetime) -> bool:
-    """Has the subscriber's send time passed today, in their own time zone?"""
-    return now.astimezone(spec.tz).time() >= spec.send_at
+def subscriber_ids(engine: Engine, emails: Sequence[str]) -> list[int]:
+    """Stored ids of these addresses (compared by address_key); addresses never synced are left out."""
+    with session_scope(engine) as s:
+        return sorted(store.subscriber_ids(s, emails).values())
+
+
+# -- matching -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMatches:
+    matches: list[Match]  # ranked
+    papers: dict[str, Paper]  # every paper searched, by arXiv id
+
+
+def match_stored(engine: Engine, *, query: str, day: date | None) -> StoredMatches:
+    """Run one query against the stored papers (featured on `day`, or all of them)."""
+    flt = compile_filter(keywords=[query])
+    start, end = schedule.day_window(day) if day is not None else (None, None)
+    with session_scope(engine) as s:
+        papers = store.papers_featured_between(s, start=start, end=end)
+    return StoredMatches(
+        matches=PaperIndex.build(papers).match(flt), papers={p.arxiv_id: p for p in papers}
+    )
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -134,7 +172,6 @@ class PlanSummary:
     planned: int = 0
     skipped: int = 0
     existing: int = 0
-    plans: tuple[outbox.DigestPlan, ...] = ()  # kept only when asked (dry runs, previews)
 
 
 def compute_plans(
@@ -143,46 +180,34 @@ def compute_plans(
     *,
     as_of: datetime,
     lookback: int,
-    period: Callable[[SubscriberSpec], str],
+    day: date | None,
     from_addr: str,
+    skip_existing: bool = True,
 ) -> Iterator[outbox.DigestPlan]:
     """Decide each recipient's digest for its period, without writing anything.
 
     A digest holds the papers that match the subscriber's filter, were never put in one of their
-    digests before, and are new to them: featured since their previous digest's window ended, or
-    stored by us since that digest was planned (a paper the feed featured earlier but we fetched
-    late), within `lookback` days. A new subscriber starts `lookback` days back. Papers beyond
-    max_papers are counted in the digest and not carried over. Recipients that already have a
-    digest for the period are left out.
+    digests before, and are new to them (schedule.Windows says which). Papers beyond max_papers
+    are counted in the digest and not carried over. The period is `day` when given, else the
+    subscriber's local date at `as_of`. Recipients that already have a digest for the period are
+    left out unless `skip_existing` is false (previews).
     """
-    pairs = [(r.id, period(r.spec)) for r in recipients]
-    have = outbox.existing_periods(session, pairs)
+    pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in recipients]
+    have = outbox.existing_periods(session, pairs) if skip_existing else set()
     todo = [(r, p) for r, (_, p) in zip(recipients, pairs, strict=True) if (r.id, p) not in have]
     if not todo:
         return
-    grace = timedelta(days=lookback)
-    # the day as_of falls in (as_of may be the exclusive end of a --date day), and lookback days before
-    today = (as_of - timedelta(microseconds=1)).astimezone(UTC).date()
-    first_day = datetime.combine(today, datetime.min.time(), tzinfo=UTC) - grace
-    # A subscriber back after a long gap gets the last MAX_WINDOW_DAYS, not months of old papers.
-    oldest = min(first_day, as_of - timedelta(days=MAX_WINDOW_DAYS))
+    windows = schedule.Windows.as_of(as_of, lookback=lookback)
     prev = {
-        sid: (max(end, oldest + grace), planned_at)
+        sid: (windows.since(end), planned_at)
         for sid, (end, planned_at) in outbox.last_windows(session, [r.id for r, _ in todo]).items()
     }
     papers = store.papers_featured_between(
-        session, start=min([first_day] + [end - grace for end, _ in prev.values()]), end=as_of
+        session, start=windows.fetch_start([start for start, _ in prev.values()]), end=as_of
     )
     by_id = {p.arxiv_id: p for p in papers}
     index = PaperIndex.build(papers)
-
-    def is_new(sid: int, paper: Paper) -> bool:
-        if sid not in prev:
-            return paper.featured_at >= first_day
-        end, planned_at = prev[sid]
-        return paper.featured_at >= end or (
-            paper.featured_at >= end - grace and paper.first_seen_at > planned_at
-        )
+    database_id = store.database_id(session)
 
     for offset in range(0, len(todo), PLAN_BATCH):
         batch = todo[offset : offset + PLAN_BATCH]
@@ -195,7 +220,15 @@ def compute_plans(
                     authors=r.spec.authors,
                     min_upvotes=r.spec.min_upvotes,
                 )
-                found[r.id] = [m for m in index.match(flt) if is_new(r.id, by_id[m.arxiv_id])]
+                found[r.id] = [
+                    m
+                    for m in index.match(flt)
+                    if windows.is_new(
+                        featured_at=by_id[m.arxiv_id].featured_at,
+                        first_seen_at=by_id[m.arxiv_id].first_seen_at,
+                        previous=prev.get(r.id),
+                    )
+                ]
         with_matches = [sid for sid, ms in found.items() if ms]
         held = outbox.already_held(
             session, with_matches, sorted({m.arxiv_id for sid in with_matches for m in found[sid]})
@@ -207,13 +240,15 @@ def compute_plans(
                 subscriber_id=r.id,
                 email=r.spec.email,
                 period=p,
-                window_start=prev[r.id][0] if r.id in prev else first_day,
+                window_start=prev[r.id][0] if r.id in prev else windows.first_day,
                 window_end=as_of,
                 items=tuple(top),
                 more_count=len(fresh) - len(top),
                 send_empty=r.spec.send_empty,
                 message_id=make_message_id(
-                    digest_key=f"{r.spec.email}/{p}/{r.id}", from_addr=from_addr
+                    digest_key=f"{address_key(r.spec.email)}/{p}/{r.id}",
+                    from_addr=from_addr,
+                    database_id=database_id,
                 ),
             )
 
@@ -224,7 +259,7 @@ def plan_digests(
     *,
     as_of: datetime,
     lookback: int,
-    period: Callable[[SubscriberSpec], str],
+    day: date | None = None,
     from_addr: str,
     now: datetime,
 ) -> PlanSummary:
@@ -233,7 +268,7 @@ def plan_digests(
     with session_scope(engine) as s:
         plans = list(
             compute_plans(
-                s, recipients, as_of=as_of, lookback=lookback, period=period, from_addr=from_addr
+                s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=from_addr
             )
         )
     existing = len(recipients) - len(plans)
@@ -241,84 +276,156 @@ def plan_digests(
         batch = plans[offset : offset + PLAN_BATCH]
         with session_scope(engine) as s:
             outbox.store_plans(s, plans=batch, now=now)
-        planned += sum(1 for p in batch if p.state == outbox.PLANNED)
-        skipped += sum(1 for p in batch if p.state == outbox.SKIPPED)
+        planned += sum(1 for p in batch if p.state == DigestState.PLANNED)
+        skipped += sum(1 for p in batch if p.state == DigestState.SKIPPED)
     return PlanSummary(planned=planned, skipped=skipped, existing=existing)
 
 
-# -- rendering and delivery -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SendSummary:
+    plan: PlanSummary
+    report: DeliveryReport
+
+
+def send(
+    engine: Engine,
+    everyone: Sequence[SubscriberSpec],
+    *,
+    only: Sequence[SubscriberSpec] | None,
+    backend: Backend,
+    mail: MailContext,
+    policy: outbox.RetryPolicy,
+    limiter: RateLimiter,
+    as_of: datetime,
+    day: date | None,
+    lookback: int,
+    clock: Clock,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[str, outbox.Outcome], None] | None = None,
+) -> SendSummary:
+    """`digestbot send` after the fetch: sync the file, plan the period's digests, deliver what is due.
+
+    With `only`, just those subscribers are planned and delivered (everyone stays subscribed).
+    `on_start` gets the number of digests about to be delivered.
+    """
+    now = clock()
+    recipients = sync_subscribers(engine, everyone, now=now)
+    if only is not None:
+        chosen = {address_key(sp.email) for sp in only}
+        recipients = [r for r in recipients if address_key(r.spec.email) in chosen]
+    plan = plan_digests(
+        engine,
+        recipients,
+        as_of=as_of,
+        lookback=lookback,
+        day=day,
+        from_addr=mail.from_addr,
+        now=now,
+    )
+    ids = [r.id for r in recipients] if only is not None else None
+    if on_start is not None:
+        on_start(count_due(engine, now=clock(), subscriber_ids=ids))
+    report = deliver_due(
+        engine,
+        backend=backend,
+        mail=mail,
+        policy=policy,
+        clock=clock,
+        limiter=limiter,
+        subscriber_ids=ids,
+        on_result=on_result,
+    )
+    return SendSummary(plan=plan, report=report)
+
+
+# -- previews and dry runs ------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class MailContext:
-    """What every message of a run shares: renderer, sender, list headers, signing."""
+class DryRunRow:
+    """What a send would do for one subscriber: the plan and, unless skipped, its rendering."""
 
-    renderer: Renderer
-    from_addr: str
-    envelope_from: str
-    list_name: str
-    list_id: str
-    unsubscribe_email: str
-    unsubscribe_url: str | None = None  # template with {token} and/or {email}
-    unsubscribe_secret: str | None = None
-    dkim_selector: str | None = None
-    dkim_domain: str | None = None
-    dkim_key: bytes | None = field(default=None, repr=False)
-
-    def unsubscribe_for(self, email: str) -> tuple[str, str | None]:
-        mailto = f"mailto:{self.unsubscribe_email}?subject=unsubscribe"
-        if not self.unsubscribe_url:
-            return mailto, None
-        token = hmac.new(
-            (self.unsubscribe_secret or "").encode(), email.encode(), hashlib.sha256
-        ).hexdigest()[:32]
-        url = self.unsubscribe_url.replace("{token}", token).replace(
-            "{email}", urllib.parse.quote(email, safe="")
-        )
-        return mailto, url
+    plan: outbox.DigestPlan
+    rendered: RenderedDigest | None
 
 
-def digest_view(
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    rows: tuple[DryRunRow, ...]
+    existing: int  # subscribers that already have their digest for the period
+    fetched: int | None  # papers in the feed response (None: not fetched)
+
+
+def dry_run(
+    engine: Engine,
+    specs: Sequence[SubscriberSpec],
     *,
     mail: MailContext,
-    email: str,
-    name: str | None,
-    period: str,
-    items: Sequence[DigestItem | Match],
-    papers: dict[str, Paper],
-    more_count: int,
-) -> DigestView:
-    """What one digest shows; `items` in digest order (stored items or a plan's matches)."""
-    mailto, url = mail.unsubscribe_for(email)
-    return DigestView(
-        subscriber_email=email,
-        subscriber_name=name,
-        digest_date=date.fromisoformat(period),
-        papers=tuple(paper_view(papers[it.arxiv_id], it) for it in items),
-        more_count=more_count,
-        list_name=mail.list_name,
-        unsubscribe_mailto=mailto,
-        unsubscribe_url=url,
+    fetched: Sequence[FetchedPaper] | None,
+    as_of: datetime,
+    day: date | None,
+    lookback: int,
+    now: datetime,
+) -> DryRun:
+    """Plan and render as a real send would, inside one transaction that is rolled back."""
+    recipients = known_recipients(engine, specs)
+    names = {r.id: r.spec.name for r in recipients}
+    rows = []
+    with session_scope(engine) as s:
+        if fetched is not None:
+            store.upsert_papers(s, papers=fetched, now=now)
+        for plan in compute_plans(
+            s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=mail.from_addr
+        ):
+            rendered = (
+                None
+                if plan.state == DigestState.SKIPPED
+                else _render_plan(s, plan, mail=mail, name=names[plan.subscriber_id])
+            )
+            rows.append(DryRunRow(plan=plan, rendered=rendered))
+        s.rollback()
+    return DryRun(
+        rows=tuple(rows),
+        existing=len(recipients) - len(rows),
+        fetched=None if fetched is None else len(fetched),
     )
 
 
-def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
-    return PaperView(
-        arxiv_id=paper.arxiv_id,
-        title=paper.title,
-        summary=paper.summary,
-        authors=tuple(paper.authors),
-        upvotes=item.upvotes,
-        github_repo=paper.github_repo,
-        github_stars=paper.github_stars,
-        project_page=paper.project_page,
-        matched=tuple(item.matched),
-        title_spans=tuple((int(a), int(b)) for a, b in item.title_spans),
-        summary_spans=tuple((int(a), int(b)) for a, b in item.summary_spans),
-    )
+def preview(
+    engine: Engine,
+    spec: SubscriberSpec,
+    *,
+    mail: MailContext,
+    as_of: datetime,
+    day: date | None,
+    lookback: int,
+) -> RenderedDigest:
+    """The subscriber's next digest, rendered; nothing is sent or recorded.
+
+    That is the oldest stored digest not sent yet, if any, else the one a send at `as_of` would
+    plan (even when their digest for the period already went out).
+    """
+    [recipient] = known_recipients(engine, [spec])
+    with session_scope(engine) as s:
+        pending = outbox.next_unsent(s, subscriber_id=recipient.id)
+        if pending is not None:
+            digests, papers = outbox.load_digests(s, [pending])
+            return mail.render(_stored_view(digests[pending], papers, mail=mail))
+        [plan] = compute_plans(
+            s,
+            [recipient],
+            as_of=as_of,
+            lookback=lookback,
+            day=day,
+            from_addr=mail.from_addr,
+            skip_existing=False,
+        )
+        return _render_plan(s, plan, mail=mail, name=spec.name)
 
 
-def render_plan(session: Session, plan: outbox.DigestPlan, *, mail: MailContext, name: str | None):  # type: ignore[no-untyped-def]
+def _render_plan(
+    session: Session, plan: outbox.DigestPlan, *, mail: MailContext, name: str | None
+) -> RenderedDigest:
     """Render a digest that is planned but not stored (dry runs and previews)."""
     papers = store.papers_by_id(session, [it.arxiv_id for it in plan.items])
     view = digest_view(
@@ -330,68 +437,62 @@ def render_plan(session: Session, plan: outbox.DigestPlan, *, mail: MailContext,
         papers=papers,
         more_count=plan.more_count,
     )
-    return mail.renderer.render(view)
+    return mail.render(view)
 
 
-def compose(*, mail: MailContext, view: DigestView, message_id: str, date_: datetime) -> bytes:
-    """Render and serialise one digest; DKIM-signed when configured."""
-    rendered = mail.renderer.render(view)
-    msg = build_message(
-        rendered=rendered,
-        from_addr=mail.from_addr,
-        to_addr=view.subscriber_email,
-        to_name=view.subscriber_name,
-        message_id=message_id,
-        date=date_,
-        list_id=mail.list_id,
-        unsubscribe_mailto=view.unsubscribe_mailto,
-        unsubscribe_url=view.unsubscribe_url,
+def _stored_view(
+    d: outbox.StoredDigest, papers: dict[str, Paper], *, mail: MailContext
+) -> DigestView:
+    return digest_view(
+        mail=mail,
+        email=d.email,
+        name=d.name,
+        period=d.period,
+        items=d.items,
+        papers=papers,
+        more_count=d.more_count,
     )
-    raw = message_bytes(msg)
-    if mail.dkim_key and mail.dkim_selector and mail.dkim_domain:
-        raw = dkim_sign(
-            raw, selector=mail.dkim_selector, domain=mail.dkim_domain, private_key=mail.dkim_key
-        )
-    return raw
+
+
+# -- delivery -------------------------------------------------------------------------------
 
 
 @dataclass
 class DeliveryReport:
-    """What a delivery run did, subscriber by subscriber."""
+    """What a delivery run did, subscriber by subscriber (email, and the reason when not sent)."""
 
     sent: list[str] = field(default_factory=list)
     deferred: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    taken_over: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
 
     @property
     def ok(self) -> bool:
+        """Nothing deferred or failed (a digest another run took over is that run's to report)."""
         return not self.deferred and not self.failed
 
+    def add(self, email: str, outcome: outbox.Outcome, reason: str) -> None:
+        if outcome == outbox.Outcome.SENT:
+            self.sent.append(email)
+        else:
+            {
+                outbox.Outcome.DEFERRED: self.deferred,
+                outbox.Outcome.FAILED: self.failed,
+                outbox.Outcome.TAKEN_OVER: self.taken_over,
+            }[outcome].append((email, reason))
 
-class RateLimiter:
-    """At most `rate` messages per second across a run (None: unlimited)."""
 
-    def __init__(
-        self,
-        rate: float | None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.interval = 1.0 / rate if rate else 0.0
-        self.clock = clock
-        self.sleep = sleep
-        self._next = 0.0
+def count_due(engine: Engine, *, now: datetime, subscriber_ids: Sequence[int] | None = None) -> int:
+    """How many digests a delivery run started now would send (for a progress bar)."""
+    with session_scope(engine) as s:
+        return outbox.count_due(s, now=now, subscriber_ids=subscriber_ids)
 
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        now = self.clock()
-        if now < self._next:
-            self.sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval
+
+def requeue_failed(engine: Engine, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:
+    """`digestbot retry`: failed digests go back to planned, with a fresh attempt budget."""
+    with session_scope(engine) as s:
+        return outbox.requeue_failed(s, subscriber_ids=subscriber_ids, now=now)
 
 
 def deliver_due(
@@ -400,17 +501,19 @@ def deliver_due(
     backend: Backend,
     mail: MailContext,
     policy: outbox.RetryPolicy,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Clock,
     limiter: RateLimiter | None = None,
     subscriber_ids: Sequence[int] | None = None,
-    on_result: Callable[[str, str], None] | None = None,
+    on_result: Callable[[str, outbox.Outcome], None] | None = None,
     stop: threading.Event | None = None,
 ) -> DeliveryReport:
     """Deliver every due digest (planned, and deferred whose retry time has come).
 
     Digests are claimed in the database a few at a time, so concurrent runs never send the same
-    one. Each outcome is committed right after the backend answers. A setup failure (server
-    unreachable, login refused, TLS) gives back every claimed digest unattempted and is raised.
+    one. Each outcome is committed right after the backend answers. A problem of one message
+    fails that digest only. A problem that hits every message (server unreachable, login
+    refused, TLS; a template that does not render, DKIM signing) gives back every claimed
+    digest unattempted and is raised (DeliverySetupError, ConfigError).
     """
     me = outbox.worker_id()
     report = DeliveryReport()
@@ -432,7 +535,7 @@ def deliver_due(
         if not ids:
             break
         with session_scope(engine) as s:
-            batch = _load_batch(s, ids, mail=mail)
+            digests, papers = outbox.load_digests(s, ids)
         pending = list(ids)
         renew_at = clock() + outbox.LEASE / 2
         try:
@@ -444,30 +547,24 @@ def deliver_due(
                     with session_scope(engine) as s:
                         outbox.extend_lease(s, ids=pending, me=me, now=clock())
                     renew_at = clock() + outbox.LEASE / 2
-                email, message_id, view = batch[digest_id]
-                outcome, error = _compose_and_send(
-                    backend, mail, email, message_id, view, digest_id, clock(), limiter
+                d = digests[digest_id]
+                outcome, reason = _send_one(
+                    engine,
+                    backend,
+                    mail,
+                    d,
+                    papers,
+                    me=me,
+                    clock=clock,
+                    limiter=limiter,
+                    policy=policy,
                 )
-                with session_scope(engine) as s:
-                    if outcome == "sent":
-                        outbox.mark_sent(s, digest_id=digest_id, me=me, now=clock())
-                        report.sent.append(email)
-                    elif outcome == "temporary":
-                        outcome = outbox.mark_temporary_failure(
-                            s, digest_id=digest_id, me=me, now=clock(), error=error, policy=policy
-                        )
-                        (report.failed if outcome == outbox.FAILED else report.deferred).append(
-                            (email, error)
-                        )
-                    else:
-                        outbox.mark_failed(s, digest_id=digest_id, me=me, now=clock(), error=error)
-                        report.failed.append((email, error))
-                        outcome = outbox.FAILED
                 pending.remove(digest_id)
-                if outcome != "sent":
-                    log.warning("digest for %s %s: %s", email, outcome, error)
+                report.add(d.email, outcome, reason)
+                if outcome != outbox.Outcome.SENT:
+                    log.warning("digest for %s %s: %s", d.email, outcome, reason)
                 if on_result is not None:
-                    on_result(email, outcome)
+                    on_result(d.email, outcome)
         finally:
             if pending:
                 with session_scope(engine) as s:
@@ -475,91 +572,44 @@ def deliver_due(
     return report
 
 
-def _compose_and_send(
+def _send_one(
+    engine: Engine,
     backend: Backend,
     mail: MailContext,
-    email: str,
-    message_id: str,
-    view: DigestView,
-    digest_id: int,
-    now: datetime,
+    d: outbox.StoredDigest,
+    papers: dict[str, Paper],
+    *,
+    me: str,
+    clock: Clock,
     limiter: RateLimiter,
-) -> tuple[str, str]:
-    """Build and hand over one message; returns ("sent" | "temporary" | "permanent", reason).
+    policy: outbox.RetryPolicy,
+) -> tuple[outbox.Outcome, str]:
+    """Compose and hand over one digest, then record what came of it.
 
-    A problem of this one message (say, an address the mail library refuses) fails only this
-    digest. Problems that would hit every message (a broken template override, the server
-    unusable) are raised, and the caller gives the run's remaining digests back untouched.
+    Errors that hit every message (ConfigError, DeliverySetupError) propagate before anything
+    is recorded, so the caller gives the digest back untouched.
     """
+    view = _stored_view(d, papers, mail=mail)
+    error = ""
     try:
-        raw = compose(mail=mail, view=view, message_id=message_id, date_=now)
-    except jinja2.TemplateError as exc:
-        raise ConfigError(
-            f"cannot render the digest templates: {exc}", field="DIGESTBOT_TEMPLATES_DIR"
-        ) from exc
-    except (ValueError, ConfigError) as exc:
-        return "permanent", f"could not build the message: {exc}"
-    limiter.wait()
-    name = f"{view.digest_date.isoformat()}_{digest_id:08d}"
-    try:
-        backend.send(Envelope(sender=mail.envelope_from, recipient=email, raw=raw, name=name))
+        raw = compose(mail=mail, view=view, message_id=d.message_id, date_=clock())
+        limiter.wait()
+        name = f"{d.period}_{d.id:08d}"
+        backend.send(Envelope(sender=mail.envelope_from, recipient=d.email, raw=raw, name=name))
     except TemporaryDeliveryError as exc:
-        return "temporary", str(exc)
-    except PermanentDeliveryError as exc:
-        return "permanent", str(exc)
-    return "sent", ""
-
-
-def _load_batch(
-    session: Session, ids: Sequence[int], *, mail: MailContext
-) -> dict[int, tuple[str, str, DigestView]]:
-    digests = {d.id: d for d in session.exec(select(Digest).where(col(Digest.id).in_(list(ids))))}
-    people = store.subscriber_records(session, [d.subscriber_id for d in digests.values()])
-    items: dict[int, list[DigestItem]] = {i: [] for i in ids}
-    stmt = (
-        select(DigestItem)
-        .where(col(DigestItem.digest_id).in_(list(ids)))
-        .order_by(col(DigestItem.digest_id), col(DigestItem.position))
-    )
-    for it in session.exec(stmt):
-        items[it.digest_id].append(it)
-    papers = store.papers_by_id(session, [it.arxiv_id for its in items.values() for it in its])
-    out = {}
-    for digest_id, d in digests.items():
-        person = people[d.subscriber_id]
-        view = digest_view(
-            mail=mail,
-            email=person.email,
-            name=person.name,
-            period=d.period,
-            items=items[digest_id],
-            papers=papers,
-            more_count=d.more_count,
-        )
-        out[digest_id] = (person.email, d.message_id, view)
-    return out
-
-
-def pending_digest_view(
-    engine: Engine, *, subscriber_id: int, mail: MailContext
-) -> DigestView | None:
-    """The subscriber's oldest stored digest that is not sent yet, as a view (for previews)."""
-    with session_scope(engine) as s:
-        digest_id = s.execute(
-            sa.select(Digest.id)
-            .where(
-                Digest.subscriber_id == subscriber_id,
-                col(Digest.state).in_(
-                    (outbox.PLANNED, outbox.DEFERRED, outbox.SENDING, outbox.FAILED)
-                ),
+        error = str(exc)
+        with session_scope(engine) as s:
+            outcome = outbox.mark_temporary_failure(
+                s, digest_id=d.id, me=me, now=clock(), error=error, policy=policy
             )
-            .order_by(col(Digest.id))
-            .limit(1)
-        ).scalar()
-        if digest_id is None:
-            return None
-        return _load_batch(s, [digest_id], mail=mail)[digest_id][2]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+    except PermanentDeliveryError as exc:
+        error = str(exc)
+        with session_scope(engine) as s:
+            outcome = outbox.mark_failed(s, digest_id=d.id, me=me, now=clock(), error=error)
+    else:
+        with session_scope(engine) as s:
+            outcome = outbox.mark_sent(s, digest_id=d.id, me=me, now=clock())
+    if outcome == outbox.Outcome.TAKEN_OVER:
+        done = "sent" if not error else f"not sent ({error})"
+        error = f"{done}, but another run had taken the digest back; it decides what happens next"
+    return outcome, error

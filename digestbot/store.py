@@ -1,7 +1,12 @@
-"""Reads and writes of papers, subscribers and fetch runs. Plain keyword-only functions over a Session."""
+"""Reads and writes of papers, subscribers, fetch runs and the database's identity.
+
+Plain keyword-only functions over a Session. Addresses are compared by
+`digestbot.addresses.address_key`, stored in `subscribers.address_key`.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +16,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from digestbot.models import Digest, DigestItem, FetchRun, Paper, Subscriber
+from digestbot.addresses import address_key
+from digestbot.models import (
+    DatabaseIdentity,
+    Digest,
+    DigestItem,
+    DigestState,
+    FetchRun,
+    Paper,
+    Subscriber,
+)
 from digestbot.sources.base import FetchedPaper
 
 CHUNK = 500
@@ -105,13 +119,15 @@ def _paper_values(p: FetchedPaper, now: datetime) -> dict[str, Any]:
     }
 
 
-def papers_featured_between(session: Session, *, start: datetime, end: datetime) -> list[Paper]:
-    """Papers featured in [start, end), oldest first."""
-    stmt = (
-        select(Paper)
-        .where(Paper.featured_at >= start, Paper.featured_at < end)
-        .order_by(col(Paper.featured_at), col(Paper.arxiv_id))
-    )
+def papers_featured_between(
+    session: Session, *, start: datetime | None, end: datetime | None
+) -> list[Paper]:
+    """Papers featured in [start, end) (None: unbounded), oldest first."""
+    stmt = select(Paper).order_by(col(Paper.featured_at), col(Paper.arxiv_id))
+    if start is not None:
+        stmt = stmt.where(col(Paper.featured_at) >= start)
+    if end is not None:
+        stmt = stmt.where(col(Paper.featured_at) < end)
     return list(session.exec(stmt))
 
 
@@ -165,36 +181,57 @@ def sync_subscribers(
 ) -> dict[str, int]:
     """Make the subscribers table match the file: insert new, update names, deactivate removed.
 
-    Returns email → id for everyone in `people`.
+    People are matched by address_key, so a changed spelling (`Ada@Example.org` → `ada@example.org`)
+    is the same subscriber, stored as now written. Returns address_key → id for everyone in `people`.
     """
-    wanted = {email: name for email, name in people}
+    wanted = {address_key(email): (email, name) for email, name in people}
     current = {
-        row.email: row
+        row.address_key: row
         for row in session.exec(select(Subscriber))  # one pass; at 100k rows this is a few MB
     }
     inserts = [
-        {"email": e, "name": n, "active": True, "created_at": now, "updated_at": now}
-        for e, n in wanted.items()
-        if e not in current
+        {
+            "email": e,
+            "address_key": key,
+            "name": n,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for key, (e, n) in wanted.items()
+        if key not in current
     ]
     for rows in chunks(inserts):
         stmt = dialect_insert(session, Subscriber).values(list(rows))
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["email"]))
-    for email, row in current.items():
-        if email in wanted:
-            if row.name != wanted[email] or not row.active:
-                row.name, row.active, row.updated_at = wanted[email], True, now
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["address_key"]))
+    for key, row in current.items():
+        if key in wanted:
+            email, name = wanted[key]
+            if row.name != name or row.email != email or not row.active:
+                row.email, row.name, row.active, row.updated_at = email, name, True, now
                 session.add(row)
         elif row.active:
             row.active, row.updated_at = False, now
             session.add(row)
     session.flush()
+    return _ids_by_key(session, sorted(wanted))
+
+
+def subscriber_ids(session: Session, emails: Iterable[str]) -> dict[str, int]:
+    """Ids of the stored subscribers with these addresses (compared by address_key), keyed by
+    address_key; addresses never synced are absent. Read-only."""
+    return _ids_by_key(session, sorted({address_key(e) for e in emails}))
+
+
+def _ids_by_key(session: Session, keys: Sequence[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
-    for emails in chunks(sorted(wanted)):
-        for sid, email in session.execute(
-            sa.select(Subscriber.id, Subscriber.email).where(col(Subscriber.email).in_(emails))
+    for chunk in chunks(keys):
+        for sid, key in session.execute(
+            sa.select(col(Subscriber.id), col(Subscriber.address_key)).where(
+                col(Subscriber.address_key).in_(chunk)
+            )
         ):
-            ids[email] = sid
+            ids[key] = sid
     return ids
 
 
@@ -202,7 +239,7 @@ def subscriber_records(session: Session, ids: Iterable[int]) -> dict[int, Subscr
     out: dict[int, SubscriberRecord] = {}
     for chunk in chunks(sorted(set(ids))):
         for sid, email, name in session.execute(
-            sa.select(Subscriber.id, Subscriber.email, Subscriber.name).where(
+            sa.select(col(Subscriber.id), col(Subscriber.email), col(Subscriber.name)).where(
                 col(Subscriber.id).in_(chunk)
             )
         ):
@@ -214,15 +251,25 @@ def subscriber_records(session: Session, ids: Iterable[int]) -> dict[int, Subscr
 
 
 @dataclass(frozen=True, slots=True)
+class Problem:
+    """A digest waiting for a retry or failed for good, with the server's last reply."""
+
+    email: str
+    period: str
+    state: DigestState
+    attempts: int
+    error: str | None
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     last_fetch: FetchRun | None
     last_good_fetch: FetchRun | None
     papers: int
     subscribers: int
     digests_by_state: dict[str, int]
-    problems: list[
-        tuple[str, str, str, int, str | None, datetime | None]
-    ]  # email, period, state, attempts, error, next
+    problems: list[Problem]  # newest first
 
 
 def last_good_fetch(session: Session) -> FetchRun | None:
@@ -237,39 +284,40 @@ def last_good_fetch(session: Session) -> FetchRun | None:
 
 def status(session: Session, *, problem_limit: int = 50) -> Status:
     last = session.exec(select(FetchRun).order_by(col(FetchRun.id).desc()).limit(1)).first()
-    last_ok = last_good_fetch(session)
     papers = session.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
     subs = session.execute(
         sa.select(sa.func.count()).select_from(Subscriber).where(col(Subscriber.active).is_(True))
     ).scalar_one()
-    by_state = dict(
-        tuple(r)
-        for r in session.execute(sa.select(Digest.state, sa.func.count()).group_by(Digest.state))
-    )
-    problems = [
-        tuple(r)
-        for r in session.execute(
-            sa.select(
-                Subscriber.email,
-                Digest.period,
-                Digest.state,
-                Digest.attempts,
-                Digest.last_error,
-                Digest.next_attempt_at,
-            )
-            .join(Subscriber, Subscriber.id == Digest.subscriber_id)
-            .where(col(Digest.state).in_(("deferred", "failed")))
-            .order_by(col(Digest.id).desc())
-            .limit(problem_limit)
+    by_state: dict[str, int] = {
+        state: n
+        for state, n in session.execute(
+            sa.select(col(Digest.state), sa.func.count()).group_by(col(Digest.state))
         )
-    ]
+    }
+    rows = session.execute(
+        sa.select(
+            col(Subscriber.email),
+            col(Digest.period),
+            col(Digest.state),
+            col(Digest.attempts),
+            col(Digest.last_error),
+            col(Digest.next_attempt_at),
+        )
+        .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+        .where(col(Digest.state).in_((DigestState.DEFERRED, DigestState.FAILED)))
+        .order_by(col(Digest.id).desc())
+        .limit(problem_limit)
+    )
     return Status(
         last_fetch=last,
-        last_good_fetch=last_ok,
+        last_good_fetch=last_good_fetch(session),
         papers=papers,
         subscribers=subs,
         digests_by_state=by_state,
-        problems=problems,  # type: ignore[arg-type]
+        problems=[
+            Problem(email, period, DigestState(state), attempts, error, nxt)
+            for email, period, state, attempts, error, nxt in rows
+        ],
     )
 
 
@@ -277,6 +325,20 @@ def sent_paper_count(session: Session) -> int:
     return session.execute(
         sa.select(sa.func.count())
         .select_from(DigestItem)
-        .join(Digest, Digest.id == DigestItem.digest_id)
-        .where(Digest.state == "sent")
+        .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
+        .where(col(Digest.state) == DigestState.SENT)
     ).scalar_one()
+
+
+# -- the database itself --------------------------------------------------------------------
+
+
+def database_id(session: Session) -> str:
+    """The random id written when the database was created (migration 0003); part of every
+    Message-ID, so two databases never give a digest the same one."""
+    row = session.get(DatabaseIdentity, 1)
+    if row is None:  # only if someone deleted the row by hand: put a new one back
+        row = DatabaseIdentity(id=1, token=secrets.token_hex(8))
+        session.add(row)
+        session.flush()
+    return row.token

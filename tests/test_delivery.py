@@ -16,13 +16,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlmodel import Session, select
 from typer.testing import CliRunner, Result
@@ -30,6 +31,8 @@ from typer.testing import CliRunner, Result
 from digestbot import app, pipeline
 from digestbot.cli import cli
 from digestbot.db import make_engine
+from digestbot.errors import ConfigError
+from digestbot.mail.ratelimit import RateLimiter
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import load_settings
 from tests.helpers import SMTPHandler, SMTPServer, fixture_day, free_port, serve, write_day
@@ -481,7 +484,7 @@ def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
         recipients,
         as_of=datetime(2026, 3, 5, tzinfo=UTC),
         lookback=2,
-        period=lambda _s: DAY,
+        day=date.fromisoformat(DAY),
         from_addr=FROM,
         now=datetime.now(UTC),
     )
@@ -499,7 +502,8 @@ def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
         backend=d.backend,
         mail=d.mail,
         policy=d.policy,
-        limiter=pipeline.RateLimiter(2.0, clock=lambda: fake[0], sleep=sleep),
+        clock=lambda: datetime.now(UTC),
+        limiter=RateLimiter(2.0, clock=lambda: fake[0], sleep=sleep),
         on_result=lambda _e, _o: sent_at.append(fake[0]),
     )
     d.backend.close()
@@ -598,3 +602,134 @@ def test_connection_closed_by_the_server_while_idle_is_reopened() -> None:
         backend.send(Envelope(sender="a@example.org", recipient="c@example.org", raw=raw, name="2"))
         backend.close()
     assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]
+
+
+# -- one address rule, outcomes, run-wide errors ----------------------------------------------
+
+
+def test_retry_finds_a_subscriber_whatever_the_case_of_the_address(bot: Bot) -> None:
+    """A subscriber written `Ada@Example.org` whose digest got a 550 is listed by `status`, and both `retry Ada@Example.org` and `retry ada@example.org` requeue it."""
+    write_subscribers(bot.workdir, ["Ada@Example.org", GRACE])
+    for spelling in ("Ada@Example.org", "Ada@example.org"):  # whether or not the domain is lowered
+        bot.server.handler.reject_rcpt[spelling] = "550 5.1.1 no such user"
+    assert bot.cli("send", "--date", DAY).exit_code == 1
+    [ada] = [e for e in bot.rows() if e.lower() == ADA]
+    assert ada.startswith("Ada@"), "the address is kept as written"
+    assert ada in bot.cli("status").output
+    for spelling in ("Ada@Example.org", "ada@example.org"):
+        requeue = bot.cli("retry", spelling)
+        assert requeue.exit_code == 0, requeue.output
+        assert "requeued 1" in requeue.output
+        assert bot.rows()[ada].state == "planned"
+        assert bot.cli("send", "--date", DAY, "--no-fetch", "-s", "ADA@example.ORG").exit_code == 1
+        assert bot.rows()[ada].state == "failed"
+    preview = bot.cli("preview", "ada@EXAMPLE.org")
+    assert preview.exit_code == 0, preview.output
+    assert sorted(bot.rows()) == sorted([ada, GRACE])
+
+
+@dataclass
+class TakeoverHandler(SMTPHandler):
+    """While a message is in DATA, another run takes its digest back (it claims the row for
+    itself, as after a lease ran out); then the server answers `reply`."""
+
+    url: str = ""
+    reply: str = "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        engine = make_engine(self.url)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE digests SET claimed_by = 'elsewhere:1:1' WHERE state = 'sending' "
+                    "AND subscriber_id = (SELECT id FROM subscribers WHERE email = :e)"
+                ),
+                {"e": envelope.rcpt_tos[0]},
+            )
+        engine.dispose()
+        if self.reply.startswith("250"):
+            return await super().handle_DATA(server, session, envelope)
+        return self.reply
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 try later", "550 5.1.1 no such user", "250 OK"])
+def test_digest_taken_over_by_another_run_is_reported_apart_and_exits_0(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    """A digest another run took back while we were sending it is reported as taken over, not deferred or failed, its row is left to that run, and the command exits 0."""
+    write_subscribers(workdir, [ADA])
+    handler = TakeoverHandler(url=f"sqlite:///{workdir / 'digestbot.db'}", reply=reply)
+    with serve(handler) as server:
+        b = Bot(server=server, monkeypatch=monkeypatch, workdir=workdir)
+        b.setenv(**{**server.env(), "DIGESTBOT_MAIL_FROM": FROM})
+        result = b.cli("send", "--date", DAY)
+    assert result.exit_code == 0, result.output
+    assert "taken over by another run" in result.output
+    assert "deferred 0, failed 0" in result.output
+    row = b.rows()[ADA]
+    assert (row.state, row.claimed_by, row.attempts) == ("sending", "elsewhere:1:1", 0)
+
+
+def _rsa_pem(folder: Path) -> Path:
+    key = folder / "dkim.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    return key
+
+
+@pytest.mark.parametrize("problem", ["dkim selector", "template"])
+def test_error_that_hits_every_message_exits_2_and_fails_no_digest(
+    bot: Bot, tmp_path: Path, problem: str
+) -> None:
+    """A DKIM selector the signer refuses, or a template that does not render, stops `send` with exit 2, sends nothing and gives every digest back planned, never failed."""
+    if problem == "dkim selector":
+        env = {
+            "DIGESTBOT_DKIM_KEY_FILE": str(_rsa_pem(tmp_path)),
+            "DIGESTBOT_DKIM_SELECTOR": "sel_",
+        }
+    else:
+        templates = tmp_path / "templates"
+        templates.mkdir()
+        (templates / "subject.txt.j2").write_text("{{ no_such_name.attr }}\n")
+        env = {"DIGESTBOT_TEMPLATES_DIR": str(templates)}
+    result = bot.cli("send", "--date", DAY, **env)
+    assert result.exit_code == 2, result.output
+    assert bot.server.handler.received == []
+    rows = bot.rows()
+    assert sorted(rows) == sorted(PEOPLE)
+    assert all(
+        (r.state, r.attempts, r.claimed_by, r.last_error) == ("planned", 0, None, None)
+        for r in rows.values()
+    ), rows
+    fixed = bot.cli("send", "--date", DAY, "--no-fetch")
+    assert fixed.exit_code == 0, fixed.output
+    assert len(bot.server.handler.received) == 3
+
+
+def test_signing_key_that_does_not_work_stops_delivery_untouched(bot: Bot, db_url: str) -> None:
+    """deliver_due given a DKIM key the signer cannot use raises ConfigError and leaves every claimed digest planned with 0 attempts."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
+    assert bot.cli("fetch", "--date", DAY).exit_code == 0
+    settings = load_settings()
+    engine = app.database(settings)
+    recipients = pipeline.sync_subscribers(engine, app.load_people(settings), now=datetime.now(UTC))
+    pipeline.plan_digests(
+        engine,
+        recipients,
+        as_of=datetime(2026, 3, 5, tzinfo=UTC),
+        lookback=2,
+        day=date.fromisoformat(DAY),
+        from_addr=FROM,
+        now=datetime.now(UTC),
+    )
+    d = app.delivery(settings)
+    broken = replace(d.mail, dkim_key=b"not a key", dkim_selector="mail", dkim_domain="lab.test")
+    with pytest.raises(ConfigError):
+        pipeline.deliver_due(
+            engine, backend=d.backend, mail=broken, policy=d.policy, clock=lambda: datetime.now(UTC)
+        )
+    d.backend.close()
+    engine.dispose()
+    rows = bot.rows()
+    assert sorted(rows) == sorted(PEOPLE)
+    assert all((r.state, r.attempts, r.claimed_by) == ("planned", 0, None) for r in rows.values())
+    assert bot.server.handler.received == []

@@ -69,7 +69,9 @@ def _build(**changes: Any) -> EmailMessage:
         "from_addr": FROM,
         "to_addr": "ada@example.org",
         "to_name": "Ada Lovelace",
-        "message_id": make_message_id(digest_key="ada@example.org/2026-03-02", from_addr=FROM),
+        "message_id": make_message_id(
+            digest_key="ada@example.org/2026-03-02", from_addr=FROM, database_id="db1"
+        ),
         "date": DATE,
         "list_id": LIST_ID,
         "unsubscribe_mailto": MAILTO,
@@ -137,7 +139,7 @@ def test_headers_present_once_each() -> None:
     assert msg["Subject"] == RENDERED.subject
     assert msg["Date"].datetime == DATE
     assert msg["Message-ID"] == make_message_id(
-        digest_key="ada@example.org/2026-03-02", from_addr=FROM
+        digest_key="ada@example.org/2026-03-02", from_addr=FROM, database_id="db1"
     )
     assert msg["List-Id"] == '"Paper Digest" <paper-digest.example.org>'
     assert msg["Auto-Submitted"] == "auto-generated"
@@ -353,12 +355,18 @@ def test_list_id_must_name_a_dotted_identifier(list_id: str) -> None:
 
 def test_message_id_is_stable_per_digest_key() -> None:
     """The same digest key gives the same Message-ID, a different key a different one, at the From domain."""
-    first = make_message_id(digest_key="ada@example.org/2026-03-02", from_addr=FROM)
-    again = make_message_id(digest_key="ada@example.org/2026-03-02", from_addr="digest@example.org")
-    other = make_message_id(digest_key="ada@example.org/2026-03-03", from_addr=FROM)
+    first = make_message_id(
+        digest_key="ada@example.org/2026-03-02", from_addr=FROM, database_id="db1"
+    )
+    again = make_message_id(
+        digest_key="ada@example.org/2026-03-02", from_addr="digest@example.org", database_id="db1"
+    )
+    other = make_message_id(
+        digest_key="ada@example.org/2026-03-03", from_addr=FROM, database_id="db1"
+    )
     assert first == again != other
     assert re.fullmatch(r"<digest\.[0-9a-f]{40}@example\.org>", first)
-    hostile = make_message_id(digest_key="a>\r\nBcc: x@y.z <", from_addr=FROM)
+    hostile = make_message_id(digest_key="a>\r\nBcc: x@y.z <", from_addr=FROM, database_id="db1")
     assert re.fullmatch(r"<digest\.[0-9a-f]{40}@example\.org>", hostile)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from digestbot import app, outbox, pipeline
+from digestbot import app, outbox, pipeline, store
 from digestbot.db import open_database, session_scope
-from digestbot.models import Digest, DigestItem, Paper
+from digestbot.models import Digest, DigestItem, DigestState, FetchRun, Paper, Subscriber
 from digestbot.settings import load_settings
 from digestbot.sources.hf_daily import HFDailyPapers
 from digestbot.subscribers import parse_subscribers
@@ -60,7 +60,7 @@ def fetch(settings, engine, day: str, now: datetime | None = None) -> pipeline.F
         feed_url=settings.feed_url,
         today=date.fromisoformat(day),
         lookback=settings.lookback_days,
-        now=now or at(day, 6),
+        clock=lambda: now or at(day, 6),
     )
 
 
@@ -72,7 +72,7 @@ def plan(settings, engine, specs, day: str, now: datetime | None = None) -> pipe
         recipients,
         as_of=now,
         lookback=settings.lookback_days,
-        period=lambda _sp: day,
+        day=date.fromisoformat(day),
         from_addr=settings.mail_from,
         now=now,
     )
@@ -187,14 +187,20 @@ def test_deliver_sends_each_planned_digest_once(env, tmp_path: Path) -> None:  #
     fetch(settings, engine, "2026-03-04")
     plan(settings, engine, specs, "2026-03-04")
     d = app.delivery(settings)
-    report = pipeline.deliver_due(engine, backend=d.backend, mail=d.mail, policy=d.policy)
+    report = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+    )
     assert sorted(report.sent) == ["ada@example.org", "cy@example.org"] and report.ok
     files = sorted((tmp_path / "out").glob("*.eml"))
     assert len(files) == 2
-    again = pipeline.deliver_due(engine, backend=d.backend, mail=d.mail, policy=d.policy)
+    again = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+    )
     assert again.sent == [] and len(list((tmp_path / "out").glob("*.eml"))) == 2
     with session_scope(engine) as s:
-        digests = s.execute(sa.select(Digest).where(Digest.state == outbox.SENT)).scalars().all()
+        digests = (
+            s.execute(sa.select(Digest).where(Digest.state == DigestState.SENT)).scalars().all()
+        )
     ids = {dg.message_id for dg in digests}
     raw = b"".join(f.read_bytes() for f in files)
     assert all(mid.encode() in raw for mid in ids)
@@ -255,3 +261,79 @@ def test_a_long_gap_is_capped_to_the_last_thirty_days(env, feed_dir: Path) -> No
     assert got == {it["paper"]["id"] for it in items}, (
         "March papers are older than 30 days: left out"
     )
+
+
+def test_fetch_reads_the_time_only_from_the_clock_it_is_given(env) -> None:  # type: ignore[no-untyped-def]
+    """fetch_and_store records the start and end of a fetch, and when papers were first seen, from its clock, never the wall clock."""
+    settings, engine = env
+    fixed = datetime(2031, 1, 2, 3, 4, tzinfo=UTC)
+    pipeline.fetch_and_store(
+        engine,
+        source=HFDailyPapers(feed_url=settings.feed_url, client=None),
+        feed_url=settings.feed_url,
+        today=date(2026, 3, 4),
+        lookback=0,
+        clock=lambda: fixed,
+    )
+    with session_scope(engine) as s:
+        run = s.execute(sa.select(FetchRun)).scalar_one()
+        seen = set(s.execute(sa.select(Paper.first_seen_at)).scalars())
+    assert (run.started_at, run.finished_at) == (fixed, fixed)
+    assert seen == {fixed}
+
+
+def test_message_ids_differ_across_databases_and_stay_with_the_digest(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two fresh databases give the same subscriber's digest for the same day different Message-IDs; a digest keeps its Message-ID through a retry."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE, source="t.toml")
+    other = open_database(f"sqlite:///{tmp_path / 'other.db'}")
+    ids = []
+    for e in (engine, other):
+        fetch(settings, e, "2026-03-04")
+        plan(settings, e, specs, "2026-03-04")
+        with session_scope(e) as s:
+            ids.append(message_ids(s))
+    assert ids[0].keys() == ids[1].keys() == {"ada@example.org", "cy@example.org"}
+    assert all(ids[0][k] != ids[1][k] for k in ids[0])
+    with session_scope(engine) as s:
+        assert store.database_id(s) != "" and store.database_id(s) == store.database_id(s)
+        s.execute(
+            sa.update(Digest)
+            .where(Digest.state == DigestState.PLANNED)  # type: ignore[arg-type]
+            .values(state=DigestState.FAILED)
+        )
+    with session_scope(engine) as s:
+        outbox.requeue_failed(s, subscriber_ids=None, now=at("2026-03-05"))
+    plan(settings, engine, specs, "2026-03-04")  # planning again changes nothing
+    with session_scope(engine) as s:
+        assert message_ids(s) == ids[0]
+    other.dispose()
+
+
+def message_ids(session) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return dict(
+        session.execute(
+            sa.text(
+                "SELECT s.email, d.message_id FROM digests d JOIN subscribers s "
+                "ON s.id = d.subscriber_id WHERE d.state != 'skipped'"
+            )
+        ).all()
+    )
+
+
+def test_a_subscriber_is_one_whatever_the_case_of_their_address(env) -> None:  # type: ignore[no-untyped-def]
+    """Rewriting `Ada@Example.org` as `ada@example.org` in the file keeps the same subscriber (same id, history kept), stored as now written."""
+    _, engine = env
+    first = parse_subscribers(
+        '[[subscribers]]\nemail = "Ada@Example.org"\nkeywords = ["x"]\n', source="t.toml"
+    )
+    again = parse_subscribers(
+        '[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["x"]\n', source="t.toml"
+    )
+    [before] = pipeline.sync_subscribers(engine, first, now=at("2026-03-04"))
+    [after] = pipeline.sync_subscribers(engine, again, now=at("2026-03-05"))
+    assert before.id == after.id
+    with session_scope(engine) as s:
+        rows = s.execute(sa.select(Subscriber.email, Subscriber.active)).all()
+    assert [tuple(r) for r in rows] == [("ada@example.org", True)]
+    assert pipeline.subscriber_ids(engine, ["ADA@EXAMPLE.ORG"]) == [before.id]

@@ -127,14 +127,18 @@ def parse_address(value: str, *, what: str, allow_display_name: bool = False) ->
         raise ConfigError(f"{what}: not a single email address: {value!r}") from exc
 
 
-def make_message_id(*, digest_key: str, from_addr: str) -> str:
-    """A stable Message-ID: the same ``digest_key`` always gives the same ``<...@domain>``.
+def make_message_id(*, digest_key: str, from_addr: str, database_id: str) -> str:
+    """A stable Message-ID: the same key in the same database always gives the same ``<...@domain>``.
 
-    The key is hashed, so whatever it contains (emails, dates) the id is a safe dot-atom; the
-    domain is the From address's, so the id is globally unique to this sender.
+    ``database_id`` is the random id written when the database was created
+    (``store.database_id``). It is hashed in with the key, so two databases (a fresh install, a
+    recreated file) never give a digest the same Message-ID, and whatever the key contains
+    (emails, dates) the id is a safe dot-atom. The domain is the From address's.
     """
+    if not database_id:
+        raise ValueError("a Message-ID needs the database id")
     domain = parse_address(from_addr, what="From address", allow_display_name=True).domain
-    digest = hashlib.sha256(digest_key.encode("utf-8")).hexdigest()[:40]
+    digest = hashlib.sha256(f"{database_id}\0{digest_key}".encode()).hexdigest()[:40]
     return f"<digest.{digest}@{domain}>"
 
 

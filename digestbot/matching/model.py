@@ -9,15 +9,25 @@ from typing import Protocol
 
 
 class PaperDoc(Protocol):
-    """What matching needs of a paper (FetchedPaper satisfies it; so does a stored row)."""
+    """What matching needs of a paper (FetchedPaper satisfies it; so does a stored row).
 
-    arxiv_id: str
-    title: str
-    summary: str
-    authors: Sequence[str]
-    ai_keywords: Sequence[str]
-    categories: Sequence[str]
-    upvotes: int
+    Read-only members, so a row whose `authors` is a list satisfies `Sequence[str]` too.
+    """
+
+    @property
+    def arxiv_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def authors(self) -> Sequence[str]: ...
+    @property
+    def ai_keywords(self) -> Sequence[str]: ...
+    @property
+    def categories(self) -> Sequence[str]: ...
+    @property
+    def upvotes(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
