@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.request import url2pathname
 
 from dotenv import dotenv_values
@@ -341,7 +341,7 @@ def setting(
         group=group,
         parse=parse,
     )
-    return cast(T, field(default=default, repr=not secret, metadata={"setting": doc}))
+    return field(default=default, repr=not secret, metadata={"setting": doc})
 
 
 @dataclass(frozen=True, slots=True)
