@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 
 class DigestbotError(Exception):
     """Base of every error digestbot raises on purpose."""
@@ -55,6 +57,22 @@ class QueryError(ConfigError):
 
 class FetchError(DigestbotError):
     """A feed could not be fetched or its response is unusable; names the URL."""
+
+
+class FeedUnavailableError(FetchError):
+    """The feed did not answer usefully after every retry (connection, timeout, 429, 5xx).
+
+    Unlike a rejected response, this is not about one day: fetching further days would only
+    wait through the same retries again.
+    """
+
+
+class PartialFetchError(FetchError):
+    """Some days of a lookback window failed; the good days were stored. `days` are the bad ones."""
+
+    def __init__(self, message: str, *, days: tuple[date, ...]) -> None:
+        self.days = days
+        super().__init__(message)
 
 
 class DeliveryError(DigestbotError):

@@ -35,7 +35,7 @@ from digestbot.mail.message import build_message, dkim_sign, make_message_id, me
 from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
 from digestbot.models import Digest, DigestItem, Paper
 from digestbot.render import DigestView, PaperView, Renderer
-from digestbot.sources.base import FetchedPaper
+from digestbot.sources.base import FetchedPaper, WindowResult
 from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
@@ -51,7 +51,7 @@ CLAIM_BATCH = 20
 
 
 class Source(Protocol):
-    def fetch_window(self, *, today: date, lookback: int) -> list[FetchedPaper]: ...
+    def fetch_days(self, *, today: date, lookback: int) -> WindowResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +64,14 @@ class FetchSummary:
 def fetch_and_store(
     engine: Engine, *, source: Source, feed_url: str, today: date, lookback: int, now: datetime
 ) -> FetchSummary:
-    """Fetch today and the previous `lookback` days, then store them in one transaction.
+    """Fetch today and the previous `lookback` days, then store the good days in one transaction.
 
-    The whole response is validated before anything is written: a broken feed stores nothing.
-    The attempt and its outcome are recorded for `digestbot status` either way.
+    Each day's response is validated whole before anything is written: a broken day stores
+    nothing, the other days are stored, and then PartialFetchError names the bad day(s). The
+    attempt and its outcome are recorded for `digestbot status` either way.
     """
     try:
-        papers = source.fetch_window(today=today, lookback=lookback)
+        result = source.fetch_days(today=today, lookback=lookback)
     except FetchError as exc:
         with session_scope(engine) as s:
             store.record_fetch_run(
@@ -82,18 +83,23 @@ def fetch_and_store(
                 error=str(exc),
             )
         raise
+    papers = list(result.papers)
+    failed = result.error()
     with session_scope(engine) as s:
-        result = store.upsert_papers(s, papers=papers, now=now)
+        stored = store.upsert_papers(s, papers=papers, now=now)
         store.record_fetch_run(
             s,
             feed_url=feed_url,
             started_at=now,
             finished_at=_utcnow(),
-            ok=True,
-            new=result.new,
-            updated=result.updated,
+            ok=failed is None,
+            new=stored.new,
+            updated=stored.updated,
+            error=str(failed) if failed else None,
         )
-    return FetchSummary(fetched=len(papers), new=result.new, updated=result.updated)
+    if failed is not None:
+        raise failed
+    return FetchSummary(fetched=len(papers), new=stored.new, updated=stored.updated)
 
 
 # -- subscribers ----------------------------------------------------------------------------

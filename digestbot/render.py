@@ -22,14 +22,13 @@ import jinja2
 from markupsafe import Markup, escape
 
 from digestbot.resources import templates_dir as builtin_templates_dir
+from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url
 
 __all__ = [
     "DigestView",
     "PaperView",
     "RenderedDigest",
     "Renderer",
-    "arxiv_id_ok",
-    "safe_http_url",
 ]
 
 SUMMARY_LIMIT = 600
@@ -101,19 +100,11 @@ class RenderedDigest:
 
 # --------------------------------------------------------------------------- text hygiene
 
-# Control characters (C0, DEL, C1) and Unicode line/paragraph separators never reach output.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_SPACE_RUN = re.compile(r"\s+")
+# Cleaning rules live in digestbot.text; here only the offset-keeping variant for highlights.
 
 
 def _is_blank(ch: str) -> bool:
-    return ch.isspace() or bool(_CONTROL.match(ch))
-
-
-def clean_line(value: object) -> str:
-    """Return ``value`` as one line: control characters become spaces, runs of space collapse."""
-    text = _CONTROL.sub(" ", str(value))
-    return _SPACE_RUN.sub(" ", text).strip()
+    return ch.isspace() or bool(UNSAFE.match(ch))
 
 
 def _normalize_with_map(text: str) -> tuple[str, list[int]]:
@@ -227,41 +218,7 @@ def _segments_text(segments: Sequence[tuple[str, bool]], *, ellipsis: bool = Fal
 
 # --------------------------------------------------------------------------- URLs
 
-_ARXIV_NEW = re.compile(r"\d{4}\.\d{4,5}(?:v\d+)?")
-_ARXIV_OLD = re.compile(r"[a-z][a-z-]*(?:\.[A-Z]{2})?/\d{7}(?:v\d+)?")
 _GITHUB_SHORT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
-_URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
-_URL_MAX = 2000
-
-
-def arxiv_id_ok(arxiv_id: str) -> bool:
-    """True for a well-formed arXiv identifier (``2401.01234``, ``2401.01234v2``, ``hep-th/9901001``)."""
-    return bool(_ARXIV_NEW.fullmatch(arxiv_id) or _ARXIV_OLD.fullmatch(arxiv_id))
-
-
-def safe_http_url(value: object) -> str | None:
-    """Return ``value`` as a link target if it is an absolute http(s) URL with a host, else None.
-
-    Anything else (``javascript:``, ``data:``, relative paths, embedded whitespace or control
-    characters, quotes or angle brackets) is refused. Non-ASCII characters are percent-encoded.
-    """
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    if not url or len(url) > _URL_MAX:
-        return None
-    if any(ch.isspace() or _CONTROL.match(ch) or ch in '<>"\\`{}|^' for ch in url):
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or not host:
-        return None
-    if not url.lower().startswith(("http://", "https://")):
-        return None
-    return quote(url, safe=_URL_SAFE)
 
 
 def _github_url(value: str | None) -> str | None:
@@ -322,9 +279,9 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
     """Everything the paper partials need, already cleaned, escaped (HTML bits) and validated."""
     title_segments, _ = _segments(paper.title, paper.title_spans)
     summary_segments, trimmed = _segments(paper.summary, paper.summary_spans, limit=SUMMARY_LIMIT)
-    arxiv_id = clean_line(paper.arxiv_id)
-    if arxiv_id_ok(arxiv_id):
-        quoted = quote(arxiv_id, safe="./-")
+    shown_id = clean_line(paper.arxiv_id)
+    if arxiv_id(shown_id) is not None:
+        quoted = quote(shown_id, safe="./-")
         paper_url: str | None = f"https://huggingface.co/papers/{quoted}"
         abs_url: str | None = f"https://arxiv.org/abs/{quoted}"
         pdf_url: str | None = f"https://arxiv.org/pdf/{quoted}"
@@ -334,7 +291,7 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
     project_url = safe_http_url(paper.project_page)
     upvotes = _int_or_none(paper.upvotes) or 0
     return {
-        "arxiv_id": arxiv_id,
+        "arxiv_id": shown_id,
         "title_text": _segments_text(title_segments) or "(untitled)",
         "title_html": _segments_html(title_segments) or Markup("(untitled)"),
         "summary_text": _segments_text(summary_segments, ellipsis=trimmed),

@@ -18,9 +18,9 @@ from digestbot.render import (
     DigestView,
     PaperView,
     Renderer,
-    safe_http_url,
 )
 from digestbot.resources import templates_dir
+from digestbot.text import safe_http_url
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("DIGESTBOT_REGEN_GOLDEN") == "1"
