@@ -15,14 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
 from markupsafe import Markup, escape
 
+from digestbot.errors import TemplateError
 from digestbot.resources import templates_dir as builtin_templates_dir
-from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url
+from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url, snippet
 
 __all__ = [
     "DigestView",
@@ -318,10 +320,13 @@ class Renderer:
 
     Templates are looked up first in ``templates_dir`` (when given), then in the built-in
     folder; autoescape is on for ``*.html.j2``; undefined names are errors. Build one Renderer
-    per run and reuse it: each distinct paper block is rendered once.
+    per run and reuse it: each distinct paper block is rendered once. Any template failure is a
+    :class:`~digestbot.errors.TemplateError` (a ConfigError) naming the template file and line;
+    call :meth:`check` before a run to find it before anything is sent.
     """
 
     def __init__(self, *, templates_dir: Path | None = None) -> None:
+        self.templates_dir = templates_dir
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
             loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
@@ -345,10 +350,86 @@ class Renderer:
             maxsize=BLOCK_CACHE_SIZE
         )(self._render_block)
 
+    def check(self) -> None:
+        """Compile every template (overrides and built-ins) and render a sample digest with and
+        without papers; a problem is a TemplateError naming the file and line."""
+        for name in self.environment.list_templates(filter_func=_is_template):
+            self._template(name)
+        sample = DigestView(
+            subscriber_email="reader@example.org",
+            subscriber_name="Reader",
+            digest_date=date(2026, 1, 1),
+            papers=(_SAMPLE_PAPER,),
+            more_count=1,
+            list_name="Paper Digest",
+            unsubscribe_mailto="mailto:digest@example.org?subject=unsubscribe",
+            unsubscribe_url="https://example.org/unsubscribe",
+        )
+        self.render(sample)
+        self.render(
+            DigestView(
+                subscriber_email=sample.subscriber_email,
+                subscriber_name=None,
+                digest_date=sample.digest_date,
+                papers=(),
+                more_count=0,
+                list_name=sample.list_name,
+                unsubscribe_mailto=sample.unsubscribe_mailto,
+                unsubscribe_url=None,
+            )
+        )
+
+    def _template(self, name: str) -> jinja2.Template:
+        """The compiled template `name`; a syntax error becomes a TemplateError with file and line."""
+        try:
+            return self.environment.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise self._error(
+                f"the template does not compile: {exc.message}", exc.filename or name, exc.lineno
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise self._error(f"cannot load the template: {exc}", name, None) from None
+
+    def _run(self, name: str, /, **context: Any) -> str:
+        """Render template `name`; any failure becomes a TemplateError naming file and line."""
+        template = self._template(name)
+        try:
+            return template.render(**context)
+        except jinja2.TemplateSyntaxError as exc:  # an {% include %} that does not compile
+            raise self._error(
+                f"the template does not compile: {exc.message}", exc.filename or name, exc.lineno
+            ) from None
+        except jinja2.TemplateNotFound as exc:
+            file, line = _template_frame(exc.__traceback__, template.filename or name)
+            raise self._error(
+                f"the template includes {exc.name!r}, which is neither an override nor built in",
+                file,
+                line,
+            ) from None
+        except jinja2.TemplateError as exc:
+            file, line = _template_frame(exc.__traceback__, template.filename or name)
+            reason = snippet(exc.message or type(exc).__name__, 200)
+            raise self._error(f"the template fails to render: {reason}", file, line) from None
+        except (TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as exc:
+            # Only the kind of error: a Python message may quote the data (a paper's title).
+            file, line = _template_frame(exc.__traceback__, template.filename or name)
+            raise self._error(
+                f"the template fails to render: {type(exc).__name__}", file, line
+            ) from None
+
+    def _error(self, message: str, file: str, line: int | None) -> TemplateError:
+        overrides = self.templates_dir
+        overridden = overrides is not None and Path(file).resolve().is_relative_to(
+            Path(overrides).resolve()
+        )
+        return TemplateError(
+            message, file=file, line=line, field="DIGESTBOT_TEMPLATES_DIR" if overridden else None
+        )
+
     def _render_block(self, paper: PaperView) -> tuple[str, Markup]:
         ctx = paper_context(paper)
-        text = self.environment.get_template(TEMPLATE_PAPER_TEXT).render(paper=ctx)
-        html = self.environment.get_template(TEMPLATE_PAPER_HTML).render(paper=ctx)
+        text = self._run(TEMPLATE_PAPER_TEXT, paper=ctx)
+        html = self._run(TEMPLATE_PAPER_HTML, paper=ctx)
         return text.strip("\n"), Markup(html.strip("\n"))
 
     def paper_block(self, paper: PaperView) -> tuple[str, Markup]:
@@ -381,22 +462,55 @@ class Renderer:
             "unsubscribe_address": unsubscribe_address,
             "unsubscribe_subject": unsubscribe_subject,
         }
-        subject = clean_line(self.environment.get_template(TEMPLATE_SUBJECT).render(**ctx))
+        subject = clean_line(self._run(TEMPLATE_SUBJECT, **ctx))
         titles = "; ".join(clean_line(p.title) for p in view.papers[:3])
         preheader = (
             f"{count} new paper{'s' if count != 1 else ''}: {titles}"
             if count
-            else "Nothing matched your filters today."
+            else "No new papers matched your filters today."
         )
         if len(preheader) > 140:
             preheader = preheader[:139].rstrip() + "\u2026"
-        text = self.environment.get_template(TEMPLATE_TEXT).render(
-            **ctx, subject=subject, blocks=[b[0] for b in blocks]
-        )
-        html = self.environment.get_template(TEMPLATE_HTML).render(
-            **ctx, subject=subject, preheader=preheader, blocks=[b[1] for b in blocks]
+        text = self._run(TEMPLATE_TEXT, **ctx, subject=subject, blocks=[b[0] for b in blocks])
+        html = self._run(
+            TEMPLATE_HTML,
+            **ctx,
+            subject=subject,
+            preheader=preheader,
+            blocks=[b[1] for b in blocks],
         )
         return RenderedDigest(subject=subject, text=_tidy_text(text), html=html)
+
+
+_SAMPLE_PAPER = PaperView(
+    arxiv_id="2401.00001",
+    title="A sample paper on speculative decoding",
+    summary="We check that every template renders before anything is sent.",
+    authors=("Ada Lovelace", "Alan Turing"),
+    upvotes=3,
+    github_repo="https://github.com/example/sample",
+    github_stars=10,
+    project_page="https://example.org/sample",
+    matched=("speculative decoding",),
+    title_spans=((20, 40),),
+    summary_spans=(),
+)
+
+
+def _is_template(name: str) -> bool:
+    return name.endswith(".j2")
+
+
+def _template_frame(tb: TracebackType | None, default: str) -> tuple[str, int | None]:
+    """The template file and line where rendering failed: Jinja rewrites the traceback so that
+    template frames carry the template's own file name and line number."""
+    file, line = default, None
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if _is_template(name):
+            file, line = name, tb.tb_lineno
+        tb = tb.tb_next
+    return file, line
 
 
 def _tidy_text(text: str) -> str:
