@@ -99,5 +99,22 @@ class DeliverySetupError(DeliveryError):
         super().__init__(f"{message}{hint}")
 
 
+class DatabaseError(DigestbotError):
+    """The database cannot be opened, created or written (exit 1).
+
+    The message names the database (the SQLite file, or the URL without its password), the
+    setting DIGESTBOT_DATABASE_URL and what to do. It carries only the driver's reason, never
+    SQL parameters (paper data).
+    """
+
+
+class NoDatabaseError(DatabaseError):
+    """A read-only command found no database to read; nothing was created."""
+
+
+class TemplateError(ConfigError):
+    """A digest template does not compile or fails to render; names the file and line (exit 2)."""
+
+
 class LockError(DigestbotError):
     """Another digestbot daemon already holds the run lock."""
