@@ -64,20 +64,30 @@ class WindowResult:
 
     papers: tuple[FetchedPaper, ...]
     failures: tuple[DayFailure, ...] = ()
+    days: tuple[date, ...] = ()
+    """Every day the window covered, oldest first."""
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def error(self) -> PartialFetchError | None:
-        """One FetchError naming every bad day and why, or None when every day was good."""
+        """One error naming every bad day and why (days with the same problem share one
+        reason), or None when every day was good. The good days are meant to be stored."""
         if not self.failures:
             return None
-        days = ", ".join(f.day.isoformat() for f in self.failures)
-        reasons = "; ".join(f"{f.day.isoformat()}: {f.error}" for f in self.failures)
-        plural = "s" if len(self.failures) > 1 else ""
-        return PartialFetchError(
-            f"the feed failed for {days} (that day{plural} rejected, the other days kept): "
-            f"{reasons}",
-            days=tuple(f.day for f in self.failures),
-        )
+        bad = [f.day for f in self.failures]
+        good = [d.isoformat() for d in self.days if d not in bad]
+        reasons: dict[str, list[str]] = {}
+        for failure in self.failures:
+            reasons.setdefault(str(failure.error), []).append(failure.day.isoformat())
+        if len(reasons) == 1:
+            detail = next(iter(reasons))
+        else:
+            detail = "; ".join(f"{', '.join(days)}: {why}" for why, days in reasons.items())
+        shown = ", ".join(d.isoformat() for d in bad)
+        if good:
+            what = f"the feed failed for {shown} (the other days, {', '.join(good)}, were kept)"
+        else:
+            what = f"the feed failed for {shown}"
+        return PartialFetchError(f"{what}: {detail}", days=tuple(bad))

@@ -361,13 +361,11 @@ class HFDailyPapers:
     def fetch_window(self, *, today: date, lookback: int) -> list[FetchedPaper]:
         """Papers of `today` and the `lookback` days before it, oldest first, once per arXiv id.
 
-        All or nothing: a bad day raises its FetchError. Use `fetch_days` to keep the good days.
+        All or nothing: the first bad day raises its FetchError. `fetch_days` keeps the good days.
         """
         result = self.fetch_days(today=today, lookback=lookback)
         if result.failures:
-            if len(result.failures) == 1:
-                raise result.failures[0].error
-            raise result.error() or AssertionError("unreachable")
+            raise result.failures[0].error
         return list(result.papers)
 
     def fetch_days(self, *, today: date, lookback: int) -> WindowResult:
@@ -397,9 +395,10 @@ class HFDailyPapers:
                 unreachable = exc
                 failures.append(DayFailure(day, exc))
             except FetchError as exc:
-                log.warning("feed rejected for %s: %s", day.isoformat(), exc)
                 failures.append(DayFailure(day, exc))
-        return WindowResult(papers=tuple(_dedupe(papers)), failures=tuple(failures))
+        return WindowResult(
+            papers=tuple(_dedupe(papers)), failures=tuple(failures), days=tuple(days)
+        )
 
     def _offline_path(self) -> Path:
         where = self._where
