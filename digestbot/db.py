@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlmodel import Session
 
 from digestbot.errors import ConfigError, DatabaseError, LockError, NoDatabaseError
@@ -233,12 +233,17 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error.
 
     A failure of the database itself (read-only file, full disk, server gone) becomes one
-    DatabaseError line; the statement and its parameters are never in the message.
+    DatabaseError line; the statement and its parameters are never in the message. A broken
+    constraint stays an IntegrityError (uniqueness lives in the database; callers may expect it),
+    its parameters hidden too.
     """
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
+        except IntegrityError:
+            _quiet_rollback(session)
+            raise
         except DBAPIError as exc:
             _quiet_rollback(session)
             raise database_error(engine, exc, doing="read or write") from None

@@ -35,7 +35,7 @@ from digestbot.mail.message import build_message, dkim_sign, make_message_id, me
 from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
 from digestbot.models import Digest, DigestItem, Paper
 from digestbot.render import DigestView, PaperView, Renderer
-from digestbot.sources.base import FetchedPaper, WindowResult
+from digestbot.sources.base import WindowResult
 from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")

@@ -2,7 +2,9 @@
 
 Format: `GET https://huggingface.co/api/daily_papers?date=YYYY-MM-DD&limit=100&p=N` answers a JSON
 list of items, each `{"paper": {...}, "numComments": N, ...}`. A response that is not that shape is
-rejected whole (FetchError naming the URL and the problem), so nothing half-parsed is ever stored.
+rejected whole (FetchError naming the URL and the problem), so nothing half-parsed is ever stored;
+so is one with an item over a field limit (digestbot.sources.base) or a body over the byte cap.
+A window of days is fetched day by day (`fetch_days`): a bad day is rejected alone.
 Offline, the feed URL may name a saved response (a file) or a folder of `YYYY-MM-DD.json` files.
 """
 
