@@ -41,8 +41,9 @@ def load_people(settings: Settings) -> list[SubscriberSpec]:
     return load_subscribers(settings.subscribers_path)
 
 
-def database(settings: Settings) -> Engine:
-    return open_database(settings.database_url)
+def database(settings: Settings, *, create: bool = True) -> Engine:
+    """The migrated database; with create=False (read-only commands) a missing one is an error."""
+    return open_database(settings.database_url, create=create)
 
 
 def make_source(
@@ -77,7 +78,7 @@ def make_backend(settings: Settings) -> Backend:
 
 
 def mail_context(settings: Settings) -> MailContext:
-    """What every message shares; reads the DKIM key file once."""
+    """What every message shares; reads the DKIM key file once and checks every template."""
     display = parse_mailbox(settings.mail_from).display_name
     key = None
     if settings.dkim_key_file is not None:
@@ -93,8 +94,10 @@ def mail_context(settings: Settings) -> MailContext:
             f"templates folder {settings.templates_dir} does not exist",
             field="DIGESTBOT_TEMPLATES_DIR",
         )
+    renderer = Renderer(templates_dir=settings.templates_dir)
+    renderer.check()  # a template that does not compile or render stops here, naming file and line
     return MailContext(
-        renderer=Renderer(templates_dir=settings.templates_dir),
+        renderer=renderer,
         from_addr=settings.mail_from,
         envelope_from=settings.mail_from_address,
         list_name=display or "Paper Digest",

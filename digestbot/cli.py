@@ -7,8 +7,10 @@ Exit codes: 0 success; 1 a runtime failure (feed unusable, a delivery failed or 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -52,17 +54,33 @@ def main() -> None:
 
 def _fail(exc: DigestbotError) -> typer.Exit:
     kind = "configuration error" if isinstance(exc, ConfigError) else "error"
+    _traceback_when_debugging(exc)
     err.print(f"digestbot: {kind}: {exc}", markup=False)
     return typer.Exit(exc.exit_code)
 
 
+def _traceback_when_debugging(exc: BaseException) -> None:
+    """With DIGESTBOT_LOG_LEVEL=DEBUG the traceback comes before the one-line message."""
+    if logging.getLogger("digestbot").isEnabledFor(logging.DEBUG):
+        err.print("".join(traceback.format_exception(exc)), markup=False)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Turn digestbot's errors into a message on stderr and the matching exit code."""
+    """Turn digestbot's errors into one line on stderr and the matching exit code.
+
+    An operating-system failure that no stage wrapped (a full disk, a file that vanished) is one
+    line too, exit 1: the operator sees what and where, never a traceback.
+    """
     try:
         yield
     except DigestbotError as exc:
         raise _fail(exc) from None
+    except OSError as exc:
+        _traceback_when_debugging(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"digestbot: error: {exc.strerror or exc}{where}", markup=False)
+        raise typer.Exit(1) from None
 
 
 def _settings() -> Settings:
@@ -338,7 +356,7 @@ def preview(
             option="EMAIL",
         )
         day = _parse_date(date_)
-        engine = app.database(settings)
+        engine = app.database(settings, create=False)
         rendered = pipeline.preview(
             engine,
             spec,
@@ -383,7 +401,7 @@ def status() -> None:
     """
     with _errors():
         settings = _settings()
-        engine = app.database(settings)
+        engine = app.database(settings, create=False)
         with session_scope(engine) as s:
             st = store.status(s)
             sent_papers = store.sent_paper_count(s)
@@ -527,7 +545,7 @@ def match(
     with _errors():
         settings = _settings()
         day = _parse_date(date_)
-        engine = app.database(settings)
+        engine = app.database(settings, create=False)
         found = pipeline.match_stored(engine, query=query, day=day)
         by_id, matches = found.papers, found.matches
         if as_json:

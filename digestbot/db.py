@@ -1,4 +1,8 @@
-"""Engine and sessions, migrations to head, and SQLite pragmas (WAL, busy_timeout, foreign_keys)."""
+"""Engine and sessions, migrations to head, and SQLite pragmas (WAL, busy_timeout, foreign_keys).
+
+Every database failure leaves this module as one DatabaseError line naming the database, the
+setting DIGESTBOT_DATABASE_URL and what to do; SQL parameters (paper data) are never shown.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +20,25 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlmodel import Session
 
-from digestbot.errors import ConfigError, DigestbotError, LockError
+from digestbot.errors import ConfigError, DatabaseError, LockError, NoDatabaseError
 from digestbot.resources import migrations_dir
+from digestbot.text import snippet
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PG_MIGRATION_LOCK = 0x6469676573  # "diges": advisory lock id held while migrating
 _PG_DAEMON_LOCK = 0x6461656D6E  # "daemn": advisory lock id held by the running daemon
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and BEGIN IMMEDIATE."""
+def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
+    """Create an engine for `url`; SQLite gets WAL, a busy timeout, foreign keys and BEGIN IMMEDIATE.
+
+    With `create` (the default) the folder of a SQLite file is made when missing. SQL parameters
+    are hidden from every error and log line (`hide_parameters`), as they hold paper data.
+    """
+    kwargs.setdefault("hide_parameters", True)
     try:
         sa_url = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
@@ -46,14 +56,43 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             field="DIGESTBOT_DATABASE_URL",
         ) from exc
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, create=create)
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def sqlite_path(engine: Engine) -> Path | None:
+    """The file of a SQLite database, or None (not SQLite, in memory, or a `file:` URI)."""
     database = engine.url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def describe(engine: Engine) -> str:
+    """How errors name the database: the SQLite file, else the URL without its password."""
+    path = sqlite_path(engine)
+    return str(path) if path else engine.url.render_as_string(hide_password=True)
+
+
+def _configure_sqlite(engine: Engine, *, create: bool) -> None:
+    path = sqlite_path(engine)
+    if path is not None and create:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise DatabaseError(
+                f"cannot create the folder {path.parent} for the database {path}: a file is in the "
+                "way (a parent of it is a regular file); set DIGESTBOT_DATABASE_URL to a path "
+                "inside a folder"
+            ) from None
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the folder {path.parent} for the database {path}: "
+                f"{_os_reason(exc)}; create the folder, make it writable for this user, or set "
+                "DIGESTBOT_DATABASE_URL to a writable place"
+            ) from None
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -115,29 +154,109 @@ def migrate(engine: Engine) -> None:
                     )
                     conn.commit()
     except SQLAlchemyError as exc:
-        raise DigestbotError(
-            f"cannot open or migrate the database {engine.url.render_as_string(hide_password=True)}: "
-            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]} (check DIGESTBOT_DATABASE_URL)"
-        ) from exc
+        raise database_error(engine, exc, doing="open or migrate") from None
 
 
-def open_database(url: str) -> Engine:
-    """Engine for `url`, migrated to head. The front doors call this once at start."""
-    engine = make_engine(url)
+def open_database(url: str, *, create: bool = True) -> Engine:
+    """Engine for `url`, migrated to head. The front doors call this once at start.
+
+    With `create=False` (read-only commands: status, match, preview) nothing is created: a
+    missing SQLite file, or a database without digestbot's tables, is a NoDatabaseError that
+    says how to create one, and no folder or file appears.
+    """
+    engine = make_engine(url, create=create)
+    if not create:
+        _require_existing(engine)
     migrate(engine)
     return engine
 
 
+def _require_existing(engine: Engine) -> None:
+    advice = (
+        "run `digestbot init` or `digestbot fetch` to create it, or check DIGESTBOT_DATABASE_URL"
+    )
+    path = sqlite_path(engine)
+    if path is not None and not path.is_file():
+        raise NoDatabaseError(f"no database yet at {path}; {advice}")
+    if path is None and engine.dialect.name == "sqlite":
+        return  # in memory or a file: URI: nothing on disk to protect
+    try:
+        with engine.connect() as conn:
+            found = sa.inspect(conn).has_table("alembic_version")
+    except SQLAlchemyError as exc:
+        raise database_error(engine, exc, doing="open") from None
+    if not found:
+        raise NoDatabaseError(f"no digestbot database yet in {describe(engine)}; {advice}")
+
+
+def database_error(engine: Engine, exc: BaseException, *, doing: str) -> DatabaseError:
+    """One line for a failed database operation: which database, the driver's reason, what to do.
+
+    Only the driver's own message is kept (never the statement or its parameters).
+    """
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        raw = str(orig)
+    elif isinstance(exc, OSError):
+        raw = _os_reason(exc)
+    else:
+        raw = type(exc).__name__
+    reason = snippet(raw.splitlines()[0] if raw.strip() else type(orig or exc).__name__, 200)
+    low = reason.lower()
+    if "readonly" in low or "read-only" in low or "permission denied" in low:
+        advice = (
+            "the database (or its folder) is read-only for this user; make the file and its "
+            "folder writable, or set DIGESTBOT_DATABASE_URL to a writable place"
+        )
+    elif "unable to open database file" in low:
+        advice = (
+            "check that the folder exists and is writable for this user, "
+            "or set DIGESTBOT_DATABASE_URL to a writable place"
+        )
+    elif "not a database" in low or "malformed" in low:
+        advice = "this is not a usable SQLite database; check DIGESTBOT_DATABASE_URL"
+    elif "disk is full" in low or "disk i/o" in low or "no space" in low:
+        advice = "free some disk space on the database's filesystem, then run again"
+    elif "locked" in low or "busy" in low:
+        advice = "another process held the database too long; run again"
+    else:
+        advice = "check DIGESTBOT_DATABASE_URL and that the database server is reachable"
+    return DatabaseError(f"cannot {doing} the database {describe(engine)}: {reason}; {advice}")
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
 @contextlib.contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error."""
+    """A session whose transaction commits on success and rolls back on error.
+
+    A failure of the database itself (read-only file, full disk, server gone) becomes one
+    DatabaseError line; the statement and its parameters are never in the message. A broken
+    constraint stays an IntegrityError (uniqueness lives in the database; callers may expect it),
+    its parameters hidden too.
+    """
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
-        except BaseException:
-            session.rollback()
+        except IntegrityError:
+            _quiet_rollback(session)
             raise
+        except DBAPIError as exc:
+            _quiet_rollback(session)
+            raise database_error(engine, exc, doing="read or write") from None
+        except BaseException:
+            _quiet_rollback(session)
+            raise
+
+
+def _quiet_rollback(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        pass  # the connection is already unusable; the original error is what matters
 
 
 @contextlib.contextmanager
@@ -161,7 +280,14 @@ def daemon_lock(engine: Engine) -> Iterator[None]:
     lock_path = (
         Path(f"{database}.daemon.lock") if database != ":memory:" else Path("digestbot.daemon.lock")
     )
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot create the daemon lock file {lock_path} beside the database: "
+            f"{_os_reason(exc)}; make its folder writable for this user, or set "
+            "DIGESTBOT_DATABASE_URL to a writable place"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

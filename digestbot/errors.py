@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 
 class DigestbotError(Exception):
     """Base of every error digestbot raises on purpose."""
@@ -57,6 +59,22 @@ class FetchError(DigestbotError):
     """A feed could not be fetched or its response is unusable; names the URL."""
 
 
+class FeedUnavailableError(FetchError):
+    """The feed did not answer usefully after every retry (connection, timeout, 429, 5xx).
+
+    Unlike a rejected response, this is not about one day: fetching further days would only
+    wait through the same retries again.
+    """
+
+
+class PartialFetchError(FetchError):
+    """Some days of a lookback window failed; the good days were stored. `days` are the bad ones."""
+
+    def __init__(self, message: str, *, days: tuple[date, ...]) -> None:
+        self.days = days
+        super().__init__(message)
+
+
 class DeliveryError(DigestbotError):
     """A message could not be delivered."""
 
@@ -79,6 +97,23 @@ class DeliverySetupError(DeliveryError):
         self.setting = setting
         hint = f" (check {setting})" if setting else ""
         super().__init__(f"{message}{hint}")
+
+
+class DatabaseError(DigestbotError):
+    """The database cannot be opened, created or written (exit 1).
+
+    The message names the database (the SQLite file, or the URL without its password), the
+    setting DIGESTBOT_DATABASE_URL and what to do. It carries only the driver's reason, never
+    SQL parameters (paper data).
+    """
+
+
+class NoDatabaseError(DatabaseError):
+    """A read-only command found no database to read; nothing was created."""
+
+
+class TemplateError(ConfigError):
+    """A digest template does not compile or fails to render; names the file and line (exit 2)."""
 
 
 class LockError(DigestbotError):

@@ -33,7 +33,7 @@ from digestbot.mail.ratelimit import RateLimiter
 from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
 from digestbot.models import DigestState, Paper
 from digestbot.render import DigestView, RenderedDigest
-from digestbot.sources.base import FetchedPaper
+from digestbot.sources.base import FetchedPaper, WindowResult
 from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
@@ -47,7 +47,7 @@ Clock = Callable[[], datetime]
 
 
 class Source(Protocol):
-    def fetch_window(self, *, today: date, lookback: int) -> list[FetchedPaper]: ...
+    def fetch_days(self, *, today: date, lookback: int) -> WindowResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +60,15 @@ class FetchSummary:
 def fetch_and_store(
     engine: Engine, *, source: Source, feed_url: str, today: date, lookback: int, clock: Clock
 ) -> FetchSummary:
-    """Fetch today and the previous `lookback` days, then store them in one transaction.
+    """Fetch today and the previous `lookback` days, then store the good days in one transaction.
 
-    The whole response is validated before anything is written: a broken feed stores nothing.
-    The attempt and its outcome (start and end read from `clock`) are recorded either way.
+    Each day's response is validated whole before anything is written: a broken day stores
+    nothing, the other days are stored, and then PartialFetchError names the bad day(s). The
+    attempt and its outcome (start and end read from `clock`) are recorded either way.
     """
     started = clock()
     try:
-        papers = source.fetch_window(today=today, lookback=lookback)
+        result = source.fetch_days(today=today, lookback=lookback)
     except FetchError as exc:
         with session_scope(engine) as s:
             store.record_fetch_run(
@@ -79,18 +80,23 @@ def fetch_and_store(
                 error=str(exc),
             )
         raise
+    papers = list(result.papers)
+    failed = result.error()
     with session_scope(engine) as s:
-        result = store.upsert_papers(s, papers=papers, now=started)
+        stored = store.upsert_papers(s, papers=papers, now=started)
         store.record_fetch_run(
             s,
             feed_url=feed_url,
             started_at=started,
             finished_at=clock(),
-            ok=True,
-            new=result.new,
-            updated=result.updated,
+            ok=failed is None,
+            new=stored.new,
+            updated=stored.updated,
+            error=str(failed) if failed else None,
         )
-    return FetchSummary(fetched=len(papers), new=result.new, updated=result.updated)
+    if failed is not None:
+        raise failed
+    return FetchSummary(fetched=len(papers), new=stored.new, updated=stored.updated)
 
 
 # -- subscribers ----------------------------------------------------------------------------

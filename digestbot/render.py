@@ -15,21 +15,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import jinja2
 from markupsafe import Markup, escape
 
+from digestbot.errors import TemplateError
 from digestbot.resources import templates_dir as builtin_templates_dir
+from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url, snippet
 
 __all__ = [
     "DigestView",
     "PaperView",
     "RenderedDigest",
     "Renderer",
-    "arxiv_id_ok",
-    "safe_http_url",
 ]
 
 SUMMARY_LIMIT = 600
@@ -101,19 +102,11 @@ class RenderedDigest:
 
 # --------------------------------------------------------------------------- text hygiene
 
-# Control characters (C0, DEL, C1) and Unicode line/paragraph separators never reach output.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_SPACE_RUN = re.compile(r"\s+")
+# Cleaning rules live in digestbot.text; here only the offset-keeping variant for highlights.
 
 
 def _is_blank(ch: str) -> bool:
-    return ch.isspace() or bool(_CONTROL.match(ch))
-
-
-def clean_line(value: object) -> str:
-    """Return ``value`` as one line: control characters become spaces, runs of space collapse."""
-    text = _CONTROL.sub(" ", str(value))
-    return _SPACE_RUN.sub(" ", text).strip()
+    return ch.isspace() or bool(UNSAFE.match(ch))
 
 
 def _normalize_with_map(text: str) -> tuple[str, list[int]]:
@@ -227,41 +220,7 @@ def _segments_text(segments: Sequence[tuple[str, bool]], *, ellipsis: bool = Fal
 
 # --------------------------------------------------------------------------- URLs
 
-_ARXIV_NEW = re.compile(r"\d{4}\.\d{4,5}(?:v\d+)?")
-_ARXIV_OLD = re.compile(r"[a-z][a-z-]*(?:\.[A-Z]{2})?/\d{7}(?:v\d+)?")
 _GITHUB_SHORT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
-_URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
-_URL_MAX = 2000
-
-
-def arxiv_id_ok(arxiv_id: str) -> bool:
-    """True for a well-formed arXiv identifier (``2401.01234``, ``2401.01234v2``, ``hep-th/9901001``)."""
-    return bool(_ARXIV_NEW.fullmatch(arxiv_id) or _ARXIV_OLD.fullmatch(arxiv_id))
-
-
-def safe_http_url(value: object) -> str | None:
-    """Return ``value`` as a link target if it is an absolute http(s) URL with a host, else None.
-
-    Anything else (``javascript:``, ``data:``, relative paths, embedded whitespace or control
-    characters, quotes or angle brackets) is refused. Non-ASCII characters are percent-encoded.
-    """
-    if not isinstance(value, str):
-        return None
-    url = value.strip()
-    if not url or len(url) > _URL_MAX:
-        return None
-    if any(ch.isspace() or _CONTROL.match(ch) or ch in '<>"\\`{}|^' for ch in url):
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or not host:
-        return None
-    if not url.lower().startswith(("http://", "https://")):
-        return None
-    return quote(url, safe=_URL_SAFE)
 
 
 def _github_url(value: str | None) -> str | None:
@@ -322,9 +281,9 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
     """Everything the paper partials need, already cleaned, escaped (HTML bits) and validated."""
     title_segments, _ = _segments(paper.title, paper.title_spans)
     summary_segments, trimmed = _segments(paper.summary, paper.summary_spans, limit=SUMMARY_LIMIT)
-    arxiv_id = clean_line(paper.arxiv_id)
-    if arxiv_id_ok(arxiv_id):
-        quoted = quote(arxiv_id, safe="./-")
+    shown_id = clean_line(paper.arxiv_id)
+    if arxiv_id(shown_id) is not None:
+        quoted = quote(shown_id, safe="./-")
         paper_url: str | None = f"https://huggingface.co/papers/{quoted}"
         abs_url: str | None = f"https://arxiv.org/abs/{quoted}"
         pdf_url: str | None = f"https://arxiv.org/pdf/{quoted}"
@@ -334,7 +293,7 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
     project_url = safe_http_url(paper.project_page)
     upvotes = _int_or_none(paper.upvotes) or 0
     return {
-        "arxiv_id": arxiv_id,
+        "arxiv_id": shown_id,
         "title_text": _segments_text(title_segments) or "(untitled)",
         "title_html": _segments_html(title_segments) or Markup("(untitled)"),
         "summary_text": _segments_text(summary_segments, ellipsis=trimmed),
@@ -361,10 +320,13 @@ class Renderer:
 
     Templates are looked up first in ``templates_dir`` (when given), then in the built-in
     folder; autoescape is on for ``*.html.j2``; undefined names are errors. Build one Renderer
-    per run and reuse it: each distinct paper block is rendered once.
+    per run and reuse it: each distinct paper block is rendered once. Any template failure is a
+    :class:`~digestbot.errors.TemplateError` (a ConfigError) naming the template file and line;
+    call :meth:`check` before a run to find it before anything is sent.
     """
 
     def __init__(self, *, templates_dir: Path | None = None) -> None:
+        self.templates_dir = templates_dir
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
             loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
@@ -388,10 +350,86 @@ class Renderer:
             maxsize=BLOCK_CACHE_SIZE
         )(self._render_block)
 
+    def check(self) -> None:
+        """Compile every template (overrides and built-ins) and render a sample digest with and
+        without papers; a problem is a TemplateError naming the file and line."""
+        for name in self.environment.list_templates(filter_func=_is_template):
+            self._template(name)
+        sample = DigestView(
+            subscriber_email="reader@example.org",
+            subscriber_name="Reader",
+            digest_date=date(2026, 1, 1),
+            papers=(_SAMPLE_PAPER,),
+            more_count=1,
+            list_name="Paper Digest",
+            unsubscribe_mailto="mailto:digest@example.org?subject=unsubscribe",
+            unsubscribe_url="https://example.org/unsubscribe",
+        )
+        self.render(sample)
+        self.render(
+            DigestView(
+                subscriber_email=sample.subscriber_email,
+                subscriber_name=None,
+                digest_date=sample.digest_date,
+                papers=(),
+                more_count=0,
+                list_name=sample.list_name,
+                unsubscribe_mailto=sample.unsubscribe_mailto,
+                unsubscribe_url=None,
+            )
+        )
+
+    def _template(self, name: str) -> jinja2.Template:
+        """The compiled template `name`; a syntax error becomes a TemplateError with file and line."""
+        try:
+            return self.environment.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise self._error(
+                f"the template does not compile: {exc.message}", exc.filename or name, exc.lineno
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise self._error(f"cannot load the template: {exc}", name, None) from None
+
+    def _run(self, name: str, /, **context: Any) -> str:
+        """Render template `name`; any failure becomes a TemplateError naming file and line."""
+        template = self._template(name)
+        try:
+            return template.render(**context)
+        except jinja2.TemplateSyntaxError as exc:  # an {% include %} that does not compile
+            raise self._error(
+                f"the template does not compile: {exc.message}", exc.filename or name, exc.lineno
+            ) from None
+        except jinja2.TemplateNotFound as exc:
+            file, line = _template_frame(exc.__traceback__, template.filename or name)
+            raise self._error(
+                f"the template includes {exc.name!r}, which is neither an override nor built in",
+                file,
+                line,
+            ) from None
+        except jinja2.TemplateError as exc:
+            file, line = _template_frame(exc.__traceback__, template.filename or name)
+            reason = snippet(exc.message or type(exc).__name__, 200)
+            raise self._error(f"the template fails to render: {reason}", file, line) from None
+        except (TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as exc:
+            # Only the kind of error: a Python message may quote the data (a paper's title).
+            file, line = _template_frame(exc.__traceback__, template.filename or name)
+            raise self._error(
+                f"the template fails to render: {type(exc).__name__}", file, line
+            ) from None
+
+    def _error(self, message: str, file: str, line: int | None) -> TemplateError:
+        overrides = self.templates_dir
+        overridden = overrides is not None and Path(file).resolve().is_relative_to(
+            Path(overrides).resolve()
+        )
+        return TemplateError(
+            message, file=file, line=line, field="DIGESTBOT_TEMPLATES_DIR" if overridden else None
+        )
+
     def _render_block(self, paper: PaperView) -> tuple[str, Markup]:
         ctx = paper_context(paper)
-        text = self.environment.get_template(TEMPLATE_PAPER_TEXT).render(paper=ctx)
-        html = self.environment.get_template(TEMPLATE_PAPER_HTML).render(paper=ctx)
+        text = self._run(TEMPLATE_PAPER_TEXT, paper=ctx)
+        html = self._run(TEMPLATE_PAPER_HTML, paper=ctx)
         return text.strip("\n"), Markup(html.strip("\n"))
 
     def paper_block(self, paper: PaperView) -> tuple[str, Markup]:
@@ -424,22 +462,55 @@ class Renderer:
             "unsubscribe_address": unsubscribe_address,
             "unsubscribe_subject": unsubscribe_subject,
         }
-        subject = clean_line(self.environment.get_template(TEMPLATE_SUBJECT).render(**ctx))
+        subject = clean_line(self._run(TEMPLATE_SUBJECT, **ctx))
         titles = "; ".join(clean_line(p.title) for p in view.papers[:3])
         preheader = (
             f"{count} new paper{'s' if count != 1 else ''}: {titles}"
             if count
-            else "Nothing matched your filters today."
+            else "No new papers matched your filters today."
         )
         if len(preheader) > 140:
             preheader = preheader[:139].rstrip() + "\u2026"
-        text = self.environment.get_template(TEMPLATE_TEXT).render(
-            **ctx, subject=subject, blocks=[b[0] for b in blocks]
-        )
-        html = self.environment.get_template(TEMPLATE_HTML).render(
-            **ctx, subject=subject, preheader=preheader, blocks=[b[1] for b in blocks]
+        text = self._run(TEMPLATE_TEXT, **ctx, subject=subject, blocks=[b[0] for b in blocks])
+        html = self._run(
+            TEMPLATE_HTML,
+            **ctx,
+            subject=subject,
+            preheader=preheader,
+            blocks=[b[1] for b in blocks],
         )
         return RenderedDigest(subject=subject, text=_tidy_text(text), html=html)
+
+
+_SAMPLE_PAPER = PaperView(
+    arxiv_id="2401.00001",
+    title="A sample paper on speculative decoding",
+    summary="We check that every template renders before anything is sent.",
+    authors=("Ada Lovelace", "Alan Turing"),
+    upvotes=3,
+    github_repo="https://github.com/example/sample",
+    github_stars=10,
+    project_page="https://example.org/sample",
+    matched=("speculative decoding",),
+    title_spans=((20, 40),),
+    summary_spans=(),
+)
+
+
+def _is_template(name: str) -> bool:
+    return name.endswith(".j2")
+
+
+def _template_frame(tb: TracebackType | None, default: str) -> tuple[str, int | None]:
+    """The template file and line where rendering failed: Jinja rewrites the traceback so that
+    template frames carry the template's own file name and line number."""
+    file, line = default, None
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if _is_template(name):
+            file, line = name, tb.tb_lineno
+        tb = tb.tb_next
+    return file, line
 
 
 def _tidy_text(text: str) -> str:

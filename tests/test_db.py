@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 
 from digestbot.db import alembic_config, make_engine, open_database, session_scope
+from digestbot.errors import DatabaseError, NoDatabaseError
 from digestbot.models import FetchRun
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 
 
 def test_migrations_reach_head_and_match_the_models(db_url: str) -> None:
@@ -48,3 +53,70 @@ def test_datetimes_come_back_as_utc(db_url: str) -> None:
         run = s.execute(sa.select(FetchRun)).scalar_one()
     assert run.started_at == paris and run.started_at.tzinfo == UTC
     engine.dispose()
+
+
+def test_open_without_create_never_creates_a_folder_or_file(tmp_path: Path) -> None:
+    """open_database(create=False) on a missing SQLite file says how to create one and creates nothing."""
+    target = tmp_path / "no" / "such" / "dir" / "x.db"
+    with pytest.raises(NoDatabaseError) as caught:
+        open_database(f"sqlite:///{target}", create=False)
+    message = str(caught.value)
+    assert f"no database yet at {target}" in message
+    assert "digestbot init" in message and "DIGESTBOT_DATABASE_URL" in message
+    assert not (tmp_path / "no").exists()
+
+
+def test_open_without_create_refuses_a_database_without_tables(db_url: str) -> None:
+    """An existing but empty database (an empty SQLite file, a fresh schema) is not migrated by a read."""
+    if db_url.startswith("sqlite"):
+        Path(sa.make_url(db_url).database or "").touch()
+    with pytest.raises(NoDatabaseError, match="no digestbot database yet"):
+        open_database(db_url, create=False)
+    engine = make_engine(db_url)
+    assert sa.inspect(engine).get_table_names() == []
+    engine.dispose()
+
+
+def test_open_without_create_opens_an_existing_database(db_url: str) -> None:
+    """A database created earlier opens normally with create=False."""
+    open_database(db_url).dispose()
+    engine = open_database(db_url, create=False)
+    with session_scope(engine) as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(FetchRun)).scalar_one() == 0
+    engine.dispose()
+
+
+def test_sql_parameters_never_reach_an_error_message(db_url: str) -> None:
+    """A failed statement's message shows neither the values it carried nor, on SQLite, any SQL text."""
+    engine = open_database(db_url)
+    with session_scope(engine) as s:
+        s.add(FetchRun(id=1, feed_url="first", started_at=NOW, ok=True))
+    with pytest.raises(sa.exc.IntegrityError) as caught, session_scope(engine) as s:
+        s.add(FetchRun(id=1, feed_url="SECRET-PAPER-TITLE", started_at=NOW, ok=True))
+    assert "SECRET" not in str(caught.value)  # hide_parameters, even in a DEBUG traceback
+    engine.dispose()
+
+
+def test_a_failing_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A file that is not a SQLite database gives one DatabaseError line naming it and the setting."""
+    bogus = tmp_path / "digestbot.db"
+    bogus.write_bytes(b"this is not a database, just some bytes " * 100)
+    with pytest.raises(DatabaseError) as caught:
+        open_database(f"sqlite:///{bogus}")
+    message = str(caught.value)
+    assert "\n" not in message and str(bogus) in message
+    assert "not a database" in message and "DIGESTBOT_DATABASE_URL" in message
+
+
+@pytest.mark.parametrize("below", ["x.db", "sub/x.db"])
+def test_a_database_path_under_a_regular_file_is_one_clear_error(
+    tmp_path: Path, below: str
+) -> None:
+    """A database whose folder would sit under a regular file fails with the folder and file named."""
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / below
+    with pytest.raises(DatabaseError) as caught:
+        open_database(f"sqlite:///{target}")
+    message = str(caught.value)
+    assert str(target) in message and "a file is in the way" in message
+    assert "DIGESTBOT_DATABASE_URL" in message

@@ -13,14 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from digestbot.errors import ConfigError, TemplateError
 from digestbot.render import (
     SUMMARY_LIMIT,
     DigestView,
     PaperView,
     Renderer,
-    safe_http_url,
 )
 from digestbot.resources import templates_dir
+from digestbot.text import safe_http_url
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("DIGESTBOT_REGEN_GOLDEN") == "1"
@@ -270,13 +271,25 @@ def test_subject_is_one_line_with_count_and_date() -> None:
 
 
 def test_empty_digest_says_nothing_matched() -> None:
-    """A digest without papers renders a 'nothing matched today' message in every part."""
+    """A digest without papers says no new papers matched today, and that the next digest follows."""
     out = Renderer().render(_view())
     assert out.subject == "Paper Digest — no new papers for 2026-03-02"
-    assert "Nothing matched your filters today" in out.text
-    assert "Nothing matched your filters today" in out.html
+    for part in (out.text, out.html):
+        flat = " ".join(part.split())
+        assert "No new papers matched your filters today." in flat
+        assert "Your next digest will list any that do." in flat
+        # Not "you will hear from us when new papers do": this reader asked for daily mail.
+        assert "hear from us" not in flat
     assert "more paper" not in out.text
     _assert_safe_html(out.html)
+
+
+def test_golden_empty_text_and_html() -> None:
+    """An empty digest's text and HTML parts match tests/golden/digest_empty.txt and .html."""
+    empty = replace(golden_view(), papers=(), more_count=0)
+    out = Renderer().render(empty)
+    _check_golden("digest_empty.txt", out.text)
+    _check_golden("digest_empty.html", out.html)
 
 
 def test_more_count_line_only_when_positive() -> None:
@@ -517,3 +530,62 @@ def test_each_paper_block_is_rendered_once_per_renderer(tmp_path: Path) -> None:
     assert sorted(rendered_ids) == sorted(p.arxiv_id for p in papers)
     info = renderer.cache_info()
     assert info.misses == 4 and info.hits == 5 * 3 - 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Template failures: one ConfigError naming the template file and line
+# ------------------------------------------------------------------------------------------------
+
+
+def test_check_passes_for_the_built_in_templates() -> None:
+    """Renderer.check compiles and renders the built-in templates without complaint."""
+    Renderer().check()
+
+
+def test_check_names_the_broken_override_file_and_line(tmp_path: Path) -> None:
+    """An override that does not compile fails check() with its file, line and DIGESTBOT_TEMPLATES_DIR."""
+    (tmp_path / "subject.txt.j2").write_text("{{ list_name }}\n{% if %}x{% endif %}\n")
+    with pytest.raises(ConfigError) as caught:
+        Renderer(templates_dir=tmp_path).check()
+    error = caught.value
+    assert isinstance(error, TemplateError) and error.exit_code == 2
+    assert error.file == str(tmp_path / "subject.txt.j2") and error.line == 2
+    assert error.field == "DIGESTBOT_TEMPLATES_DIR"
+    assert f"{tmp_path / 'subject.txt.j2'}:2" in str(error) and "\n" not in str(error)
+
+
+def test_check_compiles_overrides_that_no_digest_uses(tmp_path: Path) -> None:
+    """check() compiles every .j2 file in the override folder, not only the ones a digest uses."""
+    (tmp_path / "_footer.txt.j2").write_text("{% for %}")
+    with pytest.raises(TemplateError, match="_footer.txt.j2:1"):
+        Renderer(templates_dir=tmp_path).check()
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "line", "problem"),
+    [
+        ("digest.txt.j2", "Hello\n{{ no_such_name }}\n", 2, "'no_such_name' is undefined"),
+        ("_paper.html.j2", "<p>\n\n{{ paper.title_text + 1 }}</p>", 3, "TypeError"),
+        ("digest.html.j2", "{% include 'missing.html.j2' %}", 1, "'missing.html.j2'"),
+    ],
+)
+def test_a_render_failure_names_the_template_and_line(
+    tmp_path: Path, name: str, body: str, line: int, problem: str
+) -> None:
+    """A template that compiles but fails at render time is a TemplateError naming file and line."""
+    (tmp_path / name).write_text(body)
+    renderer = Renderer(templates_dir=tmp_path)
+    for attempt in (renderer.check, lambda: renderer.render(_view(_paper()))):
+        with pytest.raises(TemplateError) as caught:
+            attempt()
+        assert (caught.value.file, caught.value.line) == (str(tmp_path / name), line)
+        assert problem in str(caught.value)
+
+
+def test_a_render_error_never_quotes_paper_data(tmp_path: Path) -> None:
+    """A Python error inside a template is reported by kind only, never with the paper's text."""
+    # str.format raises KeyError('Secret Title Words'): Python's message would quote the title.
+    (tmp_path / "_paper.txt.j2").write_text('{{ ("{" ~ paper.title_text ~ "}").format() }}')
+    with pytest.raises(TemplateError) as caught:
+        Renderer(templates_dir=tmp_path).render(_view(_paper(title="Secret Title Words")))
+    assert "KeyError" in str(caught.value) and "Secret" not in str(caught.value)

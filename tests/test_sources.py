@@ -7,7 +7,7 @@ so nothing here waits or touches the network.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,7 +20,18 @@ from hypothesis import strategies as st
 
 from digestbot import __version__
 from digestbot.errors import FetchError
-from digestbot.sources.base import FetchedPaper
+from digestbot.sources.base import (
+    MAX_ABSTRACT_CHARS,
+    MAX_AI_SUMMARY_CHARS,
+    MAX_AUTHOR_CHARS,
+    MAX_AUTHORS,
+    MAX_KEYWORD_CHARS,
+    MAX_KEYWORDS,
+    MAX_RESPONSE_BYTES,
+    MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
+    FetchedPaper,
+)
 from digestbot.sources.hf_daily import HFDailyPapers, make_client, parse_daily_papers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_daily_papers"
@@ -602,3 +613,158 @@ def test_near_valid_items_parse_cleanly_or_raise_fetch_error(items: list[Any]) -
         paper.summary.encode("utf-8")
         for link in (paper.github_repo, paper.project_page):
             assert link is None or link.lower().startswith(("http://", "https://"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Limits: field lengths and response size
+# ------------------------------------------------------------------------------------------------
+
+OVER_LIMIT = {
+    "title": ({"title": "t" * (MAX_TITLE_CHARS + 1)}, "'paper.title'"),
+    "summary": ({"summary": "s" * (MAX_ABSTRACT_CHARS + 1)}, "'paper.summary'"),
+    "ai_summary": ({"ai_summary": "a" * (MAX_AI_SUMMARY_CHARS + 1)}, "'paper.ai_summary'"),
+    "authors": ({"authors": [{"name": "A"}] * (MAX_AUTHORS + 1)}, "'paper.authors'"),
+    "author name": (
+        {"authors": [{"name": "ok"}, {"name": "n" * (MAX_AUTHOR_CHARS + 1)}]},
+        "'paper.authors[1].name'",
+    ),
+    "keywords": ({"ai_keywords": ["k"] * (MAX_KEYWORDS + 1)}, "'paper.ai_keywords'"),
+    "keyword": ({"ai_keywords": ["k" * (MAX_KEYWORD_CHARS + 1)]}, "'paper.ai_keywords[0]'"),
+    "githubRepo": (
+        {"githubRepo": "https://github.com/" + "r" * MAX_URL_CHARS},
+        "'paper.githubRepo'",
+    ),
+    "projectPage": (
+        {"projectPage": "https://example.org/" + "p" * MAX_URL_CHARS},
+        "'paper.projectPage'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVER_LIMIT))
+def test_a_field_over_its_limit_rejects_the_response_naming_paper_and_field(name: str) -> None:
+    """One item over a documented field limit rejects the whole response, naming paper id and field."""
+    fields, shown = OVER_LIMIT[name]
+    good = item(id="2401.00002")
+    with pytest.raises(FetchError) as caught:
+        parse_daily_papers(body(good, item(id="2401.00001", **fields)), url=FEED)
+    message = str(caught.value)
+    assert "item 1 (paper '2401.00001')" in message and shown in message
+    assert "over the limit" in message and "nothing from it was used" in message
+    assert len(message) < 600
+
+
+def test_fields_at_their_limits_are_kept_whole() -> None:
+    """Fields exactly at their limits parse, with nothing cut."""
+    at_limit = item(
+        title="t" * MAX_TITLE_CHARS,
+        summary="s" * MAX_ABSTRACT_CHARS,
+        authors=[{"name": "n" * MAX_AUTHOR_CHARS}] * MAX_AUTHORS,
+        ai_keywords=[f"k{i}" for i in range(MAX_KEYWORDS)],
+    )
+    [paper] = parse_daily_papers(body(at_limit), url=FEED)
+    assert len(paper.title) == MAX_TITLE_CHARS and len(paper.summary) == MAX_ABSTRACT_CHARS
+    assert len(paper.authors) == MAX_AUTHORS and len(paper.ai_keywords) == MAX_KEYWORDS
+
+
+@FUZZ
+@given(
+    st.sampled_from(
+        [("title", MAX_TITLE_CHARS), ("summary", MAX_ABSTRACT_CHARS), ("ai_summary", 5_000)]
+    ),
+    st.integers(min_value=-3, max_value=3),
+)
+def test_length_limits_hold_exactly_at_the_boundary(field: tuple[str, int], delta: int) -> None:
+    """A text field parses up to its limit and is rejected one character past it."""
+    key, limit = field
+    content = body(item(**{key: "x" * (limit + delta)}))
+    if delta <= 0:
+        assert len(parse_daily_papers(content, url=FEED)) == 1
+    else:
+        with pytest.raises(FetchError, match=f"'paper.{key}'"):
+            parse_daily_papers(content, url=FEED)
+
+
+def test_a_ten_megabyte_title_is_rejected_over_http() -> None:
+    """A 10 MB title (under the response cap) makes that day's response rejected, naming the paper."""
+    huge = body(item(id="2401.09999", title="T" * 10_000_000))
+    recorder = Recorder(httpx.Response(200, content=huge))
+    with pytest.raises(FetchError) as caught:
+        make_source(recorder).fetch_day(date(2026, 3, 2))
+    assert "2401.09999" in str(caught.value) and "'paper.title'" in str(caught.value)
+    assert len(str(caught.value)) < 600
+
+
+def test_an_oversized_http_response_is_refused_without_reading_it_all() -> None:
+    """A response that never ends is cut off just past the byte cap and refused, not retried."""
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        chunk = b" " * (1024 * 1024)
+        while True:
+            sent.append(len(chunk))
+            yield chunk
+
+    recorder = Recorder(lambda request: httpx.Response(200, content=endless()))
+    with pytest.raises(FetchError, match="larger than 16,777,216 bytes"):
+        make_source(recorder).fetch_day(date(2026, 3, 2))
+    assert sum(sent) <= MAX_RESPONSE_BYTES + 2 * 1024 * 1024
+    assert len(recorder.requests) == 1
+
+
+def test_an_oversized_saved_file_is_refused(tmp_path: Path) -> None:
+    """A saved response over the byte cap is refused naming the file, whatever it holds."""
+    saved = tmp_path / "2026-03-02.json"
+    with saved.open("wb") as handle:
+        handle.truncate(MAX_RESPONSE_BYTES + 1)
+    with pytest.raises(FetchError, match="larger than") as caught:
+        HFDailyPapers(feed_url=str(tmp_path), client=None).fetch_day(date(2026, 3, 2))
+    assert str(saved) in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# A window of days: a bad day is rejected alone
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_bad_day_in_the_window_is_rejected_alone(tmp_path: Path) -> None:
+    """With a truncated middle day, fetch_days keeps the other days' papers and names the bad day."""
+    for day in ("2026-03-02", "2026-03-04"):
+        (tmp_path / f"{day}.json").write_bytes((FIXTURES / f"{day}.json").read_bytes())
+    (tmp_path / "2026-03-03.json").write_text('{"broken": ')
+    source = HFDailyPapers(feed_url=str(tmp_path), client=None)
+    result = source.fetch_days(today=date(2026, 3, 4), lookback=2)
+    assert len(result.papers) == 30
+    assert {p.featured_at.date() for p in result.papers} == {date(2026, 3, 2), date(2026, 3, 4)}
+    assert [f.day for f in result.failures] == [date(2026, 3, 3)]
+    error = result.error()
+    assert error is not None and error.days == (date(2026, 3, 3),)
+    assert "2026-03-03" in str(error) and "truncated JSON" in str(error)
+    with pytest.raises(FetchError, match="truncated JSON"):
+        source.fetch_window(today=date(2026, 3, 4), lookback=2)
+
+
+def test_a_rejected_day_over_http_does_not_stop_the_following_days() -> None:
+    """A day answered with HTML is rejected; the days after it are still fetched and kept."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["date"] == "2026-03-03":
+            return httpx.Response(200, text="<html>maintenance</html>")
+        return serve_fixtures(request)
+
+    result = make_source(handler).fetch_days(today=date(2026, 3, 5), lookback=3)
+    assert [f.day for f in result.failures] == [date(2026, 3, 3)]
+    assert len(result.papers) == 45
+
+
+def test_an_unreachable_feed_is_not_retried_for_every_day() -> None:
+    """When the feed stays unreachable after the retries, the remaining days fail without new requests."""
+    recorder = Recorder(*[httpx.ConnectError("refused")] * 20)
+    result = make_source(recorder, retries=1).fetch_days(today=date(2026, 3, 4), lookback=2)
+    assert len(recorder.requests) == 2
+    assert [f.day for f in result.failures] == [
+        date(2026, 3, 2),
+        date(2026, 3, 3),
+        date(2026, 3, 4),
+    ]
+    assert not result.papers and "could not connect" in str(result.error())

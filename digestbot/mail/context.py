@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-import jinja2
-
 from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.message import build_message, dkim_sign, message_bytes
 from digestbot.matching import Match
@@ -56,13 +54,9 @@ class MailContext:
         return mailto, url
 
     def render(self, view: DigestView) -> RenderedDigest:
-        """Subject, text and HTML of one digest; a template that does not render is a ConfigError."""
-        try:
-            return self.renderer.render(view)
-        except jinja2.TemplateError as exc:
-            raise ConfigError(
-                f"cannot render the digest templates: {exc}", field="DIGESTBOT_TEMPLATES_DIR"
-            ) from exc
+        """Subject, text and HTML of one digest; a template that does not render is a TemplateError
+        (a ConfigError naming the template and line), which stops the run."""
+        return self.renderer.render(view)
 
 
 def digest_view(

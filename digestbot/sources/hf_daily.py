@@ -2,7 +2,9 @@
 
 Format: `GET https://huggingface.co/api/daily_papers?date=YYYY-MM-DD&limit=100&p=N` answers a JSON
 list of items, each `{"paper": {...}, "numComments": N, ...}`. A response that is not that shape is
-rejected whole (FetchError naming the URL and the problem), so nothing half-parsed is ever stored.
+rejected whole (FetchError naming the URL and the problem), so nothing half-parsed is ever stored;
+so is one with an item over a field limit (digestbot.sources.base) or a body over the byte cap.
+A window of days is fetched day by day (`fetch_days`): a bad day is rejected alone.
 Offline, the feed URL may name a saved response (a file) or a folder of `YYYY-MM-DD.json` files.
 """
 
@@ -13,7 +15,6 @@ import logging
 import os
 import re
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -24,9 +25,23 @@ from urllib.request import url2pathname
 
 import httpx
 
-from digestbot.errors import FetchError
-from digestbot.sources.base import FetchedPaper
-from digestbot.sources.http import MAX_BODY_BYTES, get_bytes, make_client, safe_snippet
+from digestbot import text
+from digestbot.errors import FeedUnavailableError, FetchError
+from digestbot.sources.base import (
+    MAX_ABSTRACT_CHARS,
+    MAX_AI_SUMMARY_CHARS,
+    MAX_AUTHOR_CHARS,
+    MAX_AUTHORS,
+    MAX_KEYWORD_CHARS,
+    MAX_KEYWORDS,
+    MAX_RESPONSE_BYTES,
+    MAX_TITLE_CHARS,
+    MAX_URL_CHARS,
+    DayFailure,
+    FetchedPaper,
+    WindowResult,
+)
+from digestbot.sources.http import get_bytes, make_client
 
 __all__ = ["HFDailyPapers", "make_client", "parse_daily_papers"]
 
@@ -35,15 +50,7 @@ log = logging.getLogger(__name__)
 MAX_PAGE_SIZE = 100  # the API's own maximum for `limit`
 MAX_PAGES = 100  # 10,000 papers in a day would mean the feed ignores `p`
 
-# New-style arXiv ids (YYMM.NNNNN, optional version) and old-style (archive[.SC]/YYMMNNN).
-_NEW_ID = re.compile(r"(\d{2}(?:0[1-9]|1[0-2])\.\d{4,5})(?:v\d+)?")
-_OLD_ID = re.compile(r"([a-z]+(?:-[a-z]+)*(?:\.[A-Z]{2})?/\d{2}(?:0[1-9]|1[0-2])\d{3})(?:v\d+)?")
 _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
-# Characters that must never reach a single-line field (a mail header, a log line): C0/C1
-# controls, line/paragraph separators, and bidirectional overrides that disguise text.
-_SINGLE_LINE_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f<>\"'`\\\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,12 +68,12 @@ def parse_daily_papers(content: bytes, *, url: str) -> list[FetchedPaper]:
     Required per item: `paper.id` (an arXiv id), `paper.title`, `paper.submittedOnDailyAt`.
     Everything else is optional; a present field of the wrong type is still an error.
     """
-    shown = safe_snippet(str(url), 300)
+    shown = text.snippet(str(url), 300)
     data = _decode_json(content, url=shown)
     if not isinstance(data, list):
         detail = ""
         if isinstance(data, dict) and isinstance(data.get("error"), str):
-            detail = f" (it says: {safe_snippet(data['error'])})"
+            detail = f" (it says: {text.snippet(data['error'])})"
         raise FetchError(
             f"{shown}: expected a JSON list of papers, got {_kind(data)}{detail}; "
             "the response was rejected and nothing from it was used"
@@ -93,7 +100,7 @@ def _decode_json(content: bytes, *, url: str) -> Any:
     if not head:
         raise FetchError(f"{url}: empty response where a JSON list of papers was expected")
     if head.startswith(b"<"):
-        start = safe_snippet(head.decode("utf-8", "replace"), 60)
+        start = text.snippet(head.decode("utf-8", "replace"), 60)
         raise FetchError(f"{url}: the response is HTML or XML, not JSON (it starts with {start!r})")
     try:
         return json.loads(content)
@@ -108,7 +115,7 @@ def _decode_json(content: bytes, *, url: str) -> Any:
     except RecursionError:
         raise FetchError(f"{url}: the JSON is nested too deeply to be a list of papers") from None
     except ValueError as exc:  # e.g. numbers too long to convert
-        raise FetchError(f"{url}: invalid JSON: {safe_snippet(str(exc))}") from None
+        raise FetchError(f"{url}: invalid JSON: {text.snippet(str(exc))}") from None
 
 
 def _kind(value: Any) -> str:
@@ -132,7 +139,7 @@ def _item_label(index: int, item: Any) -> str:
     if isinstance(item, dict) and isinstance(item.get("paper"), dict):
         pid = item["paper"].get("id")
         if isinstance(pid, str) and pid:
-            label += f" (paper {safe_snippet(pid, 40)!r})"
+            label += f" (paper {text.snippet(pid[:200], 40)!r})"
     return label
 
 
@@ -148,7 +155,7 @@ def _parse_item(item: Any) -> FetchedPaper:
         )
     f = _Fields(paper, "paper")
     arxiv_id = _arxiv_id(f.required_str("id"))
-    title = clean_line(f.required_str("title"))
+    title = text.clean_line(f.required_str("title", limit=MAX_TITLE_CHARS))
     if not title:
         raise _Reject("'paper.title' is empty")
     featured_at = _datetime(f.required_str("submittedOnDailyAt"), "paper.submittedOnDailyAt")
@@ -158,17 +165,18 @@ def _parse_item(item: Any) -> FetchedPaper:
     return FetchedPaper(
         arxiv_id=arxiv_id,
         title=title,
-        summary=clean_text(f.optional_str("summary") or ""),
-        authors=_authors(f.optional_list("authors")),
+        summary=text.clean_line(f.optional_str("summary", limit=MAX_ABSTRACT_CHARS) or ""),
+        authors=_authors(f.optional_list("authors", limit=MAX_AUTHORS)),
         published_at=published_at,
         featured_at=featured_at,
         upvotes=f.optional_count("upvotes") or 0,
         num_comments=top.optional_count("numComments") or 0,
-        github_repo=_web_url(f.optional_str("githubRepo")),
+        github_repo=text.safe_http_url(f.optional_str("githubRepo", limit=MAX_URL_CHARS)),
         github_stars=f.optional_count("githubStars"),
-        project_page=_web_url(f.optional_str("projectPage")),
-        ai_summary=clean_text(f.optional_str("ai_summary") or "") or None,
-        ai_keywords=_keywords(f.optional_list("ai_keywords")),
+        project_page=text.safe_http_url(f.optional_str("projectPage", limit=MAX_URL_CHARS)),
+        ai_summary=text.clean_line(f.optional_str("ai_summary", limit=MAX_AI_SUMMARY_CHARS) or "")
+        or None,
+        ai_keywords=_keywords(f.optional_list("ai_keywords", limit=MAX_KEYWORDS)),
     )
 
 
@@ -182,28 +190,27 @@ class _Fields:
     def _name(self, key: str) -> str:
         return f"'{self.prefix}.{key}'" if self.prefix else f"'{key}'"
 
-    def required_str(self, key: str) -> str:
+    def required_str(self, key: str, *, limit: int | None = None) -> str:
         if key not in self.obj or self.obj[key] is None:
             raise _Reject(f"missing {self._name(key)}")
-        value = self.obj[key]
-        if not isinstance(value, str):
-            raise _Reject(f"{self._name(key)} should be a string, got {_kind(value)}")
-        return value
+        return self.optional_str(key, limit=limit) or ""
 
-    def optional_str(self, key: str) -> str | None:
+    def optional_str(self, key: str, *, limit: int | None = None) -> str | None:
         value = self.obj.get(key)
         if value is None:
             return None
         if not isinstance(value, str):
             raise _Reject(f"{self._name(key)} should be a string, got {_kind(value)}")
+        _check_length(value, limit, self._name(key), "characters")
         return value
 
-    def optional_list(self, key: str) -> list[Any]:
+    def optional_list(self, key: str, *, limit: int | None = None) -> list[Any]:
         value = self.obj.get(key)
         if value is None:
             return []
         if not isinstance(value, list):
             raise _Reject(f"{self._name(key)} should be a list, got {_kind(value)}")
+        _check_length(value, limit, self._name(key), "entries")
         return value
 
     def optional_count(self, key: str) -> int | None:
@@ -217,17 +224,22 @@ class _Fields:
         return value
 
 
+def _check_length(value: str | list[Any], limit: int | None, name: str, unit: str) -> None:
+    """Reject a field over its documented limit (see digestbot.sources.base)."""
+    if limit is not None and len(value) > limit:
+        raise _Reject(f"{name} has {len(value):,} {unit}, over the limit of {limit:,}")
+
+
 def _arxiv_id(raw: str) -> str:
-    value = raw.strip()
-    match = _NEW_ID.fullmatch(value) or _OLD_ID.fullmatch(value)
-    if not match:
-        raise _Reject(f"'paper.id' is not an arXiv id: {safe_snippet(raw, 40)!r}")
-    return match.group(1)  # without any version suffix
+    found = text.arxiv_id(raw)
+    if found is None:
+        raise _Reject(f"'paper.id' is not an arXiv id: {text.snippet(raw[:200], 40)!r}")
+    return found  # without any version suffix
 
 
 def _datetime(raw: str, name: str) -> datetime:
     """An ISO 8601 date and time as timezone-aware UTC; a naive value is taken to be UTC."""
-    bad = _Reject(f"'{name}' is not an ISO 8601 date and time: {safe_snippet(raw, 40)!r}")
+    bad = _Reject(f"'{name}' is not an ISO 8601 date and time: {text.snippet(raw, 40)!r}")
     value = raw.strip()
     if not _ISO_DATETIME.match(value):
         raise bad
@@ -251,9 +263,11 @@ def _authors(raw: Iterable[Any]) -> tuple[str, ...]:
         name = author.get("name")
         if name is None:
             continue
+        where = f"'paper.authors[{position}].name'"
         if not isinstance(name, str):
-            raise _Reject(f"'paper.authors[{position}].name' should be a string, got {_kind(name)}")
-        cleaned = clean_line(name)
+            raise _Reject(f"{where} should be a string, got {_kind(name)}")
+        _check_length(name, MAX_AUTHOR_CHARS, where, "characters")
+        cleaned = text.clean_line(name)
         if cleaned:
             names.append(cleaned)
     return tuple(names)
@@ -266,39 +280,11 @@ def _keywords(raw: Iterable[Any]) -> tuple[str, ...]:
             raise _Reject(
                 f"'paper.ai_keywords[{position}]' should be a string, got {_kind(keyword)}"
             )
-        cleaned = clean_line(keyword)
+        _check_length(keyword, MAX_KEYWORD_CHARS, f"'paper.ai_keywords[{position}]'", "characters")
+        cleaned = text.clean_line(keyword)
         if cleaned:
             seen.setdefault(cleaned, None)
     return tuple(seen)
-
-
-def _web_url(raw: str | None) -> str | None:
-    """Keep a link only if it is a plain absolute http(s) URL; drop anything else (javascript:)."""
-    if raw is None:
-        return None
-    value = raw.strip()
-    if not value or len(value) > 2048 or _URL_FORBIDDEN.search(value) or _SURROGATE.search(value):
-        return None
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not host:
-        return None
-    return value
-
-
-def clean_line(text: str) -> str:
-    """A single-line field: controls (CR, LF, NUL, bidi overrides) become spaces, which collapse."""
-    text = _SURROGATE.sub("\ufffd", text)
-    text = unicodedata.normalize("NFC", _SINGLE_LINE_UNSAFE.sub(" ", text))
-    return " ".join(text.split())
-
-
-def clean_text(text: str) -> str:
-    """Running text (an abstract): cleaned like clean_line, so line wraps become single spaces."""
-    return clean_line(text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,15 +361,46 @@ class HFDailyPapers:
         return _dedupe(_read_saved(path))
 
     def fetch_window(self, *, today: date, lookback: int) -> list[FetchedPaper]:
-        """Papers of `today` and the `lookback` days before it, oldest first, once per arXiv id."""
+        """Papers of `today` and the `lookback` days before it, oldest first, once per arXiv id.
+
+        All or nothing: the first bad day raises its FetchError. `fetch_days` keeps the good days.
+        """
+        result = self.fetch_days(today=today, lookback=lookback)
+        if result.failures:
+            raise result.failures[0].error
+        return list(result.papers)
+
+    def fetch_days(self, *, today: date, lookback: int) -> WindowResult:
+        """Fetch `today` and the `lookback` days before it day by day; a bad day is rejected alone.
+
+        The result holds the good days' papers (oldest first, once per arXiv id) and, per bad
+        day, its FetchError. When the feed is unreachable (every retry used up), the remaining
+        days are not tried and fail with the same error. A feed location that does not exist
+        fails the whole window (FetchError raised).
+        """
         if lookback < 0:
             raise ValueError("lookback must be 0 or more")
         if self._where.kind != "http" and self._offline_path().is_file():
-            return self.fetch_day(today)
+            days = [today]
+        else:
+            days = [today - timedelta(days=offset) for offset in range(lookback, -1, -1)]
         papers: list[FetchedPaper] = []
-        for offset in range(lookback, -1, -1):
-            papers.extend(self.fetch_day(today - timedelta(days=offset)))
-        return _dedupe(papers)
+        failures: list[DayFailure] = []
+        unreachable: FetchError | None = None
+        for day in days:
+            if unreachable is not None:
+                failures.append(DayFailure(day, unreachable))
+                continue
+            try:
+                papers.extend(self.fetch_day(day))
+            except FeedUnavailableError as exc:
+                unreachable = exc
+                failures.append(DayFailure(day, exc))
+            except FetchError as exc:
+                failures.append(DayFailure(day, exc))
+        return WindowResult(
+            papers=tuple(_dedupe(papers)), failures=tuple(failures), days=tuple(days)
+        )
 
     def _offline_path(self) -> Path:
         where = self._where
@@ -392,7 +409,7 @@ class HFDailyPapers:
             if path.is_file() or path.is_dir():
                 return path
         raise FetchError(
-            f"feed URL {safe_snippet(self.feed_url, 200)!r} is neither an http(s) URL nor an "
+            f"feed URL {text.snippet(self.feed_url, 200)!r} is neither an http(s) URL nor an "
             "existing file or directory; check DIGESTBOT_FEED_URL"
         )
 
@@ -448,11 +465,13 @@ def _read_saved(path: Path) -> list[FetchedPaper]:
     shown = str(path)
     try:
         with path.open("rb") as handle:
-            content = handle.read(MAX_BODY_BYTES + 1)
+            content = handle.read(MAX_RESPONSE_BYTES + 1)
     except OSError as exc:
         raise FetchError(f"{shown}: cannot read the saved feed: {exc.strerror or exc}") from exc
-    if len(content) > MAX_BODY_BYTES:
-        raise FetchError(f"{shown}: larger than {MAX_BODY_BYTES} bytes; not a saved feed response")
+    if len(content) > MAX_RESPONSE_BYTES:
+        raise FetchError(
+            f"{shown}: larger than {MAX_RESPONSE_BYTES:,} bytes; refused as not a saved feed response"
+        )
     return parse_daily_papers(content, url=shown)
 
 

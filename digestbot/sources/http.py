@@ -16,18 +16,17 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from digestbot import __version__
-from digestbot.errors import ConfigError, FetchError
+from digestbot.errors import ConfigError, FeedUnavailableError, FetchError
+from digestbot.sources.base import MAX_RESPONSE_BYTES
+from digestbot.text import snippet
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"digestbot/{__version__} (+https://github.com/digestbot/digestbot)"
 MAX_RETRY_AFTER = 300.0  # never wait longer than this on the server's word
 MAX_BACKOFF = 60.0  # cap of the exponential backoff between attempts
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a day of papers is well under 1 MiB; refuse anything absurd
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def make_client(
@@ -57,12 +56,6 @@ def make_client(
         follow_redirects=True,
         transport=transport,
     )
-
-
-def safe_snippet(text: str, limit: int = 120) -> str:
-    """A short single-line excerpt of outside text, safe in an error message or a log line."""
-    text = " ".join(_UNSAFE.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def retry_after_seconds(headers: httpx.Headers, *, now: datetime) -> float | None:
@@ -127,7 +120,7 @@ def get_bytes(
     sleep: Callable[[float], None],
     now: Callable[[], datetime],
     explain_client_error: Callable[[int, str], str] | None = None,
-    max_bytes: int = MAX_BODY_BYTES,
+    max_bytes: int = MAX_RESPONSE_BYTES,
     rng: random.Random | None = None,
 ) -> bytes:
     """GET `url` and return the body of a 2xx answer; retry what is worth retrying, else FetchError.
@@ -159,9 +152,9 @@ def get_bytes(
                         advice = "the feed is having trouble; try again later"
                 else:
                     body = _read_capped(response, max_bytes=4096, url=shown, truncate=True)
-                    excerpt = safe_snippet(body.decode("utf-8", "replace"))
+                    excerpt = snippet(body.decode("utf-8", "replace"))
                     if 300 <= status < 400:
-                        where = safe_snippet(response.headers.get("location", "nowhere"))
+                        where = snippet(response.headers.get("location", "nowhere"))
                         advice = f"unexpected redirect to {where}; check DIGESTBOT_FEED_URL"
                     else:
                         advice = (
@@ -177,20 +170,20 @@ def get_bytes(
             )
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise FetchError(
-                f"GET {shown} failed: {safe_snippet(str(exc))}; check DIGESTBOT_FEED_URL"
+                f"GET {shown} failed: {snippet(str(exc))}; check DIGESTBOT_FEED_URL"
             ) from exc
         except httpx.TransportError as exc:
-            problem = f"could not connect ({type(exc).__name__}: {safe_snippet(str(exc))})"
+            problem = f"could not connect ({type(exc).__name__}: {snippet(str(exc))})"
             advice = "check the network connection and DIGESTBOT_FEED_URL, then try again"
         except (
             httpx.HTTPError
         ) as exc:  # decoding errors, too many redirects: retrying will not help
             raise FetchError(
-                f"GET {shown} failed: {type(exc).__name__}: {safe_snippet(str(exc))}"
+                f"GET {shown} failed: {type(exc).__name__}: {snippet(str(exc))}"
             ) from exc
         if last:
             tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-            raise FetchError(f"GET {shown} failed after {tries}: {problem}; {advice}")
+            raise FeedUnavailableError(f"GET {shown} failed after {tries}: {problem}; {advice}")
         delay = wait if wait is not None else backoff_delay(attempt, base=backoff, rng=rng)
         log.warning(
             "GET %s: %s; retry %d of %d in %.1f s", shown, problem, attempt + 1, retries, delay
@@ -212,6 +205,6 @@ def _read_capped(
             if truncate:
                 break
             raise FetchError(
-                f"GET {url}: response larger than {max_bytes} bytes; refusing it as not a feed"
+                f"GET {url}: response larger than {max_bytes:,} bytes; refused unread as not a feed"
             )
     return b"".join(chunks)[:max_bytes]
