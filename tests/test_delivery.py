@@ -679,20 +679,17 @@ def _rsa_pem(folder: Path) -> Path:
 def test_template_that_does_not_render_exits_2_and_fails_no_digest(
     bot: Bot, tmp_path: Path
 ) -> None:
-    """A template override that does not render stops `send` with exit 2, sends nothing and leaves every digest planned, never failed (a bad DKIM setting is refused earlier, at settings load: see test_settings)."""
+    """A template override that does not render stops `send` with exit 2 naming the template file and line, before anything is planned or sent, so no digest is ever failed (a bad DKIM setting is refused earlier, at settings load: see test_settings)."""
+    assert bot.cli("fetch", "--date", DAY).exit_code == 0
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "subject.txt.j2").write_text("{{ no_such_name.attr }}\n")
     env = {"DIGESTBOT_TEMPLATES_DIR": str(templates)}
-    result = bot.cli("send", "--date", DAY, **env)
+    result = bot.cli("send", "--date", DAY, "--no-fetch", **env)
     assert result.exit_code == 2, result.output
+    assert "templates/subject.txt.j2:1" in result.output, result.output
     assert bot.server.handler.received == []
-    rows = bot.rows()
-    assert sorted(rows) == sorted(PEOPLE)
-    assert all(
-        (r.state, r.attempts, r.claimed_by, r.last_error) == ("planned", 0, None, None)
-        for r in rows.values()
-    ), rows
+    assert bot.rows() == {}, "nothing was planned, so nothing can be marked failed"
     fixed = bot.cli("send", "--date", DAY, "--no-fetch")
     assert fixed.exit_code == 0, fixed.output
     assert len(bot.server.handler.received) == 3
