@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.engine import Engine
+from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, pipeline, schedule, store
-from digestbot.db import session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
-from digestbot.models import DigestState
+from digestbot.models import DeliveryHealth, DigestState
 from digestbot.settings import Settings, load_settings
 
 cli = typer.Typer(
@@ -47,6 +47,26 @@ T = TypeVar("T")
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+class _Argument(TyperArgument):
+    """An argument shown by its metavar alone (`EMAIL`, `[EMAIL]`), never as `{email}` or `<str>`."""
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.display_name_raw if self.required else f"[{self.display_name_raw}]"]
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+class _Command(TyperCommand):
+    """A command whose arguments are shown the usual Unix way in usage lines and --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is TyperArgument:
+                param.__class__ = _Argument  # typer builds the parameters; only display changes
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -258,14 +278,8 @@ def send(
         finally:
             bar.stop()
             delivery.backend.close()
-        plan, report = done.plan, done.report
-        taken = f", taken over by another run {len(report.taken_over)}" if report.taken_over else ""
-        out.print(
-            f"planned {plan.planned} digests ({plan.skipped} with nothing new, "
-            f"{plan.existing} already done for the day); sent {len(report.sent)}, "
-            f"deferred {len(report.deferred)}, failed {len(report.failed)}{taken}",
-            markup=False,
-        )
+        report = done.report
+        out.print(_send_summary(done), markup=False)
         for email, reason in report.deferred:
             err.print(f"deferred {email}: {reason} (will retry)", markup=False)
         for email, reason in report.failed:
@@ -274,6 +288,35 @@ def send(
             err.print(f"taken over by another run {email}: {reason}", markup=False)
         if not report.ok:
             raise typer.Exit(1)
+
+
+def _send_summary(done: pipeline.SendSummary) -> str:
+    """One line saying what the run did: what it planned, then what came of every attempt."""
+    plan, report, waiting = done.plan, done.report, done.waiting
+    line = (
+        f"planned {plan.planned} new, {plan.skipped} skipped with nothing new, "
+        f"{plan.existing} already had their digest for the day; sent {len(report.sent)}, "
+        f"deferred {len(report.deferred)}, failed {len(report.failed)}"
+    )
+    if report.taken_over:
+        line += f", taken over by another run {len(report.taken_over)}"
+    if report.retries:
+        line += f" ({report.retries} of them retries of earlier attempts)"
+    if waiting.count:
+        line += f"; {waiting.count} waiting for a later retry, next at {_when(waiting.next_at)}"
+    return line
+
+
+def _when(at: datetime | None) -> str:
+    """A stored time for people: minutes, UTC."""
+    return "-" if at is None else f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def _iso(at: datetime | None) -> str | None:
+    """A stored time for machines: ISO 8601 in UTC, to the second, with a Z."""
+    if at is None:
+        return None
+    return at.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class _Bar:
@@ -323,14 +366,15 @@ def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
             )
     out.print(table)
     out.print(
-        f"{len(result.rows)} digests would be planned; {result.existing} already done for the day",
+        f"{len(result.rows)} digests would be planned; "
+        f"{result.existing} already had their digest for the day",
         markup=False,
     )
 
 
-@cli.command()
+@cli.command(cls=_Command)
 def preview(
-    email: Annotated[str, typer.Argument(help="The subscriber's email address.")],
+    email: Annotated[str, typer.Argument(metavar="EMAIL", help="The subscriber's email address.")],
     html: Annotated[
         Path | None,
         typer.Option("--html", metavar="FILE", help="Write the HTML part to this file."),
@@ -394,76 +438,202 @@ def run() -> None:
 
 
 @cli.command()
-def status() -> None:
-    """Show the last fetch, papers stored, digests by state, and deferred or failed digests with reasons.
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (times in ISO 8601 UTC).")
+    ] = False,
+) -> None:
+    """Show the last fetch, papers, subscribers, digests by state, delivery trouble and retries.
 
-    Example: digestbot status
+    Delivery trouble is the last error that stopped a whole delivery run (server unreachable,
+    login refused) until a later run gets a message through. Digests waiting for a retry are
+    listed with their next attempt time, failed ones with the server's reply, and people in the
+    subscribers file not synced yet by name. Reads only; a missing or broken subscribers file
+    is a warning. --json gives the same for monitoring.
+
+    Example: digestbot status --json
     """
     with _errors():
         settings = _settings()
         engine = app.database(settings, create=False)
-        with session_scope(engine) as s:
-            st = store.status(s)
-            sent_papers = store.sent_paper_count(s)
-        last = st.last_fetch
-        if last is None:
-            out.print("last fetch: never (run `digestbot fetch`)", markup=False)
+        emails: list[str] | None = None
+        file_error: str | None = None
+        try:
+            emails = [sp.email for sp in app.load_people(settings)]
+        except ConfigError as exc:
+            file_error = str(exc)
+        st = pipeline.status(engine, file_emails=emails)
+        if as_json:
+            out.print_json(json.dumps(_status_json(settings, st, emails, file_error)))
         else:
-            outcome = (
-                f"ok, {last.new_count} new, {last.updated_count} updated"
-                if last.ok
-                else f"FAILED: {last.error}"
-            )
+            _print_status(settings, st, emails, file_error)
+
+
+def _status_json(
+    settings: Settings, st: store.Status, emails: list[str] | None, file_error: str | None
+) -> dict[str, Any]:
+    """`status --json`: stable keys, times in ISO 8601 UTC, null where there is nothing yet."""
+    last, health = st.last_fetch, st.delivery
+    problem = [
+        {
+            "email": p.email,
+            "period": p.period,
+            "attempts": p.attempts,
+            "last_error": p.error,
+            **(
+                {"next_attempt_at": _iso(p.next_attempt_at)}
+                if p.state == DigestState.DEFERRED
+                else {}
+            ),
+        }
+        for p in st.problems
+    ]
+    states = [p.state for p in st.problems]
+    return {
+        "generated_at": _iso(_now()),
+        "last_fetch": None
+        if last is None
+        else {
+            "started_at": _iso(last.started_at),
+            "finished_at": _iso(last.finished_at),
+            "feed_url": last.feed_url,
+            "ok": last.ok,
+            "new": last.new_count,
+            "updated": last.updated_count,
+            "error": last.error,
+        },
+        "last_good_fetch_at": _iso(st.last_good_fetch.started_at) if st.last_good_fetch else None,
+        "papers_stored": st.papers,
+        "papers_mailed": st.papers_mailed,
+        "subscribers": {
+            "file": str(settings.subscribers_path),
+            "file_error": file_error,
+            "in_file": None if emails is None else len(emails),
+            "synced": st.subscribers,
+            "not_synced": st.not_synced or [],
+        },
+        "digests": st.digests_by_state,
+        "delivery": {
+            "failing": bool(health and health.failing),
+            "last_error": health.last_error if health else None,
+            "last_error_at": _iso(health.last_error_at) if health else None,
+            "failing_since": _iso(health.failing_since) if health else None,
+            "errors_in_a_row": health.errors_in_a_row if health else 0,
+            "last_ok_at": _iso(health.last_ok_at) if health else None,
+        },
+        "waiting_for_retry": [
+            p for p, s in zip(problem, states, strict=True) if s == DigestState.DEFERRED
+        ],
+        "failed": [p for p, s in zip(problem, states, strict=True) if s == DigestState.FAILED],
+    }
+
+
+def _print_status(
+    settings: Settings, st: store.Status, emails: list[str] | None, file_error: str | None
+) -> None:
+    last = st.last_fetch
+    if last is None:
+        out.print("last fetch: never (run `digestbot fetch`)", markup=False)
+    else:
+        outcome = (
+            f"ok, {last.new_count} new, {last.updated_count} updated"
+            if last.ok
+            else f"FAILED: {last.error}"
+        )
+        out.print(
+            f"last fetch: {_when(last.started_at)} from {last.feed_url}: {outcome}", markup=False
+        )
+        if not last.ok and st.last_good_fetch is not None:
+            out.print(f"last good fetch: {_when(st.last_good_fetch.started_at)}", markup=False)
+    out.print(f"papers stored: {st.papers}", markup=False)
+    out.print(_subscribers_line(settings, st, emails, file_error), markup=False)
+    states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items()) if v)
+    out.print(f"digests: {states or 'none yet'}; papers mailed: {st.papers_mailed}", markup=False)
+    out.print(_delivery_line(st.delivery), markup=False)
+    waiting = [p for p in st.problems if p.state == DigestState.DEFERRED]
+    failed = [p for p in st.problems if p.state == DigestState.FAILED]
+    for title, rows in (("waiting for retry", waiting), ("failed", failed)):
+        if rows:
+            out.print(f"{title} (newest first):", markup=False)
+        for p in rows:
+            when = f"  next try {_when(p.next_attempt_at)}" if p in waiting else ""
             out.print(
-                f"last fetch: {last.started_at:%Y-%m-%d %H:%M} UTC from {last.feed_url}: {outcome}",
+                f"  {p.state:<8} {p.email}  day {p.period}  attempts {p.attempts}{when}\n"
+                f"           server reply: {p.error or '-'}",
                 markup=False,
             )
-            if not last.ok and st.last_good_fetch is not None:
-                out.print(
-                    f"last good fetch: {st.last_good_fetch.started_at:%Y-%m-%d %H:%M} UTC",
-                    markup=False,
-                )
-        out.print(f"papers stored: {st.papers}", markup=False)
-        out.print(f"active subscribers: {st.subscribers}", markup=False)
-        states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items())) or "none yet"
-        out.print(f"digests: {states}; papers mailed: {sent_papers}", markup=False)
-        if st.problems:
-            out.print("deferred and failed digests (newest first):", markup=False)
-            for p in st.problems:
-                when = (
-                    f", next try {p.next_attempt_at:%Y-%m-%d %H:%M} UTC"
-                    if p.next_attempt_at and p.state == DigestState.DEFERRED
-                    else ""
-                )
-                out.print(
-                    f"  {p.state:<8} {p.email}  day {p.period}  attempts {p.attempts}{when}\n"
-                    f"           server reply: {p.error or '-'}",
-                    markup=False,
-                )
 
 
-@cli.command()
+def _subscribers_line(
+    settings: Settings, st: store.Status, emails: list[str] | None, file_error: str | None
+) -> str:
+    if emails is None:
+        return f"subscribers: {st.subscribers} synced; warning: {file_error}"
+    name = settings.subscribers_path.name
+    pending = st.not_synced or []
+    if not pending:
+        return f"subscribers: {len(emails)} in {name}, {st.subscribers} synced"
+    shown = ", ".join(pending[:10]) + (
+        f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+    )
+    synced = len(emails) - len(pending)
+    return (
+        f"subscribers: {len(emails)} in {name}, {synced} synced yet; not synced: {shown} "
+        "(the next `digestbot send` or daemon run syncs them)"
+    )
+
+
+def _delivery_line(health: DeliveryHealth | None) -> str:
+    if health is None:
+        return "delivery: nothing recorded yet"
+    if health.failing:
+        return (
+            f"delivery: FAILING since {_when(health.failing_since)}, "
+            f"{health.errors_in_a_row} run(s) in a row; last error {_when(health.last_error_at)}: "
+            f"{health.last_error}"
+        )
+    line = f"delivery: ok, the server last answered {_when(health.last_ok_at)}"
+    if health.last_error_at is not None:
+        line += f" (earlier error {_when(health.last_error_at)}: {health.last_error})"
+    return line
+
+
+@cli.command(cls=_Command)
 def retry(
     email: Annotated[
-        str | None, typer.Argument(help="Only this subscriber's failed digests.")
+        str | None,
+        typer.Argument(metavar="EMAIL", help="Only this subscriber's digests.", show_default=False),
     ] = None,
+    failed_only: Annotated[
+        bool,
+        typer.Option(
+            "--failed-only", help="Requeue failed digests only; deferred ones keep their time."
+        ),
+    ] = False,
 ) -> None:
-    """Requeue failed digests so the next `digestbot send` or daemon run delivers them again.
+    """Make failed and deferred digests due now, so the next `digestbot send` or daemon run delivers them.
+
+    Failed digests go back to planned; deferred ones keep their attempts but wait no longer. Use it
+    after fixing the mail relay. With --failed-only, deferred digests keep their retry time.
 
     Example: digestbot retry ada@example.org
     """
     with _errors():
         settings = _settings()
-        engine = app.database(settings)
+        engine = app.database(settings, create=False)
         ids = None
         if email is not None:
             ids = pipeline.subscriber_ids(engine, [email])
             if not ids:
                 raise ConfigError(f"no digests recorded for {email}", field="EMAIL")
-        n = pipeline.requeue_failed(engine, subscriber_ids=ids, now=_now())
+        n = pipeline.requeue(engine, subscriber_ids=ids, now=_now(), failed_only=failed_only)
+        what = (
+            f"{n.failed} failed digest(s)"
+            if failed_only
+            else f"{n.failed} failed and {n.deferred} deferred digest(s)"
+        )
         out.print(
-            f"requeued {n} failed digest(s); run `digestbot send --no-fetch` to deliver them now",
-            markup=False,
+            f"requeued {what}; run `digestbot send --no-fetch` to deliver them now", markup=False
         )
 
 
@@ -526,10 +696,13 @@ def check(
             raise typer.Exit(1)
 
 
-@cli.command()
+@cli.command(cls=_Command)
 def match(
     query: Annotated[
-        str, typer.Argument(help="A filter query, e.g. '\"speculative decoding\" -survey'.")
+        str,
+        typer.Argument(
+            metavar="QUERY", help="A filter query, e.g. '\"speculative decoding\" -survey'."
+        ),
     ],
     date_: Annotated[
         str | None, _date_option("Only papers featured on this day (YYYY-MM-DD).")

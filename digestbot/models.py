@@ -167,3 +167,28 @@ class DatabaseIdentity(SQLModel, table=True):
 
     id: int = Field(default=1, primary_key=True)
     token: str = Field(max_length=32)
+
+
+class DeliveryHealth(SQLModel, table=True):
+    """One row: whether the mail backend could be used at all, for `digestbot status`.
+
+    A delivery run that cannot use the backend (server unreachable, login refused, TLS; a
+    template or signing key that stops every message) records its error and time here; a later
+    run whose message the backend answered records `last_ok_at`, which supersedes the error.
+    """
+
+    __tablename__ = "delivery_health"
+
+    id: int = Field(default=1, primary_key=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text())
+    last_error_at: datetime | None = _utc(default=None, nullable=True)
+    failing_since: datetime | None = _utc(default=None, nullable=True)  # first error of the streak
+    errors_in_a_row: int = 0
+    last_ok_at: datetime | None = _utc(default=None, nullable=True)
+
+    @property
+    def failing(self) -> bool:
+        """The last thing the backend did was fail (no answered message since the last error)."""
+        return self.last_error_at is not None and (
+            self.last_ok_at is None or self.last_ok_at < self.last_error_at
+        )

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from digestbot.matching import Match
 from digestbot.models import (
+    DeliveryHealth,
     Digest,
     DigestItem,
     DigestState,
@@ -182,6 +183,7 @@ class StoredDigest:
     period: str
     message_id: str
     more_count: int
+    attempts: int  # delivery attempts before this run's (more than 0: this send is a retry)
     items: tuple[DigestItem, ...]
 
 
@@ -211,6 +213,7 @@ def load_digests(
             period=d.period,
             message_id=d.message_id,
             more_count=d.more_count,
+            attempts=d.attempts,
             items=tuple(items[d.id]),
         )
     return out, papers
@@ -461,14 +464,112 @@ def extend_lease(session: Session, *, ids: Sequence[int], me: str, now: datetime
         )
 
 
-def requeue_failed(session: Session, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:
-    """`digestbot retry`: failed digests go back to planned, with a fresh attempt budget."""
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """How many digests `digestbot retry` made due again."""
+
+    failed: int
+    deferred: int
+
+
+def requeue(
+    session: Session,
+    *,
+    subscriber_ids: Sequence[int] | None,
+    now: datetime,
+    failed_only: bool = False,
+) -> Requeued:
+    """`digestbot retry`: make failed (and, unless `failed_only`, deferred) digests due at `now`.
+
+    A failed digest goes back to planned with a fresh attempt budget. A deferred digest stays
+    deferred with its attempts (so its send counts as a retry) but is due at once, and its
+    give-up time counts from its next attempt.
+    """
     table = table_of(Digest)
-    stmt = (
-        table.update()
-        .where(table.c.state == DigestState.FAILED)
-        .values(state=DigestState.PLANNED, attempts=0, first_attempt_at=None, next_attempt_at=now)
+
+    def _update(current: DigestState, /, **values: object) -> int:
+        stmt = table.update().where(table.c.state == current).values(**values)
+        if subscriber_ids is not None:
+            stmt = stmt.where(table.c.subscriber_id.in_(list(subscriber_ids)))
+        return session.connection().execute(stmt).rowcount or 0
+
+    failed = _update(
+        DigestState.FAILED,
+        state=DigestState.PLANNED,
+        attempts=0,
+        first_attempt_at=None,
+        next_attempt_at=now,
+    )
+    deferred = (
+        0
+        if failed_only
+        else _update(DigestState.DEFERRED, first_attempt_at=None, next_attempt_at=now)
+    )
+    return Requeued(failed=failed, deferred=deferred)
+
+
+def requeue_failed(session: Session, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:
+    """Failed digests only go back to planned (`digestbot retry --failed-only`)."""
+    return requeue(session, subscriber_ids=subscriber_ids, now=now, failed_only=True).failed
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Deferred digests whose retry time has not come yet."""
+
+    count: int
+    next_at: datetime | None
+
+
+def waiting_for_retry(
+    session: Session, *, now: datetime, subscriber_ids: Sequence[int] | None = None
+) -> Waiting:
+    """How many deferred digests wait for a later retry (of active subscribers), and the soonest time."""
+    active = sa.select(col(Subscriber.id)).where(col(Subscriber.active).is_(True))
+    stmt = sa.select(
+        sa.func.count(), sa.func.min(col(Digest.next_attempt_at), type_=UTCDateTime())
+    ).where(
+        col(Digest.state) == DigestState.DEFERRED,
+        col(Digest.next_attempt_at) > now,
+        col(Digest.subscriber_id).in_(active),
     )
     if subscriber_ids is not None:
-        stmt = stmt.where(table.c.subscriber_id.in_(list(subscriber_ids)))
-    return session.connection().execute(stmt).rowcount or 0
+        stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
+    count, next_at = session.execute(stmt).one()
+    return Waiting(count=int(count), next_at=next_at)
+
+
+# -- whether the backend works at all --------------------------------------------------------
+
+
+def _health_row(session: Session) -> DeliveryHealth:
+    """The one delivery_health row, created if missing (concurrent runs may both try: no conflict)."""
+    session.execute(
+        dialect_insert(session, table_of(DeliveryHealth))
+        .values(id=1, errors_in_a_row=0)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    row = session.get(DeliveryHealth, 1, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def record_delivery_error(session: Session, *, error: str, now: datetime) -> None:
+    """A delivery run could not use the backend at all (nothing was attempted): keep why and when."""
+    row = _health_row(session)
+    if not row.failing:
+        row.failing_since = now
+        row.errors_in_a_row = 0
+    row.errors_in_a_row += 1
+    row.last_error = error
+    row.last_error_at = now
+    session.add(row)
+
+
+def record_delivery_ok(session: Session, *, now: datetime) -> None:
+    """The backend answered a message (accepted or refused it): an earlier error is superseded."""
+    row = _health_row(session)
+    row.last_ok_at = now
+    row.failing_since = None
+    row.errors_in_a_row = 0
+    session.add(row)

@@ -22,6 +22,8 @@ from digestbot.addresses import address_key
 from digestbot.db import session_scope
 from digestbot.errors import (
     ConfigError,
+    DeliverySetupError,
+    DigestbotError,
     FetchError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
@@ -148,6 +150,13 @@ def subscriber_ids(engine: Engine, emails: Sequence[str]) -> list[int]:
     """Stored ids of these addresses (compared by address_key); addresses never synced are left out."""
     with session_scope(engine) as s:
         return sorted(store.subscriber_ids(s, emails).values())
+
+
+def status(engine: Engine, *, file_emails: Sequence[str] | None) -> store.Status:
+    """`digestbot status`: fetches, papers, subscribers (against the file's addresses, if read),
+    digests, retries and the last delivery error. Reads only."""
+    with session_scope(engine) as s:
+        return store.status(s, file_emails=file_emails)
 
 
 # -- matching -------------------------------------------------------------------------------
@@ -291,6 +300,7 @@ def plan_digests(
 class SendSummary:
     plan: PlanSummary
     report: DeliveryReport
+    waiting: outbox.Waiting  # deferred digests not due yet when the run ended
 
 
 def send(
@@ -341,7 +351,9 @@ def send(
         subscriber_ids=ids,
         on_result=on_result,
     )
-    return SendSummary(plan=plan, report=report)
+    with session_scope(engine) as s:
+        waiting = outbox.waiting_for_retry(s, now=clock(), subscriber_ids=ids)
+    return SendSummary(plan=plan, report=report, waiting=waiting)
 
 
 # -- previews and dry runs ------------------------------------------------------------------
@@ -472,13 +484,16 @@ class DeliveryReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     taken_over: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
+    retries: int = 0  # of the digests sent, deferred or failed: those attempted in an earlier run
 
     @property
     def ok(self) -> bool:
         """Nothing deferred or failed (a digest another run took over is that run's to report)."""
         return not self.deferred and not self.failed
 
-    def add(self, email: str, outcome: outbox.Outcome, reason: str) -> None:
+    def add(self, email: str, outcome: outbox.Outcome, reason: str, *, retry: bool = False) -> None:
+        if retry and outcome != outbox.Outcome.TAKEN_OVER:
+            self.retries += 1
         if outcome == outbox.Outcome.SENT:
             self.sent.append(email)
         else:
@@ -495,10 +510,16 @@ def count_due(engine: Engine, *, now: datetime, subscriber_ids: Sequence[int] | 
         return outbox.count_due(s, now=now, subscriber_ids=subscriber_ids)
 
 
-def requeue_failed(engine: Engine, *, subscriber_ids: Sequence[int] | None, now: datetime) -> int:
-    """`digestbot retry`: failed digests go back to planned, with a fresh attempt budget."""
+def requeue(
+    engine: Engine,
+    *,
+    subscriber_ids: Sequence[int] | None,
+    now: datetime,
+    failed_only: bool = False,
+) -> outbox.Requeued:
+    """`digestbot retry`: failed and (unless `failed_only`) deferred digests become due at `now`."""
     with session_scope(engine) as s:
-        return outbox.requeue_failed(s, subscriber_ids=subscriber_ids, now=now)
+        return outbox.requeue(s, subscriber_ids=subscriber_ids, now=now, failed_only=failed_only)
 
 
 def deliver_due(
@@ -566,16 +587,36 @@ def deliver_due(
                     policy=policy,
                 )
                 pending.remove(digest_id)
-                report.add(d.email, outcome, reason)
+                report.add(d.email, outcome, reason, retry=d.attempts > 0)
                 if outcome != outbox.Outcome.SENT:
                     log.warning("digest for %s %s: %s", d.email, outcome, reason)
                 if on_result is not None:
                     on_result(d.email, outcome)
+        except (DeliverySetupError, ConfigError) as exc:
+            _record_health(engine, error=str(exc), now=clock())
+            raise
         finally:
             if pending:
                 with session_scope(engine) as s:
                     outbox.release(s, ids=pending, me=me)
+    if report.sent or report.deferred or report.failed:
+        _record_health(engine, error=None, now=clock())
     return report
+
+
+def _record_health(engine: Engine, *, error: str | None, now: datetime) -> None:
+    """Note for `status` that the backend could not be used (`error`) or answered a message.
+
+    A database that cannot take the note is logged, never raised over the delivery's own outcome.
+    """
+    try:
+        with session_scope(engine) as s:
+            if error is None:
+                outbox.record_delivery_ok(s, now=now)
+            else:
+                outbox.record_delivery_error(s, error=error, now=now)
+    except DigestbotError as exc:
+        log.warning("could not record the delivery status for `digestbot status`: %s", exc)
 
 
 def _send_one(

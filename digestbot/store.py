@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from digestbot.addresses import address_key
 from digestbot.models import (
     DatabaseIdentity,
+    DeliveryHealth,
     Digest,
     DigestItem,
     DigestState,
@@ -235,6 +236,22 @@ def _ids_by_key(session: Session, keys: Sequence[str]) -> dict[str, int]:
     return ids
 
 
+def unsynced(session: Session, emails: Sequence[str]) -> list[str]:
+    """The addresses (as given, in order) with no active stored subscriber: never synced, or
+    back in the file since a sync removed them. Read-only."""
+    active: set[str] = set()
+    keys = sorted({address_key(e) for e in emails})
+    for chunk in chunks(keys):
+        active.update(
+            session.execute(
+                sa.select(col(Subscriber.address_key)).where(
+                    col(Subscriber.address_key).in_(chunk), col(Subscriber.active).is_(True)
+                )
+            ).scalars()
+        )
+    return [e for e in emails if address_key(e) not in active]
+
+
 def subscriber_records(session: Session, ids: Iterable[int]) -> dict[int, SubscriberRecord]:
     out: dict[int, SubscriberRecord] = {}
     for chunk in chunks(sorted(set(ids))):
@@ -267,9 +284,12 @@ class Status:
     last_fetch: FetchRun | None
     last_good_fetch: FetchRun | None
     papers: int
-    subscribers: int
-    digests_by_state: dict[str, int]
-    problems: list[Problem]  # newest first
+    papers_mailed: int
+    subscribers: int  # active (synced) subscribers
+    not_synced: list[str] | None  # addresses of the file given that are not synced (None: no file)
+    digests_by_state: dict[str, int]  # every DigestState, 0 when none
+    problems: list[Problem]  # deferred and failed, newest first
+    delivery: DeliveryHealth | None  # None: no delivery run has recorded anything yet
 
 
 def last_good_fetch(session: Session) -> FetchRun | None:
@@ -282,13 +302,18 @@ def last_good_fetch(session: Session) -> FetchRun | None:
     ).first()
 
 
-def status(session: Session, *, problem_limit: int = 50) -> Status:
+def status(
+    session: Session, *, file_emails: Sequence[str] | None = None, problem_limit: int = 50
+) -> Status:
+    """What `digestbot status` shows; `file_emails` (the subscribers file) is checked for people
+    not synced yet. Read-only."""
     last = session.exec(select(FetchRun).order_by(col(FetchRun.id).desc()).limit(1)).first()
     papers = session.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
     subs = session.execute(
         sa.select(sa.func.count()).select_from(Subscriber).where(col(Subscriber.active).is_(True))
     ).scalar_one()
-    by_state: dict[str, int] = {
+    by_state: dict[str, int] = {state.value: 0 for state in DigestState}
+    by_state |= {
         state: n
         for state, n in session.execute(
             sa.select(col(Digest.state), sa.func.count()).group_by(col(Digest.state))
@@ -312,12 +337,15 @@ def status(session: Session, *, problem_limit: int = 50) -> Status:
         last_fetch=last,
         last_good_fetch=last_good_fetch(session),
         papers=papers,
+        papers_mailed=sent_paper_count(session),
         subscribers=subs,
+        not_synced=None if file_emails is None else unsynced(session, file_emails),
         digests_by_state=by_state,
         problems=[
             Problem(email, period, DigestState(state), attempts, error, nxt)
             for email, period, state, attempts, error, nxt in rows
         ],
+        delivery=session.get(DeliveryHealth, 1),
     )
 
 

@@ -72,7 +72,10 @@ def test_second_run_sends_nothing_new(workdir: Path, smtp_server: SMTPServer) ->
     again = invoke("send", "--date", "2026-03-04", env=smtp_server.env())
     assert again.exit_code == 0, again.output
     assert len(smtp_server.handler.received) == first
-    assert "already done for the day" in again.output
+    assert "planned 0 new, 0 skipped with nothing new, 3 already had their digest for the day" in (
+        again.stdout
+    )
+    assert "already done" not in again.output
 
 
 def test_paper_featured_later_goes_out_in_next_digest(
@@ -425,6 +428,115 @@ def test_status_reports_fetch_papers_and_digests(workdir: Path) -> None:
     assert "sent 3" in result.output
 
 
+def test_status_after_a_failed_first_fetch_counts_the_subscribers_file(
+    workdir: Path, feed_dir: Path
+) -> None:
+    """After a first `send` whose fetch failed, `status` says the file holds 3 subscribers and none is synced yet, naming them, instead of "active subscribers: 0"."""
+    for f in feed_dir.glob("*.json"):
+        f.write_text('{"broken": ')
+    assert invoke("send", "--date", "2026-03-04").exit_code == 1
+    result = invoke("status")
+    assert result.exit_code == 0, result.output
+    assert "active subscribers: 0" not in result.output
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("subscribers:"))
+    assert "3 in subscribers.toml, 0 synced yet" in line, line
+    assert all(e in line for e in ("ada@example.org", "grace@example.org", "alan@example.org"))
+    data = json.loads(invoke("status", "--json").stdout)
+    subs = data["subscribers"]
+    assert (subs["in_file"], subs["synced"], subs["file_error"]) == (3, 0, None)
+    assert sorted(subs["not_synced"]) == [
+        "ada@example.org",
+        "alan@example.org",
+        "grace@example.org",
+    ]
+    assert data["last_fetch"]["ok"] is False and data["last_good_fetch_at"] is None
+
+
+@pytest.mark.parametrize("problem", ["missing", "broken"])
+def test_status_with_a_missing_or_broken_subscribers_file_warns_and_still_reports(
+    workdir: Path, problem: str
+) -> None:
+    """A missing or broken subscribers file is one warning line in `status` (and `file_error` in --json), never a failure of the command."""
+    assert invoke("send", "--date", "2026-03-04").exit_code == 0
+    target = workdir / "subscribers.toml"
+    if problem == "missing":
+        target.unlink()
+    else:
+        target.write_text("[[subscribers]]\nemail = \n")
+    result = invoke("status")
+    assert result.exit_code == 0, result.output
+    assert "sent 3" in result.stdout
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("subscribers:"))
+    assert "3 synced" in line and "warning" in line and "subscribers.toml" in line, line
+    data = json.loads(invoke("status", "--json").stdout)
+    assert data["subscribers"]["in_file"] is None and data["subscribers"]["synced"] == 3
+    assert "subscribers.toml" in data["subscribers"]["file_error"]
+
+
+def test_status_json_is_one_object_with_stable_keys_and_utc_times(workdir: Path) -> None:
+    """`status --json` prints one JSON object with the same facts as the text, every time in ISO 8601 UTC, and writes nothing."""
+    assert invoke("send", "--date", "2026-03-04").exit_code == 0
+    before = (workdir / "digestbot.db").stat().st_mtime_ns
+    result = invoke("status", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {
+        "generated_at",
+        "last_fetch",
+        "last_good_fetch_at",
+        "papers_stored",
+        "papers_mailed",
+        "subscribers",
+        "digests",
+        "delivery",
+        "waiting_for_retry",
+        "failed",
+    }
+    assert data["papers_stored"] == 45 and data["papers_mailed"] > 0
+    assert data["digests"] == {
+        "planned": 0,
+        "sending": 0,
+        "sent": 3,
+        "deferred": 0,
+        "failed": 0,
+        "skipped": 0,
+    }
+    assert set(data["last_fetch"]) == {
+        "started_at",
+        "finished_at",
+        "feed_url",
+        "ok",
+        "new",
+        "updated",
+        "error",
+    }
+    assert set(data["delivery"]) == {
+        "failing",
+        "last_error",
+        "last_error_at",
+        "failing_since",
+        "errors_in_a_row",
+        "last_ok_at",
+    }
+    assert data["delivery"]["failing"] is False and data["delivery"]["last_ok_at"]
+    times = [
+        data["generated_at"],
+        data["last_fetch"]["started_at"],
+        data["last_good_fetch_at"],
+        data["delivery"]["last_ok_at"],
+    ]
+    for t in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t), t
+    assert data["subscribers"] == {
+        "file": "subscribers.toml",
+        "file_error": None,
+        "in_file": 3,
+        "synced": 3,
+        "not_synced": [],
+    }
+    assert (workdir / "digestbot.db").stat().st_mtime_ns == before
+
+
 # -- documentation --------------------------------------------------------------------------
 
 
@@ -441,3 +553,19 @@ def test_every_command_has_help_with_example_and_is_in_readme() -> None:
         assert result.exit_code == 0
         assert "Example: digestbot " + name in result.output, name
         assert f"digestbot {name}" in readme, f"README lacks `digestbot {name}`"
+
+
+def test_help_names_arguments_by_metavar_never_by_python_type() -> None:
+    """Every command's --help shows arguments as EMAIL or QUERY, never `{email}` or `email <str>`."""
+    group = get_command(cli)
+    usage = {"preview": "preview [OPTIONS] EMAIL", "retry": "retry [OPTIONS] [EMAIL]"}
+    usage["match"] = "match [OPTIONS] QUERY"
+    for name in sorted(group.commands):  # type: ignore[attr-defined]
+        result = runner.invoke(cli, [name, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        assert not re.search(r"\{[a-z_]+\}|<(str|int|float|path|bool)>", result.output), (
+            name,
+            result.output,
+        )
+        if name in usage:
+            assert usage[name] in result.output, result.output

@@ -31,7 +31,7 @@ from typer.testing import CliRunner, Result
 from digestbot import app, pipeline
 from digestbot.cli import cli
 from digestbot.db import make_engine
-from digestbot.errors import ConfigError
+from digestbot.errors import ConfigError, DeliverySetupError
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import load_settings
@@ -160,6 +160,15 @@ def _message_id(raw: bytes) -> str:
         if line.lower().startswith(b"message-id:"):
             return line.split(b":", 1)[1].strip().decode()
     return ""
+
+
+def status_json(bot: Bot, **env: str) -> dict[str, Any]:
+    """`digestbot status --json`, parsed (it must be one JSON object on stdout)."""
+    result = bot.cli("status", "--json", **env)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
 
 
 def received_ids(handler: SMTPHandler, rcpt: str) -> list[str]:
@@ -422,12 +431,27 @@ def _setup_failure_then_recovery(bot: Bot, kind: str, cert: tuple[Path, Path]) -
             (r.state, r.attempts, r.claimed_by, r.last_error) == ("planned", 0, None, None)
             for r in rows.values()
         ), rows
-        assert "deferred and failed" not in bot.cli("status").output
+        status = bot.cli("status", **bad)
+        line = next(ln for ln in status.stdout.splitlines() if ln.startswith("delivery:"))
+        assert "FAILING" in line and setting in line, status.output
+        assert re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d UTC", line), line
+        data = status_json(bot, **bad)
+        assert data["waiting_for_retry"] == data["failed"] == []
+        assert data["digests"]["planned"] == 3
+        health = data["delivery"]
+        assert health["failing"] is True and setting in health["last_error"]
+        assert health["last_error_at"].endswith("Z") and health["errors_in_a_row"] == 1
 
         fixed = bot.cli("send", "--date", DAY, "--no-fetch", **good)
         assert fixed.exit_code == 0, fixed.output
         assert sorted(r for m in handler.received for r in m.rcpt_tos) == sorted(PEOPLE)
         assert all((r.state, r.attempts) == ("sent", 1) for r in bot.rows().values())
+        line = next(
+            ln for ln in bot.cli("status", **good).stdout.splitlines() if ln.startswith("delivery:")
+        )
+        assert "FAILING" not in line and line.startswith("delivery: ok"), line
+        health = status_json(bot, **good)["delivery"]
+        assert health["failing"] is False and health["last_ok_at"] >= health["last_error_at"]
 
 
 def test_unreachable_server_stops_run_and_attempts_nothing(
@@ -679,8 +703,9 @@ def _rsa_pem(folder: Path) -> Path:
 def test_template_that_does_not_render_exits_2_and_fails_no_digest(
     bot: Bot, tmp_path: Path
 ) -> None:
-    """A template override that does not render stops `send` with exit 2 naming the template file and line, before anything is planned or sent, so no digest is ever failed (a bad DKIM setting is refused earlier, at settings load: see test_settings)."""
-    assert bot.cli("fetch", "--date", DAY).exit_code == 0
+    """A template override that does not render stops `send` with exit 2 naming the file, sends nothing and leaves digests planned earlier untouched, never failed (a bad DKIM setting is refused earlier, at settings load: see test_settings)."""
+    unreachable = bot.cli("send", "--date", DAY, DIGESTBOT_SMTP_PORT=str(free_port()))
+    assert unreachable.exit_code == 1, unreachable.output  # plans the three digests only
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "subject.txt.j2").write_text("{{ no_such_name.attr }}\n")
@@ -689,7 +714,9 @@ def test_template_that_does_not_render_exits_2_and_fails_no_digest(
     assert result.exit_code == 2, result.output
     assert "templates/subject.txt.j2:1" in result.output, result.output
     assert bot.server.handler.received == []
-    assert bot.rows() == {}, "nothing was planned, so nothing can be marked failed"
+    rows = bot.rows()
+    assert sorted(rows) == sorted(PEOPLE)
+    assert all((r.state, r.attempts, r.last_error) == ("planned", 0, None) for r in rows.values())
     fixed = bot.cli("send", "--date", DAY, "--no-fetch")
     assert fixed.exit_code == 0, fixed.output
     assert len(bot.server.handler.received) == 3
@@ -723,3 +750,87 @@ def test_signing_key_that_does_not_work_stops_delivery_untouched(bot: Bot, db_ur
     assert sorted(rows) == sorted(PEOPLE)
     assert all((r.state, r.attempts, r.claimed_by) == ("planned", 0, None) for r in rows.values())
     assert bot.server.handler.received == []
+
+
+# -- what an operator sees: status, the send summary, retry ------------------------------------
+
+
+def test_delivery_error_met_by_a_daemon_run_is_recorded_until_the_server_answers(bot: Bot) -> None:
+    """A delivery run (as the daemon runs it) that cannot reach the server records the error and its time for `status`, and a later run that hands a message over supersedes it."""
+    bot.setenv(DIGESTBOT_SMTP_PORT=str(free_port()))
+    assert bot.cli("send", "--date", DAY).exit_code == 1  # plans the digests, sends nothing
+    at = (datetime.now(UTC) + timedelta(hours=1)).replace(second=0, microsecond=0)
+    with pytest.raises(DeliverySetupError):
+        bot.deliver(at)
+    health = status_json(bot)["delivery"]
+    assert health["failing"] is True and health["last_error_at"] == f"{at:%Y-%m-%dT%H:%M}:00Z"
+    assert health["errors_in_a_row"] == 2 and "DIGESTBOT_SMTP_PORT" in health["last_error"]
+    assert health["failing_since"] < health["last_error_at"] and health["last_ok_at"] is None
+    assert f"last error {at:%Y-%m-%d %H:%M} UTC" in bot.cli("status").stdout
+
+    bot.setenv(DIGESTBOT_SMTP_PORT=str(bot.server.port))
+    later = at + timedelta(minutes=5)
+    assert sorted(bot.deliver(later).sent) == sorted(PEOPLE)
+    health = status_json(bot)["delivery"]
+    assert health["failing"] is False and health["last_ok_at"] == f"{later:%Y-%m-%dT%H:%M}:00Z"
+    assert health["errors_in_a_row"] == 0 and health["failing_since"] is None
+    assert "DIGESTBOT_SMTP_PORT" in health["last_error"], "the last error is kept, superseded"
+
+
+def test_deferred_digest_not_yet_due_is_named_by_send_and_status(bot: Bot, db_url: str) -> None:
+    """A digest deferred by a 4xx and not yet due is mentioned by the next `send` (how many, next attempt time) and listed by `status` and `status --json` with subscriber, attempts, reply and next attempt."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
+    bot.server.handler.reject_rcpt[GRACE] = "451 4.3.0 try later"
+    assert bot.cli("send", "--date", DAY).exit_code == 1
+    nxt = bot.rows()[GRACE].next_attempt_at
+    assert nxt is not None
+
+    again = bot.cli("send", "--date", DAY, "--no-fetch")
+    assert again.exit_code == 0, again.output
+    assert "sent 0, deferred 0, failed 0" in again.stdout
+    assert f"1 waiting for a later retry, next at {nxt:%Y-%m-%d %H:%M} UTC" in again.stdout
+
+    status = bot.cli("status")
+    lines = status.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if GRACE in ln)
+    entry = " ".join(lines[at : at + 2])
+    assert "deferred" in entry and "attempts 1" in entry and "451 4.3.0 try later" in entry
+    assert f"next try {nxt:%Y-%m-%d %H:%M} UTC" in entry
+
+    data = status_json(bot)
+    [waiting] = data["waiting_for_retry"]
+    assert waiting["email"] == GRACE and waiting["attempts"] == 1 and waiting["period"] == DAY
+    assert "451 4.3.0" in waiting["last_error"]
+    assert datetime.fromisoformat(waiting["next_attempt_at"]) == nxt.replace(microsecond=0)
+    assert waiting["next_attempt_at"].endswith("Z")
+    assert (
+        data["failed"] == [] and data["digests"]["deferred"] == 1 and data["digests"]["sent"] == 2
+    )
+
+
+def test_retry_requeues_failed_and_deferred_for_now_and_failed_only_keeps_the_old_rule(
+    bot: Bot,
+) -> None:
+    """`retry` makes failed and deferred digests due at once (the next send delivers both, counted as retries); `retry --failed-only` leaves deferred ones to their retry time."""
+    handler = bot.server.handler
+    handler.reject_rcpt[ADA] = "550 5.1.1 no such user"
+    handler.reject_rcpt[GRACE] = "451 4.3.0 try later"
+    assert bot.cli("send", "--date", DAY).exit_code == 1
+    handler.reject_rcpt.clear()
+
+    only = bot.cli("retry", "--failed-only")
+    assert only.exit_code == 0, only.output
+    assert "requeued 1 failed digest(s)" in only.stdout
+    rows = bot.rows()
+    assert rows[ADA].state == "planned" and rows[GRACE].state == "deferred"
+    assert bot.cli("send", "--date", DAY, "--no-fetch").exit_code == 0
+    assert len(handler.to(ADA)) == 1 and handler.to(GRACE) == []
+
+    requeue = bot.cli("retry", GRACE)
+    assert requeue.exit_code == 0, requeue.output
+    assert "requeued 0 failed and 1 deferred digest(s)" in requeue.stdout
+    sent = bot.cli("send", "--date", DAY, "--no-fetch")
+    assert sent.exit_code == 0, sent.output
+    assert "sent 1, deferred 0, failed 0 (1 of them retries of earlier attempts)" in sent.stdout
+    assert received_ids(handler, GRACE) == [rows[GRACE].message_id]
+    assert bot.rows()[GRACE].state == "sent"
