@@ -34,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
 from digestbot import app, pipeline, schedule, store
+from digestbot.addresses import address_key
 from digestbot.db import daemon_lock, session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, PartialFetchError
 from digestbot.settings import Settings
@@ -113,18 +114,50 @@ class Daemon:
         with self._lock:
             self._groups = dict(groups)
             self._done.clear()
-        log.info("%d subscribers in %d send-time groups", len(recipients), len(groups))
+        log.info(
+            "%d subscribers in %d send-time groups",
+            len(recipients),
+            len(groups),
+            extra={"subscribers": len(recipients), "groups": len(groups)},
+        )
+
+    def _current_specs(self) -> dict[str, SubscriberSpec]:
+        with self._lock:
+            groups = list(self._groups.values())
+        return {address_key(r.spec.email): r.spec for rs in groups for r in rs}
 
     def reload(self) -> None:
-        """Re-read the subscribers file; a broken file is reported and the old list kept."""
+        """Re-read the subscribers file; a broken file is reported and the old list kept.
+
+        The log names who was added, removed or changed (any field but the line), by address.
+        """
         try:
             specs = app.load_people(self.settings)
         except ConfigError as exc:
             log.error("subscribers file not reloaded, keeping the previous list: %s", exc)
             return
         with self._lock:
-            self._specs = None
+            pending, self._specs = self._specs, None
+        if pending is not None:  # never synced yet: compare with the list given at start
+            before = {address_key(sp.email): sp for sp in pending}
+        else:
+            before = self._current_specs()
         self._set_people(specs)
+        after = {address_key(sp.email): sp for sp in specs}
+        diff = {
+            "added": sorted(after[k].email for k in after.keys() - before.keys()),
+            "removed": sorted(before[k].email for k in before.keys() - after.keys()),
+            "changed": sorted(
+                after[k].email for k in after.keys() & before.keys() if after[k] != before[k]
+            ),
+        }
+        said = "; ".join(f"{what} {_names(who)}" for what, who in diff.items() if who)
+        log.info(
+            "subscribers file %s reloaded: %s",
+            self.settings.subscribers_path,
+            said or "no changes",
+            extra={"subscribers_file": str(self.settings.subscribers_path), **diff},
+        )
 
     # -- jobs -------------------------------------------------------------------------------
     def fetch(self) -> bool:
@@ -370,3 +403,9 @@ class Daemon:
             threading.Thread(target=self.reload, name="reload", daemon=True).start()
             return
         self.stop()
+
+
+def _names(emails: list[str], shown: int = 20) -> str:
+    """Addresses for a log line; past `shown`, the rest are counted (the JSON fields list all)."""
+    more = f" and {len(emails) - shown} more" if len(emails) > shown else ""
+    return ", ".join(emails[:shown]) + more

@@ -6,6 +6,7 @@ file, the offline feed folder and the file or SMTP backend. Subprocess tests run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -81,8 +82,6 @@ def to(mails: list[Mail], address: str) -> list[Mail]:
 
 def featured_days(feed: Path) -> dict[str, str]:
     """arXiv id → the day file of the feed folder it is featured in."""
-    import json
-
     out = {}
     for path in sorted(feed.glob("20*.json")):
         for item in json.loads(path.read_text()):
@@ -560,6 +559,38 @@ def test_reload_of_a_broken_file_is_logged_and_keeps_the_old_list(
     ]
 
 
+def test_reload_logs_who_was_added_removed_and_changed(
+    workdir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reload logs, by address, the subscribers added to, removed from and changed in the file, and leaves out those unchanged."""
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 6))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    path = workdir / "subscribers.toml"
+    text = path.read_text()
+    grace = text.index('[[subscribers]]\nemail = "grace@example.org"')
+    alan = text.index('[[subscribers]]\nemail = "alan@example.org"')
+    text = text[:grace] + text[alan:]  # grace removed
+    text = text.replace('exclude = ["survey"]', 'exclude = ["survey", "benchmark"]')  # ada changed
+    text += '\n[[subscribers]]\nemail = "edsger@example.org"\nkeywords = ["diffusion"]\n'
+    path.write_text("# a comment that moves every line\n" + text)  # alan: moved, not changed
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        daemon.reload()
+    [line] = [r for r in caplog.records if "reloaded" in r.getMessage()]
+    message = line.getMessage()
+    assert "added edsger@example.org" in message
+    assert "removed grace@example.org" in message
+    assert "changed ada@example.org" in message
+    assert "alan@example.org" not in message
+    assert line.__dict__["added"] == ["edsger@example.org"]
+    assert line.__dict__["removed"] == ["grace@example.org"]
+    assert line.__dict__["changed"] == ["ada@example.org"]
+
+
 # -- the real command -----------------------------------------------------------------------
 
 
@@ -666,7 +697,64 @@ def test_run_sends_each_digest_once_and_stops_cleanly_on_signal(
     log = daemon.output()
     assert "daemon stopped" in log
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    assert "apscheduler" not in log, "APScheduler's per-job INFO lines are not shown at INFO"
     assert mailbox(workdir / "outbox") == sent
+
+
+def test_json_logs_are_one_object_a_line_naming_each_digest_without_scheduler_chatter(
+    workdir: Path, run_env: dict[str, str], start_daemon: Callable[[], Running]
+) -> None:
+    """With DIGESTBOT_LOG_FORMAT=json every output line of `digestbot run` is a JSON object (timestamp, level, logger, event, fields); each digest's line names the subscriber and its Message-ID, a run has a summary, a SIGHUP names who changed, APScheduler's INFO chatter is absent and no secret appears."""
+    run_env.update(
+        DIGESTBOT_LOG_FORMAT="json",
+        HF_TOKEN="hf_secret_token_4242",
+        DIGESTBOT_SMTP_PASSWORD="smtp-secret-4242",
+    )
+    daemon = start_daemon()
+    daemon.wait_for(r'"sent": 3')
+    with (workdir / "subscribers.toml").open("a") as fh:
+        fh.write('\n[[subscribers]]\nemail = "edsger@example.org"\nkeywords = ["diffusion"]\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(r"reloaded")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=10) == 0
+    output = daemon.output()
+    assert "secret_token_4242" not in output and "smtp-secret-4242" not in output
+
+    lines = [json.loads(line) for line in output.splitlines()]  # every line parses
+    assert all(isinstance(e, dict) for e in lines)
+    for entry in lines:
+        assert {"timestamp", "level", "logger", "event"} <= entry.keys(), entry
+        stamp = datetime.fromisoformat(entry["timestamp"])
+        assert stamp.utcoffset() == timedelta(0), entry["timestamp"]
+    assert not [e for e in lines if e["logger"].startswith("apscheduler") and e["level"] == "INFO"]
+    assert not [e for e in lines if "Running job" in e["event"] or "Adding job" in e["event"]]
+
+    sent = {
+        e["subscriber"]: e["message_id"]
+        for e in lines
+        if e.get("outcome") == "sent" and e["level"] == "INFO"
+    }
+    headers = {}
+    for path in (workdir / "outbox").glob("*.eml"):
+        msg = message_from_bytes(path.read_bytes(), policy=default_policy)
+        headers[msg["To"].addresses[0].addr_spec] = msg["Message-ID"]
+    assert sent == headers and len(sent) == 3
+    assert all(
+        e["message_id"] in e["event"] and e["subscriber"] in e["event"]
+        for e in lines
+        if "outcome" in e
+    )
+    [summary] = [e for e in lines if "sent" in e and "planned" in e]
+    assert (summary["planned"], summary["sent"], summary["deferred"], summary["failed"]) == (
+        3,
+        3,
+        0,
+        0,
+    )
+    assert isinstance(summary["seconds"], float | int)
+    [reload] = [e for e in lines if "reloaded" in e["event"]]
+    assert reload["added"] == ["edsger@example.org"] and "edsger@example.org" in reload["event"]
 
 
 def test_second_daemon_on_the_same_database_exits_1(
