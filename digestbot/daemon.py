@@ -7,8 +7,8 @@ After downtime the fetch reaches back to the last good fetch (up to MAX_CATCH_UP
 papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
 message in hand; SIGHUP reloads subscribers. Nothing touches the database before the lock is held.
 
-The feed rule (the same as `digestbot send`'s): a period's digests are planned only after a fetch
-that got today's feed. While the last fetch failed for today (any FetchError: unreachable, or a
+The feed rule (README "When the feed fails"; `digestbot send` keeps it by exiting 1 before
+planning): a period's digests are planned only after a fetch that got today's feed. While the last fetch failed for today (any FetchError: unreachable, or a
 rejected response such as truncated JSON), due digests are held and the fetch is retried every
 FRESH_FETCH. After FEED_WAIT they are planned from the papers already stored, each with a note
 saying which fetch failed; one that would be empty is skipped with that note, never mailed as

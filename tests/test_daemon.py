@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from digestbot import app
 from digestbot.daemon import FRESH_FETCH, Daemon
@@ -393,9 +394,9 @@ def digest_notes(engine: Engine) -> dict[tuple[str, str], tuple[str, str | None]
     """(email, period) → (state, note) of every stored digest."""
     with session_scope(engine) as s:
         rows = s.execute(
-            sa.select(Subscriber.email, Digest.period, Digest.state, Digest.note).join(
-                Subscriber, Subscriber.id == Digest.subscriber_id
-            )
+            sa.select(
+                col(Subscriber.email), col(Digest.period), col(Digest.state), col(Digest.note)
+            ).join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
         ).all()
     return {(e, p): (st, note) for e, p, st, note in rows}
 
