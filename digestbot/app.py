@@ -6,14 +6,13 @@ functions take (engine, source, backend, mail context, retry policy).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from sqlalchemy.engine import Engine
 
-from digestbot import outbox
+from digestbot import logs, outbox
 from digestbot.addresses import parse_mailbox
 from digestbot.db import open_database
 from digestbot.errors import ConfigError
@@ -27,13 +26,8 @@ from digestbot.subscribers import SubscriberSpec, load_subscribers
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Migrations run at every start; their step-by-step chatter is noise unless debugging.
-    if settings.log_level != "DEBUG":
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    """Log to stderr at DIGESTBOT_LOG_LEVEL in DIGESTBOT_LOG_FORMAT (digestbot.logs)."""
+    logs.configure(level=settings.log_level, kind=settings.log_format)
 
 
 def load_people(settings: Settings) -> list[SubscriberSpec]:

@@ -6,6 +6,13 @@ downtime the missed days become one digest), then delivers whatever is due, retr
 After downtime the fetch reaches back to the last good fetch (up to MAX_CATCH_UP days), so the
 papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
 message in hand; SIGHUP reloads subscribers. Nothing touches the database before the lock is held.
+
+The feed rule (README "When the feed fails"; `digestbot send` keeps it by exiting 1 before
+planning): a period's digests are planned only after a fetch that got today's feed. While the last fetch failed for today (any FetchError: unreachable, or a
+rejected response such as truncated JSON), due digests are held and the fetch is retried every
+FRESH_FETCH. After FEED_WAIT they are planned from the papers already stored, each with a note
+saying which fetch failed; one that would be empty is skipped with that note, never mailed as
+"nothing new".
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import signal
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from types import FrameType
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
@@ -26,8 +34,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
 from digestbot import app, pipeline, schedule, store
+from digestbot.addresses import address_key
 from digestbot.db import daemon_lock, session_scope
-from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
+from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, PartialFetchError
 from digestbot.settings import Settings
 from digestbot.subscribers import SubscriberSpec
 
@@ -39,6 +48,19 @@ FEED_WAIT = timedelta(
     hours=3
 )  # how long due digests wait for a failing feed before going out anyway
 MAX_CATCH_UP = 30  # days: how far back a fetch after downtime reaches (at least lookback_days)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutcome:
+    """How the daemon's last fetch attempt ended: when, for which UTC day, and the bad days."""
+
+    at: datetime
+    today: date
+    failed_days: frozenset[date] = frozenset()
+    error: str | None = None
+
+    def failed_today(self) -> bool:
+        return self.today in self.failed_days
 
 
 class Daemon:
@@ -61,7 +83,7 @@ class Daemon:
         self.source = source or app.make_source(settings)
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._last_fetch: datetime | None = None
+        self._last_fetch: FetchOutcome | None = None
         self._last_good_fetch: datetime | None = None  # read from the database on the first fetch
         self._looked_up_last_good = False
         self._paused_until: datetime | None = None
@@ -92,44 +114,93 @@ class Daemon:
         with self._lock:
             self._groups = dict(groups)
             self._done.clear()
-        log.info("%d subscribers in %d send-time groups", len(recipients), len(groups))
+        log.info(
+            "%d subscribers in %d send-time groups",
+            len(recipients),
+            len(groups),
+            extra={"subscribers": len(recipients), "groups": len(groups)},
+        )
+
+    def _current_specs(self) -> dict[str, SubscriberSpec]:
+        with self._lock:
+            groups = list(self._groups.values())
+        return {address_key(r.spec.email): r.spec for rs in groups for r in rs}
 
     def reload(self) -> None:
-        """Re-read the subscribers file; a broken file is reported and the old list kept."""
+        """Re-read the subscribers file; a broken file is reported and the old list kept.
+
+        The log names who was added, removed or changed (any field but the line), by address.
+        """
         try:
             specs = app.load_people(self.settings)
         except ConfigError as exc:
             log.error("subscribers file not reloaded, keeping the previous list: %s", exc)
             return
         with self._lock:
-            self._specs = None
+            pending, self._specs = self._specs, None
+        if pending is not None:  # never synced yet: compare with the list given at start
+            before = {address_key(sp.email): sp for sp in pending}
+        else:
+            before = self._current_specs()
         self._set_people(specs)
+        after = {address_key(sp.email): sp for sp in specs}
+        diff = {
+            "added": sorted(after[k].email for k in after.keys() - before.keys()),
+            "removed": sorted(before[k].email for k in before.keys() - after.keys()),
+            "changed": sorted(
+                after[k].email for k in after.keys() & before.keys() if after[k] != before[k]
+            ),
+        }
+        said = "; ".join(f"{what} {_names(who)}" for what, who in diff.items() if who)
+        log.info(
+            "subscribers file %s reloaded: %s",
+            self.settings.subscribers_path,
+            said or "no changes",
+            extra={"subscribers_file": str(self.settings.subscribers_path), **diff},
+        )
 
     # -- jobs -------------------------------------------------------------------------------
     def fetch(self) -> bool:
         """Fetch and store the feed; after downtime, every day since the last good fetch.
 
-        Returns whether the fetch worked; a failure is logged with the feed URL, never raised.
+        Returns whether every day was fetched; a failure is logged with the feed URL and
+        remembered (which days failed) for the hold in `tick`, never raised.
         """
         now = self.clock()
+        today = now.date()
         lookback = self._fetch_lookback(now)
+        feed = self.settings.feed_url
         try:
             summary = pipeline.fetch_and_store(
                 self.engine,
                 source=self.source,
-                feed_url=self.settings.feed_url,
-                today=now.date(),
+                feed_url=feed,
+                today=today,
                 lookback=lookback,
                 clock=self.clock,
             )
-        except DigestbotError as exc:
-            log.error("fetch from %s failed: %s", self.settings.feed_url, exc)
+        except PartialFetchError as exc:  # the good days were stored
+            self._last_fetch = FetchOutcome(now, today, frozenset(exc.days), str(exc))
+            log.error("fetch from %s failed: %s", feed, exc, extra={"feed": feed})
             return False
-        finally:
-            self._last_fetch = now
+        except DigestbotError as exc:  # nothing was stored: every day of the window counts as bad
+            days = frozenset(today - timedelta(days=n) for n in range(lookback + 1))
+            self._last_fetch = FetchOutcome(now, today, days, str(exc))
+            log.error("fetch from %s failed: %s", feed, exc, extra={"feed": feed})
+            return False
+        self._last_fetch = FetchOutcome(now, today)
         self._last_good_fetch = now
         log.info(
-            "fetched %d papers: %d new, %d updated", summary.fetched, summary.new, summary.updated
+            "fetched %d papers: %d new, %d updated",
+            summary.fetched,
+            summary.new,
+            summary.updated,
+            extra={
+                "feed": feed,
+                "fetched": summary.fetched,
+                "new": summary.new,
+                "updated": summary.updated,
+            },
         )
         return True
 
@@ -160,41 +231,81 @@ class Daemon:
                 continue
             due.extend(recipients)
             keys.append(key)
+        plan: pipeline.PlanSummary | None = None
         if due:
-            for key in keys:
-                self._due_since.setdefault(key, now)
-            stale = self._last_fetch is None or now - self._last_fetch > FRESH_FETCH
+            plan = self._plan(due, keys, now)
+        report = self.deliver()
+        pipeline.log_run_summary(plan, report, seconds=(self.clock() - now).total_seconds())
+
+    def _fetch_needed(self, now: datetime) -> bool:
+        """No fetch yet, none for today's UTC date, or the last one is older than FRESH_FETCH."""
+        last = self._last_fetch
+        return last is None or last.today != now.date() or now - last.at > FRESH_FETCH
+
+    def _plan(
+        self,
+        due: list[pipeline.Recipient],
+        keys: list[tuple[time, str, str]],
+        now: datetime,
+    ) -> pipeline.PlanSummary | None:
+        """Plan the due groups, or hold them while today's fetch fails (see the module docstring)."""
+        newly_due = [k for k in keys if k not in self._due_since]
+        for key in newly_due:
+            self._due_since[key] = now
+        retried = self._fetch_needed(now)
+        if retried:
+            self.fetch()
+        last = self._last_fetch
+        note = None
+        if last is not None and last.failed_today():
+            feed = self.settings.feed_url
             waited = now - min(self._due_since[k] for k in keys)
-            if stale and not self.fetch() and waited < FEED_WAIT:
-                # Sending now would mail old papers and use up the day's digest; the feed gets
-                # FEED_WAIT to recover (retried every FRESH_FETCH) before we send anyway.
+            if waited < FEED_WAIT:
+                # Planning now would use up the day's digest on old papers, or claim that nothing
+                # matched; the feed gets FEED_WAIT to recover (the fetch is retried every
+                # FRESH_FETCH) before we plan from what is stored. Said once per fetch attempt.
+                if not (retried or newly_due):
+                    return None
                 log.warning(
-                    "holding %d digests until the feed answers (at most %s after their send time)",
+                    "holding %d digests until the feed %s answers for %s "
+                    "(at most %s after their send time)",
                     len(due),
+                    feed,
+                    last.today,
                     FEED_WAIT,
+                    extra={"feed": feed, "held": len(due), "error": last.error},
                 )
-                self.deliver()
-                return
-            try:
-                summary = pipeline.plan_digests(
-                    self.engine,
-                    due,
-                    as_of=now,
-                    lookback=self.settings.lookback_days,
-                    from_addr=self.settings.mail_from,
-                    now=now,
-                )
-            except DigestbotError as exc:
-                log.error("planning digests failed: %s", exc)
-            else:
-                self._done.update(keys)
-                for key in keys:
-                    self._due_since.pop(key, None)
-                if summary.planned or summary.skipped:
-                    log.info(
-                        "planned %d digests (%d with nothing new)", summary.planned, summary.skipped
-                    )
-        self.deliver()
+                return None
+            note = (
+                f"planned from stored papers: the fetch for {last.today} from {feed} still "
+                f"failed {FEED_WAIT} after send time: {last.error}"
+            )
+            log.warning(
+                "hold expired for %d digests: the feed %s still fails for %s (%s); planning "
+                "them from the papers already stored, empty ones are skipped, not mailed",
+                len(due),
+                feed,
+                last.today,
+                last.error,
+                extra={"feed": feed, "error": last.error, "digests": len(due)},
+            )
+        try:
+            summary = pipeline.plan_digests(
+                self.engine,
+                due,
+                as_of=now,
+                lookback=self.settings.lookback_days,
+                from_addr=self.settings.mail_from,
+                now=now,
+                note=note,
+            )
+        except DigestbotError as exc:
+            log.error("planning digests failed: %s", exc)
+            return None
+        self._done.update(keys)
+        for key in keys:
+            self._due_since.pop(key, None)
+        return summary
 
     def deliver(self) -> pipeline.DeliveryReport | None:
         now = self.clock()
@@ -220,17 +331,7 @@ class Daemon:
             return None
         finally:
             d.backend.close()
-        if report.sent or report.deferred or report.failed or report.taken_over:
-            log.info(
-                "sent %d, deferred %d, failed %d, taken over by another run %d",
-                len(report.sent),
-                len(report.deferred),
-                len(report.failed),
-                len(report.taken_over),
-            )
-        for email, reason in report.failed:
-            log.error("digest for %s failed: %s", email, reason)
-        return report
+        return report  # each digest was logged by deliver_due, the totals by tick
 
     # -- running ----------------------------------------------------------------------------
     def stop(self, *_args: object) -> None:
@@ -302,3 +403,9 @@ class Daemon:
             threading.Thread(target=self.reload, name="reload", daemon=True).start()
             return
         self.stop()
+
+
+def _names(emails: list[str], shown: int = 20) -> str:
+    """Addresses for a log line; past `shown`, the rest are counted (the JSON fields list all)."""
+    more = f" and {len(emails) - shown} more" if len(emails) > shown else ""
+    return ", ".join(emails[:shown]) + more

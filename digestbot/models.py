@@ -118,6 +118,7 @@ class Digest(SQLModel, table=True):
     next_attempt_at: datetime | None = _utc(default=None, nullable=True)
     first_attempt_at: datetime | None = _utc(default=None, nullable=True)
     last_error: str | None = Field(default=None, sa_type=sa.Text())
+    note: str | None = Field(default=None, sa_type=sa.Text())  # planned without a good fetch: why
     claimed_by: str | None = Field(default=None, max_length=200)
     lease_until: datetime | None = _utc(default=None, nullable=True)
     planned_at: datetime = _utc()

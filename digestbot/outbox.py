@@ -57,10 +57,14 @@ class DigestPlan:
     more_count: int
     send_empty: bool
     message_id: str
+    note: str | None = None  # the feed failed for the period: said on the row, never mailed empty
 
     @property
     def state(self) -> DigestState:
-        return DigestState.PLANNED if self.items or self.send_empty else DigestState.SKIPPED
+        """Skipped when empty, unless the subscriber wants empty digests and the feed was fine."""
+        if self.items or (self.send_empty and self.note is None):
+            return DigestState.PLANNED
+        return DigestState.SKIPPED
 
 
 def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
@@ -91,6 +95,7 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
                 "paper_count": len(p.items),
                 "more_count": p.more_count,
                 "message_id": p.message_id,
+                "note": p.note,
                 "attempts": 0,
                 "planned_at": now,
                 "next_attempt_at": now,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Protocol
 
@@ -277,15 +277,21 @@ def plan_digests(
     day: date | None = None,
     from_addr: str,
     now: datetime,
+    note: str | None = None,
 ) -> PlanSummary:
-    """Compute and store the digests of `recipients` for their period (idempotent per period)."""
+    """Compute and store the digests of `recipients` for their period (idempotent per period).
+
+    `note` (the daemon after its feed hold expired) is stored on every digest and makes an
+    empty one skipped, whatever send_empty says: see outbox.DigestPlan.state.
+    """
     planned = skipped = 0
     with session_scope(engine) as s:
-        plans = list(
-            compute_plans(
+        plans = [
+            replace(p, note=note) if note is not None else p
+            for p in compute_plans(
                 s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=from_addr
             )
-        )
+        ]
     existing = len(recipients) - len(plans)
     for offset in range(0, len(plans), PLAN_BATCH):
         batch = plans[offset : offset + PLAN_BATCH]
@@ -351,9 +357,35 @@ def send(
         subscriber_ids=ids,
         on_result=on_result,
     )
+    log_run_summary(plan, report, seconds=(clock() - now).total_seconds())
     with session_scope(engine) as s:
         waiting = outbox.waiting_for_retry(s, now=clock(), subscriber_ids=ids)
     return SendSummary(plan=plan, report=report, waiting=waiting)
+
+
+def log_run_summary(
+    plan: PlanSummary | None, report: DeliveryReport | None, *, seconds: float
+) -> None:
+    """One INFO line per run (a `send`, a daemon tick that did something) with its totals."""
+    plan = plan or PlanSummary()
+    report = report or DeliveryReport()
+    counts = {
+        "planned": plan.planned,
+        "skipped": plan.skipped,
+        "sent": len(report.sent),
+        "deferred": len(report.deferred),
+        "failed": len(report.failed),
+        "taken_over": len(report.taken_over),
+    }
+    if not any(counts.values()):
+        return
+    log.info(
+        "run: planned %(planned)d, skipped %(skipped)d; "
+        "sent %(sent)d, deferred %(deferred)d, failed %(failed)d, "
+        "taken over by another run %(taken_over)d",
+        counts,
+        extra={**counts, "seconds": round(seconds, 3)},
+    )
 
 
 # -- previews and dry runs ------------------------------------------------------------------
@@ -588,8 +620,7 @@ def deliver_due(
                 )
                 pending.remove(digest_id)
                 report.add(d.email, outcome, reason, retry=d.attempts > 0)
-                if outcome != outbox.Outcome.SENT:
-                    log.warning("digest for %s %s: %s", d.email, outcome, reason)
+                _log_outcome(d, outcome, reason)
                 if on_result is not None:
                     on_result(d.email, outcome)
         except (DeliverySetupError, ConfigError) as exc:
@@ -617,6 +648,33 @@ def _record_health(engine: Engine, *, error: str | None, now: datetime) -> None:
                 outbox.record_delivery_error(s, error=error, now=now)
     except DigestbotError as exc:
         log.warning("could not record the delivery status for `digestbot status`: %s", exc)
+
+
+_OUTCOME_LEVEL = {
+    outbox.Outcome.SENT: logging.INFO,
+    outbox.Outcome.DEFERRED: logging.WARNING,
+    outbox.Outcome.FAILED: logging.ERROR,
+    outbox.Outcome.TAKEN_OVER: logging.WARNING,
+}
+
+
+def _log_outcome(d: outbox.StoredDigest, outcome: outbox.Outcome, reason: str) -> None:
+    """One line per delivered digest: subscriber, Message-ID, outcome and the server's reason."""
+    fields = {
+        "subscriber": d.email,
+        "message_id": d.message_id,
+        "period": d.period,
+        "outcome": str(outcome),
+    }
+    log.log(
+        _OUTCOME_LEVEL[outcome],
+        "digest for %s %s (Message-ID %s)%s",
+        d.email,
+        outcome,
+        d.message_id,
+        f": {reason}" if reason else "",
+        extra={**fields, "reason": reason} if reason else fields,
+    )
 
 
 def _send_one(

@@ -46,6 +46,7 @@ __all__ = [
 MAIL_BACKENDS = ("smtp", "file", "console")
 SMTP_SECURITY = ("starttls", "ssl", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 PLACEHOLDER_FROM = "Paper Digest <digest@example.org>"
 """The default From address: fine for the file and console backends, refused with SMTP."""
 
@@ -571,6 +572,14 @@ class Settings:
         "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
         group="Logging",
         parse=_choice(LOG_LEVELS, upper=True),
+    )
+    log_format: str = setting(
+        "DIGESTBOT_LOG_FORMAT",
+        "text",
+        "Log lines on stderr: text, or json (one object a line: timestamp, level, logger, event "
+        "and fields).",
+        group="Logging",
+        parse=_choice(LOG_FORMATS),
     )
 
     @property

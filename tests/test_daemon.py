@@ -6,6 +6,7 @@ file, the offline feed folder and the file or SMTP backend. Subprocess tests run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,9 +25,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from digestbot import app
-from digestbot.daemon import Daemon
+from digestbot.daemon import FRESH_FETCH, Daemon
 from digestbot.db import open_database, session_scope
 from digestbot.models import Digest, Subscriber
 from digestbot.settings import Settings, load_settings
@@ -81,8 +83,6 @@ def to(mails: list[Mail], address: str) -> list[Mail]:
 
 def featured_days(feed: Path) -> dict[str, str]:
     """arXiv id → the day file of the feed folder it is featured in."""
-    import json
-
     out = {}
     for path in sorted(feed.glob("20*.json")):
         for item in json.loads(path.read_text()):
@@ -381,6 +381,111 @@ def test_digests_go_out_anyway_when_the_feed_stays_down(
     assert {p for _, p, _ in periods(daemon.engine)} == {"2026-03-04", "2026-03-05"}
 
 
+EMMY = """
+[[subscribers]]
+email = "emmy@example.org"
+keywords = ["zzzq-no-such-topic"]
+send_empty = true
+"""
+TRUNCATED = '{"broken": '
+
+
+def digest_notes(engine: Engine) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(email, period) → (state, note) of every stored digest."""
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.select(
+                col(Subscriber.email), col(Digest.period), col(Digest.state), col(Digest.note)
+            ).join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+        ).all()
+    return {(e, p): (st, note) for e, p, st, note in rows}
+
+
+def test_truncated_feed_at_send_time_holds_digests_and_a_good_fetch_releases_them(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the scheduled fetch got a truncated response just before send time, nobody is mailed a false "nothing new" or marked skipped; the next good fetch releases the digests."""
+    with (workdir / "subscribers.toml").open("a") as fh:
+        fh.write(EMMY)
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 23))  # every paper of the 4th goes out on the 4th
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    first = {m.name for m in mailbox(workdir / "outbox")}
+    assert len(first) == 4
+
+    good = (feed_dir / "2026-03-05.json").read_bytes()
+    (feed_dir / "2026-03-05.json").write_text(TRUNCATED)
+    clock.now = after("2026-03-05", 6.9)
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        assert daemon.fetch() is False  # the hourly job, a few minutes before send time
+        for minutes in range(0, 45, 5):  # ticks from 07:00; fetch retried every FRESH_FETCH
+            clock.now = after("2026-03-05", 7) + timedelta(minutes=minutes)
+            daemon.tick()
+            assert {m.name for m in mailbox(workdir / "outbox")} == first
+            assert [p for _, p, _ in periods(daemon.engine) if p == "2026-03-05"] == []
+    failures = [r for r in caplog.records if "fetch from" in r.getMessage()]
+    assert len(failures) >= 3, "the failed fetch is retried while digests are held"
+    assert any("holding 4 digests" in r.getMessage() for r in caplog.records)
+
+    (feed_dir / "2026-03-05.json").write_bytes(good)
+    released = after("2026-03-05", 7.75)
+    clock.now = released
+    while not (new := [m for m in mailbox(workdir / "outbox") if m.name not in first]):
+        assert clock.now - released <= FRESH_FETCH, "the next fetch attempt releases the hold"
+        daemon.tick()
+        clock.now += timedelta(minutes=1)
+    day_of = featured_days(feed_dir)
+    assert "emmy@example.org" in {m.to for m in new}  # send_empty: mailed once the day is known
+    assert all("for 2026-03-05" in m.subject for m in new)
+    assert any(day_of[p] == "2026-03-05" for m in new for p in m.papers)
+    notes = digest_notes(daemon.engine)
+    assert all(note is None for (_, p), (_, note) in notes.items())
+
+
+def test_truncated_feed_past_the_hold_sends_stored_papers_with_a_note_and_no_false_empty_digest(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the hold expires on a still-broken feed, digests go out from stored papers with a note, an empty one is skipped with the feed's error instead of mailed, and a WARNING names the feed and error."""
+    with (workdir / "subscribers.toml").open("a") as fh:
+        fh.write(EMMY)
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    first = {m.name for m in mailbox(workdir / "outbox")}
+    clock.now = after("2026-03-04", 20)
+    assert daemon.fetch()  # stores the papers featured after today's digests
+
+    (feed_dir / "2026-03-05.json").write_text(TRUNCATED)
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        ticks(daemon, clock, after("2026-03-05", 7), after("2026-03-05", 10), timedelta(minutes=20))
+        assert [p for _, p, _ in periods(daemon.engine) if p == "2026-03-05"] == []
+        caplog.clear()
+        clock.now = after("2026-03-05", 10.1)  # FEED_WAIT after send time
+        daemon.tick()
+
+    notes = digest_notes(daemon.engine)
+    new = [m for m in mailbox(workdir / "outbox") if m.name not in first]
+    assert "emmy@example.org" not in {m.to for m in new}, "no false 'nothing matched' mail"
+    state, note = notes[("emmy@example.org", "2026-03-05")]
+    assert state == "skipped" and note is not None and "2026-03-05" in note and "JSON" in note
+    assert new and all(notes[(m.to, "2026-03-05")][0] == "sent" for m in new)
+    assert all("2026-03-05" in (notes[(m.to, "2026-03-05")][1] or "") for m in new), (
+        "a digest sent after the hold says the day's fetch failed"
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(feed_dir) in w and "JSON" in w and "hold" in w for w in warnings), warnings
+
+
 def test_smtp_rejection_of_one_subscriber_is_logged_and_the_others_are_sent(
     workdir: Path,
     smtp_server: SMTPServer,
@@ -453,6 +558,38 @@ def test_reload_of_a_broken_file_is_logged_and_keeps_the_old_list(
         "alan@example.org",
         "grace@example.org",
     ]
+
+
+def test_reload_logs_who_was_added_removed_and_changed(
+    workdir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reload logs, by address, the subscribers added to, removed from and changed in the file, and leaves out those unchanged."""
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 6))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    path = workdir / "subscribers.toml"
+    text = path.read_text()
+    grace = text.index('[[subscribers]]\nemail = "grace@example.org"')
+    alan = text.index('[[subscribers]]\nemail = "alan@example.org"')
+    text = text[:grace] + text[alan:]  # grace removed
+    text = text.replace('exclude = ["survey"]', 'exclude = ["survey", "benchmark"]')  # ada changed
+    text += '\n[[subscribers]]\nemail = "edsger@example.org"\nkeywords = ["diffusion"]\n'
+    path.write_text("# a comment that moves every line\n" + text)  # alan: moved, not changed
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        daemon.reload()
+    [line] = [r for r in caplog.records if "reloaded" in r.getMessage()]
+    message = line.getMessage()
+    assert "added edsger@example.org" in message
+    assert "removed grace@example.org" in message
+    assert "changed ada@example.org" in message
+    assert "alan@example.org" not in message
+    assert line.__dict__["added"] == ["edsger@example.org"]
+    assert line.__dict__["removed"] == ["grace@example.org"]
+    assert line.__dict__["changed"] == ["ada@example.org"]
 
 
 # -- the real command -----------------------------------------------------------------------
@@ -553,7 +690,7 @@ def test_run_sends_each_digest_once_and_stops_cleanly_on_signal(
     assert (
         "daemon started" in log
         and re.search(r"fetched \d+ papers", log)
-        and "planned 3 digests" in log
+        and "run: planned 3, skipped 0; sent 3" in log
     )
 
     daemon.proc.send_signal(sig)
@@ -561,7 +698,64 @@ def test_run_sends_each_digest_once_and_stops_cleanly_on_signal(
     log = daemon.output()
     assert "daemon stopped" in log
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    assert "apscheduler" not in log, "APScheduler's per-job INFO lines are not shown at INFO"
     assert mailbox(workdir / "outbox") == sent
+
+
+def test_json_logs_are_one_object_a_line_naming_each_digest_without_scheduler_chatter(
+    workdir: Path, run_env: dict[str, str], start_daemon: Callable[[], Running]
+) -> None:
+    """With DIGESTBOT_LOG_FORMAT=json every output line of `digestbot run` is a JSON object (timestamp, level, logger, event, fields); each digest's line names the subscriber and its Message-ID, a run has a summary, a SIGHUP names who changed, APScheduler's INFO chatter is absent and no secret appears."""
+    run_env.update(
+        DIGESTBOT_LOG_FORMAT="json",
+        HF_TOKEN="hf_secret_token_4242",
+        DIGESTBOT_SMTP_PASSWORD="smtp-secret-4242",
+    )
+    daemon = start_daemon()
+    daemon.wait_for(r'"sent": 3')
+    with (workdir / "subscribers.toml").open("a") as fh:
+        fh.write('\n[[subscribers]]\nemail = "edsger@example.org"\nkeywords = ["diffusion"]\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(r"reloaded")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=10) == 0
+    output = daemon.output()
+    assert "secret_token_4242" not in output and "smtp-secret-4242" not in output
+
+    lines = [json.loads(line) for line in output.splitlines()]  # every line parses
+    assert all(isinstance(e, dict) for e in lines)
+    for entry in lines:
+        assert {"timestamp", "level", "logger", "event"} <= entry.keys(), entry
+        stamp = datetime.fromisoformat(entry["timestamp"])
+        assert stamp.utcoffset() == timedelta(0), entry["timestamp"]
+    assert not [e for e in lines if e["logger"].startswith("apscheduler") and e["level"] == "INFO"]
+    assert not [e for e in lines if "Running job" in e["event"] or "Adding job" in e["event"]]
+
+    sent = {
+        e["subscriber"]: e["message_id"]
+        for e in lines
+        if e.get("outcome") == "sent" and e["level"] == "INFO"
+    }
+    headers = {}
+    for path in (workdir / "outbox").glob("*.eml"):
+        msg = message_from_bytes(path.read_bytes(), policy=default_policy)
+        headers[msg["To"].addresses[0].addr_spec] = msg["Message-ID"]
+    assert sent == headers and len(sent) == 3
+    assert all(
+        e["message_id"] in e["event"] and e["subscriber"] in e["event"]
+        for e in lines
+        if "outcome" in e
+    )
+    [summary] = [e for e in lines if "sent" in e and "planned" in e]
+    assert (summary["planned"], summary["sent"], summary["deferred"], summary["failed"]) == (
+        3,
+        3,
+        0,
+        0,
+    )
+    assert isinstance(summary["seconds"], float | int)
+    [reload] = [e for e in lines if "reloaded" in e["event"]]
+    assert reload["added"] == ["edsger@example.org"] and "edsger@example.org" in reload["event"]
 
 
 def test_second_daemon_on_the_same_database_exits_1(
