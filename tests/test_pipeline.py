@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -337,3 +339,107 @@ def test_a_subscriber_is_one_whatever_the_case_of_their_address(env) -> None:  #
         rows = s.execute(sa.select(Subscriber.email, Subscriber.active)).all()
     assert [tuple(r) for r in rows] == [("ada@example.org", True)]
     assert pipeline.subscriber_ids(engine, ["ADA@EXAMPLE.ORG"]) == [before.id]
+
+
+# -- trending ---------------------------------------------------------------------------------
+
+
+def sections_of(engine, email: str) -> dict[str, list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
+    """period -> [(section, arxiv_id)] in digest order, for one subscriber."""
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT d.period, i.section, i.arxiv_id FROM digest_items i "
+                "JOIN digests d ON d.id = i.digest_id JOIN subscribers s ON s.id = d.subscriber_id "
+                "WHERE s.email = :e ORDER BY d.period, i.position"
+            ),
+            {"e": email},
+        ).all()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for period, section, arxiv_id in rows:
+        out.setdefault(period, []).append((section, arxiv_id))
+    return out
+
+
+def upvotes_by_id(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        return dict(s.execute(sa.select(Paper.arxiv_id, Paper.upvotes)).all())  # type: ignore[arg-type]
+
+
+def window_ids(engine, start: datetime, end: datetime) -> list[str]:  # type: ignore[no-untyped-def]
+    """Papers featured in [start, end), most upvoted first (ties by arXiv id), upvotes > 0."""
+    with session_scope(engine) as s:
+        papers = store.papers_featured_between(s, start=start, end=end)
+    ranked = sorted((p for p in papers if p.upvotes > 0), key=lambda p: (-p.upvotes, p.arxiv_id))
+    return [p.arxiv_id for p in ranked]
+
+
+def test_a_trending_only_subscriber_gets_the_most_upvoted_new_papers(env) -> None:  # type: ignore[no-untyped-def]
+    """A subscriber with only `trending = 3` gets the 3 most upvoted papers of their window, recorded in the trending section."""
+    settings, engine = env
+    specs = parse_subscribers(
+        '[[subscribers]]\nemail = "t@example.org"\ntrending = 3\n', source="t.toml"
+    )
+    fetch(settings, engine, "2026-03-04")
+    summary = plan(settings, engine, specs, "2026-03-04")
+    assert summary.planned == 1
+    first_day = datetime(2026, 3, 4, tzinfo=UTC) - pipeline_lookback(settings)
+    expected = window_ids(engine, first_day, at("2026-03-04", 23))[:3]
+    assert sections_of(engine, "t@example.org") == {
+        "2026-03-04": [("trending", a) for a in expected]
+    }
+
+
+def pipeline_lookback(settings):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    return timedelta(days=settings.lookback_days)
+
+
+def test_mixed_digest_lists_matches_then_trending_papers_not_listed_once_each(env) -> None:  # type: ignore[no-untyped-def]
+    """With keywords and trending, matched papers come first (capped by max_papers), then the most upvoted papers not already listed; none repeats, even the next day."""
+    settings, engine = env
+    fetch(settings, engine, "2026-03-04")
+    start = datetime(2026, 3, 4, tzinfo=UTC) - pipeline_lookback(settings)
+    ranked = window_ids(engine, start, at("2026-03-04", 23))
+    top = ranked[0]
+    specs = parse_subscribers(
+        f'[[subscribers]]\nemail = "m@example.org"\nkeywords = [{title_phrase(engine, top)}]\n'
+        "trending = 3\nmax_papers = 1\n",
+        source="t.toml",
+    )
+    plan(settings, engine, specs, "2026-03-04")
+    got = sections_of(engine, "m@example.org")["2026-03-04"]
+    assert got[0] == ("matched", top)
+    assert [a for sec, a in got[1:]] == ranked[1:3] and all(s == "trending" for s, _ in got[1:])
+    assert len({a for _, a in got}) == len(got)
+    plan(settings, engine, specs, "2026-03-05", now=at("2026-03-05", 23))
+    later = sections_of(engine, "m@example.org").get("2026-03-05", [])
+    assert not {a for _, a in later} & {a for _, a in got}, "nothing mailed twice"
+
+
+def test_exclude_and_min_upvotes_apply_to_the_trending_section(env) -> None:  # type: ignore[no-untyped-def]
+    """A trending paper an exclude query matches, or with fewer than min_upvotes upvotes, is left out of the trending section."""
+    settings, engine = env
+    fetch(settings, engine, "2026-03-04")
+    start = datetime(2026, 3, 4, tzinfo=UTC) - pipeline_lookback(settings)
+    ranked = window_ids(engine, start, at("2026-03-04", 23))
+    votes = upvotes_by_id(engine)
+    specs = parse_subscribers(
+        f"[defaults]\nexclude = [{title_phrase(engine, ranked[0])}]\n"
+        f'[[subscribers]]\nemail = "x@example.org"\ntrending = 50\nmin_upvotes = {votes[ranked[3]]}\n',
+        source="t.toml",
+    )
+    plan(settings, engine, specs, "2026-03-04")
+    got = [a for _, a in sections_of(engine, "x@example.org")["2026-03-04"]]
+    assert got and all(votes[a] >= votes[ranked[3]] for a in got)
+    assert ranked[0] not in got and set(got) <= set(ranked[1:])
+
+
+def title_phrase(engine, arxiv_id: str) -> str:  # type: ignore[no-untyped-def]
+    """A TOML string holding a title: query for the paper's first words, as a phrase."""
+    with session_scope(engine) as s:
+        paper = s.get(Paper, arxiv_id)
+        assert paper is not None
+        words = [w for w in re.findall(r"[A-Za-z]+", paper.title)][:5]
+    return json.dumps('title:"' + " ".join(words) + '"')

@@ -73,16 +73,21 @@ def two(extra: str) -> str:
 def test_example_file_loads() -> None:
     """subscribers.example.toml is valid and holds realistic @example.org subscribers."""
     specs = load_subscribers(EXAMPLE)
-    assert 2 <= len(specs) <= 3
+    assert 2 <= len(specs) <= 4
     assert all(s.email.endswith("@example.org") for s in specs)
-    assert all(s.keywords for s in specs)
+    assert all(s.keywords or s.trending for s in specs)
+    assert any(s.trending and not s.keywords and not s.authors for s in specs), "trending-only"
+    assert any(s.frequency == "weekly" for s in specs)
     assert all(isinstance(s.tz, zoneinfo.ZoneInfo) for s in specs)
 
 
 def test_example_file_shows_every_key_and_the_query_syntax() -> None:
-    """The example uses every defaults and subscriber key, and phrases, OR, -word, title: and author:."""
-    doc = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    assert set(doc["defaults"]) == set(DEFAULT_KEYS)
+    """The example shows every defaults key (set, or commented out when any value would change what
+    everyone gets) and uses every subscriber key, and phrases, OR, -word, title: and author:."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    doc = tomllib.loads(text)
+    shown = set(doc["defaults"]) | set(re.findall(r"^# (\w+) = ", text, flags=re.MULTILINE))
+    assert shown == set(DEFAULT_KEYS)
     used = set().union(*(set(s) for s in doc["subscribers"]))
     assert used == set(SUBSCRIBER_KEYS)
     queries = [q for s in doc["subscribers"] for q in s.get("keywords", []) + s.get("exclude", [])]
