@@ -453,6 +453,7 @@ class DryRun:
     rows: tuple[DryRunRow, ...]
     existing: int  # subscribers that already have their digest for the period
     fetched: int | None  # papers in the feed response (None: not fetched)
+    off: int = 0  # subscribers with frequency = "off"
 
 
 def dry_run(
@@ -483,9 +484,11 @@ def dry_run(
             )
             rows.append(DryRunRow(plan=plan, rendered=rendered))
         s.rollback()
+    off = sum(1 for r in recipients if r.spec.frequency == schedule.OFF)
     return DryRun(
         rows=tuple(rows),
-        existing=len(recipients) - len(rows),
+        existing=len(recipients) - off - len(rows),
+        off=off,
         fetched=None if fetched is None else len(fetched),
     )
 

@@ -443,3 +443,131 @@ def title_phrase(engine, arxiv_id: str) -> str:  # type: ignore[no-untyped-def]
         assert paper is not None
         words = [w for w in re.findall(r"[A-Za-z]+", paper.title)][:5]
     return json.dumps('title:"' + " ".join(words) + '"')
+
+
+# -- frequency --------------------------------------------------------------------------------
+
+WEEKLY = """
+[[subscribers]]
+email = "w@example.org"
+keywords = ["the"]
+frequency = "weekly"
+weekday = "monday"
+max_papers = 500
+"""
+
+
+def digests_of(engine, email: str) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    """(period, frequency, state) of a subscriber's digests, oldest first."""
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT d.period, d.frequency, d.state FROM digests d "
+                "JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email = :e ORDER BY d.id"
+            ),
+            {"e": email},
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def featured_days(engine, ids: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        return {s.get(Paper, a).featured_at.date().isoformat() for a in ids}  # type: ignore[union-attr]
+
+
+def test_weekly_subscriber_gets_one_digest_a_week_and_the_next_covers_what_came_after(
+    env,  # type: ignore[no-untyped-def]
+) -> None:
+    """A mid-week send gives a weekly subscriber the week so far; sends later that week plan nothing; the next week's digest holds only what came after, nothing twice."""
+    settings, engine = env
+    specs = parse_subscribers(WEEKLY, source="t.toml")
+    fetch(settings, engine, "2026-03-02")
+    fetch(settings, engine, "2026-03-04")
+    wednesday = plan(settings, engine, specs, "2026-03-04")  # 2026-03-04 is a Wednesday
+    assert wednesday.planned == 1
+    thursday = plan(settings, engine, specs, "2026-03-05", now=at("2026-03-05", 23))
+    assert (thursday.planned, thursday.existing) == (0, 1)
+    assert digests_of(engine, "w@example.org") == [("2026-03-02", "weekly", "planned")]
+    first = [a for _, a in sections_of(engine, "w@example.org")["2026-03-02"]]
+    assert featured_days(engine, first) >= {"2026-03-02", "2026-03-03", "2026-03-04"}, (
+        "the week so far, several days ranked together"
+    )
+    fetch(settings, engine, "2026-03-06")
+    monday = plan(settings, engine, specs, "2026-03-09", now=at("2026-03-09", 8))
+    assert monday.planned == 1
+    second = [a for _, a in sections_of(engine, "w@example.org")["2026-03-09"]]
+    assert second and not set(second) & set(first)
+    assert featured_days(engine, second) <= {"2026-03-04", "2026-03-05", "2026-03-06"}
+
+
+def test_weekly_digest_is_ranked_over_the_week_and_capped(env) -> None:  # type: ignore[no-untyped-def]
+    """A weekly digest holds the week's best matches, capped by max_papers, with the rest counted as more."""
+    settings, engine = env
+    specs = parse_subscribers(WEEKLY.replace("max_papers = 500", "max_papers = 5"), source="t.toml")
+    everyone = parse_subscribers(WEEKLY, source="t.toml")
+    fetch(settings, engine, "2026-03-02")
+    fetch(settings, engine, "2026-03-05")
+    plan(settings, engine, everyone, "2026-03-05")
+    with session_scope(engine) as s:
+        all_ids = [
+            a
+            for (a,) in s.execute(
+                sa.text("SELECT arxiv_id FROM digest_items ORDER BY position")
+            ).all()
+        ]
+        s.execute(sa.text("DELETE FROM digest_items"))
+        s.execute(sa.text("DELETE FROM digests"))
+    plan(settings, engine, specs, "2026-03-05")
+    got = [a for _, a in sections_of(engine, "w@example.org")["2026-03-02"]]
+    assert got == all_ids[:5]
+    assert len(featured_days(engine, all_ids)) >= 3
+    with session_scope(engine) as s:
+        more = s.execute(sa.text("SELECT more_count FROM digests")).scalar_one()
+    assert more == len(all_ids) - 5
+
+
+def test_off_plans_nothing_and_back_on_gets_the_normal_window_not_the_backlog(
+    env,  # type: ignore[no-untyped-def]
+    feed_dir: Path,
+) -> None:
+    """`frequency = "off"` plans and sends nothing; turned back on, the next digest covers a day and its lookback, not the weeks missed."""
+    settings, engine = env
+    on = parse_subscribers(
+        '[[subscribers]]\nemail = "o@example.org"\nkeywords = ["the"]\nmax_papers = 500\n',
+        source="t.toml",
+    )
+    off = parse_subscribers(
+        '[[subscribers]]\nemail = "o@example.org"\nkeywords = ["the"]\nfrequency = "off"\n',
+        source="t.toml",
+    )
+    fetch(settings, engine, "2026-03-02")
+    plan(settings, engine, on, "2026-03-02")
+    fetch(settings, engine, "2026-03-04")
+    paused = plan(settings, engine, off, "2026-03-04")
+    assert (paused.planned, paused.skipped, paused.off) == (0, 0, 1)
+    assert [p for p, _, _ in digests_of(engine, "o@example.org")] == ["2026-03-02"]
+    items = shift_items(fixture_day("2026-03-06"), date(2026, 3, 20))
+    write_day(feed_dir, "2026-03-20", items)
+    fetch(settings, engine, "2026-03-20")
+    back = plan(settings, engine, on, "2026-03-20")
+    assert back.planned == 1
+    got = [a for _, a in sections_of(engine, "o@example.org")["2026-03-20"]]
+    assert set(got) == {it["paper"]["id"] for it in items}, "the March 3-4 papers are the backlog"
+    later = plan(settings, engine, on, "2026-03-21", now=at("2026-03-21", 23))
+    assert later.planned + later.skipped == 1, "paused mark cleared: a normal next day"
+
+
+def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A stored weekly digest goes out saying "this week" with the dates it covers."""
+    settings, engine = env
+    specs = parse_subscribers(WEEKLY + "trending = 2\n", source="t.toml")
+    fetch(settings, engine, "2026-03-04")
+    plan(settings, engine, specs, "2026-03-04")
+    d = app.delivery(settings)
+    report = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+    )
+    assert report.sent == ["w@example.org"]
+    [eml] = (tmp_path / "out").glob("*.eml")
+    raw = eml.read_bytes().decode("utf-8", "replace")
+    assert "this week" in raw and "2026-02-26 to 2026-03-04" in raw
