@@ -493,6 +493,20 @@ def dry_run(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What a subscriber's next digest would be: the rendering, or why nothing would be sent."""
+
+    rendered: RenderedDigest | None  # None: no digest would be sent
+    frequency: str
+    period: str | None  # YYYY-MM-DD: the day, or the first day of the week (None: off)
+    window: tuple[datetime, datetime] | None  # what the digest covers
+    stored_papers: int  # papers stored for that window (0: not fetched yet)
+    fetch_day: date | None  # the day to `digestbot fetch --date` when nothing is stored
+    reason: str | None  # why no digest would be sent
+    pending: bool = False  # a stored digest not sent yet, shown as it will go out
+
+
 def preview(
     engine: Engine,
     spec: SubscriberSpec,
@@ -501,18 +515,45 @@ def preview(
     as_of: datetime,
     day: date | None,
     lookback: int,
-) -> RenderedDigest:
+) -> Preview:
     """The subscriber's next digest, rendered; nothing is sent or recorded.
 
     That is the oldest stored digest not sent yet, if any, else the one a send at `as_of` would
-    plan (even when their digest for the period already went out).
+    plan (even when their digest for the period already went out). Says so when nothing would
+    be sent (frequency "off"; nothing new with send_empty false) and how many papers are stored
+    for the digest's window, so "nothing new" and "not fetched yet" are told apart.
     """
     [recipient] = known_recipients(engine, [spec])
     with session_scope(engine) as s:
         pending = outbox.next_unsent(s, subscriber_id=recipient.id)
         if pending is not None:
             digests, papers = outbox.load_digests(s, [pending])
-            return mail.render(_stored_view(digests[pending], papers, mail=mail))
+            d = digests[pending]
+            window = (
+                (d.window_start, d.window_end)
+                if d.window_start is not None and d.window_end is not None
+                else None
+            )
+            return Preview(
+                rendered=mail.render(_stored_view(d, papers, mail=mail)),
+                frequency=d.frequency,
+                period=d.period,
+                window=window,
+                stored_papers=len(papers),
+                fetch_day=None,
+                reason=None,
+                pending=True,
+            )
+        if spec.frequency == schedule.OFF:
+            return Preview(
+                rendered=None,
+                frequency=spec.frequency,
+                period=None,
+                window=None,
+                stored_papers=0,
+                fetch_day=None,
+                reason='frequency is "off": nothing is planned or sent',
+            )
         [plan] = compute_plans(
             s,
             [recipient],
@@ -522,7 +563,17 @@ def preview(
             from_addr=mail.from_addr,
             skip_existing=False,
         )
-        return _render_plan(s, plan, mail=mail, name=spec.name)
+        stored = len(store.papers_featured_between(s, start=plan.window_start, end=plan.window_end))
+        skipped = plan.state == DigestState.SKIPPED
+        return Preview(
+            rendered=None if skipped else _render_plan(s, plan, mail=mail, name=spec.name),
+            frequency=plan.frequency,
+            period=plan.period,
+            window=(plan.window_start, plan.window_end),
+            stored_papers=stored,
+            fetch_day=schedule.run_day(as_of) if stored == 0 else None,
+            reason="nothing new, and send_empty is false" if skipped else None,
+        )
 
 
 def _render_plan(
