@@ -319,7 +319,10 @@ def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
             table.add_row(plan.email, "0", "0", "(nothing new: skipped)")
         else:
             table.add_row(
-                plan.email, str(len(plan.items)), str(plan.more_count), row.rendered.subject
+                plan.email,
+                str(len(plan.items) + len(plan.trending)),
+                str(plan.more_count),
+                row.rendered.subject,
             )
     out.print(table)
     out.print(
