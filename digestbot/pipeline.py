@@ -130,9 +130,13 @@ def select_subscribers(
 def sync_subscribers(
     engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime
 ) -> list[Recipient]:
-    """Store the subscribers file's people (new ones added, removed ones deactivated)."""
+    """Store the subscribers file's people (new ones added, removed ones deactivated); those with
+    frequency "off" are noted as paused (the daemon never plans for them)."""
     with session_scope(engine) as s:
         ids = store.sync_subscribers(s, people=[(sp.email, sp.name) for sp in specs], now=now)
+        off = [ids[address_key(sp.email)] for sp in specs if sp.frequency == schedule.OFF]
+        if off:
+            outbox.mark_paused(s, subscriber_ids=off, now=now)
     return [Recipient(spec=sp, id=ids[address_key(sp.email)]) for sp in specs]
 
 

@@ -571,3 +571,17 @@ def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> No
     [eml] = (tmp_path / "out").glob("*.eml")
     raw = eml.read_bytes().decode("utf-8", "replace")
     assert "this week" in raw and "2026-02-26 to 2026-03-04" in raw
+
+
+def test_syncing_an_off_subscriber_marks_them_paused_without_planning(env) -> None:  # type: ignore[no-untyped-def]
+    """Loading the file with `frequency = "off"` (as the daemon does at start and on SIGHUP) notes the pause, so no planning run is needed for the backlog rule."""
+    _, engine = env
+    specs = parse_subscribers(
+        '[[subscribers]]\nemail = "o@example.org"\nkeywords = ["x"]\nfrequency = "off"\n',
+        source="t.toml",
+    )
+    pipeline.sync_subscribers(engine, specs, now=at("2026-03-04"))
+    with session_scope(engine) as s:
+        paused_at = s.execute(sa.select(Subscriber.paused_at)).scalar_one()  # type: ignore[call-overload]
+        assert s.execute(sa.text("SELECT COUNT(*) FROM digests")).scalar_one() == 0
+    assert paused_at == at("2026-03-04")
