@@ -362,7 +362,10 @@ def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
             table.add_row(plan.email, "0", "0", "(nothing new: skipped)")
         else:
             table.add_row(
-                plan.email, str(len(plan.items)), str(plan.more_count), row.rendered.subject
+                plan.email,
+                str(len(plan.items) + len(plan.trending)),
+                str(plan.more_count),
+                row.rendered.subject,
             )
     out.print(table)
     out.print(
@@ -401,7 +404,7 @@ def preview(
         )
         day = _parse_date(date_)
         engine = app.database(settings, create=False)
-        rendered = pipeline.preview(
+        shown = pipeline.preview(
             engine,
             spec,
             mail=app.mail_context(settings),
@@ -409,12 +412,36 @@ def preview(
             day=day,
             lookback=settings.lookback_days,
         )
+        _print_preview_period(shown)
+        rendered = shown.rendered
+        if rendered is None:
+            out.print(f"no digest would be sent: {shown.reason}", markup=False)
+            return
         if html is not None:
             html.write_text(rendered.html, encoding="utf-8")
             err.print(f"wrote {html}", markup=False)
         if text or html is None:
             out.print(f"Subject: {rendered.subject}\n", markup=False)
             out.print(rendered.text, markup=False)
+
+
+def _print_preview_period(shown: pipeline.Preview) -> None:
+    """On stderr: which period the preview is, and a hint when its papers are not stored yet."""
+    if shown.window is not None:
+        first = shown.window[0].date().isoformat()
+        last = schedule.run_day(shown.window[1]).isoformat()
+        what = "waiting in the outbox" if shown.pending else "as a send now would plan it"
+        err.print(
+            f"{shown.frequency} digest for {shown.period} ({what}), papers featured "
+            f"{first} to {last}: {shown.stored_papers} stored",
+            markup=False,
+        )
+    if shown.fetch_day is not None:
+        err.print(
+            "the papers of this period are not stored yet; run "
+            f"`digestbot fetch --date {shown.fetch_day.isoformat()}` first",
+            markup=False,
+        )
 
 
 @cli.command()
@@ -662,6 +689,8 @@ def check(
             f"subscribers: {len(specs)} in {settings.subscribers_path}, {queries} queries: ok",
             markup=False,
         )
+        for sp in specs:
+            out.print(f"  {sp.email}: {sp.describe()}", markup=False)
         app.mail_context(settings)
         if not smtp:
             return
@@ -721,6 +750,13 @@ def match(
         engine = app.database(settings, create=False)
         found = pipeline.match_stored(engine, query=query, day=day)
         by_id, matches = found.papers, found.matches
+        if not by_id:
+            when = f"featured on {day.isoformat()} " if day is not None else ""
+            err.print(
+                f"no papers {when}are stored yet; run "
+                f"`digestbot fetch{f' --date {day.isoformat()}' if day else ''}` first",
+                markup=False,
+            )
         if as_json:
             out.print_json(
                 json.dumps(

@@ -42,6 +42,8 @@ from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot.daemon")
 
+GroupKey = tuple[time, str, str, int]  # schedule.group_key: send_at, zone, frequency, weekday
+
 FRESH_FETCH = timedelta(minutes=15)  # fetch right before planning when the last fetch is older
 SETUP_PAUSE = timedelta(minutes=5)  # after the mail server could not be used at all
 FEED_WAIT = timedelta(
@@ -87,18 +89,16 @@ class Daemon:
         self._last_good_fetch: datetime | None = None  # read from the database on the first fetch
         self._looked_up_last_good = False
         self._paused_until: datetime | None = None
-        self._done: set[tuple[time, str, str]] = (
-            set()
-        )  # (send_at, zone, period) groups fully planned
-        self._due_since: dict[
-            tuple[time, str, str], datetime
-        ] = {}  # groups held back by a feed outage
+        # (group, period) pairs fully planned; a group is schedule.group_key: send time, zone,
+        # frequency and weekday, so everyone in it is due at the same moments
+        self._done: set[tuple[GroupKey, str]] = set()
+        self._due_since: dict[tuple[GroupKey, str], datetime] = {}  # held back by a feed outage
         self._scheduler: BlockingScheduler | None = None
         self._specs: Sequence[SubscriberSpec] | None = specs  # synced to the database on first use
-        self._groups: dict[tuple[time, str], list[pipeline.Recipient]] = {}
+        self._groups: dict[GroupKey, list[pipeline.Recipient]] = {}
 
     # -- subscribers ------------------------------------------------------------------------
-    def _people(self) -> list[tuple[tuple[time, str], list[pipeline.Recipient]]]:
+    def _people(self) -> list[tuple[GroupKey, list[pipeline.Recipient]]]:
         with self._lock:
             specs, self._specs = self._specs, None
         if specs is not None:
@@ -108,9 +108,9 @@ class Daemon:
 
     def _set_people(self, specs: Sequence[SubscriberSpec]) -> None:
         recipients = pipeline.sync_subscribers(self.engine, specs, now=self.clock())
-        groups: dict[tuple[time, str], list[pipeline.Recipient]] = defaultdict(list)
+        groups: dict[GroupKey, list[pipeline.Recipient]] = defaultdict(list)
         for r in recipients:
-            groups[(r.spec.send_at, r.spec.timezone)].append(r)
+            groups[schedule.group_key(r.spec)].append(r)
         with self._lock:
             self._groups = dict(groups)
             self._done.clear()
@@ -224,9 +224,9 @@ class Daemon:
         due: list[pipeline.Recipient] = []
         keys = []
         groups = self._people()
-        for (send_at, zone), recipients in groups:
+        for group, recipients in groups:
             spec = recipients[0].spec
-            key = (send_at, zone, schedule.local_period(spec, now))
+            key = (group, schedule.local_period(spec, now))
             if key in self._done or not schedule.is_due(spec, now):
                 continue
             due.extend(recipients)
@@ -245,7 +245,7 @@ class Daemon:
     def _plan(
         self,
         due: list[pipeline.Recipient],
-        keys: list[tuple[time, str, str]],
+        keys: list[tuple[GroupKey, str]],
         now: datetime,
     ) -> pipeline.PlanSummary | None:
         """Plan the due groups, or hold them while today's fetch fails (see the module docstring)."""

@@ -89,6 +89,9 @@ class Subscriber(SQLModel, table=True):
     address_key: str = Field(max_length=320)  # addresses.address_key(email): how lookups compare
     name: str | None = Field(default=None, max_length=300)
     active: bool = True
+    # Set when a planning run saw `frequency = "off"`, cleared by the next digest planned: a
+    # subscriber back from "off" gets the normal window, not the backlog.
+    paused_at: datetime | None = _utc(default=None, nullable=True)
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
 
@@ -107,7 +110,10 @@ class Digest(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
-    period: str = Field(max_length=10)  # the subscriber's local date, YYYY-MM-DD
+    period: str = Field(max_length=10)  # YYYY-MM-DD: the local date, or a weekly digest's send day
+    frequency: str = Field(
+        default="daily", max_length=8, sa_column_kwargs={"server_default": "daily"}
+    )  # "daily" or "weekly": what `period` counts
     state: str = Field(max_length=16)  # a DigestState
     window_start: datetime = _utc()
     window_end: datetime = _utc()
@@ -138,6 +144,9 @@ class DigestItem(SQLModel, table=True):
     subscriber_id: int = Field(foreign_key="subscribers.id")
     arxiv_id: str = Field(foreign_key="papers.arxiv_id", max_length=32)
     position: int
+    section: str = Field(
+        default="matched", max_length=16, sa_column_kwargs={"server_default": "matched"}
+    )  # "matched" (a query matched) or "trending" (among the period's most upvoted)
     score: float
     upvotes: int
     matched: list[str] = Field(default_factory=list, sa_type=sa.JSON())

@@ -33,6 +33,8 @@ from digestbot.models import (
 from digestbot.store import chunks, dialect_insert, papers_by_id, subscriber_records
 
 LEASE = timedelta(minutes=30)
+MATCHED = "matched"  # DigestItem.section of a paper a query matched
+TRENDING = "trending"  # DigestItem.section of a paper among the period's most upvoted
 
 
 class Outcome(StrEnum):
@@ -57,12 +59,14 @@ class DigestPlan:
     more_count: int
     send_empty: bool
     message_id: str
+    trending: tuple[Match, ...] = ()  # the "Trending" section: most upvoted, not in `items`
+    frequency: str = "daily"  # what `period` counts: "daily" or "weekly"
     note: str | None = None  # the feed failed for the period: said on the row, never mailed empty
 
     @property
     def state(self) -> DigestState:
         """Skipped when empty, unless the subscriber wants empty digests and the feed was fine."""
-        if self.items or (self.send_empty and self.note is None):
+        if self.items or self.trending or (self.send_empty and self.note is None):
             return DigestState.PLANNED
         return DigestState.SKIPPED
 
@@ -89,10 +93,11 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             {
                 "subscriber_id": p.subscriber_id,
                 "period": p.period,
+                "frequency": p.frequency,
                 "state": p.state,
                 "window_start": p.window_start,
                 "window_end": p.window_end,
-                "paper_count": len(p.items),
+                "paper_count": len(p.items) + len(p.trending),
                 "more_count": p.more_count,
                 "message_id": p.message_id,
                 "note": p.note,
@@ -110,6 +115,7 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
                 "subscriber_id": p.subscriber_id,
                 "arxiv_id": it.arxiv_id,
                 "position": pos,
+                "section": section,
                 "score": it.score,
                 "upvotes": it.upvotes,
                 "matched": list(it.matched),
@@ -118,11 +124,47 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             }
             for p in batch
             if p.subscriber_id in ids
-            for pos, it in enumerate(p.items)
+            for pos, (section, it) in enumerate(
+                [(MATCHED, it) for it in p.items] + [(TRENDING, it) for it in p.trending]
+            )
         ]
         if items:
             conn.execute(insert_item, items)
+        resumed = sorted(ids)
+        if resumed:
+            subscribers = table_of(Subscriber)
+            conn.execute(
+                subscribers.update()
+                .where(subscribers.c.id.in_(resumed), subscribers.c.paused_at.is_not(None))
+                .values(paused_at=None)
+            )
     return inserted
+
+
+def mark_paused(session: Session, *, subscriber_ids: Sequence[int], now: datetime) -> None:
+    """Note that these subscribers are `off` (kept from the first time it was seen), so their
+    next digest, once they are back on, covers the normal window and not the backlog."""
+    table = table_of(Subscriber)
+    for chunk in chunks(list(subscriber_ids)):
+        session.connection().execute(
+            table.update()
+            .where(table.c.id.in_(chunk), table.c.paused_at.is_(None))
+            .values(paused_at=now)
+        )
+
+
+def paused(session: Session, subscriber_ids: Sequence[int]) -> set[int]:
+    """Which of these subscribers were seen `off` since their last digest."""
+    out: set[int] = set()
+    for chunk in chunks(list(subscriber_ids)):
+        out.update(
+            session.execute(
+                sa.select(col(Subscriber.id)).where(
+                    col(Subscriber.id).in_(chunk), col(Subscriber.paused_at).is_not(None)
+                )
+            ).scalars()
+        )
+    return out
 
 
 def last_windows(
@@ -189,7 +231,11 @@ class StoredDigest:
     message_id: str
     more_count: int
     attempts: int  # delivery attempts before this run's (more than 0: this send is a retry)
-    items: tuple[DigestItem, ...]
+    items: tuple[DigestItem, ...]  # the matched section
+    trending: tuple[DigestItem, ...] = ()  # the "Trending" section
+    frequency: str = "daily"
+    window_start: datetime | None = None
+    window_end: datetime | None = None
 
 
 def load_digests(
@@ -219,7 +265,11 @@ def load_digests(
             message_id=d.message_id,
             more_count=d.more_count,
             attempts=d.attempts,
-            items=tuple(items[d.id]),
+            items=tuple(it for it in items[d.id] if it.section != TRENDING),
+            trending=tuple(it for it in items[d.id] if it.section == TRENDING),
+            frequency=d.frequency,
+            window_start=d.window_start,
+            window_end=d.window_end,
         )
     return out, papers
 

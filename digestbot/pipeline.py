@@ -7,6 +7,7 @@ builds a message: storage is in `store`/`outbox`, time in `schedule`, messages i
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -131,9 +132,13 @@ def select_subscribers(
 def sync_subscribers(
     engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime
 ) -> list[Recipient]:
-    """Store the subscribers file's people (new ones added, removed ones deactivated)."""
+    """Store the subscribers file's people (new ones added, removed ones deactivated); those with
+    frequency "off" are noted as paused (the daemon never plans for them)."""
     with session_scope(engine) as s:
         ids = store.sync_subscribers(s, people=[(sp.email, sp.name) for sp in specs], now=now)
+        off = [ids[address_key(sp.email)] for sp in specs if sp.frequency == schedule.OFF]
+        if off:
+            outbox.mark_paused(s, subscriber_ids=off, now=now)
     return [Recipient(spec=sp, id=ids[address_key(sp.email)]) for sp in specs]
 
 
@@ -187,6 +192,10 @@ class PlanSummary:
     planned: int = 0
     skipped: int = 0
     existing: int = 0
+    off: int = 0  # subscribers with frequency = "off": nothing planned
+
+
+TRENDING_SLACK = 100  # trending candidates read per subscriber beyond N (some may be held)
 
 
 def compute_plans(
@@ -202,70 +211,151 @@ def compute_plans(
     """Decide each recipient's digest for its period, without writing anything.
 
     A digest holds the papers that match the subscriber's filter, were never put in one of their
-    digests before, and are new to them (schedule.Windows says which). Papers beyond max_papers
-    are counted in the digest and not carried over. The period is `day` when given, else the
-    subscriber's local date at `as_of`. Recipients that already have a digest for the period are
-    left out unless `skip_existing` is false (previews).
+    digests before, and are new to them (schedule.Windows says which), ranked over the period
+    and capped by max_papers; papers beyond it are counted and not carried over. With
+    `trending = N` it also holds, in a "Trending" section, those of the N most upvoted such
+    papers (upvotes > 0, past exclude and min_upvotes) that the matched section does not list.
+    The period is the one holding `day` when given, else the one holding the subscriber's local
+    date at `as_of` (a day, or a week for weekly). Subscribers with frequency "off" get nothing;
+    one back from "off" gets the normal window, not the backlog. Recipients that already have a
+    digest for the period are left out unless `skip_existing` is false (previews).
     """
-    pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in recipients]
+    active = [r for r in recipients if r.spec.frequency != schedule.OFF]
+    pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in active]
     have = outbox.existing_periods(session, pairs) if skip_existing else set()
-    todo = [(r, p) for r, (_, p) in zip(recipients, pairs, strict=True) if (r.id, p) not in have]
+    todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
     if not todo:
         return
-    windows = schedule.Windows.as_of(as_of, lookback=lookback)
-    prev = {
-        sid: (windows.since(end), planned_at)
-        for sid, (end, planned_at) in outbox.last_windows(session, [r.id for r, _ in todo]).items()
+    windows = {
+        f: schedule.Windows.as_of(as_of, lookback=lookback, frequency=f)
+        for f in sorted({r.spec.frequency for r, _ in todo})
     }
-    papers = store.papers_featured_between(
-        session, start=windows.fetch_start([start for start, _ in prev.values()]), end=as_of
+    freq = {r.id: r.spec.frequency for r, _ in todo}
+    ids = [r.id for r, _ in todo]
+    resumed = outbox.paused(session, ids)
+    prev = {
+        sid: (windows[freq[sid]].since(end), planned_at)
+        for sid, (end, planned_at) in outbox.last_windows(session, ids).items()
+        if sid not in resumed
+    }
+    start = min(
+        w.fetch_start([prev[sid][0] for sid in prev if freq[sid] == f]) for f, w in windows.items()
     )
+    papers = store.papers_featured_between(session, start=start, end=as_of)
     by_id = {p.arxiv_id: p for p in papers}
+    by_upvotes = sorted(
+        (p for p in papers if p.upvotes > 0), key=lambda p: (-p.upvotes, p.arxiv_id)
+    )
     index = PaperIndex.build(papers)
     database_id = store.database_id(session)
 
     for offset in range(0, len(todo), PLAN_BATCH):
         batch = todo[offset : offset + PLAN_BATCH]
-        found = {}
+        found: dict[int, list[Match]] = {}
+        hot: dict[int, list[Paper]] = {}
         with bulk_matching():
             for r, _ in batch:
-                flt = compile_filter(
-                    keywords=r.spec.keywords,
-                    exclude=r.spec.exclude,
-                    authors=r.spec.authors,
-                    min_upvotes=r.spec.min_upvotes,
-                )
-                found[r.id] = [
-                    m
-                    for m in index.match(flt)
-                    if windows.is_new(
-                        featured_at=by_id[m.arxiv_id].featured_at,
-                        first_seen_at=by_id[m.arxiv_id].first_seen_at,
-                        previous=prev.get(r.id),
+                sp = r.spec
+                is_new = functools.partial(_is_new, windows[sp.frequency], prev.get(r.id))
+                found[r.id] = []
+                if sp.keywords or sp.authors:
+                    flt = compile_filter(
+                        keywords=sp.keywords,
+                        exclude=sp.exclude,
+                        authors=sp.authors,
+                        min_upvotes=sp.min_upvotes,
                     )
-                ]
-        with_matches = [sid for sid, ms in found.items() if ms]
+                    found[r.id] = [m for m in index.match(flt) if is_new(by_id[m.arxiv_id])]
+                if sp.trending:
+                    hot[r.id] = _trending_candidates(
+                        index, by_upvotes, sp, is_new, limit=sp.trending + TRENDING_SLACK
+                    )
+        people = [sid for sid in found if found[sid] or hot.get(sid)]
         held = outbox.already_held(
-            session, with_matches, sorted({m.arxiv_id for sid in with_matches for m in found[sid]})
+            session,
+            people,
+            sorted(
+                {m.arxiv_id for sid in people for m in found[sid]}
+                | {p.arxiv_id for sid in people for p in hot.get(sid, ())}
+            ),
         )
         for r, p in batch:
             fresh = [m for m in found[r.id] if (r.id, m.arxiv_id) not in held]
             top = fresh[: r.spec.max_papers]
+            listed = {m.arxiv_id for m in top}
+            matched = {m.arxiv_id: m for m in fresh}
+            most = [pp for pp in hot.get(r.id, ()) if (r.id, pp.arxiv_id) not in held]
+            trending = tuple(
+                matched.get(pp.arxiv_id) or _trending_match(pp)
+                for pp in most[: r.spec.trending]
+                if pp.arxiv_id not in listed
+            )
+            overflow_shown = sum(1 for m in trending if m.arxiv_id in matched)
+            window = windows[r.spec.frequency]
             yield outbox.DigestPlan(
                 subscriber_id=r.id,
                 email=r.spec.email,
                 period=p,
-                window_start=prev[r.id][0] if r.id in prev else windows.first_day,
+                window_start=window.start_of(prev.get(r.id)),
                 window_end=as_of,
                 items=tuple(top),
-                more_count=len(fresh) - len(top),
+                more_count=len(fresh) - len(top) - overflow_shown,
                 send_empty=r.spec.send_empty,
                 message_id=make_message_id(
                     digest_key=f"{address_key(r.spec.email)}/{p}/{r.id}",
                     from_addr=from_addr,
                     database_id=database_id,
                 ),
+                trending=trending,
+                frequency=r.spec.frequency,
             )
+
+
+def _is_new(
+    window: schedule.Windows, previous: tuple[datetime, datetime] | None, paper: Paper
+) -> bool:
+    return window.is_new(
+        featured_at=paper.featured_at, first_seen_at=paper.first_seen_at, previous=previous
+    )
+
+
+def _trending_candidates(
+    index: PaperIndex,
+    by_upvotes: Sequence[Paper],
+    spec: SubscriberSpec,
+    is_new: Callable[[Paper], bool],
+    *,
+    limit: int,
+) -> list[Paper]:
+    """The subscriber's most upvoted new papers (upvotes > 0, at least min_upvotes, none that an
+    exclude query matches), most upvoted first, at most `limit` of them."""
+    excluded = (
+        {m.arxiv_id for m in index.match(compile_filter(keywords=spec.exclude))}
+        if spec.exclude
+        else set()
+    )
+    floor = max(1, spec.min_upvotes)
+    out: list[Paper] = []
+    for paper in by_upvotes:
+        if paper.upvotes < floor:
+            break
+        if paper.arxiv_id not in excluded and is_new(paper):
+            out.append(paper)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _trending_match(paper: Paper) -> Match:
+    """A trending paper that no query matched: no score, nothing to highlight."""
+    return Match(
+        arxiv_id=paper.arxiv_id,
+        score=0.0,
+        upvotes=paper.upvotes,
+        matched=(),
+        title_spans=(),
+        summary_spans=(),
+    )
 
 
 def plan_digests(
@@ -283,8 +373,12 @@ def plan_digests(
 
     `note` (the daemon after its feed hold expired) is stored on every digest and makes an
     empty one skipped, whatever send_empty says: see outbox.DigestPlan.state.
+
+    Subscribers with frequency "off" get nothing; they are noted as paused, so their first
+    digest once back on covers the normal window.
     """
     planned = skipped = 0
+    off = [r.id for r in recipients if r.spec.frequency == schedule.OFF]
     with session_scope(engine) as s:
         plans = [
             replace(p, note=note) if note is not None else p
@@ -292,14 +386,16 @@ def plan_digests(
                 s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=from_addr
             )
         ]
-    existing = len(recipients) - len(plans)
+        if off:
+            outbox.mark_paused(s, subscriber_ids=off, now=now)
+    existing = len(recipients) - len(off) - len(plans)
     for offset in range(0, len(plans), PLAN_BATCH):
         batch = plans[offset : offset + PLAN_BATCH]
         with session_scope(engine) as s:
             outbox.store_plans(s, plans=batch, now=now)
         planned += sum(1 for p in batch if p.state == DigestState.PLANNED)
         skipped += sum(1 for p in batch if p.state == DigestState.SKIPPED)
-    return PlanSummary(planned=planned, skipped=skipped, existing=existing)
+    return PlanSummary(planned=planned, skipped=skipped, existing=existing, off=len(off))
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +500,7 @@ class DryRun:
     rows: tuple[DryRunRow, ...]
     existing: int  # subscribers that already have their digest for the period
     fetched: int | None  # papers in the feed response (None: not fetched)
+    off: int = 0  # subscribers with frequency = "off"
 
 
 def dry_run(
@@ -434,11 +531,27 @@ def dry_run(
             )
             rows.append(DryRunRow(plan=plan, rendered=rendered))
         s.rollback()
+    off = sum(1 for r in recipients if r.spec.frequency == schedule.OFF)
     return DryRun(
         rows=tuple(rows),
-        existing=len(recipients) - len(rows),
+        existing=len(recipients) - off - len(rows),
+        off=off,
         fetched=None if fetched is None else len(fetched),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What a subscriber's next digest would be: the rendering, or why nothing would be sent."""
+
+    rendered: RenderedDigest | None  # None: no digest would be sent
+    frequency: str
+    period: str | None  # YYYY-MM-DD: the day, or the first day of the week (None: off)
+    window: tuple[datetime, datetime] | None  # what the digest covers
+    stored_papers: int  # papers stored for that window (0: not fetched yet)
+    fetch_day: date | None  # the day to `digestbot fetch --date` when nothing is stored
+    reason: str | None  # why no digest would be sent
+    pending: bool = False  # a stored digest not sent yet, shown as it will go out
 
 
 def preview(
@@ -449,18 +562,45 @@ def preview(
     as_of: datetime,
     day: date | None,
     lookback: int,
-) -> RenderedDigest:
+) -> Preview:
     """The subscriber's next digest, rendered; nothing is sent or recorded.
 
     That is the oldest stored digest not sent yet, if any, else the one a send at `as_of` would
-    plan (even when their digest for the period already went out).
+    plan (even when their digest for the period already went out). Says so when nothing would
+    be sent (frequency "off"; nothing new with send_empty false) and how many papers are stored
+    for the digest's window, so "nothing new" and "not fetched yet" are told apart.
     """
     [recipient] = known_recipients(engine, [spec])
     with session_scope(engine) as s:
         pending = outbox.next_unsent(s, subscriber_id=recipient.id)
         if pending is not None:
             digests, papers = outbox.load_digests(s, [pending])
-            return mail.render(_stored_view(digests[pending], papers, mail=mail))
+            d = digests[pending]
+            window = (
+                (d.window_start, d.window_end)
+                if d.window_start is not None and d.window_end is not None
+                else None
+            )
+            return Preview(
+                rendered=mail.render(_stored_view(d, papers, mail=mail)),
+                frequency=d.frequency,
+                period=d.period,
+                window=window,
+                stored_papers=len(papers),
+                fetch_day=None,
+                reason=None,
+                pending=True,
+            )
+        if spec.frequency == schedule.OFF:
+            return Preview(
+                rendered=None,
+                frequency=spec.frequency,
+                period=None,
+                window=None,
+                stored_papers=0,
+                fetch_day=None,
+                reason='frequency is "off": nothing is planned or sent',
+            )
         [plan] = compute_plans(
             s,
             [recipient],
@@ -470,14 +610,24 @@ def preview(
             from_addr=mail.from_addr,
             skip_existing=False,
         )
-        return _render_plan(s, plan, mail=mail, name=spec.name)
+        stored = len(store.papers_featured_between(s, start=plan.window_start, end=plan.window_end))
+        skipped = plan.state == DigestState.SKIPPED
+        return Preview(
+            rendered=None if skipped else _render_plan(s, plan, mail=mail, name=spec.name),
+            frequency=plan.frequency,
+            period=plan.period,
+            window=(plan.window_start, plan.window_end),
+            stored_papers=stored,
+            fetch_day=schedule.run_day(as_of) if stored == 0 else None,
+            reason="nothing new, and send_empty is false" if skipped else None,
+        )
 
 
 def _render_plan(
     session: Session, plan: outbox.DigestPlan, *, mail: MailContext, name: str | None
 ) -> RenderedDigest:
     """Render a digest that is planned but not stored (dry runs and previews)."""
-    papers = store.papers_by_id(session, [it.arxiv_id for it in plan.items])
+    papers = store.papers_by_id(session, [it.arxiv_id for it in plan.items + plan.trending])
     view = digest_view(
         mail=mail,
         email=plan.email,
@@ -486,6 +636,9 @@ def _render_plan(
         items=plan.items,
         papers=papers,
         more_count=plan.more_count,
+        trending=plan.trending,
+        frequency=plan.frequency,
+        window=(plan.window_start, plan.window_end),
     )
     return mail.render(view)
 
@@ -501,6 +654,11 @@ def _stored_view(
         items=d.items,
         papers=papers,
         more_count=d.more_count,
+        trending=d.trending,
+        frequency=d.frequency,
+        window=(d.window_start, d.window_end)
+        if d.window_start is not None and d.window_end is not None
+        else None,
     )
 
 

@@ -89,6 +89,14 @@ class DigestView:
     """A full ``mailto:`` URI."""
     unsubscribe_url: str | None
     """An https URL, or None."""
+    trending: tuple[PaperView, ...] = ()
+    """The "Trending" section: the period's most upvoted new papers not in ``papers``."""
+    frequency: str = "daily"
+    """"daily" or "weekly": how the subject and greeting name the period."""
+    first_day: date | None = None
+    """The first day the digest covers (None: ``digest_date``)."""
+    last_day: date | None = None
+    """The last day the digest covers (None: ``digest_date``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +372,9 @@ class Renderer:
             list_name="Paper Digest",
             unsubscribe_mailto="mailto:digest@example.org?subject=unsubscribe",
             unsubscribe_url="https://example.org/unsubscribe",
+            trending=(_SAMPLE_TRENDING,),
+            frequency="weekly",
+            first_day=date(2025, 12, 26),
         )
         self.render(sample)
         self.render(
@@ -443,7 +454,12 @@ class Renderer:
     def render(self, view: DigestView) -> RenderedDigest:
         """Render the subject, text and HTML of one digest."""
         blocks = [self._block(p) for p in view.papers]
+        hot = [self._block(p) for p in view.trending]
         count = len(view.papers)
+        weekly = view.frequency == "weekly"
+        first = view.first_day or view.digest_date
+        last = max(view.last_day or view.digest_date, first)
+        dates = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
         more = max(0, _int_or_none(view.more_count) or 0)
         list_name = clean_line(view.list_name) or "Paper Digest"
         name = clean_line(view.subscriber_name) if view.subscriber_name else ""
@@ -461,23 +477,35 @@ class Renderer:
             "unsubscribe_mailto": mailto,
             "unsubscribe_address": unsubscribe_address,
             "unsubscribe_subject": unsubscribe_subject,
+            "weekly": weekly,
+            "period": "this week" if weekly else "today",
+            "dates": dates,
+            "trending_count": len(hot),
         }
         subject = clean_line(self._run(TEMPLATE_SUBJECT, **ctx))
-        titles = "; ".join(clean_line(p.title) for p in view.papers[:3])
-        preheader = (
-            f"{count} new paper{'s' if count != 1 else ''}: {titles}"
-            if count
-            else "No new papers matched your filters today."
-        )
+        titles = "; ".join(clean_line(p.title) for p in (view.papers + view.trending)[:3])
+        if count:
+            preheader = f"{count} new paper{'s' if count != 1 else ''}: {titles}"
+        elif hot:
+            preheader = f"Trending {ctx['period']}: {titles}"
+        else:
+            preheader = f"No new papers matched your filters {ctx['period']}."
         if len(preheader) > 140:
             preheader = preheader[:139].rstrip() + "\u2026"
-        text = self._run(TEMPLATE_TEXT, **ctx, subject=subject, blocks=[b[0] for b in blocks])
+        text = self._run(
+            TEMPLATE_TEXT,
+            **ctx,
+            subject=subject,
+            blocks=[b[0] for b in blocks],
+            trending_blocks=[b[0] for b in hot],
+        )
         html = self._run(
             TEMPLATE_HTML,
             **ctx,
             subject=subject,
             preheader=preheader,
             blocks=[b[1] for b in blocks],
+            trending_blocks=[b[1] for b in hot],
         )
         return RenderedDigest(subject=subject, text=_tidy_text(text), html=html)
 
@@ -493,6 +521,21 @@ _SAMPLE_PAPER = PaperView(
     project_page="https://example.org/sample",
     matched=("speculative decoding",),
     title_spans=((20, 40),),
+    summary_spans=(),
+)
+
+
+_SAMPLE_TRENDING = PaperView(
+    arxiv_id="2401.00002",
+    title="A sample trending paper",
+    summary="Many readers upvoted it.",
+    authors=("Grace Hopper",),
+    upvotes=42,
+    github_repo=None,
+    github_stars=None,
+    project_page=None,
+    matched=(),
+    title_spans=(),
     summary_spans=(),
 )
 

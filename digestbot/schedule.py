@@ -1,8 +1,11 @@
 """Periods, local due times and digest windows: pure functions of the clock.
 
-A subscriber gets one digest per period: their local calendar date (or the `--date` day a
-command was given). The run acts "as of" a moment; a digest's window reaches back from there.
-Local time exists only here; every datetime in and out is timezone-aware.
+A subscriber gets one digest per period. A daily period is their local calendar date (or the
+`--date` day a command was given); a weekly period is the week that starts on their `weekday`,
+named by that day's date. A period's digest is due from `send_at` on its first day; a manual
+send plans the current period at once. `off` has no period: nothing is due or planned. The run
+acts "as of" a moment; a digest's window reaches back from there. Local time exists only here;
+every datetime in and out is timezone-aware.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from zoneinfo import ZoneInfo
 MAX_WINDOW_DAYS = 30  # the oldest papers a digest can hold, in days before the run (or lookback)
 
 
+DAILY, WEEKLY, OFF = "daily", "weekly", "off"
+WEEK_DAYS = 7
+
+
 class Scheduled(Protocol):
     """What scheduling needs of a subscriber (SubscriberSpec has it)."""
 
@@ -24,6 +31,12 @@ class Scheduled(Protocol):
 
     @property
     def send_at(self) -> dt.time: ...
+
+    @property
+    def frequency(self) -> str: ...
+
+    @property
+    def weekday_number(self) -> int: ...
 
 
 def day_start(day: date) -> datetime:
@@ -44,19 +57,48 @@ def as_of(day: date | None, now: datetime) -> datetime:
     return min(day_start(day + timedelta(days=1)), now)
 
 
+def period_start(spec: Scheduled, day: date) -> date:
+    """The first day of the period holding local date `day`: the day itself (daily), or the
+    latest `weekday` on or before it (weekly)."""
+    if spec.frequency == WEEKLY:
+        return day - timedelta(days=(day.weekday() - spec.weekday_number) % WEEK_DAYS)
+    return day
+
+
 def local_period(spec: Scheduled, now: datetime) -> str:
-    """The subscriber's local calendar date at `now`: one digest per subscriber per such date."""
-    return now.astimezone(spec.tz).date().isoformat()
+    """The subscriber's period at `now` (YYYY-MM-DD of its first local day): one digest each."""
+    return period_start(spec, now.astimezone(spec.tz).date()).isoformat()
 
 
 def period(spec: Scheduled, *, day: date | None, at: datetime) -> str:
-    """The period a run at `at` plans for: the --date `day` when given, else the local date."""
-    return day.isoformat() if day is not None else local_period(spec, at)
+    """The period a run at `at` plans for: the one holding the --date `day` when given, else the
+    one holding the subscriber's local date."""
+    return period_start(spec, day).isoformat() if day is not None else local_period(spec, at)
 
 
 def is_due(spec: Scheduled, now: datetime) -> bool:
-    """Has the subscriber's send time passed today, in their own time zone?"""
-    return now.astimezone(spec.tz).time() >= spec.send_at
+    """Has the send time of the subscriber's current period passed, in their own time zone?
+
+    Daily: send_at has passed today. Weekly: send_at has passed on the week's weekday (so a
+    daemon that was down on that day sends the week's digest when it is back). Off: never.
+    """
+    if spec.frequency == OFF:
+        return False
+    local = now.astimezone(spec.tz)
+    start = period_start(spec, local.date())
+    return local.date() > start or local.time() >= spec.send_at
+
+
+def group_key(spec: Scheduled) -> tuple[dt.time, str, str, int]:
+    """Subscribers with the same key are due at the same moments (the daemon plans them together)."""
+    weekday = spec.weekday_number if spec.frequency == WEEKLY else -1
+    return (spec.send_at, str(spec.tz), spec.frequency, weekday)
+
+
+def span_days(frequency: str, lookback: int) -> int:
+    """Days before the run's day that a first (or resumed) digest reaches: the lookback days for
+    a daily digest, at least the six days before for a weekly one."""
+    return max(lookback, WEEK_DAYS - 1) if frequency == WEEKLY else lookback
 
 
 def catch_up_days(now: datetime, last_good: datetime | None, *, lookback: int, limit: int) -> int:
@@ -89,9 +131,10 @@ class Windows:
     grace: timedelta
 
     @classmethod
-    def as_of(cls, at: datetime, *, lookback: int) -> Windows:
+    def as_of(cls, at: datetime, *, lookback: int, frequency: str = DAILY) -> Windows:
+        """Windows of digests planned at `at`; a weekly first digest reaches back a week."""
         grace = timedelta(days=lookback)
-        first_day = day_start(run_day(at)) - grace
+        first_day = day_start(run_day(at)) - timedelta(days=span_days(frequency, lookback))
         oldest = min(first_day, at - timedelta(days=MAX_WINDOW_DAYS))
         return cls(end=at, first_day=first_day, oldest=oldest, grace=grace)
 
@@ -102,6 +145,10 @@ class Windows:
     def fetch_start(self, starts: list[datetime]) -> datetime:
         """The oldest featured time any of these window starts can reach."""
         return min([self.first_day] + [s - self.grace for s in starts])
+
+    def start_of(self, previous: tuple[datetime, datetime] | None) -> datetime:
+        """Where the window of a subscriber with this `previous` (start, planned-at) begins."""
+        return previous[0] if previous is not None else self.first_day
 
     def is_new(
         self,

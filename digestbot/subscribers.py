@@ -27,7 +27,17 @@ from digestbot.tomlpos import LineMap
 __all__ = ["SubscriberSpec", "load_subscribers", "parse_subscribers"]
 
 TOP_KEYS = ("defaults", "subscribers")
-DEFAULT_KEYS = ("send_at", "timezone", "max_papers", "send_empty", "min_upvotes")
+DEFAULT_KEYS = (
+    "send_at",
+    "timezone",
+    "max_papers",
+    "send_empty",
+    "min_upvotes",
+    "trending",
+    "frequency",
+    "weekday",
+    "exclude",
+)
 SUBSCRIBER_KEYS = (
     "email",
     "name",
@@ -39,6 +49,9 @@ SUBSCRIBER_KEYS = (
     "timezone",
     "max_papers",
     "send_empty",
+    "trending",
+    "frequency",
+    "weekday",
 )
 BUILTIN_DEFAULTS: Mapping[str, Any] = {
     "send_at": datetime.time(7, 0),
@@ -46,8 +59,14 @@ BUILTIN_DEFAULTS: Mapping[str, Any] = {
     "max_papers": 25,
     "send_empty": False,
     "min_upvotes": 0,
+    "trending": 0,
+    "frequency": "daily",
+    "weekday": "monday",
 }
+FREQUENCIES = ("daily", "weekly", "off")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_PAPERS_LIMIT = 500
+TRENDING_LIMIT = 500
 MIN_UPVOTES_LIMIT = 1_000_000
 MAX_ENTRY_LENGTH = 500
 
@@ -66,12 +85,41 @@ class SubscriberSpec:
     timezone: str
     max_papers: int
     send_empty: bool
+    trending: int = 0
+    """How many of the period's most upvoted new papers to add (0: none)."""
+    frequency: str = "daily"
+    """One of FREQUENCIES: "daily", "weekly" or "off" (nothing planned or sent)."""
+    weekday: str = "monday"
+    """The day a weekly digest goes out (one of WEEKDAYS); unused for daily."""
     line: int | None = field(default=None, compare=False)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
         """The subscriber's zone (validated when the file was loaded)."""
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def weekday_number(self) -> int:
+        """The weekly send day as date.weekday() counts it (Monday is 0)."""
+        return WEEKDAYS.index(self.weekday)
+
+    def describe(self) -> str:
+        """What the subscriber gets, in one line: "daily at 07:00 Europe/Paris; 3 queries; trending 5"."""
+        at = f"at {self.send_at:%H:%M} {self.timezone}"
+        when = {
+            "daily": f"daily {at}",
+            "weekly": f"weekly on {self.weekday.capitalize()} {at}",
+            "off": "off (nothing planned or sent)",
+        }[self.frequency]
+        queries = len(self.keywords) + len(self.authors)
+        parts = [when]
+        if queries:
+            parts.append(f"{queries} quer{'y' if queries == 1 else 'ies'}")
+        if self.exclude:
+            parts.append(f"{len(self.exclude)} exclusion{'s' if len(self.exclude) != 1 else ''}")
+        if self.trending:
+            parts.append(f"trending {self.trending}")
+        return "; ".join(parts)
 
 
 def load_subscribers(path: Path) -> list[SubscriberSpec]:
@@ -187,6 +235,42 @@ def _check_min_upvotes(value: object) -> int:
     return _check_int(value, 0, MIN_UPVOTES_LIMIT)
 
 
+def _check_trending(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(
+            f"expected a positive integer (how many trending papers), got {_kind(value)}"
+        )
+    if not 1 <= value <= TRENDING_LIMIT:
+        raise _Invalid(
+            f"{value} is not a positive integer up to {TRENDING_LIMIT}; "
+            "leave trending out to get no trending papers"
+        )
+    return value
+
+
+def _check_choice(value: object, choices: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected {what}, one of {', '.join(choices)}, got {_kind(value)}")
+    name = value.strip().lower()
+    if name in choices:
+        return name
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise _Invalid(f"{_short(value)} is not {what}; expected one of {', '.join(choices)}{hint}")
+
+
+def _check_frequency(value: object) -> str:
+    return _check_choice(value, FREQUENCIES, "a frequency")
+
+
+def _check_weekday(value: object) -> str:
+    if isinstance(value, str):
+        short = {day[:3]: day for day in WEEKDAYS}.get(value.strip().lower())
+        if short is not None:
+            return short
+    return _check_choice(value, WEEKDAYS, "a weekday")
+
+
 def _check_bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"expected true or false, got {_kind(value)}")
@@ -260,6 +344,9 @@ _DEFAULT_CHECKS: Mapping[str, Callable[[object], object]] = {
     "max_papers": _check_max_papers,
     "send_empty": _check_bool,
     "min_upvotes": _check_min_upvotes,
+    "trending": _check_trending,
+    "frequency": _check_frequency,
+    "weekday": _check_weekday,
 }
 
 
@@ -341,6 +428,9 @@ class _Validator:
             )
         for key, value in raw.items():
             line = self.lines.default(key)
+            if key == "exclude":
+                merged[key] = self.default_exclude(value, line)
+                continue
             if key not in DEFAULT_KEYS:
                 hint = " (set it per subscriber)" if key in SUBSCRIBER_KEYS else ""
                 raise self.error(
@@ -353,6 +443,35 @@ class _Validator:
             except _Invalid as exc:
                 raise self.error(f"in [defaults]: {exc}", line=line, field_name=key) from None
         return merged
+
+    def default_exclude(self, value: object, line: int | None) -> tuple[str, ...]:
+        """[defaults] exclude: list-wide exclusions, merged with each subscriber's own."""
+        try:
+            items = _check_list(value, '["survey"]')
+        except _Invalid as exc:
+            raise self.error(f"in [defaults]: {exc}", line=line, field_name="exclude") from None
+        out = []
+        for position, item in enumerate(items, start=1):
+            try:
+                text = _check_text(item, "a query")
+                if not text:
+                    raise _Invalid("is empty")
+                parse_query(text)
+            except _Invalid as exc:
+                raise self.error(
+                    f"in [defaults]: entry {position}: {exc}",
+                    line=line,
+                    field_name="exclude",
+                ) from None
+            except QueryError as exc:
+                at = f" at column {exc.column}" if exc.column is not None else ""
+                raise self.error(
+                    f"in [defaults]: {exc.reason}{at} in query {text!r}",
+                    line=line,
+                    field_name="exclude",
+                ) from exc
+            out.append(text)
+        return tuple(out)
 
     def subscriber(self, index: int, entry: object, defaults: Mapping[str, Any]) -> SubscriberSpec:
         number = f"#{index + 1}"
@@ -424,26 +543,31 @@ class _Validator:
             key: check(key, fn) if key in entry else defaults[key]
             for key, fn in _DEFAULT_CHECKS.items()
         }
-        if not keywords and not authors:
+        if not keywords and not authors and not values["trending"]:
             raise self.error(
-                "follows nothing: give at least one entry in keywords or authors",
+                "follows nothing: give at least one entry in keywords or authors, "
+                "or set trending = N for the N most upvoted new papers",
                 line=self.lines.sub(index, "keywords") if "keywords" in entry else header,
                 subscriber=who,
                 field_name="keywords",
             )
         for key, queries in (("keywords", keywords), ("exclude", exclude)):
             self.check_queries(queries, index=index, who=who, key=key)
+        shared = tuple(q for q in defaults.get("exclude", ()) if q not in exclude)
         return SubscriberSpec(
             email=email,
             name=name,
             keywords=keywords,
-            exclude=exclude,
+            exclude=shared + exclude,
             authors=authors,
             min_upvotes=values["min_upvotes"],
             send_at=values["send_at"],
             timezone=values["timezone"],
             max_papers=values["max_papers"],
             send_empty=values["send_empty"],
+            trending=values["trending"],
+            frequency=values["frequency"],
+            weekday=values["weekday"],
             line=header,
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -337,3 +339,249 @@ def test_a_subscriber_is_one_whatever_the_case_of_their_address(env) -> None:  #
         rows = s.execute(sa.select(Subscriber.email, Subscriber.active)).all()
     assert [tuple(r) for r in rows] == [("ada@example.org", True)]
     assert pipeline.subscriber_ids(engine, ["ADA@EXAMPLE.ORG"]) == [before.id]
+
+
+# -- trending ---------------------------------------------------------------------------------
+
+
+def sections_of(engine, email: str) -> dict[str, list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
+    """period -> [(section, arxiv_id)] in digest order, for one subscriber."""
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT d.period, i.section, i.arxiv_id FROM digest_items i "
+                "JOIN digests d ON d.id = i.digest_id JOIN subscribers s ON s.id = d.subscriber_id "
+                "WHERE s.email = :e ORDER BY d.period, i.position"
+            ),
+            {"e": email},
+        ).all()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for period, section, arxiv_id in rows:
+        out.setdefault(period, []).append((section, arxiv_id))
+    return out
+
+
+def upvotes_by_id(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        return dict(s.execute(sa.select(Paper.arxiv_id, Paper.upvotes)).all())  # type: ignore[arg-type]
+
+
+def window_ids(engine, start: datetime, end: datetime) -> list[str]:  # type: ignore[no-untyped-def]
+    """Papers featured in [start, end), most upvoted first (ties by arXiv id), upvotes > 0."""
+    with session_scope(engine) as s:
+        papers = store.papers_featured_between(s, start=start, end=end)
+    ranked = sorted((p for p in papers if p.upvotes > 0), key=lambda p: (-p.upvotes, p.arxiv_id))
+    return [p.arxiv_id for p in ranked]
+
+
+def test_a_trending_only_subscriber_gets_the_most_upvoted_new_papers(env) -> None:  # type: ignore[no-untyped-def]
+    """A subscriber with only `trending = 3` gets the 3 most upvoted papers of their window, recorded in the trending section."""
+    settings, engine = env
+    specs = parse_subscribers(
+        '[[subscribers]]\nemail = "t@example.org"\ntrending = 3\n', source="t.toml"
+    )
+    fetch(settings, engine, "2026-03-04")
+    summary = plan(settings, engine, specs, "2026-03-04")
+    assert summary.planned == 1
+    first_day = datetime(2026, 3, 4, tzinfo=UTC) - pipeline_lookback(settings)
+    expected = window_ids(engine, first_day, at("2026-03-04", 23))[:3]
+    assert sections_of(engine, "t@example.org") == {
+        "2026-03-04": [("trending", a) for a in expected]
+    }
+
+
+def pipeline_lookback(settings):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    return timedelta(days=settings.lookback_days)
+
+
+def test_mixed_digest_lists_matches_then_trending_papers_not_listed_once_each(env) -> None:  # type: ignore[no-untyped-def]
+    """With keywords and trending, matched papers come first (capped by max_papers), then the most upvoted papers not already listed; none repeats, even the next day."""
+    settings, engine = env
+    fetch(settings, engine, "2026-03-04")
+    start = datetime(2026, 3, 4, tzinfo=UTC) - pipeline_lookback(settings)
+    ranked = window_ids(engine, start, at("2026-03-04", 23))
+    top = ranked[0]
+    specs = parse_subscribers(
+        f'[[subscribers]]\nemail = "m@example.org"\nkeywords = [{title_phrase(engine, top)}]\n'
+        "trending = 3\nmax_papers = 1\n",
+        source="t.toml",
+    )
+    plan(settings, engine, specs, "2026-03-04")
+    got = sections_of(engine, "m@example.org")["2026-03-04"]
+    assert got[0] == ("matched", top)
+    assert [a for sec, a in got[1:]] == ranked[1:3] and all(s == "trending" for s, _ in got[1:])
+    assert len({a for _, a in got}) == len(got)
+    plan(settings, engine, specs, "2026-03-05", now=at("2026-03-05", 23))
+    later = sections_of(engine, "m@example.org").get("2026-03-05", [])
+    assert not {a for _, a in later} & {a for _, a in got}, "nothing mailed twice"
+
+
+def test_exclude_and_min_upvotes_apply_to_the_trending_section(env) -> None:  # type: ignore[no-untyped-def]
+    """A trending paper an exclude query matches, or with fewer than min_upvotes upvotes, is left out of the trending section."""
+    settings, engine = env
+    fetch(settings, engine, "2026-03-04")
+    start = datetime(2026, 3, 4, tzinfo=UTC) - pipeline_lookback(settings)
+    ranked = window_ids(engine, start, at("2026-03-04", 23))
+    votes = upvotes_by_id(engine)
+    specs = parse_subscribers(
+        f"[defaults]\nexclude = [{title_phrase(engine, ranked[0])}]\n"
+        f'[[subscribers]]\nemail = "x@example.org"\ntrending = 50\nmin_upvotes = {votes[ranked[3]]}\n',
+        source="t.toml",
+    )
+    plan(settings, engine, specs, "2026-03-04")
+    got = [a for _, a in sections_of(engine, "x@example.org")["2026-03-04"]]
+    assert got and all(votes[a] >= votes[ranked[3]] for a in got)
+    assert ranked[0] not in got and set(got) <= set(ranked[1:])
+
+
+def title_phrase(engine, arxiv_id: str) -> str:  # type: ignore[no-untyped-def]
+    """A TOML string holding a title: query for the paper's first words, as a phrase."""
+    with session_scope(engine) as s:
+        paper = s.get(Paper, arxiv_id)
+        assert paper is not None
+        words = [w for w in re.findall(r"[A-Za-z]+", paper.title)][:5]
+    return json.dumps('title:"' + " ".join(words) + '"')
+
+
+# -- frequency --------------------------------------------------------------------------------
+
+WEEKLY = """
+[[subscribers]]
+email = "w@example.org"
+keywords = ["the"]
+frequency = "weekly"
+weekday = "monday"
+max_papers = 500
+"""
+
+
+def digests_of(engine, email: str) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    """(period, frequency, state) of a subscriber's digests, oldest first."""
+    with session_scope(engine) as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT d.period, d.frequency, d.state FROM digests d "
+                "JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email = :e ORDER BY d.id"
+            ),
+            {"e": email},
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def featured_days(engine, ids: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        return {s.get(Paper, a).featured_at.date().isoformat() for a in ids}  # type: ignore[union-attr]
+
+
+def test_weekly_subscriber_gets_one_digest_a_week_and_the_next_covers_what_came_after(
+    env,  # type: ignore[no-untyped-def]
+) -> None:
+    """A mid-week send gives a weekly subscriber the week so far; sends later that week plan nothing; the next week's digest holds only what came after, nothing twice."""
+    settings, engine = env
+    specs = parse_subscribers(WEEKLY, source="t.toml")
+    fetch(settings, engine, "2026-03-02")
+    fetch(settings, engine, "2026-03-04")
+    wednesday = plan(settings, engine, specs, "2026-03-04")  # 2026-03-04 is a Wednesday
+    assert wednesday.planned == 1
+    thursday = plan(settings, engine, specs, "2026-03-05", now=at("2026-03-05", 23))
+    assert (thursday.planned, thursday.existing) == (0, 1)
+    assert digests_of(engine, "w@example.org") == [("2026-03-02", "weekly", "planned")]
+    first = [a for _, a in sections_of(engine, "w@example.org")["2026-03-02"]]
+    assert featured_days(engine, first) >= {"2026-03-02", "2026-03-03", "2026-03-04"}, (
+        "the week so far, several days ranked together"
+    )
+    fetch(settings, engine, "2026-03-06")
+    monday = plan(settings, engine, specs, "2026-03-09", now=at("2026-03-09", 8))
+    assert monday.planned == 1
+    second = [a for _, a in sections_of(engine, "w@example.org")["2026-03-09"]]
+    assert second and not set(second) & set(first)
+    assert featured_days(engine, second) <= {"2026-03-04", "2026-03-05", "2026-03-06"}
+
+
+def test_weekly_digest_is_ranked_over_the_week_and_capped(env) -> None:  # type: ignore[no-untyped-def]
+    """A weekly digest holds the week's best matches, capped by max_papers, with the rest counted as more."""
+    settings, engine = env
+    specs = parse_subscribers(WEEKLY.replace("max_papers = 500", "max_papers = 5"), source="t.toml")
+    everyone = parse_subscribers(WEEKLY, source="t.toml")
+    fetch(settings, engine, "2026-03-02")
+    fetch(settings, engine, "2026-03-05")
+    plan(settings, engine, everyone, "2026-03-05")
+    with session_scope(engine) as s:
+        all_ids = [
+            a
+            for (a,) in s.execute(
+                sa.text("SELECT arxiv_id FROM digest_items ORDER BY position")
+            ).all()
+        ]
+        s.execute(sa.text("DELETE FROM digest_items"))
+        s.execute(sa.text("DELETE FROM digests"))
+    plan(settings, engine, specs, "2026-03-05")
+    got = [a for _, a in sections_of(engine, "w@example.org")["2026-03-02"]]
+    assert got == all_ids[:5]
+    assert len(featured_days(engine, all_ids)) >= 3
+    with session_scope(engine) as s:
+        more = s.execute(sa.text("SELECT more_count FROM digests")).scalar_one()
+    assert more == len(all_ids) - 5
+
+
+def test_off_plans_nothing_and_back_on_gets_the_normal_window_not_the_backlog(
+    env,  # type: ignore[no-untyped-def]
+    feed_dir: Path,
+) -> None:
+    """`frequency = "off"` plans and sends nothing; turned back on, the next digest covers a day and its lookback, not the weeks missed."""
+    settings, engine = env
+    on = parse_subscribers(
+        '[[subscribers]]\nemail = "o@example.org"\nkeywords = ["the"]\nmax_papers = 500\n',
+        source="t.toml",
+    )
+    off = parse_subscribers(
+        '[[subscribers]]\nemail = "o@example.org"\nkeywords = ["the"]\nfrequency = "off"\n',
+        source="t.toml",
+    )
+    fetch(settings, engine, "2026-03-02")
+    plan(settings, engine, on, "2026-03-02")
+    fetch(settings, engine, "2026-03-04")
+    paused = plan(settings, engine, off, "2026-03-04")
+    assert (paused.planned, paused.skipped, paused.off) == (0, 0, 1)
+    assert [p for p, _, _ in digests_of(engine, "o@example.org")] == ["2026-03-02"]
+    items = shift_items(fixture_day("2026-03-06"), date(2026, 3, 20))
+    write_day(feed_dir, "2026-03-20", items)
+    fetch(settings, engine, "2026-03-20")
+    back = plan(settings, engine, on, "2026-03-20")
+    assert back.planned == 1
+    got = [a for _, a in sections_of(engine, "o@example.org")["2026-03-20"]]
+    assert set(got) == {it["paper"]["id"] for it in items}, "the March 3-4 papers are the backlog"
+    later = plan(settings, engine, on, "2026-03-21", now=at("2026-03-21", 23))
+    assert later.planned + later.skipped == 1, "paused mark cleared: a normal next day"
+
+
+def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A stored weekly digest goes out saying "this week" with the dates it covers."""
+    settings, engine = env
+    specs = parse_subscribers(WEEKLY + "trending = 2\n", source="t.toml")
+    fetch(settings, engine, "2026-03-04")
+    plan(settings, engine, specs, "2026-03-04")
+    d = app.delivery(settings)
+    report = pipeline.deliver_due(
+        engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+    )
+    assert report.sent == ["w@example.org"]
+    [eml] = (tmp_path / "out").glob("*.eml")
+    raw = eml.read_bytes().decode("utf-8", "replace")
+    assert "this week" in raw and "2026-02-26 to 2026-03-04" in raw
+
+
+def test_syncing_an_off_subscriber_marks_them_paused_without_planning(env) -> None:  # type: ignore[no-untyped-def]
+    """Loading the file with `frequency = "off"` (as the daemon does at start and on SIGHUP) notes the pause, so no planning run is needed for the backlog rule."""
+    _, engine = env
+    specs = parse_subscribers(
+        '[[subscribers]]\nemail = "o@example.org"\nkeywords = ["x"]\nfrequency = "off"\n',
+        source="t.toml",
+    )
+    pipeline.sync_subscribers(engine, specs, now=at("2026-03-04"))
+    with session_scope(engine) as s:
+        paused_at = s.execute(sa.select(Subscriber.paused_at)).scalar_one()  # type: ignore[call-overload]
+        assert s.execute(sa.text("SELECT COUNT(*) FROM digests")).scalar_one() == 0
+    assert paused_at == at("2026-03-04")

@@ -589,3 +589,116 @@ def test_a_render_error_never_quotes_paper_data(tmp_path: Path) -> None:
     with pytest.raises(TemplateError) as caught:
         Renderer(templates_dir=tmp_path).render(_view(_paper(title="Secret Title Words")))
     assert "KeyError" in str(caught.value) and "Secret" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- trending and weekly
+
+
+def _trending_papers() -> tuple[PaperView, ...]:
+    return (
+        _paper(
+            arxiv_id="2603.00101",
+            title="A Very Popular Paper About Scaling Everything",
+            summary="Everyone upvoted this one.",
+            authors=("Grace Hopper", "Katherine Johnson"),
+            upvotes=163,
+            matched=(),
+            github_repo="popular/scaling",
+            github_stars=2048,
+        ),
+        _paper(
+            arxiv_id="2603.00102",
+            title="World Models & <Agents> at Scale",
+            summary="A runner-up with many upvotes.",
+            authors=("Hedy Lamarr",),
+            upvotes=1,
+            matched=(),
+        ),
+    )
+
+
+def trending_only_view() -> DigestView:
+    """A trending-only subscriber's daily digest: no matched section, two trending papers."""
+    return replace(golden_view(), papers=(), more_count=0, trending=_trending_papers())
+
+
+def mixed_view() -> DigestView:
+    """A digest with both sections: the golden matched papers, then the trending ones."""
+    return replace(golden_view(), trending=_trending_papers())
+
+
+def weekly_view() -> DigestView:
+    """A weekly digest covering 2026-03-02 to 2026-03-08, with both sections."""
+    return replace(
+        golden_view(),
+        digest_date=date(2026, 3, 9),
+        frequency="weekly",
+        first_day=date(2026, 3, 2),
+        last_day=date(2026, 3, 8),
+        papers=golden_view().papers[:2],
+        more_count=0,
+        trending=_trending_papers()[:1],
+    )
+
+
+def test_golden_trending_only() -> None:
+    """A trending-only digest matches tests/golden/digest_trending.txt and .html."""
+    out = Renderer().render(trending_only_view())
+    _check_golden("digest_trending.txt", out.text)
+    _check_golden("digest_trending.html", out.html)
+
+
+def test_golden_mixed() -> None:
+    """A digest with matched and trending papers matches tests/golden/digest_mixed.txt and .html."""
+    out = Renderer().render(mixed_view())
+    _check_golden("digest_mixed.txt", out.text)
+    _check_golden("digest_mixed.html", out.html)
+
+
+def test_golden_weekly() -> None:
+    """A weekly digest matches tests/golden/digest_weekly.txt and .html."""
+    out = Renderer().render(weekly_view())
+    _check_golden("digest_weekly.txt", out.text)
+    _check_golden("digest_weekly.html", out.html)
+
+
+def test_trending_only_digest_says_what_it_is_and_shows_upvotes() -> None:
+    """A trending-only digest names the most upvoted papers in subject and greeting (not 'matched your filters') and shows each paper's upvotes."""
+    out = Renderer().render(trending_only_view())
+    assert out.subject == "Paper Digest — 2 trending papers for 2026-03-02"
+    for part in (out.text, out.html):
+        flat = " ".join(part.split())
+        assert "The 2 most upvoted new papers today." in flat
+        assert "matched your filters" not in flat
+        assert "163 upvotes" in flat and "1 upvote" in flat
+    _assert_safe_html(out.html)
+
+
+def test_mixed_digest_shows_matches_then_a_trending_section_numbered_on() -> None:
+    """A mixed digest lists matched papers, the more-line, then a Trending heading and the trending papers numbered after the matched ones."""
+    out = Renderer().render(mixed_view())
+    assert out.subject == "Paper Digest — 3 new papers and 2 trending for 2026-03-02"
+    text = out.text
+    assert text.index("Knapsacks") < text.index("4 more papers") < text.index("Trending today")
+    assert text.index("Trending today") < text.index("4.  A Very Popular Paper")
+    assert "5.  World Models & <Agents> at Scale" in text
+    assert text.count("A Very Popular Paper") == 1
+    html = out.html
+    assert html.index("Trending today") < html.index("A Very Popular Paper")
+    assert "World Models &amp; &lt;Agents&gt; at Scale" in html
+    _assert_safe_html(html)
+
+
+def test_weekly_digest_names_the_week_and_its_dates() -> None:
+    """A weekly digest's subject and greeting say "this week" with the dates it covers."""
+    out = Renderer().render(weekly_view())
+    assert out.subject == (
+        "Paper Digest — 2 new papers and 1 trending this week (2026-03-02 to 2026-03-08)"
+    )
+    for part in (out.text, out.html):
+        flat = " ".join(part.split())
+        assert "2026-03-02 to 2026-03-08" in flat
+        assert "2 new papers matched your filters this week." in flat
+        assert "Trending this week" in flat
+    empty = Renderer().render(replace(weekly_view(), papers=(), trending=()))
+    assert "No new papers matched your filters this week." in " ".join(empty.text.split())

@@ -73,16 +73,21 @@ def two(extra: str) -> str:
 def test_example_file_loads() -> None:
     """subscribers.example.toml is valid and holds realistic @example.org subscribers."""
     specs = load_subscribers(EXAMPLE)
-    assert 2 <= len(specs) <= 3
+    assert 2 <= len(specs) <= 4
     assert all(s.email.endswith("@example.org") for s in specs)
-    assert all(s.keywords for s in specs)
+    assert all(s.keywords or s.trending for s in specs)
+    assert any(s.trending and not s.keywords and not s.authors for s in specs), "trending-only"
+    assert any(s.frequency == "weekly" for s in specs)
     assert all(isinstance(s.tz, zoneinfo.ZoneInfo) for s in specs)
 
 
 def test_example_file_shows_every_key_and_the_query_syntax() -> None:
-    """The example uses every defaults and subscriber key, and phrases, OR, -word, title: and author:."""
-    doc = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    assert set(doc["defaults"]) == set(DEFAULT_KEYS)
+    """The example shows every defaults key (set, or commented out when any value would change what
+    everyone gets) and uses every subscriber key, and phrases, OR, -word, title: and author:."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    doc = tomllib.loads(text)
+    shown = set(doc["defaults"]) | set(re.findall(r"^# (\w+) = ", text, flags=re.MULTILINE))
+    assert shown == set(DEFAULT_KEYS)
     used = set().union(*(set(s) for s in doc["subscribers"]))
     assert used == set(SUBSCRIBER_KEYS)
     queries = [q for s in doc["subscribers"] for q in s.get("keywords", []) + s.get("exclude", [])]
@@ -564,3 +569,118 @@ def test_duplicates_are_found_whatever_the_case(addresses: list[tuple[str, str]]
         assert len(parse(text)) == len(addresses)
     else:
         assert fails(text).field == "email"
+
+
+# --------------------------------------------------------------------------- trending and frequency
+
+
+def test_a_trending_only_subscriber_is_valid() -> None:
+    """A subscriber with only `trending` (no keywords or authors) is valid and follows no query."""
+    [spec] = parse('[[subscribers]]\nemail = "t@example.org"\ntrending = 5\n')
+    assert (spec.trending, spec.keywords, spec.authors) == (5, (), ())
+    assert (spec.frequency, spec.weekday) == ("daily", "monday")
+
+
+def test_trending_frequency_weekday_and_exclude_come_from_defaults() -> None:
+    """[defaults] sets trending, frequency and weekday; its exclude list is merged with each subscriber's own, list-wide first."""
+    specs = parse(
+        '[defaults]\ntrending = 3\nfrequency = "weekly"\nweekday = "Fri"\nexclude = ["survey"]\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\nexclude = ["video"]\n'
+        '[[subscribers]]\nemail = "b@example.org"\nkeywords = ["x"]\ntrending = 1\n'
+        'frequency = "daily"\nexclude = ["survey"]\n'
+    )
+    assert [(s.trending, s.frequency, s.weekday) for s in specs] == [
+        (3, "weekly", "friday"),
+        (1, "daily", "friday"),
+    ]
+    assert [s.exclude for s in specs] == [("survey", "video"), ("survey",)]
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "fragment"),
+    [
+        ("trending = 0", "trending", "not a positive integer"),
+        ("trending = -3", "trending", "not a positive integer"),
+        ('trending = "5"', "trending", "got a string"),
+        ("trending = true", "trending", "got a boolean"),
+        ('frequency = "wekly"', "frequency", "did you mean 'weekly'"),
+        ('frequency = "monthly"', "frequency", "one of daily, weekly, off"),
+        ("frequency = 7", "frequency", "got an integer"),
+        ('weekday = "Mondy"', "weekday", "did you mean 'monday'"),
+        ('weekday = "someday"', "weekday", "not a weekday"),
+        ("weekday = 1", "weekday", "got an integer"),
+    ],
+)
+def test_bad_trending_frequency_weekday_name_line_subscriber_and_field(
+    line: str, field: str, fragment: str
+) -> None:
+    """An unknown frequency or weekday, or a trending that is not a positive integer, names file, line, subscriber and field."""
+    err = fails(two(line))
+    assert where(err) == (11, "grace@example.org", field)
+    assert fragment in err.message
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("trending = 0", "trending"),
+        ('frequency = "often"', "frequency"),
+        ("exclude = [3]", "exclude"),
+    ],
+)
+def test_bad_new_keys_in_defaults_name_the_line_and_field(line: str, field: str) -> None:
+    """A bad trending, frequency or exclude in [defaults] names its line and field."""
+    err = fails(two("").replace('timezone = "Europe/Paris"', line))
+    assert where(err) == (2, None, field)
+    assert "[defaults]" in err.message
+
+
+@given(value=st.integers(max_value=0) | st.integers(min_value=501))
+def test_any_trending_outside_one_to_the_limit_is_refused(value: int) -> None:
+    """Any integer trending below 1 or above the limit is refused, naming the field."""
+    err = fails(two(f"trending = {value}"))
+    assert where(err) == (11, "grace@example.org", "trending")
+
+
+def toml_str(text: str) -> str:
+    """`text` as a TOML basic string, every character escaped as \\UXXXXXXXX."""
+    return '"' + "".join(f"\\U{ord(ch):08X}" for ch in text) + '"'
+
+
+@given(text=st.text(max_size=20))
+def test_any_frequency_text_is_accepted_only_when_it_names_one(text: str) -> None:
+    """A frequency string is accepted exactly when, trimmed and lower-cased, it is daily, weekly or off."""
+    doc = two(f"frequency = {toml_str(text)}")
+    if text.strip().lower() in ("daily", "weekly", "off"):
+        assert parse(doc)[1].frequency == text.strip().lower()
+    else:
+        assert where(fails(doc))[2] == "frequency"
+
+
+@given(text=st.text(max_size=20))
+def test_any_weekday_text_is_accepted_only_when_it_names_a_day(text: str) -> None:
+    """A weekday string is accepted exactly when it is a day's English name or its first three letters, any case."""
+    doc = two(f"weekday = {toml_str(text)}")
+    days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    key = text.strip().lower()
+    full = next((d for d in days if key in (d, d[:3])), None)
+    if full is not None:
+        assert parse(doc)[1].weekday == full
+    else:
+        assert where(fails(doc))[2] == "weekday"
+
+
+def test_describe_says_what_each_subscriber_gets() -> None:
+    """describe() names the frequency, send time, zone, number of queries and trending."""
+    specs = parse(
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x", "y"]\nauthors = ["Z"]\n'
+        'trending = 5\ntimezone = "Europe/Paris"\n'
+        '[[subscribers]]\nemail = "b@example.org"\ntrending = 10\nfrequency = "weekly"\n'
+        'weekday = "fri"\nsend_at = "17:00"\n'
+        '[[subscribers]]\nemail = "c@example.org"\nkeywords = ["x"]\nfrequency = "off"\n'
+    )
+    assert [s.describe() for s in specs] == [
+        "daily at 07:00 Europe/Paris; 3 queries; trending 5",
+        "weekly on Friday at 17:00 UTC; trending 10",
+        "off (nothing planned or sent); 1 query",
+    ]

@@ -15,7 +15,7 @@ import hmac
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.message import build_message, dkim_sign, message_bytes
@@ -68,9 +68,18 @@ def digest_view(
     items: Sequence[DigestItem | Match],
     papers: Mapping[str, Paper],
     more_count: int,
+    trending: Sequence[DigestItem | Match] = (),
+    frequency: str = "daily",
+    window: tuple[datetime, datetime] | None = None,
 ) -> DigestView:
-    """What one digest shows; `items` in digest order (stored items or a plan's matches)."""
+    """What one digest shows; `items` (matched) and `trending` in digest order (stored items or
+    a plan's matches). `window` is the [start, end) the digest covers; its UTC days are shown
+    as the period's dates."""
     mailto, url = mail.unsubscribe_for(email)
+    first = last = None
+    if window is not None:
+        first = window[0].astimezone(UTC).date()
+        last = (window[1] - timedelta(microseconds=1)).astimezone(UTC).date()
     return DigestView(
         subscriber_email=email,
         subscriber_name=name,
@@ -80,6 +89,10 @@ def digest_view(
         list_name=mail.list_name,
         unsubscribe_mailto=mailto,
         unsubscribe_url=url,
+        trending=tuple(paper_view(papers[it.arxiv_id], it) for it in trending),
+        frequency=frequency,
+        first_day=first,
+        last_day=last,
     )
 
 

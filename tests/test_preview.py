@@ -1,0 +1,91 @@
+"""End to end through the CLI: what `check` says each subscriber gets, and what `preview` and
+`match` show of trending papers, the period, and papers not fetched yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from digestbot.cli import cli
+
+runner = CliRunner()
+
+PEOPLE = """\
+[[subscribers]]
+email = "ada@example.org"
+keywords = ["diffusion", "reasoning", "model"]
+trending = 5
+timezone = "Europe/Paris"
+
+[[subscribers]]
+email = "hedy@example.org"
+trending = 3
+frequency = "weekly"
+weekday = "monday"
+
+[[subscribers]]
+email = "zed@example.org"
+keywords = ["zzzz-never-matches"]
+
+[[subscribers]]
+email = "off@example.org"
+keywords = ["diffusion"]
+frequency = "off"
+"""
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_check_lists_what_each_subscriber_gets(workdir: Path) -> None:
+    """`digestbot check` prints one line per subscriber: frequency, time and zone, queries, trending."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    result = invoke("check")
+    assert result.exit_code == 0, result.output
+    assert "ada@example.org: daily at 07:00 Europe/Paris; 3 queries; trending 5" in result.output
+    assert "hedy@example.org: weekly on Monday at 07:00 UTC; trending 3" in result.output
+    assert "off@example.org: off (nothing planned or sent)" in result.output
+
+
+def test_preview_shows_the_trending_section_and_the_period(workdir: Path) -> None:
+    """`preview` of a mixed subscriber prints a Trending section and says which period and dates it covers."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    assert invoke("fetch", "--date", "2026-03-04").exit_code == 0
+    result = invoke("preview", "ada@example.org", "--date", "2026-03-04")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Subject: ")
+    assert "Trending today" in result.stdout
+    assert "daily digest for 2026-03-04" in result.stderr
+    weekly = invoke("preview", "hedy@example.org", "--date", "2026-03-04")
+    assert weekly.exit_code == 0, weekly.output
+    assert "this week" in weekly.stdout and "trending" in weekly.stdout.splitlines()[0]
+    assert "weekly digest for 2026-03-02" in weekly.stderr
+
+
+def test_preview_says_when_nothing_would_be_sent(workdir: Path) -> None:
+    """`preview` says "no digest would be sent" for nothing new with send_empty false, and for frequency off."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    assert invoke("fetch", "--date", "2026-03-04").exit_code == 0
+    quiet = invoke("preview", "zed@example.org", "--date", "2026-03-04")
+    assert quiet.exit_code == 0, quiet.output
+    assert "no digest would be sent: nothing new, and send_empty is false" in quiet.stdout
+    assert "Subject:" not in quiet.stdout
+    off = invoke("preview", "off@example.org", "--date", "2026-03-04")
+    assert 'no digest would be sent: frequency is "off"' in off.stdout
+
+
+def test_preview_and_match_say_when_the_papers_are_not_fetched_yet(workdir: Path) -> None:
+    """For a day whose papers are not stored, `preview` and `match` say so and suggest `digestbot fetch --date D`."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    assert invoke("fetch", "--date", "2026-03-04").exit_code == 0
+    result = invoke("preview", "zed@example.org", "--date", "2026-04-20")
+    assert result.exit_code == 0, result.output
+    assert "not stored yet" in result.stderr
+    assert "digestbot fetch --date 2026-04-20" in result.stderr
+    found = invoke("match", "diffusion", "--date", "2026-04-20")
+    assert found.exit_code == 0, found.output
+    assert "digestbot fetch --date 2026-04-20" in found.stderr
+    stored = invoke("match", "diffusion", "--date", "2026-03-04")
+    assert "digestbot fetch" not in stored.stderr
