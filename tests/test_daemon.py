@@ -787,3 +787,36 @@ def test_second_daemon_on_the_same_database_exits_1(
     assert first.proc.poll() is None  # the first one is unaffected
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(timeout=10) == 0
+
+
+def test_daily_and_weekly_subscribers_at_one_send_time_are_each_due_on_their_own_schedule(
+    workdir: Path, make_settings: Callable[..., Settings], make_daemon: Callable[..., Daemon]
+) -> None:
+    """A daily and a weekly (Monday) subscriber sharing send_at and zone get one digest a day and one a week respectively, whoever is listed first."""
+    (workdir / "subscribers.toml").write_text(
+        """
+[defaults]
+send_at = "07:00"
+timezone = "UTC"
+send_empty = true
+
+[[subscribers]]
+email = "wes@example.org"
+frequency = "weekly"
+weekday = "monday"
+keywords = ["diffusion"]
+
+[[subscribers]]
+email = "dee@example.org"
+keywords = ["reasoning"]
+"""
+    )
+    settings = make_settings()
+    clock = Clock(after("2026-03-03", 6))
+    daemon = make_daemon(settings, clock)
+    ticks(daemon, clock, after("2026-03-03", 6), after("2026-03-09", 8), timedelta(hours=1))
+    planned = periods(daemon.engine)
+    weekly = [p for email, p, _ in planned if email == "wes@example.org"]
+    daily = [p for email, p, _ in planned if email == "dee@example.org"]
+    assert weekly == ["2026-03-02", "2026-03-09"]  # the week so far on Tuesday, then next Monday
+    assert daily == [f"2026-03-{d:02d}" for d in range(3, 10)]
