@@ -540,6 +540,11 @@ def _status_json(
             "not_synced": st.not_synced or [],
         },
         "digests": st.digests_by_state,
+        "digests_by_frequency": st.digests_by_frequency,
+        "planned_without_a_good_fetch": [
+            {"email": n.email, "period": n.period, "state": str(n.state), "note": n.note}
+            for n in st.noted
+        ],
         "delivery": {
             "failing": bool(health and health.failing),
             "last_error": health.last_error if health else None,
@@ -576,6 +581,13 @@ def _print_status(
     out.print(_subscribers_line(settings, st, emails, file_error), markup=False)
     states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items()) if v)
     out.print(f"digests: {states or 'none yet'}; papers mailed: {st.papers_mailed}", markup=False)
+    if st.digests_by_frequency:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_frequency.items()))
+        out.print(f"digests by frequency: {kinds}", markup=False)
+    if st.noted:
+        out.print("planned without a good fetch for their day (newest first):", markup=False)
+    for n in st.noted:
+        out.print(f"  {n.state:<8} {n.email}  day {n.period}: {n.note}", markup=False)
     out.print(_delivery_line(st.delivery), markup=False)
     waiting = [p for p in st.problems if p.state == DigestState.DEFERRED]
     failed = [p for p in st.problems if p.state == DigestState.FAILED]

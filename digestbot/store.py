@@ -280,6 +280,16 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Noted:
+    """A digest planned without a good fetch for its day (the daemon's feed hold expired)."""
+
+    email: str
+    period: str
+    state: DigestState
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     last_fetch: FetchRun | None
     last_good_fetch: FetchRun | None
@@ -290,6 +300,8 @@ class Status:
     digests_by_state: dict[str, int]  # every DigestState, 0 when none
     problems: list[Problem]  # deferred and failed, newest first
     delivery: DeliveryHealth | None  # None: no delivery run has recorded anything yet
+    digests_by_frequency: dict[str, int]  # "daily"/"weekly" -> digests planned so far
+    noted: list[Noted]  # planned without a good fetch for their day, newest first
 
 
 def last_good_fetch(session: Session) -> FetchRun | None:
@@ -346,6 +358,24 @@ def status(
             for email, period, state, attempts, error, nxt in rows
         ],
         delivery=session.get(DeliveryHealth, 1),
+        digests_by_frequency={
+            frequency: n
+            for frequency, n in session.execute(
+                sa.select(col(Digest.frequency), sa.func.count()).group_by(col(Digest.frequency))
+            )
+        },
+        noted=[
+            Noted(email, period, DigestState(state), note)
+            for email, period, state, note in session.execute(
+                sa.select(
+                    col(Subscriber.email), col(Digest.period), col(Digest.state), col(Digest.note)
+                )
+                .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+                .where(col(Digest.note).is_not(None))
+                .order_by(col(Digest.id).desc())
+                .limit(problem_limit)
+            )
+        ],
     )
 
 

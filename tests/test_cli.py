@@ -488,11 +488,15 @@ def test_status_json_is_one_object_with_stable_keys_and_utc_times(workdir: Path)
         "papers_mailed",
         "subscribers",
         "digests",
+        "digests_by_frequency",
+        "planned_without_a_good_fetch",
         "delivery",
         "waiting_for_retry",
         "failed",
     }
     assert data["papers_stored"] == 45 and data["papers_mailed"] > 0
+    assert data["digests_by_frequency"] == {"daily": 3}
+    assert data["planned_without_a_good_fetch"] == []
     assert data["digests"] == {
         "planned": 0,
         "sending": 0,

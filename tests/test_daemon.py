@@ -144,6 +144,15 @@ def make_daemon() -> Iterator[Callable[..., Daemon]]:
         engine.dispose()
 
 
+def settings_env(workdir: Path) -> dict[str, str]:
+    """The environment that points a real `digestbot` process at the workdir (as make_settings)."""
+    return {
+        "DIGESTBOT_DATABASE_URL": f"sqlite:///{workdir / 'digestbot.db'}",
+        "DIGESTBOT_FEED_URL": str(workdir / "feed"),
+        "DIGESTBOT_SUBSCRIBERS": str(workdir / "subscribers.toml"),
+    }
+
+
 def ticks(daemon: Daemon, clock: Clock, start: datetime, end: datetime, step: timedelta) -> None:
     clock.now = start
     while clock.now < end:
@@ -454,7 +463,7 @@ def test_truncated_feed_past_the_hold_sends_stored_papers_with_a_note_and_no_fal
     make_daemon: Callable[..., Daemon],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Once the hold expires on a still-broken feed, digests go out from stored papers with a note, an empty one is skipped with the feed's error instead of mailed, and a WARNING names the feed and error."""
+    """Once the hold expires on a still-broken feed, digests go out from stored papers with a note, an empty one is skipped with the feed's error instead of mailed, a WARNING names the feed and error, and `status` lists them."""
     with (workdir / "subscribers.toml").open("a") as fh:
         fh.write(EMMY)
     settings = make_settings()
@@ -484,6 +493,10 @@ def test_truncated_feed_past_the_hold_sends_stored_papers_with_a_note_and_no_fal
     )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(feed_dir) in w and "JSON" in w and "hold" in w for w in warnings), warnings
+    shown = run_digestbot(["status"], env={**os.environ, **settings_env(workdir)}, cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    assert "planned without a good fetch" in shown.stdout
+    assert "emmy@example.org  day 2026-03-05" in shown.stdout, shown.stdout
 
 
 def test_smtp_rejection_of_one_subscriber_is_logged_and_the_others_are_sent(
