@@ -276,7 +276,11 @@ class PaperIndex:
                 fi = self.fields[f]
                 doc = fi.docs[p]
                 occ = fi.occurrences(p, items)
-                spans = [(_token(doc, i).start, _token(doc, i + k - 1).end) for i in occ]
+                spans = []
+                for i in occ:
+                    first, last = doc[i], doc[i + k - 1]
+                    assert first is not None and last is not None  # a phrase never spans a break
+                    spans.append((first.start, last.end))
                 if f == "title":
                     tspans = spans
                 elif f == "abstract":
@@ -392,12 +396,6 @@ class PaperIndex:
 _Hit = tuple[float, tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]
 _Ranked = tuple[float, int, Match]  # (-score, position, match): sorts in rank order
 _third = itemgetter(2)
-
-
-def _token(doc: list[Token | None], i: int) -> Token:
-    t = doc[i]
-    assert t is not None  # an occurrence never spans a segment break
-    return t
 
 
 @contextlib.contextmanager

@@ -63,11 +63,11 @@ class Query:
 class CompiledFilter:
     """A subscriber's whole filter, compiled once per run and evaluated against a PaperIndex."""
 
-    keywords: tuple[Query, ...]
+    positive: tuple[
+        Query, ...
+    ]  # keywords, then authors as author:"NAME": the order of Match.matched
     exclude: tuple[Query, ...]
-    authors: tuple[Query, ...]
     min_upvotes: int
-    positive: tuple[Query, ...]  # keywords then authors: the order of Match.matched
 
 
 def _describe(node: Node) -> str:
@@ -269,6 +269,7 @@ class _Parser:
         raise self.err("unbalanced parenthesis", tok.column)
 
 
+@lru_cache(maxsize=_WORD_CACHE)
 def _term(field: str, items: tuple[tuple[str, bool], ...]) -> Term:
     """Stems for text fields, normalized words for author names; a prefix keeps its word and '*'."""
     if field == "author":
@@ -298,13 +299,18 @@ def anchored(node: Node) -> bool:
     if kind == "N":
         return False
     if kind == "A":
-        return any(anchored(c) for c in node[1])
-    return all(anchored(c) for c in node[1])
+        return any(map(anchored, node[1]))
+    return all(map(anchored, node[1]))
 
 
 @lru_cache(maxsize=_QUERY_CACHE)
-def _parse(text: str) -> Query:
-    """The one parser; cached, since many subscribers write the same queries."""
+def parse_query(text: str) -> Query:
+    """Parse one `keywords`/`exclude` entry; raises QueryError with a 1-based column.
+
+    The one parser. Cached, since many subscribers write the same queries.
+    """
+    if not isinstance(text, str):
+        raise QueryError(f"a query must be a string, not {type(text).__name__}", query=repr(text))
     if not text.strip():
         raise QueryError("empty query", query=text, column=1)
     toks = _lex(text)
@@ -322,28 +328,20 @@ def _parse(text: str) -> Query:
 
 def _static_terms(node: Node) -> tuple[Term, ...] | None:
     """The positive terms of a tree without OR: then every one of them holds when the query does."""
+    kind = node[0]
+    if kind == "T":
+        return (node[1],)
+    if kind == "N":
+        return ()  # negated terms are never highlighted
+    if kind == "O":
+        return None
     out: list[Term] = []
-
-    def walk(n: Node) -> bool:
-        kind = n[0]
-        if kind == "T":
-            if n[1] not in out:
-                out.append(n[1])
-            return True
-        if kind == "N":
-            return True  # negated terms are never highlighted
-        if kind == "O":
-            return False
-        return all(walk(c) for c in n[1])
-
-    return tuple(out) if walk(node) else None
-
-
-def parse_query(text: str) -> Query:
-    """Parse one `keywords`/`exclude` entry; raises QueryError with a 1-based column."""
-    if not isinstance(text, str):
-        raise QueryError(f"a query must be a string, not {type(text).__name__}", query=repr(text))
-    return _parse(text)
+    for child in node[1]:
+        got = _static_terms(child)
+        if got is None:
+            return None
+        out += [t for t in got if t not in out]
+    return tuple(out)
 
 
 def author_query(name: str) -> Query:
@@ -354,7 +352,7 @@ def author_query(name: str) -> Query:
     if not clean:
         raise QueryError("empty author name", query=name, column=1)
     try:
-        return _parse(f'author:"{clean}"')
+        return parse_query(f'author:"{clean}"')
     except QueryError as exc:  # e.g. a name of punctuation only
         raise QueryError(
             f"author name has no usable words ({exc.reason})", query=name, column=1
@@ -371,7 +369,5 @@ def compile_filter(
     """Compile a subscriber's filter once; raises QueryError naming the bad query and column."""
     if isinstance(keywords, str) or isinstance(exclude, str) or isinstance(authors, str):
         raise TypeError("keywords, exclude and authors are sequences of strings, not one string")
-    kw = tuple(map(parse_query, keywords))
-    ex = tuple(map(parse_query, exclude))
-    au = tuple(map(author_query, authors))
-    return CompiledFilter(kw, ex, au, int(min_upvotes), kw + au)
+    positive = tuple(map(parse_query, keywords)) + tuple(map(author_query, authors))
+    return CompiledFilter(positive, tuple(map(parse_query, exclude)), int(min_upvotes))
