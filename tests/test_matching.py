@@ -349,3 +349,36 @@ def test_bulk_match_equals_explain_on_every_fixture_paper() -> None:
             one[k].title_spans,
             one[k].summary_spans,
         )
+
+
+# (query, the same query as written without the lone dashes): a '-' followed by a space, a ')'
+# or the end of the query is punctuation, ignored like a comma
+LONE_DASHES: list[tuple[str, str]] = [
+    ('language - model -"survey"', 'language model -"survey"'),
+    ('(language - model -"survey")', 'language model -"survey"'),
+    ("language - model", "language model"),
+    ("diffusion -", "diffusion"),
+    ("(diffusion -)", "diffusion"),
+    ('diffusion - "video generation"', 'diffusion "video generation"'),
+]
+
+
+@pytest.mark.parametrize(("query", "same_as"), LONE_DASHES, ids=[q for q, _ in LONE_DASHES])
+def test_lone_dash_is_punctuation_not_an_operator(query: str, same_as: str) -> None:
+    """A '-' with a space after it (or at the end) is ignored, with or without brackets around."""
+    assert parse_query(query).node == parse_query(same_as).node
+
+
+def test_brackets_do_not_change_the_meaning_of_a_lone_dash() -> None:
+    """`language - model -"survey"` means the same with and without brackets around it."""
+    plain = parse_query('language - model -"survey"')
+    assert plain.node == parse_query('(language - model -"survey")').node
+    assert plain.describe() == "(languag AND model AND NOT survey)"
+
+
+def test_lone_dash_before_a_negated_phrase_is_still_only_negated() -> None:
+    """`- -"video generation"` is a query of negated terms only, an error, not the bare phrase."""
+    with pytest.raises(QueryError) as info:
+        parse_query('- -"video generation"')
+    assert "only negated terms" in info.value.reason
+    assert info.value.column == 3

@@ -177,3 +177,53 @@ def test_bulk_match_equals_explain_on_each_paper(
         )
     ranks = [(-m.score, -m.upvotes, m.arxiv_id) for m in got]
     assert ranks == sorted(ranks)
+
+
+def _token_soup() -> st.SearchStrategy[str]:
+    """Queries written as sequences of words, phrases, operators, brackets and dashes, lone or glued."""
+    word = st.sampled_from(VOCAB)
+    phrase = st.lists(word, min_size=1, max_size=2).map(lambda ws: '"' + " ".join(ws) + '"')
+    piece = st.one_of(
+        word,
+        phrase,
+        st.sampled_from(["-", "-", "--", "NOT", "AND", "OR", "(", ")", "title:", "author:"]),
+        st.tuples(
+            st.sampled_from(["-", "--", "title:", "-title:", "("]), st.one_of(word, phrase)
+        ).map("".join),
+    )
+    sep = st.sampled_from([" ", " ", " ", "  ", ""])
+    return st.lists(st.tuples(piece, sep), min_size=1, max_size=8).map(
+        lambda pairs: "".join(p + s for p, s in pairs).strip()
+    )
+
+
+QUERIES = st.one_of(_token_soup(), _query(), st.text(alphabet=SYNTAX, max_size=40))
+
+
+def _parsed(text: str) -> tuple[object, object] | None:
+    """(tree, static terms) of a query, or None when it does not parse."""
+    try:
+        q = parse_query(text)
+    except QueryError:
+        return None
+    return q.node, q.terms
+
+
+@settings(max_examples=600, deadline=None)
+@given(QUERIES)
+def test_brackets_never_change_a_query(text: str) -> None:
+    """A query that parses means exactly the same inside brackets: the parser has one meaning."""
+    got = _parsed(text)
+    assume(got is not None)
+    event("parses")
+    assert _parsed(f"({text})") == got
+
+
+@settings(max_examples=600, deadline=None)
+@given(QUERIES, st.data())
+def test_a_lone_dash_is_ignored(text: str, data: st.DataObject) -> None:
+    """Writing ' - ' where a query has a space never changes what it parses to, nor whether it does."""
+    spaces = [i for i, c in enumerate(text) if c == " "]
+    assume(spaces)
+    i = data.draw(st.sampled_from(spaces))
+    assert _parsed(text[:i] + " - " + text[i + 1 :]) == _parsed(text)

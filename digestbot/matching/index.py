@@ -3,7 +3,8 @@
 Each term (stem, prefix or phrase, in a field) maps to a bitset over paper positions, held in a
 Python int. A query is evaluated with &, | and ~ on those ints; phrase positions are checked only
 on the papers that contain all of the phrase's words. Term bitsets, per-paper term scores and
-finished Match values are cached in the index, since thousands of subscribers share words.
+finished Match values are cached in the index, since thousands of subscribers share words: each
+cache is a functools.lru_cache (or functools.cache) made per index, so it lives for one run.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from functools import cache, lru_cache
 from operator import itemgetter
+from typing import Generic, TypeVar
 
 from .explain import satisfying_terms
 from .model import (
@@ -22,30 +25,16 @@ from .model import (
     field_score,
     idf,
     merge_spans,
-    new_match,
 )
 from .query import CompiledFilter, Node, Query, Term
 from .text import Token, name_matches, tokenize, words
 
-_CACHE_LIMIT = 400_000
+_CACHE_LIMIT = 400_000  # terms, (term, paper) scores and combined matches remembered per index
 _ENTRY_LIMIT = 150_000  # query texts remembered per index (their ranked matches included)
 
 
 class _Field:
     """Postings of one text field: stem -> bits, surface word -> bits, token lists per paper."""
-
-    __slots__ = (
-        "avg",
-        "docs",
-        "lengths",
-        "positions",
-        "prefix_words",
-        "prefixes",
-        "sorted_surfs",
-        "stems",
-        "surface_positions",
-        "surfs",
-    )
 
     def __init__(self, docs: list[list[Token | None]]) -> None:
         self.docs = docs
@@ -80,32 +69,25 @@ class _Field:
             self.lengths.append(n)
         self.stems = stems
         self.surfs = surfs
-        self.sorted_surfs: list[str] | None = None
+        self.sorted_surfs = sorted(surfs)
         self.avg = (sum(self.lengths) / len(docs)) if docs else 0.0
-        self.prefixes: dict[str, int] = {}
-        self.prefix_words: dict[str, list[str]] = {}
+        # prefixes are few (those written in queries) and the field lives for one run
+        self.words_with_prefix = cache(self._words_with_prefix)
+        self.prefix_bits = cache(self._prefix_bits)
 
-    def words_with_prefix(self, prefix: str) -> list[str]:
-        got = self.prefix_words.get(prefix)
-        if got is None:
-            if self.sorted_surfs is None:
-                self.sorted_surfs = sorted(self.surfs)
-            keys = self.sorted_surfs
-            got = []
-            i = bisect.bisect_left(keys, prefix)
-            while i < len(keys) and keys[i].startswith(prefix):
-                got.append(keys[i])
-                i += 1
-            self.prefix_words[prefix] = got
+    def _words_with_prefix(self, prefix: str) -> list[str]:
+        keys = self.sorted_surfs
+        got = []
+        i = bisect.bisect_left(keys, prefix)
+        while i < len(keys) and keys[i].startswith(prefix):
+            got.append(keys[i])
+            i += 1
         return got
 
-    def prefix_bits(self, prefix: str) -> int:
-        got = self.prefixes.get(prefix)
-        if got is None:
-            got = 0
-            for w in self.words_with_prefix(prefix):
-                got |= self.surfs[w]
-            self.prefixes[prefix] = got
+    def _prefix_bits(self, prefix: str) -> int:
+        got = 0
+        for w in self.words_with_prefix(prefix):
+            got |= self.surfs[w]
         return got
 
     def item_bits(self, item: str) -> int:
@@ -187,11 +169,12 @@ class PaperIndex:
                 last[name[-1]] = last.get(name[-1], 0) | (1 << i)
         self.author_last = last
         self.author_last_sorted = sorted(last)
-        self._bits: dict[Term, int] = {}
-        self._hits: dict[Term, dict[int, tuple[float, tuple, tuple]]] = {}
-        self._matches: dict[tuple[int, tuple[str, ...]], Match] = {}
-        self._upvote_masks: dict[int, int] = {}
-        self._entries: dict[str, _Entry] = {}
+        # per-index caches, so they last one run; lru_cache bounds those that grow with queries
+        self.term_bits = lru_cache(maxsize=_CACHE_LIMIT)(self._term_bits)
+        self._hit = lru_cache(maxsize=_CACHE_LIMIT)(self._term_hit)
+        self._upvote_mask = cache(self._upvote_mask_of)
+        self._entries = _Records(_Entry, _ENTRY_LIMIT)  # query text -> _Entry
+        self._combined = _Records(_Combined, _CACHE_LIMIT)  # (position, matched) -> _Combined
 
     @classmethod
     def build(cls, papers: Iterable[PaperDoc]) -> PaperIndex:
@@ -203,17 +186,8 @@ class PaperIndex:
 
     # ------------------------------------------------------------------ term bitsets
 
-    def term_bits(self, term: Term) -> int:
-        """Bitset of the papers where one term occurs (cached)."""
-        got = self._bits.get(term, -1)
-        if got < 0:
-            got = self._compute_bits(term)
-            if len(self._bits) > _CACHE_LIMIT:
-                self._bits.clear()
-            self._bits[term] = got
-        return got
-
-    def _compute_bits(self, term: Term) -> int:
+    def _term_bits(self, term: Term) -> int:
+        """Bitset of the papers where one term occurs (cached as term_bits)."""
         field, items = term
         if field == "author":
             return self._author_bits(items)
@@ -233,12 +207,9 @@ class PaperIndex:
             if not cand:
                 return 0
         bits = 0
-        while cand:
-            low = cand & -cand
-            cand ^= low
-            p = low.bit_length() - 1
+        for p in _positions(cand):
             if any(fi.occurrences(p, items) for fi in fields):
-                bits |= low
+                bits |= 1 << p
         return bits
 
     def _author_bits(self, items: tuple[str, ...]) -> int:
@@ -254,20 +225,16 @@ class PaperIndex:
         else:
             cand = self.author_last.get(last, 0)
         bits = 0
-        while cand:
-            low = cand & -cand
-            cand ^= low
-            p = low.bit_length() - 1
+        for p in _positions(cand):
             if any(name_matches(items, name) for name in self.authors[p]):
-                bits |= low
+                bits |= 1 << p
         return bits
 
     def eval(self, node: Node) -> int:
         """Bitset of the papers a query tree matches."""
         kind = node[0]
         if kind == "T":
-            got = self._bits.get(node[1], -1)
-            return got if got >= 0 else self.term_bits(node[1])
+            return self.term_bits(node[1])
         if kind == "A":
             bits = self.all
             for c in node[1]:
@@ -285,32 +252,17 @@ class PaperIndex:
             return bits
         return self.all ^ self.eval(node[1])
 
-    def _upvote_mask(self, threshold: int) -> int:
-        got = self._upvote_masks.get(threshold)
-        if got is None:
-            got = 0
-            for i, u in enumerate(self.upvotes):
-                if u >= threshold:
-                    got |= 1 << i
-            self._upvote_masks[threshold] = got
+    def _upvote_mask_of(self, threshold: int) -> int:
+        got = 0
+        for i, u in enumerate(self.upvotes):
+            if u >= threshold:
+                got |= 1 << i
         return got
 
     # ------------------------------------------------------------------ scores and spans
 
-    def _term_hits(self, term: Term) -> dict[int, tuple[float, tuple, tuple]]:
-        got = self._hits.get(term)
-        if got is None:
-            if len(self._hits) > _CACHE_LIMIT // 10:
-                self._hits.clear()
-            got = self._hits[term] = {}
-        return got
-
-    def _hit(self, term: Term, p: int) -> tuple[float, tuple, tuple]:
-        """(score, title spans, summary spans) of one term in one paper (cached)."""
-        hits = self._term_hits(term)
-        got = hits.get(p)
-        if got is not None:
-            return got
+    def _term_hit(self, term: Term, p: int) -> _Hit:
+        """(score, title spans, summary spans) of one term in one paper (cached as _hit)."""
         field, items = term
         w = idf(self.n, self.term_bits(term).bit_count())
         tspans: list[tuple[int, int]] = []
@@ -324,87 +276,77 @@ class PaperIndex:
                 fi = self.fields[f]
                 doc = fi.docs[p]
                 occ = fi.occurrences(p, items)
+                spans = []
+                for i in occ:
+                    first, last = doc[i], doc[i + k - 1]
+                    assert first is not None and last is not None  # a phrase never spans a break
+                    spans.append((first.start, last.end))
                 if f == "title":
-                    tspans = [(doc[i].start, doc[i + k - 1].end) for i in occ]  # type: ignore[union-attr]
+                    tspans = spans
                 elif f == "abstract":
-                    sspans = [(doc[i].start, doc[i + k - 1].end) for i in occ]  # type: ignore[union-attr]
+                    sspans = spans
                 score += w * field_score(f, len(occ), fi.lengths[p], fi.avg)
-        got = hits[p] = (score, merge_spans(tspans), merge_spans(sspans))
-        return got
+        return score, merge_spans(tspans), merge_spans(sspans)
 
-    def _terms_at(self, q: Query, low: int) -> tuple[Term, ...] | list[Term]:
+    def _terms_at(self, q: Query, low: int) -> Sequence[Term]:
         if q.terms is not None:
             return q.terms
         return satisfying_terms(q.node, lambda t: bool(self.term_bits(t) & low)) or []
 
     def _build_match(
-        self, p: int, low: int, queries: list[Query], matched: tuple[str, ...]
+        self, p: int, low: int, queries: Sequence[Query], matched: tuple[str, ...]
     ) -> Match:
-        if len(queries) == 1:
-            terms = self._terms_at(queries[0], low)
-        else:
-            terms = []
-            for q in queries:
-                for t in self._terms_at(q, low):
-                    if t not in terms:
-                        terms.append(t)
-        if len(terms) == 1:
-            score, tspans, sspans = self._hit(terms[0], p)
-        else:
-            score = 0.0
-            ts: list[tuple[int, int]] = []
-            ss: list[tuple[int, int]] = []
-            for t in terms:
-                s, a, b = self._hit(t, p)
-                score += s
-                ts += a
-                ss += b
-            tspans, sspans = merge_spans(ts), merge_spans(ss)
-        return new_match(self.arxiv_ids[p], score, self.upvotes[p], matched, tspans, sspans)
+        terms: list[Term] = []
+        for q in queries:
+            for t in self._terms_at(q, low):
+                if t not in terms:
+                    terms.append(t)
+        score = 0.0
+        ts: list[tuple[int, int]] = []
+        ss: list[tuple[int, int]] = []
+        for t in terms:
+            s, a, b = self._hit(t, p)
+            score += s
+            ts += a
+            ss += b
+        return Match(
+            self.arxiv_ids[p],
+            score,
+            self.upvotes[p],
+            matched,
+            merge_spans(ts),
+            merge_spans(ss),
+        )
 
-    def _entry(self, q: Query) -> _Entry:
-        e = _Entry(self.eval(q.node))
-        if len(self._entries) > _ENTRY_LIMIT:
-            self._entries.clear()
-        self._entries[q.text] = e
-        return e
-
-    def _ranked(self, q: Query, e: _Entry) -> dict[int, tuple[float, int, Match]]:
+    def _rank(self, q: Query, e: _Entry) -> tuple[dict[int, _Ranked], list[Match]]:
         """Fill the entry of one query: its Matches by paper position and in rank order."""
-        bits = e.bits
         matched = (q.text,)
         by_p = {}
-        terms = q.terms
-        if terms is not None and len(terms) == 1:  # most queries: one word, phrase or prefix
-            term = terms[0]
-            th = self._term_hits(term)
-            aids, ups = self.arxiv_ids, self.upvotes
-            while bits:
-                low = bits & -bits
-                bits ^= low
-                p = low.bit_length() - 1
-                h = th.get(p) or self._hit(term, p)
-                by_p[p] = (-h[0], p, new_match(aids[p], h[0], ups[p], matched, h[1], h[2]))
+        if q.terms is not None and len(q.terms) == 1:  # most queries: one word, phrase or prefix
+            term = q.terms[0]
+            for p in _positions(e.bits):
+                score, tspans, sspans = self._hit(term, p)
+                m = Match(self.arxiv_ids[p], score, self.upvotes[p], matched, tspans, sspans)
+                by_p[p] = (-score, p, m)
         else:
-            while bits:
-                low = bits & -bits
-                bits ^= low
-                p = low.bit_length() - 1
-                m = self._build_match(p, low, [q], matched)
+            for p in _positions(e.bits):
+                m = self._build_match(p, 1 << p, (q,), matched)
                 by_p[p] = (-m.score, p, m)
         e.by_p = by_p
         e.ranked = list(map(_third, sorted(by_p.values())))
-        return by_p
+        return e.by_p, e.ranked
 
     # ------------------------------------------------------------------ the public entry
 
     def match(self, flt: CompiledFilter) -> list[Match]:
         """Every paper the filter selects, ranked by score, then upvotes, then arXiv id."""
-        entries = self._entries
+        entry = self._entries.get
         hits: list[tuple[Query, _Entry]] = []
         total = multi = 0
         for q in flt.positive:
-            e = entries.get(q.text) or self._entry(q)
+            e = entry(q.text)
+            if e.bits < 0:
+                e.bits = self.eval(q.node)
             b = e.bits
             if b:
                 hits.append((q, e))
@@ -418,19 +360,20 @@ class PaperIndex:
         for q in flt.exclude:
             if not keep:
                 return []
-            keep &= ~(entries.get(q.text) or self._entry(q)).bits
+            e = entry(q.text)
+            if e.bits < 0:
+                e.bits = self.eval(q.node)
+            keep &= ~e.bits
         if not keep:
             return []
         if len(hits) == 1 and keep == total:
             q, e = hits[0]
-            if e.ranked is None:
-                self._ranked(q, e)
-            return e.ranked.copy()  # type: ignore[union-attr]
+            return list(e.ranked if e.ranked is not None else self._rank(q, e)[1])
         # all candidates by position, then drop what exclude/min_upvotes removed and
         # replace papers that several queries matched by one combined Match
-        d: dict[int, tuple[float, int, Match]] = {}
+        d: dict[int, _Ranked] = {}
         for q, e in hits:
-            d.update(e.by_p or self._ranked(q, e))
+            d.update(e.by_p if e.by_p is not None else self._rank(q, e)[0])
         removed = total & ~keep
         if removed:
             if removed.bit_count() > keep.bit_count():
@@ -439,23 +382,19 @@ class PaperIndex:
                 for p in _positions(removed):
                     del d[p]
         multi &= keep
-        if multi:
-            cache = self._matches
-            for p in _positions(multi):
-                low = 1 << p
-                queries = [q for q, e in hits if e.bits & low]
-                matched = tuple(q.text for q in queries)
-                key = (p, matched)
-                m = cache.get(key)
-                if m is None:
-                    m = self._build_match(p, low, queries, matched)
-                    if len(cache) > _CACHE_LIMIT:
-                        cache.clear()
-                    cache[key] = m
-                d[p] = (-m.score, p, m)
+        for p in _positions(multi):
+            low = 1 << p
+            queries = [q for q, e in hits if e.bits & low]
+            matched = tuple(q.text for q in queries)
+            c = self._combined.get((p, matched))
+            if c.match is None:
+                c.match = self._build_match(p, low, queries, matched)
+            d[p] = (-c.match.score, p, c.match)
         return list(map(_third, sorted(d.values())))
 
 
+_Hit = tuple[float, tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]
+_Ranked = tuple[float, int, Match]  # (-score, position, match): sorts in rank order
 _third = itemgetter(2)
 
 
@@ -487,12 +426,32 @@ def _positions(bits: int) -> list[int]:
     return out
 
 
+R = TypeVar("R")
+
+
+class _Records(Generic[R]):
+    """A bounded map from a key to a mutable record, made empty on first use and filled by the
+    caller; the least recently used records are dropped (functools.lru_cache does the keeping)."""
+
+    def __init__(self, record: Callable[[], R], maxsize: int) -> None:
+        self.get: Callable[[Hashable], R] = lru_cache(maxsize=maxsize)(lambda key: record())
+
+
 class _Entry:
     """What the index knows about one query text: its bitset, and lazily its ranked matches."""
 
     __slots__ = ("bits", "by_p", "ranked")
 
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.by_p: dict[int, tuple[float, int, Match]] | None = None
+    def __init__(self) -> None:
+        self.bits = -1  # not evaluated yet
+        self.by_p: dict[int, _Ranked] | None = None
         self.ranked: list[Match] | None = None
+
+
+class _Combined:
+    """The Match of one paper that several of a subscriber's queries matched."""
+
+    __slots__ = ("match",)
+
+    def __init__(self) -> None:
+        self.match: Match | None = None

@@ -42,30 +42,6 @@ class Match:
     summary_spans: tuple[tuple[int, int], ...]
 
 
-_new = object.__new__
-_set = tuple(getattr(Match, f).__set__ for f in Match.__slots__)
-
-
-def new_match(
-    arxiv_id: str,
-    score: float,
-    upvotes: int,
-    matched: tuple[str, ...],
-    title_spans: tuple[tuple[int, int], ...],
-    summary_spans: tuple[tuple[int, int], ...],
-) -> Match:
-    """Match(...) without the frozen-dataclass __init__ overhead (bulk matching makes millions)."""
-    m = _new(Match)
-    a, b, c, d, e, f = _set
-    a(m, arxiv_id)
-    b(m, score)
-    c(m, upvotes)
-    d(m, matched)
-    e(m, title_spans)
-    f(m, summary_spans)
-    return m
-
-
 def rank_key(m: Match) -> tuple[float, int, str]:
     """Ranking: score descending, then upvotes descending, then arXiv id."""
     return (-m.score, -m.upvotes, m.arxiv_id)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import NamedTuple
+from functools import lru_cache
+from typing import NamedTuple, Protocol
 
 import snowballstemmer  # uses PyStemmer's C implementation when it is installed
 
@@ -122,40 +123,32 @@ def _fold(s: str) -> str:
     return s
 
 
-_fold_cache: dict[str, tuple[str, ...]] = {}
+_WORD_CACHE = 200_000  # distinct words remembered: a language's working vocabulary
 
 
+@lru_cache(maxsize=_WORD_CACHE)
 def fold_words(raw: str) -> tuple[str, ...]:
     """The normalized (unstemmed) words of one raw token or query word; cached, words repeat."""
-    got = _fold_cache.get(raw)
-    if got is None:
-        got = tuple(_WORD.findall(_fold(raw)))
-        if len(_fold_cache) > 200_000:
-            _fold_cache.clear()
-        _fold_cache[raw] = got
-    return got
+    return tuple(_WORD.findall(_fold(raw)))
 
 
-_stemmer = snowballstemmer.stemmer("english")
-_stem_cache: dict[str, str] = {}
+class _Stemmer(Protocol):
+    def stemWord(self, word: str) -> str: ...  # snowballstemmer's name
 
 
+@lru_cache(maxsize=1)
+def _stemmer() -> _Stemmer:
+    """The English stemmer, made on first use (no work at import time)."""
+    return snowballstemmer.stemmer("english")
+
+
+@lru_cache(maxsize=_WORD_CACHE)
 def stem(word: str) -> str:
     """Snowball English stem of a normalized word, plus acronym plurals ("llms" -> "llm"); cached."""
-    got = _stem_cache.get(word)
-    if got is None:
-        got = word if word.isdigit() else _stemmer.stemWord(word)
-        # Snowball keeps the "s" of vowel-less acronyms (llms, cnns, mdps); people expect LLMs = LLM.
-        if (
-            len(got) >= 4
-            and got[-1] == "s"
-            and got[-2] != "s"
-            and not _VOWELS.intersection(got[:-1])
-        ):
-            got = got[:-1]
-        if len(_stem_cache) > 200_000:
-            _stem_cache.clear()
-        _stem_cache[word] = got
+    got = word if word.isdigit() else _stemmer().stemWord(word)
+    # Snowball keeps the "s" of vowel-less acronyms (llms, cnns, mdps); people expect LLMs = LLM.
+    if len(got) >= 4 and got[-1] == "s" and got[-2] != "s" and not _VOWELS.intersection(got[:-1]):
+        got = got[:-1]
     return got
 
 
