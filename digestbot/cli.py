@@ -24,7 +24,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from typer.core import TyperArgument, TyperCommand
 
-from digestbot import __version__, app, pipeline, schedule, store
+from digestbot import __version__, app, matching, pipeline, schedule, store
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
 from digestbot.models import DeliveryHealth, DigestState
 from digestbot.settings import Settings, load_settings
@@ -786,6 +786,7 @@ def match(
                             "abstract_highlights": [
                                 by_id[m.arxiv_id].summary[a:b] for a, b in m.summary_spans
                             ],
+                            **_evidence_json(m, by_id[m.arxiv_id]),
                         }
                         for m in matches
                     ]
@@ -802,15 +803,29 @@ def match(
         )
         for m in matches:
             p = by_id[m.arxiv_id]
+            why = matching.evidence(m.matched, p)
             words = sorted(
                 {p.title[a:b] for a, b in m.title_spans}
-                | {p.summary[a:b] for a, b in m.summary_spans},
+                | {p.summary[a:b] for a, b in m.summary_spans}
+                | {p.authors[i] for i in why.authors}
+                | {p.ai_keywords[i][a:b] for i, spans in why.keywords for a, b in spans},
                 key=str.lower,
             )
             table.add_row(
                 m.arxiv_id, f"{m.score:.2f}", str(m.upvotes), p.title, ", ".join(words[:8])
             )
         out.print(table)
+
+
+def _evidence_json(m: matching.Match, paper: matching.PaperDoc) -> dict[str, list[str]]:
+    """The authors and feed keywords behind a match, for `match --json`."""
+    found = matching.evidence(m.matched, paper)
+    return {
+        "author_highlights": [paper.authors[i] for i in found.authors],
+        "keyword_highlights": [
+            paper.ai_keywords[i][a:b] for i, spans in found.keywords for a, b in spans
+        ],
+    }
 
 
 @cli.callback(invoke_without_command=True)

@@ -36,6 +36,10 @@ __all__ = [
 SUMMARY_LIMIT = 600
 """Abstracts longer than this many characters are cut at a word boundary."""
 
+EXCERPT_LEAD = 160
+"""When the first highlight lies past what fits, the excerpt starts about this many characters
+before it (at a word boundary), so the reader sees the match in its context."""
+
 AUTHORS_SHOWN = 3
 """A long author list shows this many names, then "and N more"."""
 
@@ -72,6 +76,12 @@ class PaperView:
     """[start, end) offsets into ``title`` to highlight."""
     summary_spans: tuple[tuple[int, int], ...]
     """[start, end) offsets into ``summary`` to highlight."""
+    tldr: str | None = None
+    """The feed's one-line AI summary (HF ``ai_summary``), shown as "TL;DR" above the abstract."""
+    author_hits: tuple[int, ...] = ()
+    """Indices into ``authors`` that an ``author:`` query named: always shown, highlighted."""
+    keywords: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
+    """The feed keywords a matched query hit, each with [start, end) offsets to highlight."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +183,13 @@ def _clean_spans(spans: object, length: int) -> list[tuple[int, int]]:
 
 def _segments(
     text: str, spans: object, *, limit: int | None = None
-) -> tuple[list[tuple[str, bool]], bool]:
+) -> tuple[list[tuple[str, bool]], bool, bool]:
     """Split ``text`` into (piece, highlighted) segments after cleaning and optional trimming.
 
-    Returns the segments and whether the text was trimmed. Spans are kept consistent with the
-    whitespace clean-up and cut at the trim point.
+    With a ``limit``, the excerpt is the part around the first highlight: it starts at the
+    beginning when the first highlight fits, else shortly before it. Returns the segments,
+    whether the end was cut and whether the start was. Spans follow the whitespace clean-up and
+    are cut at the trim points.
     """
     raw = str(text)
     raw_spans = _clean_spans(spans, len(raw))
@@ -191,6 +203,14 @@ def _segments(
         while new_end > new_start and clean[new_end - 1] == " ":
             new_end -= 1
         mapped.append((new_start, new_end))
+    lead = False
+    first = min((a for a, b in mapped if a < b), default=None)
+    if limit is not None and first is not None and len(clean) > limit and first > limit - 60:
+        begin = clean.rfind(" ", 0, max(0, first - EXCERPT_LEAD)) + 1
+        if begin > 0:
+            clean = clean[begin:]
+            mapped = [(a - begin, b - begin) for a, b in mapped]
+            lead = True
     trimmed = False
     if limit is not None and len(clean) > limit:
         cut = clean.rfind(" ", 0, limit + 1)
@@ -208,21 +228,29 @@ def _segments(
         pos = end
     if pos < len(clean):
         segments.append((clean[pos:], False))
-    return segments, trimmed
+    return segments, trimmed, lead
 
 
-def _segments_html(segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False) -> Markup:
+def _segments_html(
+    segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False, lead: bool = False
+) -> Markup:
     """Join segments as HTML: every piece escaped, highlights in an inline-styled <mark>."""
     mark = Markup('<mark style="{}">{}</mark>')
     out = Markup("").join(
         mark.format(MARK_STYLE, piece) if hot else escape(piece) for piece, hot in segments
     )
+    if lead and out:
+        out = Markup("\u2026 ") + out
     return out + Markup("\u2026") if ellipsis else out
 
 
-def _segments_text(segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False) -> str:
+def _segments_text(
+    segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False, lead: bool = False
+) -> str:
     """Join segments as plain text, highlights wrapped in *asterisks*."""
     out = "".join(f"*{piece}*" if hot else piece for piece, hot in segments)
+    if lead and out:
+        out = "\u2026 " + out
     return out + "\u2026" if ellipsis else out
 
 
@@ -271,12 +299,30 @@ def _mailto_parts(mailto: str) -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------- view models
 
 
-def _authors(authors: Sequence[str]) -> str:
-    names = [clean_line(a) for a in authors]
-    names = [n for n in names if n]
+def _authors(authors: Sequence[str], hits: Sequence[int] = ()) -> list[tuple[str, bool]]:
+    """The author line as (piece, highlighted) segments: a long list is shortened to its first
+    names and "and N more", but an author a query named is always shown, highlighted
+    ("Yao Fu, Hao Peng, … Ashish Sabharwal")."""
+    wanted = {h for h in hits if isinstance(h, int) and not isinstance(h, bool)}
+    named = [(clean_line(a), i in wanted) for i, a in enumerate(authors)]
+    names = [(n, hot) for n, hot in named if n]
+    hot_at = [i for i, (_, hot) in enumerate(names) if hot]
     if len(names) <= AUTHORS_FULL_MAX:
-        return ", ".join(names)
-    return f"{', '.join(names[:AUTHORS_SHOWN])} and {len(names) - AUTHORS_SHOWN} more"
+        keep = list(range(len(names)))
+    elif all(i < AUTHORS_SHOWN for i in hot_at):
+        keep = list(range(AUTHORS_SHOWN))
+    else:
+        keep = sorted(set(range(AUTHORS_SHOWN - 1)) | set(hot_at))
+    out: list[tuple[str, bool]] = []
+    prev = -1
+    for i in keep:
+        if prev >= 0:
+            out.append((", \u2026 " if i != prev + 1 else ", ", False))
+        out.append(names[i])
+        prev = i
+    if names and prev < len(names) - 1:
+        out.append((f" and {len(names) - 1 - prev} more", False))
+    return out
 
 
 def _int_or_none(value: object) -> int | None:
@@ -287,8 +333,13 @@ def _int_or_none(value: object) -> int | None:
 
 def paper_context(paper: PaperView) -> dict[str, Any]:
     """Everything the paper partials need, already cleaned, escaped (HTML bits) and validated."""
-    title_segments, _ = _segments(paper.title, paper.title_spans)
-    summary_segments, trimmed = _segments(paper.summary, paper.summary_spans, limit=SUMMARY_LIMIT)
+    title_segments, _, _ = _segments(paper.title, paper.title_spans)
+    summary_segments, trimmed, lead = _segments(
+        paper.summary, paper.summary_spans, limit=SUMMARY_LIMIT
+    )
+    authors = _authors(paper.authors, paper.author_hits)
+    keywords = [_segments(word, spans)[0] for word, spans in paper.keywords]
+    keywords = [k for k in keywords if k]
     shown_id = clean_line(paper.arxiv_id)
     if arxiv_id(shown_id) is not None:
         quoted = quote(shown_id, safe="./-")
@@ -304,9 +355,13 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
         "arxiv_id": shown_id,
         "title_text": _segments_text(title_segments) or "(untitled)",
         "title_html": _segments_html(title_segments) or Markup("(untitled)"),
-        "summary_text": _segments_text(summary_segments, ellipsis=trimmed),
-        "summary_html": _segments_html(summary_segments, ellipsis=trimmed),
-        "authors": _authors(paper.authors),
+        "summary_text": _segments_text(summary_segments, ellipsis=trimmed, lead=lead),
+        "summary_html": _segments_html(summary_segments, ellipsis=trimmed, lead=lead),
+        "tldr": clean_line(paper.tldr or ""),
+        "authors": _segments_text(authors),
+        "authors_html": _segments_html(authors),
+        "keywords_text": ", ".join(_segments_text(k) for k in keywords),
+        "keywords_html": Markup(", ").join(_segments_html(k) for k in keywords),
         "upvotes": upvotes,
         "matched": [q for q in (clean_line(m) for m in paper.matched) if q],
         "paper_url": paper_url,

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import replace
 from datetime import date
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,13 +15,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digestbot.errors import ConfigError, TemplateError
+from digestbot.mail.context import paper_view
+from digestbot.matching import compile_filter, explain, parse_query
+from digestbot.matching.text import tokenize, words
+from digestbot.models import Paper
 from digestbot.render import (
+    MARK_STYLE,
     SUMMARY_LIMIT,
     DigestView,
     PaperView,
     Renderer,
 )
 from digestbot.resources import templates_dir
+from digestbot.sources.hf_daily import parse_daily_papers
 from digestbot.text import safe_http_url
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -95,42 +102,38 @@ def golden_view() -> DigestView:
         subscriber_name="Ada Lovelace",
         digest_date=date(2026, 3, 2),
         papers=(
-            PaperView(
-                arxiv_id="2007.14966",
-                title=title1,
-                summary=MIROSTAT_SUMMARY,
-                authors=(
-                    "Sourya Basu",
-                    "Govardana Sachitanandam Ramachandran",
-                    "Nitish Shirish Keskar",
-                    "Lav R. Varshney",
-                    "Christopher Ré",
-                    "Zoë Łukasiewicz",
+            _matched(
+                Paper(
+                    arxiv_id="2007.14966",
+                    title=title1,
+                    summary=MIROSTAT_SUMMARY,
+                    authors=[
+                        "Sourya Basu",
+                        "Govardana Sachitanandam Ramachandran",
+                        "Nitish Shirish Keskar",
+                        "Lav R. Varshney",
+                        "Christopher Ré",
+                        "Zoë Łukasiewicz",
+                    ],
+                    upvotes=75,
+                    github_repo="https://github.com/example-lab/2007-14966",
+                    github_stars=128,
+                    ai_summary="Mirostat keeps perplexity at a target value while decoding.",
+                    ai_keywords=["neural text decoding", "nucleus sampling", "perplexity"],
                 ),
-                upvotes=75,
-                github_repo="https://github.com/example-lab/2007-14966",
-                github_stars=128,
-                project_page=None,
-                matched=('"text decoding"', "perplexity"),
-                title_spans=(_span(title1, "Text Decoding"), _span(title1, "Perplexity")),
-                summary_spans=(
-                    _span(MIROSTAT_SUMMARY, "text decoding"),
-                    _span(MIROSTAT_SUMMARY, "perplexity"),
-                    _span(MIROSTAT_SUMMARY, "perplexity", 1),  # beyond the trim point: dropped
-                ),
+                keywords=['"text decoding"', "perplexity", "keyword:sampling"],
+                authors=["Łukasiewicz"],
             ),
-            PaperView(
-                arxiv_id="2502.00001v2",
-                title=title2,
-                summary=summary2,
-                authors=("Jürgen Schmidhuber", "François Chollet", "李飞飞"),
-                upvotes=1,
-                github_repo=None,
-                github_stars=None,
-                project_page="https://example.org/données?x=1&y=2",
-                matched=('"test-time compute"', "author:Chollet"),
-                title_spans=(_span(title2, "Test-Time Compute"),),
-                summary_spans=(_span(summary2, "test-time compute"),),
+            _matched(
+                Paper(
+                    arxiv_id="2502.00001v2",
+                    title=title2,
+                    summary=summary2,
+                    authors=["Jürgen Schmidhuber", "François Chollet", "李飞飞"],
+                    upvotes=1,
+                    project_page="https://example.org/données?x=1&y=2",
+                ),
+                keywords=['"test-time compute"', "author:Chollet"],
             ),
             PaperView(
                 arxiv_id="hep-th/9901001",
@@ -151,6 +154,15 @@ def golden_view() -> DigestView:
         unsubscribe_mailto="mailto:unsubscribe@example.org?subject=unsubscribe",
         unsubscribe_url="https://digest.example.org/unsubscribe?token=abc123",
     )
+
+
+def _matched(
+    paper: Paper, *, keywords: list[str], authors: tuple[str, ...] | list[str] = ()
+) -> PaperView:
+    """The view of a paper that the real filter `keywords`/`authors` matched, as a digest has it."""
+    found = explain(compile_filter(keywords=keywords, authors=authors), paper)
+    assert found is not None
+    return paper_view(paper, found)
 
 
 def _check_golden(name: str, actual: str) -> None:
@@ -191,6 +203,7 @@ ALLOWED_TAGS = {
     "a",
     "span",
     "mark",
+    "strong",
 }
 
 
@@ -226,19 +239,15 @@ def test_golden_html() -> None:
 
 
 def test_golden_content() -> None:
-    """The golden digest shows shortened authors, trimmed abstract, links, matches and the more-line."""
+    """The golden digest shows shortened authors with the named one, TL;DR, keywords, trimmed abstract, links, matches, more-line."""
     out = Renderer().render(golden_view())
     assert out.subject == "Paper Digest — 3 new papers for 2026-03-02"
     flat = " ".join(out.text.split())  # the text part is word-wrapped
-    assert (
-        "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more"
-        in flat
-    )
-    assert (
-        "Sourya Basu, Govardana Sachitanandam Ramachandran, Nitish Shirish Keskar and 3 more"
-        in out.html
-    )
-    assert "Jürgen Schmidhuber, François Chollet, 李飞飞" in out.text
+    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, \u2026 *Zoë Łukasiewicz*" in flat
+    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, \u2026 <mark" in out.html
+    assert "TL;DR: Mirostat keeps perplexity" in flat
+    assert "Keywords: neural *text decoding*, nucleus *sampling*, *perplexity*" in flat
+    assert "Jürgen Schmidhuber, *François Chollet*, 李飞飞" in out.text
     assert 'Matched: "text decoding", perplexity' in out.text
     assert "*Text Decoding*" in out.text
     assert "4 more papers matched" in out.text and "4 more papers matched" in out.html
@@ -702,3 +711,138 @@ def test_weekly_digest_names_the_week_and_its_dates() -> None:
         assert "Trending this week" in flat
     empty = Renderer().render(replace(weekly_view(), papers=(), trending=()))
     assert "No new papers matched your filters this week." in " ".join(empty.text.split())
+
+
+# --------------------------------------------------------------------------- evidence and richer papers
+
+
+def _positive_terms(node: tuple) -> list[tuple[str, tuple[str, ...]]]:
+    if node[0] == "T":
+        return [node[1]]
+    if node[0] == "N":
+        return []
+    return [t for child in node[1] for t in _positive_terms(child)]
+
+
+def _evidence_for(query: str, highlights: list[str]) -> bool:
+    """Whether one highlighted piece shows a positive term of `query` (an author named, a word)."""
+    from digestbot.matching.text import name_matches
+
+    for field, items in _positive_terms(parse_query(query).node):
+        for piece in highlights:
+            if field == "author":
+                if name_matches(items, words(piece)):
+                    return True
+                continue
+            for tok in tokenize(piece):
+                item = items[0]
+                if (item.endswith("*") and tok.surface.startswith(item[:-1])) or tok.stem == item:
+                    return True
+    return False
+
+
+def _blocks(out_text: str, out_html: str, paper: PaperView) -> tuple[str, str]:
+    """The text and HTML of one paper's block in a rendered digest."""
+    url = f"https://huggingface.co/papers/{paper.arxiv_id}"
+    items = re.split(r"\n(?=\d+\.\s)", out_text)
+    text = next(i for i in items if url in i)
+    start = out_html.index(f'href="{url}"')
+    end = out_html.find("https://huggingface.co/papers/", out_html.index("</tr>", start))
+    return text, out_html[start : end if end > 0 else len(out_html)]
+
+
+@pytest.mark.parametrize(
+    "make", [golden_view, mixed_view, trending_only_view, weekly_view], ids=lambda f: f.__name__
+)
+def test_every_matched_query_shows_highlighted_evidence(make: object) -> None:
+    """In every golden digest, each paper shows a highlight (text and HTML) for each query that matched it."""
+    view = make()  # type: ignore[operator]
+    out = Renderer().render(view)
+    for paper in view.papers + view.trending:
+        text, html = _blocks(out.text, out.html, paper)
+        text_marks = re.findall(r"\*([^*]+)\*", " ".join(text.split()))
+        html_marks = [
+            unescape(re.sub(r"<[^>]+>", "", m))
+            for m in re.findall(r"<mark[^>]*>(.*?)</mark>", html, re.DOTALL)
+        ]
+        for query in paper.matched:
+            assert _evidence_for(query, text_marks), (paper.arxiv_id, query, text_marks)
+            assert _evidence_for(query, html_marks), (paper.arxiv_id, query, html_marks)
+
+
+def test_a_named_author_is_never_hidden_behind_and_n_more() -> None:
+    """A long author list keeps its first names, then the matched author, highlighted, not "and N more"."""
+    paper = Paper(
+        arxiv_id="2305.10601",
+        title="Complexity-Based Prompting",
+        summary="Chain of thought.",
+        authors=["Yao Fu", "Hao Peng", "Litu Ou", "Tushar Khot", "Ashish Sabharwal"],
+    )
+    out = Renderer().render(_view(_matched(paper, keywords=[], authors=["Sabharwal"])))
+    assert "Yao Fu, Hao Peng, \u2026 *Ashish Sabharwal*" in " ".join(out.text.split())
+    assert "and 2 more" not in out.text
+    assert (
+        f'Yao Fu, Hao Peng, \u2026 <mark style="{MARK_STYLE}">Ashish Sabharwal</mark>' in out.html
+    )
+    ten = tuple(f"Author {i}" for i in range(10))
+    middle = Renderer().render(_view(_paper(authors=ten, author_hits=(5,)))).text
+    assert "Author 0, Author 1, \u2026 *Author 5* and 4 more" in " ".join(middle.split())
+
+
+def test_abstract_excerpt_is_the_part_around_the_first_match() -> None:
+    """A match deep in a long abstract is shown with its context and highlighted, not cut away."""
+    summary = " ".join(f"filler{i:03d}" for i in range(120)) + " we study nucleus sampling here."
+    summary += " " + " ".join(f"tail{i:03d}" for i in range(100))
+    paper = Paper(arxiv_id="2305.02309", title="CodeGen2", summary=summary, authors=["A B"])
+    out = Renderer().render(_view(_matched(paper, keywords=["sampling"])))
+    flat = " ".join(out.text.split())
+    assert "we study nucleus *sampling* here." in flat
+    assert re.search(r"\u2026 filler\d{3} ", flat)  # starts at a word, marked as cut
+    assert "filler000" not in flat
+    assert f'nucleus <mark style="{MARK_STYLE}">sampling</mark>' in out.html
+    early = Renderer().render(_view(_paper(summary=summary, summary_spans=((0, 9),)))).text
+    assert "*filler000*" in early  # a match near the start keeps the start
+
+
+def test_a_keyword_match_shows_the_feed_keyword_highlighted() -> None:
+    """A keyword: query shows the matching feed keyword, highlighted, in both parts."""
+    paper = Paper(
+        arxiv_id="2401.00003",
+        title="Something else",
+        summary="Nothing here.",
+        authors=["A B"],
+        ai_keywords=["Vision-Language Models", "zero-shot classification"],
+    )
+    out = Renderer().render(_view(_matched(paper, keywords=["keyword:zero-shot"])))
+    assert "Keywords: *zero-shot* classification" in out.text
+    assert f'Keywords: <mark style="{MARK_STYLE}">zero-shot</mark> classification' in out.html
+    assert "Vision-Language" not in out.text  # only the keywords that matched
+
+
+def test_real_item_shows_tldr_project_page_and_keyword_evidence() -> None:
+    """The real HF item shows its AI summary as a TL;DR above the abstract and its project page beside the code link."""
+    fixture = Path(__file__).parent / "fixtures" / "hf_daily_papers" / "real_item_2602.23229.json"
+    (fetched,) = parse_daily_papers(
+        fixture.read_bytes(), url="https://huggingface.co/api/daily_papers"
+    )
+    fields = {f: getattr(fetched, f) for f in Paper.model_fields if hasattr(fetched, f)}
+    fields["authors"] = list(fetched.authors)
+    fields["ai_keywords"] = list(fetched.ai_keywords)
+    paper = Paper(**fields)
+    view = _matched(paper, keywords=['keyword:"in-context learning"'])
+    out = Renderer().render(_view(view))
+    flat = " ".join(out.text.split())
+    tldr = "TL;DR: Large Multimodal Models demonstrate superior performance"
+    assert tldr in flat
+    assert flat.index(tldr) < flat.index("Which multimodal model should we use")
+    assert (
+        "Code: https://github.com/marco-garosi/CIRCLE (9 stars) Project: https://circle-lmm.github.io/"
+        in flat
+    )
+    assert "<strong>TL;DR:</strong> Large Multimodal Models demonstrate" in out.html
+    code = out.html.index("Code: marco-garosi/CIRCLE")
+    assert out.html.index('href="https://circle-lmm.github.io/"') > code
+    assert f'<mark style="{MARK_STYLE}">in-context learning</mark>' in out.html
+    bare = Renderer().render(_view(replace(view, tldr=None, project_page=None, keywords=())))
+    assert "TL;DR" not in bare.text and "TL;DR" not in bare.html
+    assert "Project" not in bare.text

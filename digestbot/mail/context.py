@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.message import build_message, dkim_sign, message_bytes
-from digestbot.matching import Match
+from digestbot.matching import Match, evidence
 from digestbot.models import DigestItem, Paper
 from digestbot.render import DigestView, PaperView, RenderedDigest, Renderer
 
@@ -97,7 +97,11 @@ def digest_view(
 
 
 def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
-    """One paper as shown, with why it matched (fixed when the digest was planned)."""
+    """One paper as shown, with why it matched: the queries and title/abstract spans were fixed
+    when the digest was planned; the named authors and matching feed keywords are found again
+    here from those queries (matching.evidence)."""
+    found = evidence(tuple(item.matched), paper)
+    keywords = tuple(paper.ai_keywords or ())
     return PaperView(
         arxiv_id=paper.arxiv_id,
         title=paper.title,
@@ -110,6 +114,9 @@ def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
         matched=tuple(item.matched),
         title_spans=tuple((int(a), int(b)) for a, b in item.title_spans),
         summary_spans=tuple((int(a), int(b)) for a, b in item.summary_spans),
+        tldr=paper.ai_summary,
+        author_hits=found.authors,
+        keywords=tuple((keywords[i], spans) for i, spans in found.keywords),
     )
 
 

@@ -4,13 +4,14 @@
     index = PaperIndex.build(papers)
     for m in index.match(flt): ...      # ranked Match values with matched queries and highlight spans
     explain(flt, paper)                 # the same answer for one paper, evaluated directly
+    evidence(m.matched, paper)          # the authors and feed keywords behind a Match
 
 Pure: no database, HTTP, SMTP or settings imports.
 """
 
 from digestbot.errors import QueryError
 
-from .explain import explain
+from .explain import Evidence, evidence, explain
 from .index import PaperIndex, bulk_matching
 from .model import Match, PaperDoc, rank_key
 from .query import CompiledFilter, Query, compile_filter, parse_query
@@ -18,6 +19,7 @@ from .text import normalize
 
 __all__ = [
     "CompiledFilter",
+    "Evidence",
     "Match",
     "PaperDoc",
     "PaperIndex",
@@ -25,6 +27,7 @@ __all__ = [
     "QueryError",
     "bulk_matching",
     "compile_filter",
+    "evidence",
     "explain",
     "normalize",
     "parse_query",

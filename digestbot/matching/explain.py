@@ -8,8 +8,11 @@ statistics of the whole window.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+
+from digestbot.errors import QueryError
 
 from .model import (
     DEFAULT_FIELDS,
@@ -19,7 +22,7 @@ from .model import (
     idf,
     merge_spans,
 )
-from .query import CompiledFilter, Node, Term
+from .query import CompiledFilter, Node, Term, parse_query
 from .text import Token, name_matches, tokenize, words
 
 
@@ -164,4 +167,54 @@ def explain(flt: CompiledFilter, paper: PaperDoc) -> Match | None:
         tuple(q.text for q in matched),
         merge_spans(tspans),
         merge_spans(sspans),
+    )
+
+
+Spans = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Where a paper's matched queries hold outside title and abstract, for showing the reason.
+
+    (Title and abstract spans are in the Match itself.)
+    """
+
+    authors: tuple[int, ...]
+    """Indices into the paper's ``authors`` that an ``author:`` term names."""
+    keywords: tuple[tuple[int, Spans], ...]
+    """(index into the paper's ``ai_keywords``, [start, end) spans in that keyword) for every
+    feed keyword a matched query's term occurs in."""
+
+
+def evidence(queries: Sequence[str], paper: PaperDoc) -> Evidence:
+    """The authors and feed keywords that `queries` (a Match's ``matched`` texts) hit in `paper`.
+
+    Only the terms that make each query true count (not its negated ones). A query text that no
+    longer parses is skipped: evidence is shown, never required.
+    """
+    authors = tuple(paper.authors or ())
+    keywords = tuple(paper.ai_keywords or ())
+    a = _analyze_cached(
+        paper.title, paper.summary, authors, keywords, tuple(paper.categories or ())
+    )
+    names = [words(n) for n in authors]
+    hit_authors: set[int] = set()
+    hit_keywords: dict[int, list[tuple[int, int]]] = {}
+    for text in queries:
+        try:
+            node = parse_query(text).node
+        except QueryError:
+            continue
+        for field, items in satisfying_terms(node, lambda t: term_holds(t, a)) or ():
+            if field == "author":
+                hit_authors.update(i for i, n in enumerate(names) if name_matches(items, n))
+            elif field in ("keyword", "any"):
+                k = len(items)
+                for i, seg in enumerate(a.fields["keyword"]):
+                    for j in occurrences(seg, items):
+                        hit_keywords.setdefault(i, []).append((seg[j].start, seg[j + k - 1].end))
+    return Evidence(
+        tuple(sorted(hit_authors)),
+        tuple((i, merge_spans(spans)) for i, spans in sorted(hit_keywords.items())),
     )
