@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "arxiv_id",
     "clean_line",
     "has_unsafe",
+    "latex_to_text",
+    "plain_text",
     "safe_http_url",
     "snippet",
 ]
@@ -78,3 +82,64 @@ def safe_http_url(value: object) -> str | None:
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc or not host:
         return None
     return quote(url, safe=_URL_SAFE)
+
+
+# --------------------------------------------------------------------------- LaTeX as text
+
+# Characters that LaTeX reads as markup but feeds use as plain text: a comment sign would hide
+# the rest of an abstract ("5% better ..."), '&' and '#' are table and macro syntax.
+_LATEX_PLAIN = re.compile(r"(?<!\\)([%&#])")
+
+
+@lru_cache(maxsize=1)
+def _latex_converter() -> tuple[Any, Any]:
+    """pylatexenc's walker context and converter, built on first use (no work at import time).
+
+    One addition to pylatexenc's defaults: '_' in math is a subscript and reads as nothing
+    (`$\\ell_p$` is "ℓp"); outside math it stays a plain underscore.
+    """
+    from pylatexenc import macrospec
+    from pylatexenc.latex2text import LatexNodes2Text, SpecialsTextSpec
+    from pylatexenc.latex2text import get_default_latex_context_db as text_db
+    from pylatexenc.latexwalker import get_default_latex_context_db as walker_db
+
+    def underscore(node: Any, **_: Any) -> str:
+        return "" if node.parsing_state.in_math_mode else "_"
+
+    walker_context = walker_db()
+    walker_context.add_context_category(
+        "digestbot", prepend=True, specials=[macrospec.SpecialsSpec("_")]
+    )
+    text_context = text_db()
+    text_context.add_context_category(
+        "digestbot", prepend=True, specials=[SpecialsTextSpec("_", simplify_repl=underscore)]
+    )
+    return walker_context, LatexNodes2Text(latex_context=text_context, math_mode="text")
+
+
+@lru_cache(maxsize=4096)
+def latex_to_text(value: str) -> str:
+    """LaTeX in a title or abstract as plain Unicode (`$\\ell_p$` -> ℓp, `\\emph{x}` -> x).
+
+    Text without a backslash or a dollar is returned unchanged. The conversion is pylatexenc's
+    (tolerant parsing); should it fail on some input, the text is kept as it was.
+    """
+    if "\\" not in value and "$" not in value:
+        return value
+    from pylatexenc.latexwalker import LatexWalker, LatexWalkerError
+
+    walker_context, converter = _latex_converter()
+    try:
+        walker = LatexWalker(
+            _LATEX_PLAIN.sub(r"\\\1", value), latex_context=walker_context, tolerant_parsing=True
+        )
+        return str(converter.nodelist_to_text(walker.get_latex_nodes()[0]))
+    except (LatexWalkerError, ValueError, IndexError, KeyError, RecursionError):
+        # a converter failure must not lose a paper: keep the text as sent
+        return value
+
+
+def plain_text(value: object) -> str:
+    """A feed's title or abstract as one clean line of plain text: LaTeX converted, then
+    :func:`clean_line`. Matching, highlights and digests all see this same text."""
+    return clean_line(latex_to_text(str(value)))

@@ -382,3 +382,24 @@ def test_lone_dash_before_a_negated_phrase_is_still_only_negated() -> None:
         parse_query('- -"video generation"')
     assert "only negated terms" in info.value.reason
     assert info.value.column == 3
+
+
+def test_evidence_names_matched_authors_and_feed_keywords() -> None:
+    """evidence() returns the authors an author: query names and the spans of the feed keywords a query hits."""
+    from types import SimpleNamespace
+
+    from digestbot.matching import evidence
+
+    paper = SimpleNamespace(
+        arxiv_id="2305.10601",
+        title="Complexity-Based Prompting",
+        summary="Chain of thought.",
+        authors=["Yao Fu", "Hao Peng", "Litu Ou", "Tushar Khot", "Ashish Sabharwal"],
+        ai_keywords=["diffusion models", "in-context learning"],
+        categories=[],
+        upvotes=3,
+    )
+    found = evidence(['author:"Sabharwal"', "keyword:diffusion", "learning -video"], paper)
+    assert found.authors == (4,)
+    assert found.keywords == ((0, ((0, 9),)), (1, ((11, 19),)))
+    assert evidence(["prompting NOT thought", "((broken"], paper).keywords == ()

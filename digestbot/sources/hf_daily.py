@@ -155,7 +155,7 @@ def _parse_item(item: Any) -> FetchedPaper:
         )
     f = _Fields(paper, "paper")
     arxiv_id = _arxiv_id(f.required_str("id"))
-    title = text.clean_line(f.required_str("title", limit=MAX_TITLE_CHARS))
+    title = text.plain_text(f.required_str("title", limit=MAX_TITLE_CHARS))
     if not title:
         raise _Reject("'paper.title' is empty")
     featured_at = _datetime(f.required_str("submittedOnDailyAt"), "paper.submittedOnDailyAt")
@@ -165,7 +165,7 @@ def _parse_item(item: Any) -> FetchedPaper:
     return FetchedPaper(
         arxiv_id=arxiv_id,
         title=title,
-        summary=text.clean_line(f.optional_str("summary", limit=MAX_ABSTRACT_CHARS) or ""),
+        summary=text.plain_text(f.optional_str("summary", limit=MAX_ABSTRACT_CHARS) or ""),
         authors=_authors(f.optional_list("authors", limit=MAX_AUTHORS)),
         published_at=published_at,
         featured_at=featured_at,
@@ -174,7 +174,7 @@ def _parse_item(item: Any) -> FetchedPaper:
         github_repo=text.safe_http_url(f.optional_str("githubRepo", limit=MAX_URL_CHARS)),
         github_stars=f.optional_count("githubStars"),
         project_page=text.safe_http_url(f.optional_str("projectPage", limit=MAX_URL_CHARS)),
-        ai_summary=text.clean_line(f.optional_str("ai_summary", limit=MAX_AI_SUMMARY_CHARS) or "")
+        ai_summary=text.plain_text(f.optional_str("ai_summary", limit=MAX_AI_SUMMARY_CHARS) or "")
         or None,
         ai_keywords=_keywords(f.optional_list("ai_keywords", limit=MAX_KEYWORDS)),
     )
