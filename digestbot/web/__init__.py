@@ -7,6 +7,6 @@ by `digestbot.tokens`, the one home of issuing and checking them.
 
 from __future__ import annotations
 
-from digestbot.web.app import create_app, run_server
+from digestbot.web.app import create_app, make_server, run_server
 
-__all__ = ["create_app", "run_server"]
+__all__ = ["create_app", "make_server", "run_server"]

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
+import uvicorn
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -206,10 +207,8 @@ def _is_one_click(request: Request, body: bytes) -> bool:
     return b"One-Click" in body and b"List-Unsubscribe" in body
 
 
-def run_server(settings: Settings, *, host: str, port: int) -> None:
-    """Serve the app with uvicorn until SIGINT/SIGTERM. No access log: URLs carry tokens."""
-    import uvicorn
-
+def make_server(settings: Settings, *, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for the app (not started). No access log: URLs carry tokens."""
     config = uvicorn.Config(
         create_app(settings),
         host=host,
@@ -218,5 +217,11 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=True,
+        lifespan="off",
     )
-    uvicorn.Server(config).run()
+    return uvicorn.Server(config)
+
+
+def run_server(settings: Settings, *, host: str, port: int) -> None:
+    """Serve the app until SIGINT or SIGTERM."""
+    make_server(settings, host=host, port=port).run()
