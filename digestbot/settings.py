@@ -285,8 +285,9 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
 
 
 def _old_secrets(r: _Reader, name: str) -> tuple[str, ...] | None:
-    """Comma-separated former unsubscribe secrets, each of 16+ characters."""
-    value = r.text(name, secret=True, allow_space=False)
+    """Comma-separated former unsubscribe secrets, each of 16+ characters (spaces around commas
+    are dropped)."""
+    value = r.text(name, secret=True)
     if value is None:
         return None
     secrets = tuple(part for part in (p.strip() for p in value.split(",")) if part)
