@@ -542,7 +542,8 @@ class Settings:
     unsubscribe_url: str | None = setting(
         "DIGESTBOT_UNSUBSCRIBE_URL",
         None,
-        "Optional one-click unsubscribe URL: https, with {token} (and optionally {email}).",
+        "Public URL of `digestbot serve`'s unsubscribe page, with {token} (and optionally {email}): "
+        "https; plain http only for a loopback host.",
         group="Headers",
         parse=_unsubscribe_url,
     )
