@@ -813,9 +813,11 @@ def resubscribe(
 
 @cli.command()
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")
+        int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port to listen on.")
     ] = 8000,
 ) -> None:
     """Run the unsubscribe web endpoint (GET page, RFC 8058 one-click POST, /healthz).
