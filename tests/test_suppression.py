@@ -230,3 +230,11 @@ def test_old_secrets_check_but_never_issue() -> None:
     assert url == f"https://d.example.org/u?token={issued}"
     with pytest.raises(ConfigError, match="DIGESTBOT_UNSUBSCRIBE_OLD_SECRETS"):
         load_settings(environ={"DIGESTBOT_UNSUBSCRIBE_OLD_SECRETS": "short"}, env_file=None)
+
+
+def test_preview_says_the_address_unsubscribed(workdir: Path) -> None:
+    """`digestbot preview` of an address that unsubscribed renders nothing and says why."""
+    assert invoke("unsubscribe", "ada@example.org").exit_code == 0
+    result = invoke("preview", "ada@example.org", "--date", "2026-03-04")
+    assert "unsubscribed" in result.output
+    assert "Subject:" not in result.output
