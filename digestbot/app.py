@@ -13,7 +13,6 @@ import httpx
 from sqlalchemy.engine import Engine
 
 from digestbot import logs, outbox
-from digestbot.addresses import parse_mailbox
 from digestbot.db import open_database
 from digestbot.errors import ConfigError
 from digestbot.mail.backends import Backend, ConsoleBackend, FileBackend, SMTPBackend
@@ -73,7 +72,6 @@ def make_backend(settings: Settings) -> Backend:
 
 def mail_context(settings: Settings) -> MailContext:
     """What every message shares; reads the DKIM key file once and checks every template."""
-    display = parse_mailbox(settings.mail_from).display_name
     key = None
     if settings.dkim_key_file is not None:
         try:
@@ -94,7 +92,7 @@ def mail_context(settings: Settings) -> MailContext:
         renderer=renderer,
         from_addr=settings.mail_from,
         envelope_from=settings.mail_from_address,
-        list_name=display or "Paper Digest",
+        list_name=settings.list_name,
         list_id=settings.effective_list_id,
         unsubscribe_email=settings.effective_unsubscribe_email,
         unsubscribe_url=settings.unsubscribe_url,

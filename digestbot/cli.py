@@ -25,8 +25,9 @@ from sqlalchemy.engine import Engine
 from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, matching, pipeline, schedule, store
+from digestbot.addresses import AddressError, check_address
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
-from digestbot.models import DeliveryHealth, DigestState
+from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
 
 cli = typer.Typer(
@@ -553,6 +554,13 @@ def _status_json(
             "errors_in_a_row": health.errors_in_a_row if health else 0,
             "last_ok_at": _iso(health.last_ok_at) if health else None,
         },
+        "suppressed": {
+            "count": st.suppressed,
+            "latest": [
+                {"address": u.address, "method": str(u.method), "at": _iso(u.at)}
+                for u in st.latest_suppressed
+            ],
+        },
         "waiting_for_retry": [
             p for p, s in zip(problem, states, strict=True) if s == DigestState.DEFERRED
         ],
@@ -589,6 +597,9 @@ def _print_status(
     for n in st.noted:
         out.print(f"  {n.state:<8} {n.email}  day {n.period}: {n.note}", markup=False)
     out.print(_delivery_line(st.delivery), markup=False)
+    out.print(f"unsubscribed (suppressed): {st.suppressed}", markup=False)
+    for u in st.latest_suppressed:
+        out.print(f"  {u.address}  {u.method} {_when(u.at)}", markup=False)
     waiting = [p for p in st.problems if p.state == DigestState.DEFERRED]
     failed = [p for p in st.problems if p.state == DigestState.FAILED]
     for title, rows in (("waiting for retry", waiting), ("failed", failed)):
@@ -704,6 +715,7 @@ def check(
         for sp in specs:
             out.print(f"  {sp.email}: {sp.describe()}", markup=False)
         app.mail_context(settings)
+        _warn_unsubscribed(settings, [sp.email for sp in specs])
         if not smtp:
             return
         problems = 0
@@ -735,6 +747,91 @@ def check(
                 backend.close()
         if problems:
             raise typer.Exit(1)
+
+
+def _warn_unsubscribed(settings: Settings, emails: list[str]) -> None:
+    """`check`: a warning (not an error) for people in the file who unsubscribed."""
+    try:
+        engine = app.database(settings, create=False)
+    except DigestbotError:
+        return  # no database (yet): nobody has unsubscribed
+    gone = pipeline.unsubscribed(engine, emails)
+    if gone:
+        err.print(
+            f"warning: {len(gone)} subscriber(s) in {settings.subscribers_path} unsubscribed "
+            f"and get nothing: {', '.join(gone)} (remove them from the file, or "
+            "`digestbot resubscribe EMAIL` if they asked to come back)",
+            markup=False,
+        )
+
+
+def _address(value: str) -> str:
+    try:
+        return check_address(value)
+    except AddressError as exc:
+        raise ConfigError(f"{value!r} {exc}", field="EMAIL") from None
+
+
+@cli.command(cls=_Command)
+def unsubscribe(
+    email: Annotated[str, typer.Argument(metavar="EMAIL", help="The address to unsubscribe.")],
+) -> None:
+    """Put an address on the suppression list: nothing more is planned or sent to it.
+
+    Works even while the address is still in the subscribers file; digests already planned or
+    waiting for a retry are not sent. Running it again changes nothing.
+
+    Example: digestbot unsubscribe ada@example.org
+    """
+    with _errors():
+        settings = _settings()
+        address = _address(email)
+        engine = app.database(settings)
+        entry = pipeline.unsubscribe(engine, address, method=UnsubscribeMethod.OPERATOR, now=_now())
+        out.print(
+            f"{address} is unsubscribed (since {_when(entry.at)}, {entry.method})", markup=False
+        )
+
+
+@cli.command(cls=_Command)
+def resubscribe(
+    email: Annotated[str, typer.Argument(metavar="EMAIL", help="The address to resubscribe.")],
+) -> None:
+    """Take an address off the suppression list; it gets digests again if it is in the file.
+
+    Example: digestbot resubscribe ada@example.org
+    """
+    with _errors():
+        settings = _settings()
+        address = _address(email)
+        engine = app.database(settings)
+        if pipeline.resubscribe(engine, address):
+            out.print(f"{address} is subscribed again", markup=False)
+        else:
+            out.print(f"{address} was not unsubscribed; nothing changed", markup=False)
+
+
+@cli.command()
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port to listen on.")
+    ] = 8000,
+) -> None:
+    """Run the unsubscribe web endpoint (GET page, RFC 8058 one-click POST, /healthz).
+
+    Put it behind a TLS reverse proxy at the address of DIGESTBOT_UNSUBSCRIBE_URL. Needs
+    DIGESTBOT_UNSUBSCRIBE_SECRET. Stops on SIGINT or SIGTERM.
+
+    Example: digestbot serve --host 127.0.0.1 --port 8000
+    """
+    from digestbot.web import run_server
+
+    with _errors():
+        settings = _settings()
+        run_server(settings, host=host, port=port)
 
 
 @cli.command(cls=_Command)

@@ -44,7 +44,8 @@ class DigestState(StrEnum):
     """Where a digest is in the outbox.
 
     planned → sending → sent; sending → deferred (retry at next_attempt_at) → sending ...;
-    sending → failed (permanent, or given up); skipped (nothing matched, nothing to send).
+    sending → failed (permanent, or given up); skipped (nothing matched, nothing to send);
+    planned or deferred → suppressed (the address unsubscribed: not sent).
     """
 
     PLANNED = "planned"
@@ -53,6 +54,15 @@ class DigestState(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     SKIPPED = "skipped"
+    SUPPRESSED = "suppressed"
+
+
+class UnsubscribeMethod(StrEnum):
+    """How an address got on the suppression list."""
+
+    ONE_CLICK = "one-click"  # a mail client's RFC 8058 POST
+    PAGE = "page"  # the button on the unsubscribe page
+    OPERATOR = "operator"  # `digestbot unsubscribe EMAIL`
 
 
 class Paper(SQLModel, table=True):
@@ -94,6 +104,19 @@ class Subscriber(SQLModel, table=True):
     paused_at: datetime | None = _utc(default=None, nullable=True)
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
+
+
+class Suppression(SQLModel, table=True):
+    """An address that unsubscribed: nothing is planned or sent to it, even while it is still in
+    the subscribers file. One row per address_key; `digestbot resubscribe` deletes it."""
+
+    __tablename__ = "suppressions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    address_key: str = Field(max_length=320, sa_column_kwargs={"unique": True})
+    address: str = Field(max_length=320)  # as given (token, command line)
+    method: str = Field(max_length=16)  # an UnsubscribeMethod
+    created_at: datetime = _utc(index=True)
 
 
 class Digest(SQLModel, table=True):

@@ -2,7 +2,8 @@
 
 States are models.DigestState: planned → sending → sent; sending → deferred (retry at
 next_attempt_at) → sending ...; sending → failed (permanent); skipped (nothing matched, nothing to
-send). What one delivery attempt came to is an Outcome. Uniqueness lives in the database: one
+send); planned or deferred → suppressed (the address unsubscribed, store.suppress). What one
+delivery attempt came to is an Outcome. Uniqueness lives in the database: one
 digest per (subscriber, period) and one item per (subscriber, paper).
 """
 
@@ -30,7 +31,13 @@ from digestbot.models import (
     UTCDateTime,
     table_of,
 )
-from digestbot.store import chunks, dialect_insert, papers_by_id, subscriber_records
+from digestbot.store import (
+    chunks,
+    dialect_insert,
+    papers_by_id,
+    subscriber_records,
+    suppressed_subscriber_ids,
+)
 
 LEASE = timedelta(minutes=30)
 MATCHED = "matched"  # DigestItem.section of a paper a query matched
@@ -349,7 +356,8 @@ def _release(d: Digest) -> None:
 
 def _due(now: datetime) -> sa.ColumnElement[bool]:
     """Digests to deliver now: planned, or deferred with their retry time come; of active subscribers
-    only (someone removed from the subscribers file gets nothing more, even a digest planned before)."""
+    only (someone removed from the subscribers file gets nothing more, even a digest planned before)
+    whose address is not on the suppression list."""
     active = sa.select(col(Subscriber.id)).where(col(Subscriber.active).is_(True))
     return sa.and_(
         sa.or_(
@@ -357,6 +365,7 @@ def _due(now: datetime) -> sa.ColumnElement[bool]:
             sa.and_(col(Digest.state) == DigestState.DEFERRED, col(Digest.next_attempt_at) <= now),
         ),
         col(Digest.subscriber_id).in_(active),
+        col(Digest.subscriber_id).not_in(suppressed_subscriber_ids()),
     )
 
 

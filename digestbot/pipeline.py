@@ -34,7 +34,7 @@ from digestbot.mail.context import MailContext, compose, digest_view
 from digestbot.mail.message import make_message_id
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
-from digestbot.models import DigestState, Paper
+from digestbot.models import DigestState, Paper, UnsubscribeMethod
 from digestbot.render import DigestView, RenderedDigest
 from digestbot.sources.base import FetchedPaper, WindowResult
 from digestbot.subscribers import SubscriberSpec
@@ -164,6 +164,31 @@ def status(engine: Engine, *, file_emails: Sequence[str] | None) -> store.Status
         return store.status(s, file_emails=file_emails)
 
 
+# -- unsubscribing --------------------------------------------------------------------------
+
+
+def unsubscribe(
+    engine: Engine, address: str, *, method: UnsubscribeMethod, now: datetime
+) -> store.Suppressed:
+    """Put `address` on the suppression list (repeats are harmless: the first entry is kept);
+    its digests planned or deferred are marked suppressed and nothing more is planned for it."""
+    with session_scope(engine) as s:
+        return store.suppress(s, address=address, method=method, now=now)
+
+
+def resubscribe(engine: Engine, address: str) -> bool:
+    """Take `address` off the suppression list; False when it was not on it."""
+    with session_scope(engine) as s:
+        return store.unsuppress(s, address=address)
+
+
+def unsubscribed(engine: Engine, emails: Sequence[str]) -> list[str]:
+    """The addresses (as given, in order) that are on the suppression list. Reads only."""
+    with session_scope(engine) as s:
+        keys = store.suppressed_keys(s, emails)
+    return [e for e in emails if address_key(e) in keys]
+
+
 # -- matching -------------------------------------------------------------------------------
 
 
@@ -193,6 +218,7 @@ class PlanSummary:
     skipped: int = 0
     existing: int = 0
     off: int = 0  # subscribers with frequency = "off": nothing planned
+    suppressed: int = 0  # subscribers who unsubscribed: nothing planned
 
 
 TRENDING_SLACK = 100  # trending candidates read per subscriber beyond N (some may be held)
@@ -218,9 +244,12 @@ def compute_plans(
     The period is the one holding `day` when given, else the one holding the subscriber's local
     date at `as_of` (a day, or a week for weekly). Subscribers with frequency "off" get nothing;
     one back from "off" gets the normal window, not the backlog. Recipients that already have a
-    digest for the period are left out unless `skip_existing` is false (previews).
+    digest for the period are left out unless `skip_existing` is false (previews). Addresses on
+    the suppression list (they unsubscribed) get nothing, even while in the subscribers file.
     """
     active = [r for r in recipients if r.spec.frequency != schedule.OFF]
+    blocked = store.suppressed_keys(session, [r.spec.email for r in active])
+    active = [r for r in active if address_key(r.spec.email) not in blocked]
     pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in active]
     have = outbox.existing_periods(session, pairs) if skip_existing else set()
     todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
@@ -388,14 +417,21 @@ def plan_digests(
         ]
         if off:
             outbox.mark_paused(s, subscriber_ids=off, now=now)
-    existing = len(recipients) - len(off) - len(plans)
+        suppressed = len(
+            store.suppressed_keys(
+                s, [r.spec.email for r in recipients if r.spec.frequency != schedule.OFF]
+            )
+        )
+    existing = len(recipients) - len(off) - suppressed - len(plans)
     for offset in range(0, len(plans), PLAN_BATCH):
         batch = plans[offset : offset + PLAN_BATCH]
         with session_scope(engine) as s:
             outbox.store_plans(s, plans=batch, now=now)
         planned += sum(1 for p in batch if p.state == DigestState.PLANNED)
         skipped += sum(1 for p in batch if p.state == DigestState.SKIPPED)
-    return PlanSummary(planned=planned, skipped=skipped, existing=existing, off=len(off))
+    return PlanSummary(
+        planned=planned, skipped=skipped, existing=existing, off=len(off), suppressed=suppressed
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +608,17 @@ def preview(
     """
     [recipient] = known_recipients(engine, [spec])
     with session_scope(engine) as s:
+        if store.suppressed_keys(s, [spec.email]):
+            return Preview(
+                rendered=None,
+                frequency=spec.frequency,
+                period=None,
+                window=None,
+                stored_papers=0,
+                fetch_day=None,
+                reason="the address unsubscribed: nothing is planned or sent "
+                "(`digestbot resubscribe` undoes it)",
+            )
         pending = outbox.next_unsent(s, subscriber_id=recipient.id)
         if pending is not None:
             digests, papers = outbox.load_digests(s, [pending])
@@ -737,6 +784,9 @@ def deliver_due(
     limiter = limiter or RateLimiter(None)
     with session_scope(engine) as s:
         reclaimed = outbox.reclaim_orphans(s, now=clock())
+        withheld = store.mark_suppressed_digests(s)
+    if withheld:
+        log.info("%d digest(s) not sent: their address unsubscribed", withheld)
     if reclaimed:
         log.warning(
             "took back %d digest(s) left mid-send by a stopped run; sending them again", reclaimed

@@ -32,6 +32,7 @@ from digestbot.addresses import AddressError, check_address, check_dns_name, is_
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
 from digestbot.text import has_unsafe
+from digestbot.tokens import is_public_url_scheme_ok
 
 __all__ = [
     "PLACEHOLDER_FROM",
@@ -256,9 +257,15 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
     if value is None:
         return None
     example = "expected e.g. https://example.org/unsubscribe?token={token}"
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme.lower() != "https" or not parts.netloc:
-        raise r.error(name, f"{_show(value)} is not an https URL; {example}")
+    try:
+        scheme_ok = is_public_url_scheme_ok(value)
+    except ValueError as exc:
+        raise r.error(name, f"{_show(value)} is not a URL ({exc}); {example}") from None
+    if not scheme_ok:
+        raise r.error(
+            name,
+            f"{_show(value)} is not an https URL (plain http only for a loopback host); {example}",
+        )
     try:
         placeholders = {
             fname for _, fname, _, _ in string.Formatter().parse(value) if fname is not None
@@ -275,6 +282,18 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
     if "token" not in placeholders:
         raise r.error(name, f"must contain the {{token}} placeholder; {example}")
     return value
+
+
+def _old_secrets(r: _Reader, name: str) -> tuple[str, ...] | None:
+    """Comma-separated former unsubscribe secrets, each of 16+ characters (spaces around commas
+    are dropped)."""
+    value = r.text(name, secret=True)
+    if value is None:
+        return None
+    secrets = tuple(part for part in (p.strip() for p in value.split(",")) if part)
+    if any(len(part) < 16 for part in secrets):
+        raise r.error(name, "each old secret must have at least 16 characters")
+    return secrets or None
 
 
 def _list_id(r: _Reader, name: str) -> str | None:
@@ -523,7 +542,8 @@ class Settings:
     unsubscribe_url: str | None = setting(
         "DIGESTBOT_UNSUBSCRIBE_URL",
         None,
-        "Optional one-click unsubscribe URL: https, with {token} (and optionally {email}).",
+        "Public URL of `digestbot serve`'s unsubscribe page, with {token} (and optionally {email}): "
+        "https; plain http only for a loopback host.",
         group="Headers",
         parse=_unsubscribe_url,
     )
@@ -534,6 +554,15 @@ class Settings:
         "required with DIGESTBOT_UNSUBSCRIBE_URL.",
         group="Headers",
         parse=_text(secret=True),
+        secret=True,
+    )
+    unsubscribe_old_secrets: tuple[str, ...] | None = setting(
+        "DIGESTBOT_UNSUBSCRIBE_OLD_SECRETS",
+        None,
+        "Former unsubscribe secrets, comma-separated: their tokens are still accepted by "
+        "`digestbot serve`, never issued.",
+        group="Headers",
+        parse=_old_secrets,
         secret=True,
     )
     list_id: str | None = setting(
@@ -603,6 +632,17 @@ class Settings:
         if self.list_id:
             return self.list_id if ">" in self.list_id else f"<{self.list_id}>"
         return f"<digest.{self.from_domain}>"
+
+    @property
+    def list_name(self) -> str:
+        """The list's name shown in digests and on the unsubscribe pages: the From display name."""
+        return _parse_mailbox(self.mail_from).display_name or "Paper Digest"
+
+    @property
+    def unsubscribe_secrets(self) -> tuple[str, ...]:
+        """Secrets whose unsubscribe tokens are accepted: the current one first, then the old ones."""
+        current = (self.unsubscribe_secret,) if self.unsubscribe_secret else ()
+        return current + (self.unsubscribe_old_secrets or ())
 
     @property
     def effective_dkim_domain(self) -> str | None:

@@ -1,4 +1,4 @@
-"""Reads and writes of papers, subscribers, fetch runs and the database's identity.
+"""Reads and writes of papers, subscribers, the suppression list, fetch runs and the database's identity.
 
 Plain keyword-only functions over a Session. Addresses are compared by
 `digestbot.addresses.address_key`, stored in `subscribers.address_key`.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,9 @@ from digestbot.models import (
     FetchRun,
     Paper,
     Subscriber,
+    Suppression,
+    UnsubscribeMethod,
+    table_of,
 )
 from digestbot.sources.base import FetchedPaper
 
@@ -264,6 +267,98 @@ def subscriber_records(session: Session, ids: Iterable[int]) -> dict[int, Subscr
     return out
 
 
+# -- the suppression list -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """An address on the suppression list: when and how it unsubscribed."""
+
+    address: str
+    method: UnsubscribeMethod
+    at: datetime
+
+
+def suppress(
+    session: Session, *, address: str, method: UnsubscribeMethod, now: datetime
+) -> Suppressed:
+    """Put `address` on the suppression list (compared by address_key); a repeat changes nothing
+    and returns the first entry. Digests planned or deferred for it are marked suppressed."""
+    key = address_key(address)
+    session.execute(
+        dialect_insert(session, table_of(Suppression))
+        .values(address_key=key, address=address.strip(), method=method, created_at=now)
+        .on_conflict_do_nothing(index_elements=["address_key"])
+    )
+    row = session.exec(select(Suppression).where(col(Suppression.address_key) == key)).one()
+    mark_suppressed_digests(session, keys=[key])
+    return Suppressed(address=row.address, method=UnsubscribeMethod(row.method), at=row.created_at)
+
+
+def unsuppress(session: Session, *, address: str) -> bool:
+    """Take `address` off the suppression list; False when it was not on it. Digests already
+    marked suppressed stay so (they were not sent, and their papers are free for the next one)."""
+    table = table_of(Suppression)
+    result = session.connection().execute(
+        table.delete().where(table.c.address_key == address_key(address))
+    )
+    return bool(result.rowcount)
+
+
+def suppressed_keys(session: Session, emails: Iterable[str]) -> set[str]:
+    """The address_keys of these addresses that are on the suppression list."""
+    keys = sorted({address_key(e) for e in emails})
+    out: set[str] = set()
+    for chunk in chunks(keys):
+        out.update(
+            session.execute(
+                sa.select(col(Suppression.address_key)).where(
+                    col(Suppression.address_key).in_(chunk)
+                )
+            ).scalars()
+        )
+    return out
+
+
+def suppressed_subscriber_ids() -> sa.Select[Any]:
+    """A subquery: ids of subscribers whose address is on the suppression list."""
+    return sa.select(col(Subscriber.id)).where(
+        col(Subscriber.address_key).in_(sa.select(col(Suppression.address_key)))
+    )
+
+
+def mark_suppressed_digests(session: Session, *, keys: Sequence[str] | None = None) -> int:
+    """Digests planned or deferred for suppressed addresses (these `keys`, or all) will not be
+    sent: mark them suppressed. A digest being sent right now is left to its sender."""
+    table = table_of(Digest)
+    who = suppressed_subscriber_ids()
+    if keys is not None:
+        who = who.where(col(Subscriber.address_key).in_(list(keys)))
+    result = session.connection().execute(
+        table.update()
+        .where(
+            table.c.state.in_((DigestState.PLANNED, DigestState.DEFERRED)),
+            table.c.subscriber_id.in_(who),
+        )
+        .values(
+            state=DigestState.SUPPRESSED,
+            next_attempt_at=None,
+            last_error="not sent: the address unsubscribed",
+        )
+    )
+    return result.rowcount or 0
+
+
+def latest_suppressed(session: Session, *, limit: int) -> list[Suppressed]:
+    """The newest entries of the suppression list, newest first."""
+    rows = session.exec(
+        select(Suppression)
+        .order_by(col(Suppression.created_at).desc(), col(Suppression.id).desc())
+        .limit(limit)
+    )
+    return [Suppressed(r.address, UnsubscribeMethod(r.method), r.created_at) for r in rows]
+
+
 # -- status ---------------------------------------------------------------------------------
 
 
@@ -302,6 +397,8 @@ class Status:
     delivery: DeliveryHealth | None  # None: no delivery run has recorded anything yet
     digests_by_frequency: dict[str, int]  # "daily"/"weekly" -> digests planned so far
     noted: list[Noted]  # planned without a good fetch for their day, newest first
+    suppressed: int = 0  # addresses on the suppression list
+    latest_suppressed: list[Suppressed] = field(default_factory=list)  # newest first
 
 
 def last_good_fetch(session: Session) -> FetchRun | None:
@@ -315,7 +412,11 @@ def last_good_fetch(session: Session) -> FetchRun | None:
 
 
 def status(
-    session: Session, *, file_emails: Sequence[str] | None = None, problem_limit: int = 50
+    session: Session,
+    *,
+    file_emails: Sequence[str] | None = None,
+    problem_limit: int = 50,
+    suppressed_limit: int = 5,
 ) -> Status:
     """What `digestbot status` shows; `file_emails` (the subscribers file) is checked for people
     not synced yet. Read-only."""
@@ -376,6 +477,10 @@ def status(
                 .limit(problem_limit)
             )
         ],
+        suppressed=session.execute(
+            sa.select(sa.func.count()).select_from(Suppression)
+        ).scalar_one(),
+        latest_suppressed=latest_suppressed(session, limit=suppressed_limit),
     )
 
 

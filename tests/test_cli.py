@@ -493,6 +493,7 @@ def test_status_json_is_one_object_with_stable_keys_and_utc_times(workdir: Path)
         "delivery",
         "waiting_for_retry",
         "failed",
+        "suppressed",
     }
     assert data["papers_stored"] == 45 and data["papers_mailed"] > 0
     assert data["digests_by_frequency"] == {"daily": 3}
@@ -504,6 +505,7 @@ def test_status_json_is_one_object_with_stable_keys_and_utc_times(workdir: Path)
         "deferred": 0,
         "failed": 0,
         "skipped": 0,
+        "suppressed": 0,
     }
     assert set(data["last_fetch"]) == {
         "started_at",

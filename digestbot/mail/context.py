@@ -10,13 +10,12 @@ signing) is a ConfigError that stops the run.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from digestbot import tokens
 from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.message import build_message, dkim_sign, message_bytes
 from digestbot.matching import Match, evidence
@@ -45,9 +44,9 @@ class MailContext:
         mailto = f"mailto:{self.unsubscribe_email}?subject=unsubscribe"
         if not self.unsubscribe_url:
             return mailto, None
-        token = hmac.new(
-            (self.unsubscribe_secret or "").encode(), email.encode(), hashlib.sha256
-        ).hexdigest()[:32]
+        token = tokens.issue(
+            secret=self.unsubscribe_secret or "", list_id=self.list_id, address=email
+        )
         url = self.unsubscribe_url.replace("{token}", token).replace(
             "{email}", urllib.parse.quote(email, safe="")
         )

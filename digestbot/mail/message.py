@@ -18,6 +18,7 @@ from email.headerregistry import Address, BaseHeader, HeaderRegistry, Unstructur
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, cast
 
+from digestbot import tokens
 from digestbot.addresses import AddressError, check_dns_name, is_dot_atom, parse_addr_spec
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
@@ -158,7 +159,7 @@ def _mailto_uri(value: str) -> str:
 def _https_uri(value: str) -> str:
     value = value.strip()
     if (
-        not value.lower().startswith("https://")
+        not (value.lower().startswith("https://") or tokens.is_public_url_scheme_ok(value))
         or len(value) > _URI_MAX
         or _URI_FORBIDDEN.search(value)
     ):
