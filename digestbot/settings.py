@@ -32,7 +32,7 @@ from digestbot.addresses import AddressError, check_address, check_dns_name, is_
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
 from digestbot.text import has_unsafe
-from digestbot.tokens import is_public_url_scheme_ok
+from digestbot.tokens import is_endpoint_url, is_public_url_scheme_ok
 
 __all__ = [
     "PLACEHOLDER_FROM",
@@ -281,6 +281,13 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
         )
     if "token" not in placeholders:
         raise r.error(name, f"must contain the {{token}} placeholder; {example}")
+    if not is_endpoint_url(value):
+        raise r.error(
+            name,
+            f"{_show(value)} does not point at the endpoint of `digestbot serve`: the path must "
+            "end in /unsubscribe (a prefix before it is fine) and {token} must be the whole "
+            f"value of a single `token` query parameter; {example}",
+        )
     return value
 
 
@@ -542,8 +549,9 @@ class Settings:
     unsubscribe_url: str | None = setting(
         "DIGESTBOT_UNSUBSCRIBE_URL",
         None,
-        "Public URL of `digestbot serve`'s unsubscribe page, with {token} (and optionally {email}): "
-        "https; plain http only for a loopback host.",
+        "Public URL of `digestbot serve`'s unsubscribe page: a path ending in /unsubscribe "
+        "(any prefix before it) with the query `token={token}`, e.g. "
+        "https://example.org/unsubscribe?token={token}; https, plain http only for a loopback host.",
         group="Headers",
         parse=_unsubscribe_url,
     )

@@ -27,12 +27,17 @@ __all__ = [
     "MalformedToken",
     "TokenError",
     "WrongToken",
+    "ENDPOINT_PATH",
+    "TOKEN_PARAM",
     "check",
+    "is_endpoint_url",
     "is_public_url_scheme_ok",
     "issue",
     "list_key",
 ]
 
+ENDPOINT_PATH = "/unsubscribe"  # the route of `digestbot serve` that unsubscribe links open
+TOKEN_PARAM = "token"  # the query parameter that carries the token
 _DOMAIN = b"digestbot-unsubscribe"
 _MAX_TOKEN = 1024
 
@@ -131,3 +136,19 @@ def is_public_url_scheme_ok(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_endpoint_url(url: str) -> bool:
+    """Whether the DIGESTBOT_UNSUBSCRIBE_URL template `url` opens the route `digestbot serve`
+    answers: a path ending in ENDPOINT_PATH (any prefix before it, for a reverse proxy) whose
+    `{token}` is the whole value of the single TOKEN_PARAM query parameter, and nowhere else."""
+    token_mark, email_mark = "TOKENMARK0", "EMAILMARK0"
+    filled = url.replace("{token}", token_mark).replace("{email}", email_mark)
+    if filled.count(token_mark) != 1:
+        return False
+    parts = urllib.parse.urlsplit(filled)
+    if not parts.path.endswith(ENDPOINT_PATH) or token_mark in parts.fragment:
+        return False
+    fields = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    values = [value for key, value in fields if key == TOKEN_PARAM]
+    return values == [token_mark]

@@ -303,7 +303,7 @@ def test_retry_max_below_initial_is_an_error() -> None:
 
 def test_unsubscribe_url_needs_a_secret() -> None:
     """A one-click unsubscribe URL without a signing secret is rejected, and a short secret too."""
-    url = "https://example.org/unsubscribe?t={token}&e={email}"
+    url = "https://example.org/unsubscribe?token={token}&e={email}"
     with pytest.raises(ConfigError) as info:
         load({"DIGESTBOT_UNSUBSCRIBE_URL": url})
     assert info.value.field == "DIGESTBOT_UNSUBSCRIBE_SECRET"

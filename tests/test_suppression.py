@@ -194,7 +194,7 @@ def test_a_changed_character_breaks_the_token(address: str, data: st.DataObject)
         ("https://digest.example.org/unsubscribe?token={token}", True),
         ("http://127.0.0.1:8000/unsubscribe?token={token}", True),
         ("http://localhost/unsubscribe?token={token}", True),
-        ("http://[::1]:8000/u?token={token}", True),
+        ("http://[::1]:8000/unsubscribe?token={token}", True),
         ("http://digest.example.org/unsubscribe?token={token}", False),
         ("http://10.0.0.1/unsubscribe?token={token}", False),
         ("ftp://127.0.0.1/u?token={token}", False),
@@ -210,11 +210,58 @@ def test_unsubscribe_url_is_https_or_loopback_http(url: str, ok: bool) -> None:
             load_settings(environ=environ, env_file=None)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.org/u/{token}",
+        "https://example.org/unsubscribe?t={token}",
+        "https://example.org/unsubscribe/{token}",
+        "https://example.org/unsubscribe/?token={token}",
+        "https://example.org/unsubscribe?token=x{token}",
+        "https://example.org/unsubscribe?token={token}&token=1",
+        "https://example.org/list/unsubscribe/x?token={token}",
+        "https://example.org/unsubscribe?token={token}#{token}",
+    ],
+)
+def test_unsubscribe_url_must_open_the_served_route(url: str) -> None:
+    """DIGESTBOT_UNSUBSCRIBE_URL is refused unless {token} is the `token` query value of .../unsubscribe."""
+    environ = {"DIGESTBOT_UNSUBSCRIBE_URL": url, "DIGESTBOT_UNSUBSCRIBE_SECRET": SECRET}
+    with pytest.raises(ConfigError, match="/unsubscribe") as info:
+        load_settings(environ=environ, env_file=None)
+    assert info.value.field == "DIGESTBOT_UNSUBSCRIBE_URL"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.org/unsubscribe?token={token}",
+        "https://example.org/digest/unsubscribe?token={token}",
+        "https://example.org/unsubscribe?list=papers&token={token}&e={email}",
+    ],
+)
+def test_unsubscribe_url_may_have_a_prefix_and_other_params(url: str) -> None:
+    """A path prefix before /unsubscribe and extra query parameters are accepted."""
+    environ = {"DIGESTBOT_UNSUBSCRIBE_URL": url, "DIGESTBOT_UNSUBSCRIBE_SECRET": SECRET}
+    assert load_settings(environ=environ, env_file=None).unsubscribe_url == url
+
+
+def test_check_and_send_refuse_a_dead_unsubscribe_url(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check` and `send` exit 2 naming DIGESTBOT_UNSUBSCRIBE_URL when it points off the endpoint."""
+    monkeypatch.setenv("DIGESTBOT_UNSUBSCRIBE_URL", "https://example.org/u/{token}")
+    monkeypatch.setenv("DIGESTBOT_UNSUBSCRIBE_SECRET", SECRET)
+    for args in (("check",), ("send", "--no-fetch")):
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert "DIGESTBOT_UNSUBSCRIBE_URL" in result.output
+
+
 def test_old_secrets_check_but_never_issue() -> None:
     """Old secrets are accepted for checking only: digests' links are signed with the current one."""
     settings = load_settings(
         environ={
-            "DIGESTBOT_UNSUBSCRIBE_URL": "https://d.example.org/u?token={token}",
+            "DIGESTBOT_UNSUBSCRIBE_URL": "https://d.example.org/unsubscribe?token={token}",
             "DIGESTBOT_UNSUBSCRIBE_SECRET": "new-secret-0123456789",
             "DIGESTBOT_UNSUBSCRIBE_OLD_SECRETS": f" {SECRET} , ",
         },
@@ -227,7 +274,7 @@ def test_old_secrets_check_but_never_issue() -> None:
         list_id=settings.effective_list_id,
         address="ada@example.org",
     )
-    assert url == f"https://d.example.org/u?token={issued}"
+    assert url == f"https://d.example.org/unsubscribe?token={issued}"
     with pytest.raises(ConfigError, match="DIGESTBOT_UNSUBSCRIBE_OLD_SECRETS"):
         load_settings(environ={"DIGESTBOT_UNSUBSCRIBE_OLD_SECRETS": "short"}, env_file=None)
 

@@ -113,11 +113,11 @@ def create_app(
         )
 
     def token_of(request: Request) -> tuple[str, str]:
-        token = request.query_params.get("token", "")
+        token = request.query_params.get(tokens.TOKEN_PARAM, "")
         return token, tokens.check(token, secrets=secrets, list_id=list_id)
 
     def query(token: str) -> str:
-        return "?" + urllib.parse.urlencode({"token": token})
+        return "?" + urllib.parse.urlencode({tokens.TOKEN_PARAM: token})
 
     def unsubscribed_page(token: str, address: str) -> Response:
         return page(
