@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, matching, pipeline, schedule, store
-from digestbot.addresses import AddressError, check_address
+from digestbot.addresses import AddressError, address_key, check_address
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
 from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
@@ -804,11 +804,20 @@ def resubscribe(
     with _errors():
         settings = _settings()
         address = _address(email)
+        key = address_key(address)
+        in_file = any(address_key(sp.email) == key for sp in app.load_people(settings))
         engine = app.database(settings)
-        if pipeline.resubscribe(engine, address):
+        if pipeline.resubscribe(engine, address) is not pipeline.Resubscribed.DONE:
+            out.print(f"{address} was not unsubscribed; nothing changed", markup=False)
+            return
+        if in_file:
             out.print(f"{address} is subscribed again", markup=False)
         else:
-            out.print(f"{address} was not unsubscribed; nothing changed", markup=False)
+            out.print(
+                f"{address} was removed from the suppression list, but it is not in the "
+                f"subscribers file ({settings.subscribers_path}), so it gets nothing",
+                markup=False,
+            )
 
 
 @cli.command()

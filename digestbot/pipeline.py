@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
@@ -176,10 +177,26 @@ def unsubscribe(
         return store.suppress(s, address=address, method=method, now=now)
 
 
-def resubscribe(engine: Engine, address: str) -> bool:
-    """Take `address` off the suppression list; False when it was not on it."""
+class Resubscribed(StrEnum):
+    """What `resubscribe` did."""
+
+    DONE = "done"  # taken off the suppression list
+    NOT_LISTED = "not-listed"  # it was not on the list; nothing changed
+    KEPT = "kept"  # a reader may not lift the operator's suppression; nothing changed
+
+
+WEB_METHODS = frozenset({UnsubscribeMethod.ONE_CLICK, UnsubscribeMethod.PAGE})
+
+
+def resubscribe(engine: Engine, address: str, *, by_reader: bool = False) -> Resubscribed:
+    """Take `address` off the suppression list. With `by_reader` (a token link) only an
+    unsubscribe made through the web (one-click or the page) is lifted: the operator's stick."""
     with session_scope(engine) as s:
-        return store.unsuppress(s, address=address)
+        if store.unsuppress(s, address=address, methods=WEB_METHODS if by_reader else None):
+            return Resubscribed.DONE
+        if store.suppression(s, address=address) is not None:
+            return Resubscribed.KEPT
+        return Resubscribed.NOT_LISTED
 
 
 def unsubscribed(engine: Engine, emails: Sequence[str]) -> list[str]:

@@ -7,7 +7,7 @@ Plain keyword-only functions over a Session. Addresses are compared by
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -295,14 +295,28 @@ def suppress(
     return Suppressed(address=row.address, method=UnsubscribeMethod(row.method), at=row.created_at)
 
 
-def unsuppress(session: Session, *, address: str) -> bool:
-    """Take `address` off the suppression list; False when it was not on it. Digests already
-    marked suppressed stay so (they were not sent, and their papers are free for the next one)."""
+def unsuppress(
+    session: Session, *, address: str, methods: Collection[UnsubscribeMethod] | None = None
+) -> bool:
+    """Take `address` off the suppression list (only if it got there by one of `methods`, when
+    given); False when nothing was removed. Digests already marked suppressed stay so (they were
+    not sent, and their papers are free for the next one)."""
     table = table_of(Suppression)
-    result = session.connection().execute(
-        table.delete().where(table.c.address_key == address_key(address))
-    )
+    where = table.c.address_key == address_key(address)
+    if methods is not None:
+        where = where & table.c.method.in_([str(m) for m in methods])
+    result = session.connection().execute(table.delete().where(where))
     return bool(result.rowcount)
+
+
+def suppression(session: Session, *, address: str) -> Suppressed | None:
+    """The suppression-list entry of `address`, or None."""
+    row = session.exec(
+        select(Suppression).where(col(Suppression.address_key) == address_key(address))
+    ).first()
+    if row is None:
+        return None
+    return Suppressed(address=row.address, method=UnsubscribeMethod(row.method), at=row.created_at)
 
 
 def suppressed_keys(session: Session, emails: Iterable[str]) -> set[str]:

@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from digestbot.addresses import AddressError, address_key, check_address
 
 __all__ = [
+    "ENDPOINT_PATH",
+    "TOKEN_PARAM",
     "MalformedToken",
     "TokenError",
     "WrongToken",
-    "ENDPOINT_PATH",
-    "TOKEN_PARAM",
     "check",
     "is_endpoint_url",
     "is_public_url_scheme_ok",

@@ -138,6 +138,17 @@ def test_operator_unsubscribe_send_status_check_and_resubscribe(
     assert smtp_server.handler.to("ada@example.org")
 
 
+def test_resubscribe_of_an_address_not_in_the_file_says_it_gets_nothing(workdir: Path) -> None:
+    """`digestbot resubscribe` of an address missing from the subscribers file says it left the
+    suppression list but gets nothing, instead of "subscribed again"."""
+    assert invoke("unsubscribe", "nobody@example.com").exit_code == 0
+    result = invoke("resubscribe", "nobody@example.com")
+    assert result.exit_code == 0
+    assert "subscribed again" not in result.output
+    assert "removed from the suppression list" in result.output
+    assert "not in the subscribers file" in result.output
+
+
 def test_unsubscribe_refuses_a_bad_address(workdir: Path) -> None:
     """`digestbot unsubscribe` with something that is not an address exits 2 and stores nothing."""
     result = invoke("unsubscribe", "not-an-address")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -111,6 +112,8 @@ def test_get_shows_a_page_and_changes_nothing_then_the_button_unsubscribes(
     html = page.text
     assert "Paper Digest" in html and "a***@example.org" in html and ADA not in html
     assert html.count("<button") == 1
+    assert "Press Unsubscribe to stop Paper Digest digests to a***@example.org." in html
+    assert "will get no more" not in html  # nothing has happened yet
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert httpx.get(url).status_code == 200  # a scanner's second prefetch
     assert suppressions(settings) == []
@@ -153,6 +156,7 @@ def test_bad_tokens_get_a_clear_page_and_change_nothing(
         )
         assert response.status_code == status, (method, path)
         assert "This unsubscribe link does not work" in response.text
+        assert re.search(r"<p>[A-Z][^<]*\. Nothing was changed\.</p>", response.text)
         assert "<script>" not in response.text
     assert suppressions(settings) == []
 
@@ -229,3 +233,89 @@ def test_link_in_a_sent_message_unsubscribes_and_the_next_send_skips_the_address
     assert second.exit_code == 0, second.output
     assert smtp_server.handler.to(ADA) == []
     assert smtp_server.handler.to("grace@example.org")
+
+
+def test_wrong_method_answers_405_listing_get_and_post(base: str) -> None:
+    """A PUT to /unsubscribe answers 405 whose Allow header names both GET and POST."""
+    response = httpx.put(f"{base}/unsubscribe?token={token()}")
+    assert response.status_code == 405
+    allowed = {m.strip() for m in response.headers["allow"].split(",")}
+    assert {"GET", "POST"} <= allowed
+
+
+def test_a_reader_cannot_lift_the_operators_unsubscribe(base: str, settings: Settings) -> None:
+    """POST /resubscribe with a valid token leaves an operator's suppression in place and says
+    whom to write to; nothing changes."""
+    result = CliRunner().invoke(cli, ["unsubscribe", ADA], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    response = httpx.post(f"{base}/resubscribe?token={token()}", data={"confirm": "yes"})
+    assert response.status_code == 200
+    assert "stays unsubscribed" in response.text
+    assert "digest@lab.example.net" in response.text  # the list's unsubscribe address
+    assert "subscribed again" not in response.text
+    assert suppressions(settings) == [(ADA, ADA, "operator")]
+
+
+def test_serve_logs_each_change_without_the_token(
+    base: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each unsubscribe and resubscribe logs one INFO line with the address and how, and no
+    log line carries the token."""
+    tok = token()
+    with caplog.at_level(logging.INFO, logger="digestbot.web"):
+        assert one_click(base, tok).status_code == 200
+        assert httpx.post(f"{base}/resubscribe?token={tok}", data={"confirm": "yes"}).is_success
+    lines = [r.getMessage() for r in caplog.records if r.name == "digestbot.web"]
+    assert len(lines) == 2, lines
+    assert ADA in lines[0] and "one-click" in lines[0]
+    assert ADA in lines[1] and "resubscribed" in lines[1]
+    everything = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert tok not in everything and tok.split(".")[1] not in everything
+
+
+def test_one_click_between_planning_and_delivery_suppresses_the_planned_digest(
+    workdir: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digests planned by a send whose SMTP server was unreachable, then a real one-click POST,
+    then `send --no-fetch`: the unsubscribed address gets nothing and its digest is
+    `suppressed`; the others are delivered."""
+    for key, value in smtp_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DIGESTBOT_UNSUBSCRIBE_SECRET", SECRET)
+    monkeypatch.setenv("DIGESTBOT_SMTP_PORT", str(free_port()))  # nobody listens there
+    runner = CliRunner()
+    planned = runner.invoke(cli, ["send", "--date", "2026-03-04"], catch_exceptions=False)
+    assert smtp_server.handler.received == []
+    before = digest_states(workdir)
+    assert before.get(ADA) in ("planned", "deferred"), (before, planned.output)
+    assert before.get("grace@example.org") in ("planned", "deferred")
+
+    with web_server(load_settings(env_file=None)) as base:
+        assert one_click(base, token()).status_code == 200
+
+    monkeypatch.setenv("DIGESTBOT_SMTP_PORT", str(smtp_server.port))
+    sent = runner.invoke(
+        cli, ["send", "--no-fetch", "--date", "2026-03-04"], catch_exceptions=False
+    )
+    assert sent.exit_code == 0, sent.output
+    assert smtp_server.handler.to(ADA) == []
+    assert smtp_server.handler.to("grace@example.org")
+    after = digest_states(workdir)
+    assert after[ADA] == "suppressed"
+    assert after["grace@example.org"] == "sent"
+    assert "1 unsubscribed (not sent)" in sent.output
+
+
+def digest_states(workdir: Path) -> dict[str, str]:
+    engine = open_database(f"sqlite:///{workdir / 'digestbot.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT s.email, d.state FROM digests d "
+                    "JOIN subscribers s ON s.id = d.subscriber_id ORDER BY d.id"
+                )
+            )
+            return {email: state for email, state in rows}
+    finally:
+        engine.dispose()

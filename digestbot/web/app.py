@@ -5,7 +5,9 @@ GET  /unsubscribe?token=T   a page naming the list and the masked address, with 
 POST /unsubscribe?token=T   unsubscribes: body `List-Unsubscribe=One-Click` (RFC 8058, sent by
                             mail clients without cookies) or the page's button; answers 200 with
                             a confirmation that has a "Resubscribe" button. Repeats are harmless.
-POST /resubscribe?token=T   takes the address off the suppression list again.
+POST /resubscribe?token=T   takes the address off the suppression list again, if it got there
+                            through the web (one-click or page): an operator's unsubscribe
+                            sticks, and the page names the list's address to write to.
 GET  /healthz               200 "ok".
 
 A missing or malformed token answers 400, a forged one or one of another list 403; nothing
@@ -15,6 +17,7 @@ relative, so the app works behind a proxy under any path prefix.
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,6 +37,8 @@ from digestbot import pipeline, resources, tokens
 from digestbot.errors import ConfigError
 from digestbot.models import UnsubscribeMethod
 from digestbot.settings import Settings
+
+log = logging.getLogger("digestbot.web")
 
 MAX_BODY = 64 * 1024
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
@@ -104,7 +109,7 @@ def create_app(
             title="Link not valid",
             heading="This unsubscribe link does not work",
             lines=[
-                f"{exc}. Nothing was changed.",
+                f"{_capital(str(exc))}. Nothing was changed.",
                 (
                     "Use the unsubscribe link of a recent digest from this list, "
                     f"or write to {contact} with the subject “unsubscribe”."
@@ -139,7 +144,7 @@ def create_app(
             200,
             title="Unsubscribe",
             heading=f"Unsubscribe from {list_name}?",
-            lines=[f"{mask(address)} will get no more digests from {list_name}."],
+            lines=[f"Press Unsubscribe to stop {list_name} digests to {mask(address)}."],
             action=query(token),
             button="Unsubscribe",
         )
@@ -156,6 +161,12 @@ def create_app(
             UnsubscribeMethod.ONE_CLICK if _is_one_click(request, body) else UnsubscribeMethod.PAGE
         )
         await run_in_threadpool(pipeline.unsubscribe, db, address, method=method, now=now())
+        log.info(
+            "unsubscribed %s (%s)",
+            address,
+            method,
+            extra={"address": address, "method": str(method)},
+        )
         return unsubscribed_page(token, address)
 
     async def resubscribe_post(request: Request) -> Response:
@@ -163,7 +174,22 @@ def create_app(
             token, address = token_of(request)
         except tokens.TokenError as exc:
             return refused(exc)
-        await run_in_threadpool(pipeline.resubscribe, db, address)
+        done = await run_in_threadpool(pipeline.resubscribe, db, address, by_reader=True)
+        if done is pipeline.Resubscribed.KEPT:
+            return page(
+                200,
+                title="Still unsubscribed",
+                heading="This address stays unsubscribed",
+                lines=[
+                    (
+                        f"The list's operator unsubscribed {mask(address)} from {list_name}, "
+                        "so this link cannot subscribe it again."
+                    ),
+                    f"To get digests again, write to {contact}.",
+                ],
+            )
+        if done is pipeline.Resubscribed.DONE:
+            log.info("resubscribed %s (web)", address, extra={"address": address, "method": "web"})
         return page(
             200,
             title="Subscribed again",
@@ -173,17 +199,25 @@ def create_app(
             button="Unsubscribe",
         )
 
+    async def unsubscribe(request: Request) -> Response:
+        if request.method == "POST":
+            return await unsubscribe_post(request)
+        return await unsubscribe_get(request)
+
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
 
     return Starlette(
         routes=[
-            Route("/unsubscribe", unsubscribe_get, methods=["GET"]),
-            Route("/unsubscribe", unsubscribe_post, methods=["POST"]),
+            Route("/unsubscribe", unsubscribe, methods=["GET", "POST"]),
             Route("/resubscribe", resubscribe_post, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 async def _body(request: Request) -> bytes | None:
