@@ -296,8 +296,12 @@ def _send_summary(done: pipeline.SendSummary) -> str:
     plan, report, waiting = done.plan, done.report, done.waiting
     line = (
         f"planned {plan.planned} new, {plan.skipped} skipped with nothing new, "
-        f"{plan.existing} already had their digest for the day; sent {len(report.sent)}, "
-        f"deferred {len(report.deferred)}, failed {len(report.failed)}"
+        f"{plan.existing} already had their digest for the day"
+    )
+    if plan.suppressed:
+        line += f", {plan.suppressed} unsubscribed (not sent)"
+    line += (
+        f"; sent {len(report.sent)}, deferred {len(report.deferred)}, failed {len(report.failed)}"
     )
     if report.taken_over:
         line += f", taken over by another run {len(report.taken_over)}"
@@ -369,11 +373,13 @@ def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
                 row.rendered.subject,
             )
     out.print(table)
-    out.print(
+    line = (
         f"{len(result.rows)} digests would be planned; "
-        f"{result.existing} already had their digest for the day",
-        markup=False,
+        f"{result.existing} already had their digest for the day"
     )
+    if result.suppressed:
+        line += f"; {result.suppressed} unsubscribed (not sent)"
+    out.print(line, markup=False)
 
 
 @cli.command(cls=_Command)

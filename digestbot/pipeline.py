@@ -434,11 +434,7 @@ def plan_digests(
         ]
         if off:
             outbox.mark_paused(s, subscriber_ids=off, now=now)
-        suppressed = len(
-            store.suppressed_keys(
-                s, [r.spec.email for r in recipients if r.spec.frequency != schedule.OFF]
-            )
-        )
+        suppressed = _suppressed_count(s, recipients)
     existing = len(recipients) - len(off) - suppressed - len(plans)
     for offset in range(0, len(plans), PLAN_BATCH):
         batch = plans[offset : offset + PLAN_BATCH]
@@ -449,6 +445,13 @@ def plan_digests(
     return PlanSummary(
         planned=planned, skipped=skipped, existing=existing, off=len(off), suppressed=suppressed
     )
+
+
+def _suppressed_count(session: Session, recipients: Sequence[Recipient]) -> int:
+    """How many of these recipients (frequency not "off") are on the suppression list."""
+    emails = [r.spec.email for r in recipients if r.spec.frequency != schedule.OFF]
+    keys = store.suppressed_keys(session, emails)
+    return sum(1 for e in emails if address_key(e) in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,10 +530,12 @@ def log_run_summary(
         "taken_over": len(report.taken_over),
     }
     if not any(counts.values()):
-        return
+        return  # (unsubscribed people alone make no line: the daemon would log it every tick)
+    counts["unsubscribed"] = plan.suppressed
     log.info(
-        "run: planned %(planned)d, skipped %(skipped)d; "
-        "sent %(sent)d, deferred %(deferred)d, failed %(failed)d, "
+        "run: planned %(planned)d, skipped %(skipped)d"
+        + (", %(unsubscribed)d unsubscribed (not sent)" if plan.suppressed else "")
+        + "; sent %(sent)d, deferred %(deferred)d, failed %(failed)d, "
         "taken over by another run %(taken_over)d",
         counts,
         extra={**counts, "seconds": round(seconds, 3)},
@@ -554,6 +559,7 @@ class DryRun:
     existing: int  # subscribers that already have their digest for the period
     fetched: int | None  # papers in the feed response (None: not fetched)
     off: int = 0  # subscribers with frequency = "off"
+    suppressed: int = 0  # subscribers who unsubscribed: nothing would be planned
 
 
 def dry_run(
@@ -583,12 +589,14 @@ def dry_run(
                 else _render_plan(s, plan, mail=mail, name=names[plan.subscriber_id])
             )
             rows.append(DryRunRow(plan=plan, rendered=rendered))
+        suppressed = _suppressed_count(s, recipients)
         s.rollback()
     off = sum(1 for r in recipients if r.spec.frequency == schedule.OFF)
     return DryRun(
         rows=tuple(rows),
-        existing=len(recipients) - off - len(rows),
+        existing=len(recipients) - off - suppressed - len(rows),
         off=off,
+        suppressed=suppressed,
         fetched=None if fetched is None else len(fetched),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -136,6 +137,35 @@ def test_operator_unsubscribe_send_status_check_and_resubscribe(
     smtp_server.handler.received.clear()
     assert invoke("send", "--date", "2026-03-05").exit_code == 0
     assert smtp_server.handler.to("ada@example.org")
+
+
+def test_send_summaries_and_run_log_count_the_unsubscribed(
+    workdir: Path,
+    smtp_server: SMTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`send --dry-run`, `send -s ADDRESS` and `send` say "1 unsubscribed (not sent)" for an
+    unsubscribed address instead of counting it as already served, and so does the run log."""
+    for key, value in smtp_server.env().items():
+        monkeypatch.setenv(key, value)
+    assert invoke("unsubscribe", "ada@example.org").exit_code == 0
+
+    dry = invoke("send", "--dry-run", "--date", "2026-03-04")
+    assert dry.exit_code == 0, dry.output
+    assert "1 unsubscribed (not sent)" in dry.output
+    assert "1 already had" not in dry.output
+
+    only = invoke("send", "-s", "ada@example.org", "--date", "2026-03-04")
+    assert only.exit_code == 0, only.output
+    assert "0 already had their digest for the day, 1 unsubscribed (not sent)" in only.output
+
+    with caplog.at_level(logging.INFO, logger="digestbot"):
+        real = invoke("send", "--date", "2026-03-04")
+    assert real.exit_code == 0, real.output
+    assert "1 unsubscribed (not sent)" in real.output
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run: ")]
+    assert "1 unsubscribed (not sent)" in line
 
 
 def test_resubscribe_of_an_address_not_in_the_file_says_it_gets_nothing(workdir: Path) -> None:

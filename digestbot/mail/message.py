@@ -222,7 +222,8 @@ def build_message(
 
     ``to_addr`` must be a single addr-spec (ConfigError otherwise); names and the subject are
     cleaned of control characters and encoded per RFC 2047 where needed. List-Unsubscribe-Post
-    is set only with an https ``unsubscribe_url`` (RFC 8058).
+    (RFC 8058) is set whenever ``unsubscribe_url`` is given; it must be https, or plain http
+    for a loopback host (local testing), see tokens.is_public_url_scheme_ok.
     """
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("message date must be timezone-aware")
