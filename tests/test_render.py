@@ -770,6 +770,52 @@ def test_every_matched_query_shows_highlighted_evidence(make: object) -> None:
             assert _evidence_for(query, html_marks), (paper.arxiv_id, query, html_marks)
 
 
+MULTI_QUERY_SUBSCRIBERS = [
+    ["sampling", "reasoning"],
+    ["sampling", "language model*", "benchmark"],
+    ["diffusion", "video", "agent*", "reinforcement learning"],
+]
+
+
+def _fixture_papers() -> list[Paper]:
+    """Every paper of the HF fixture days, as stored."""
+    seen: dict[str, Paper] = {}
+    for path in sorted(
+        (Path(__file__).parent / "fixtures" / "hf_daily_papers").glob("2026-*.json")
+    ):
+        for fetched in parse_daily_papers(
+            path.read_bytes(), url="https://huggingface.co/api/daily_papers"
+        ):
+            fields = {f: getattr(fetched, f) for f in Paper.model_fields if hasattr(fetched, f)}
+            fields["authors"] = list(fetched.authors)
+            fields["ai_keywords"] = list(fetched.ai_keywords)
+            seen[fetched.arxiv_id] = Paper(**fields)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("keywords", MULTI_QUERY_SUBSCRIBERS, ids=lambda k: "+".join(k))
+def test_every_matched_query_shows_highlighted_evidence_with_real_matching(
+    keywords: list[str],
+) -> None:
+    """Papers that really match several of a subscriber's queries show a highlight for each one."""
+    flt = compile_filter(keywords=keywords, authors=())
+    found = [(p, explain(flt, p)) for p in _fixture_papers()]
+    views = tuple(paper_view(p, m) for p, m in found if m is not None)
+    assert any(len(v.matched) > 1 for v in views)
+    out = Renderer().render(_view(*views))
+    for paper in views:
+        text, html = _blocks(out.text, out.html, paper)
+        shown = re.sub(r"Matched: [^\n]*", "", text)  # a query's wildcard is no highlight
+        text_marks = re.findall(r"\*([^*]+)\*", " ".join(shown.split()))
+        html_marks = [
+            unescape(re.sub(r"<[^>]+>", "", m))
+            for m in re.findall(r"<mark[^>]*>(.*?)</mark>", html, re.DOTALL)
+        ]
+        for query in paper.matched:
+            assert _evidence_for(query, text_marks), (paper.arxiv_id, query, text_marks)
+            assert _evidence_for(query, html_marks), (paper.arxiv_id, query, html_marks)
+
+
 def test_a_named_author_is_never_hidden_behind_and_n_more() -> None:
     """A long author list keeps its first names, then the matched author, highlighted, not "and N more"."""
     paper = Paper(
