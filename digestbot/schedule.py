@@ -89,6 +89,13 @@ def is_due(spec: Scheduled, now: datetime) -> bool:
     return local.date() > start or local.time() >= spec.send_at
 
 
+def next_due(spec: Scheduled, period: str) -> datetime:
+    """When the digest of the period after `period` is due: send_at, local time, on its first day."""
+    days = WEEK_DAYS if spec.frequency == WEEKLY else 1
+    first = date.fromisoformat(period) + timedelta(days=days)
+    return datetime.combine(first, spec.send_at).replace(tzinfo=spec.tz)
+
+
 def group_key(spec: Scheduled) -> tuple[dt.time, str, str, int]:
     """Subscribers with the same key are due at the same moments (the daemon plans them together)."""
     weekday = spec.weekday_number if spec.frequency == WEEKLY else -1

@@ -89,3 +89,31 @@ def test_preview_and_match_say_when_the_papers_are_not_fetched_yet(workdir: Path
     assert "digestbot fetch --date 2026-04-20" in found.stderr
     stored = invoke("match", "diffusion", "--date", "2026-03-04")
     assert "digestbot fetch" not in stored.stderr
+
+
+def test_preview_after_the_periods_digest_was_sent_says_so(workdir: Path) -> None:
+    """After a period's digest went out, `preview` says so and when the next is due, not a phantom digest."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    assert invoke("fetch", "--date", "2026-03-05").exit_code == 0
+    assert invoke("send", "--date", "2026-03-05").exit_code == 0
+    daily = invoke("preview", "ada@example.org", "--date", "2026-03-05")
+    assert daily.exit_code == 0, daily.output
+    assert "already had the digest for 2026-03-05 (sent)" in daily.stdout
+    assert "the next one is due 2026-03-06 07:00 Europe/Paris" in daily.stdout
+    assert "Subject:" not in daily.stdout
+    assert "not stored yet" not in daily.stderr
+    assert "2026-03-06 to 2026-03-05" not in daily.stderr
+    weekly = invoke("preview", "hedy@example.org", "--date", "2026-03-05")
+    assert "already had the digest for 2026-03-02 (sent)" in weekly.stdout
+    assert "the next one is due 2026-03-09 07:00 UTC" in weekly.stdout
+
+
+def test_preview_hints_fetch_when_the_periods_own_day_is_missing(workdir: Path) -> None:
+    """With only earlier lookback days stored, `preview` of a later day still suggests fetching that day."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    assert invoke("fetch", "--date", "2026-03-04").exit_code == 0
+    result = invoke("preview", "zed@example.org", "--date", "2026-03-05")
+    assert result.exit_code == 0, result.output
+    assert "digestbot fetch --date 2026-03-05" in result.stderr
+    assert "nothing new" not in result.stdout
+    assert "not stored yet" in result.stdout
