@@ -117,3 +117,25 @@ def test_preview_hints_fetch_when_the_periods_own_day_is_missing(workdir: Path) 
     assert "digestbot fetch --date 2026-03-05" in result.stderr
     assert "nothing new" not in result.stdout
     assert "not stored yet" in result.stdout
+
+
+def test_send_summary_names_the_period_and_counts_off(workdir: Path) -> None:
+    """`send` says "already had their digest for their period" (daily and weekly alike) and counts `off` subscribers."""
+    (workdir / "subscribers.toml").write_text(PEOPLE)
+    assert invoke("fetch", "--date", "2026-03-04").exit_code == 0
+    assert invoke("send", "--date", "2026-03-04").exit_code == 0
+    again = invoke("send", "--date", "2026-03-05")
+    assert again.exit_code == 0, again.output
+    assert "1 already had their digest for their period, 1 off;" in again.output
+    assert "for the day" not in again.output
+
+
+def test_check_counts_queries_and_exclusions_apart(workdir: Path) -> None:
+    """`check`'s header counts queries and exclusions separately, as the per-subscriber lines do."""
+    (workdir / "subscribers.toml").write_text(
+        PEOPLE + '\n[[subscribers]]\nemail = "ex@example.org"\nkeywords = ["a", "b"]\n'
+        'exclude = ["c"]\n'
+    )
+    result = invoke("check")
+    assert result.exit_code == 0, result.output
+    assert "subscribers: 5 in subscribers.toml, 7 queries, 1 exclusion: ok" in result.output
