@@ -255,11 +255,14 @@ def compute_plans(
     todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
     if not todo:
         return
-    windows = {
-        f: schedule.Windows.as_of(as_of, lookback=lookback, frequency=f)
-        for f in sorted({r.spec.frequency for r, _ in todo})
+    # A first weekly window depends on the week (the period), a daily one only on the run.
+    freq = {
+        r.id: (r.spec.frequency, p if r.spec.frequency == schedule.WEEKLY else "") for r, p in todo
     }
-    freq = {r.id: r.spec.frequency for r, _ in todo}
+    windows = {
+        (f, p): schedule.Windows.as_of(as_of, lookback=lookback, frequency=f, period=p or None)
+        for f, p in sorted(set(freq.values()))
+    }
     ids = [r.id for r, _ in todo]
     resumed = outbox.paused(session, ids)
     prev = {
@@ -285,7 +288,7 @@ def compute_plans(
         with bulk_matching():
             for r, _ in batch:
                 sp = r.spec
-                is_new = functools.partial(_is_new, windows[sp.frequency], prev.get(r.id))
+                is_new = functools.partial(_is_new, windows[freq[r.id]], prev.get(r.id))
                 found[r.id] = []
                 if sp.keywords or sp.authors:
                     flt = compile_filter(
@@ -320,7 +323,7 @@ def compute_plans(
                 if pp.arxiv_id not in listed
             )
             overflow_shown = sum(1 for m in trending if m.arxiv_id in matched)
-            window = windows[r.spec.frequency]
+            window = windows[freq[r.id]]
             yield outbox.DigestPlan(
                 subscriber_id=r.id,
                 email=r.spec.email,

@@ -24,6 +24,7 @@ from markupsafe import Markup, escape
 
 from digestbot.errors import TemplateError
 from digestbot.resources import templates_dir as builtin_templates_dir
+from digestbot.schedule import WEEK_DAYS
 from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url, snippet
 
 __all__ = [
@@ -257,7 +258,7 @@ def _windows(clean: str, mapped: list[tuple[int, int]], limit: int) -> list[tupl
         cut = clean.rfind(" ", 0, end + 1)
         end = _word_end(clean, end) if cut >= begin + limit // 2 else begin + limit
     windows = [(begin, end)]
-    shown = {clean[a:b].casefold() for a, b in spans if a >= begin and b <= end}
+    shown = {clean[a:b].casefold() for a, b in spans if a >= begin and a < end}
     for a, b in spans:
         word = clean[a:b].casefold()
         if word in shown or len(windows) > EXCERPT_EXTRA:
@@ -557,6 +558,19 @@ class Renderer:
         first = view.first_day or view.digest_date
         last = max(view.last_day or view.digest_date, first)
         dates = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
+        # Words true for the days covered: "this week" when no day before the week is covered,
+        # "this past week" for the seven days before it, "today" for one day, else "since".
+        week_phrase = ""
+        if weekly and first >= view.digest_date:
+            week_phrase = "this week"
+        elif weekly and (last - first).days < WEEK_DAYS:
+            week_phrase = "this past week"
+        if week_phrase:
+            period = week_phrase
+        elif first == last and not weekly:
+            period = "today"
+        else:
+            period = f"since {first.isoformat()}"
         more = max(0, _int_or_none(view.more_count) or 0)
         list_name = clean_line(view.list_name) or "Paper Digest"
         name = clean_line(view.subscriber_name) if view.subscriber_name else ""
@@ -575,7 +589,9 @@ class Renderer:
             "unsubscribe_address": unsubscribe_address,
             "unsubscribe_subject": unsubscribe_subject,
             "weekly": weekly,
-            "period": "this week" if weekly else "today",
+            "week_phrase": week_phrase,
+            "period": period,
+            "one_day": first == last,
             "dates": dates,
             "trending_count": len(hot),
         }

@@ -56,12 +56,15 @@ def test_preview_shows_the_trending_section_and_the_period(workdir: Path) -> Non
     result = invoke("preview", "ada@example.org", "--date", "2026-03-04")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Subject: ")
-    assert "Trending today" in result.stdout
+    assert "Trending since 2026-03-02" in result.stdout  # a first digest: lookback days
+    assert "Trending today" not in result.stdout
     assert "daily digest for 2026-03-04" in result.stderr
     weekly = invoke("preview", "hedy@example.org", "--date", "2026-03-04")
     assert weekly.exit_code == 0, weekly.output
     assert "this week" in weekly.stdout and "trending" in weekly.stdout.splitlines()[0]
     assert "weekly digest for 2026-03-02" in weekly.stderr
+    assert "papers featured 2026-03-02 to 2026-03-04" in weekly.stderr  # the week so far
+    assert "this week (2026-03-02 to 2026-03-04)" in weekly.stdout.splitlines()[0]
 
 
 def test_preview_says_when_nothing_would_be_sent(workdir: Path) -> None:
