@@ -29,6 +29,7 @@ from digestbot.addresses import AddressError, address_key, check_address
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
 from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
+from digestbot.subscribers import count_exclusions, count_queries
 
 cli = typer.Typer(
     name="digestbot",
@@ -296,7 +297,7 @@ def _send_summary(done: pipeline.SendSummary) -> str:
     plan, report, waiting = done.plan, done.report, done.waiting
     line = (
         f"planned {plan.planned} new, {plan.skipped} skipped with nothing new, "
-        f"{plan.existing} already had their digest for the day"
+        f"{plan.existing} already had their digest for their period, {plan.off} off"
     )
     if plan.suppressed:
         line += f", {plan.suppressed} unsubscribed (not sent)"
@@ -375,7 +376,7 @@ def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
     out.print(table)
     line = (
         f"{len(result.rows)} digests would be planned; "
-        f"{result.existing} already had their digest for the day"
+        f"{result.existing} already had their digest for their period, {result.off} off"
     )
     if result.suppressed:
         line += f"; {result.suppressed} unsubscribed (not sent)"
@@ -713,9 +714,10 @@ def check(
         settings = _settings()
         out.print("settings: ok", markup=False)
         specs = app.load_people(settings)
-        queries = sum(len(sp.keywords) + len(sp.exclude) + len(sp.authors) for sp in specs)
+        queries = count_queries(sum(len(sp.keywords) + len(sp.authors) for sp in specs))
+        exclusions = count_exclusions(sum(len(sp.exclude) for sp in specs))
         out.print(
-            f"subscribers: {len(specs)} in {settings.subscribers_path}, {queries} queries: ok",
+            f"subscribers: {len(specs)} in {settings.subscribers_path}, {queries}, {exclusions}: ok",
             markup=False,
         )
         for sp in specs:

@@ -281,6 +281,16 @@ def load_digests(
     return out, papers
 
 
+def period_state(session: Session, *, subscriber_id: int, period: str) -> str | None:
+    """The state of the subscriber's digest for `period`, or None when there is none."""
+    state = session.execute(
+        sa.select(col(Digest.state)).where(
+            col(Digest.subscriber_id) == subscriber_id, col(Digest.period) == period
+        )
+    ).scalar()
+    return None if state is None else str(state)
+
+
 def next_unsent(session: Session, *, subscriber_id: int) -> int | None:
     """The id of the subscriber's oldest stored digest not sent yet (what a preview shows)."""
     unsent = (DigestState.PLANNED, DigestState.DEFERRED, DigestState.SENDING, DigestState.FAILED)

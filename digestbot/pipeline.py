@@ -272,11 +272,14 @@ def compute_plans(
     todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
     if not todo:
         return
-    windows = {
-        f: schedule.Windows.as_of(as_of, lookback=lookback, frequency=f)
-        for f in sorted({r.spec.frequency for r, _ in todo})
+    # A first weekly window depends on the week (the period), a daily one only on the run.
+    freq = {
+        r.id: (r.spec.frequency, p if r.spec.frequency == schedule.WEEKLY else "") for r, p in todo
     }
-    freq = {r.id: r.spec.frequency for r, _ in todo}
+    windows = {
+        (f, p): schedule.Windows.as_of(as_of, lookback=lookback, frequency=f, period=p or None)
+        for f, p in sorted(set(freq.values()))
+    }
     ids = [r.id for r, _ in todo]
     resumed = outbox.paused(session, ids)
     prev = {
@@ -302,7 +305,7 @@ def compute_plans(
         with bulk_matching():
             for r, _ in batch:
                 sp = r.spec
-                is_new = functools.partial(_is_new, windows[sp.frequency], prev.get(r.id))
+                is_new = functools.partial(_is_new, windows[freq[r.id]], prev.get(r.id))
                 found[r.id] = []
                 if sp.keywords or sp.authors:
                     flt = compile_filter(
@@ -337,7 +340,7 @@ def compute_plans(
                 if pp.arxiv_id not in listed
             )
             overflow_shown = sum(1 for m in trending if m.arxiv_id in matched)
-            window = windows[r.spec.frequency]
+            window = windows[freq[r.id]]
             yield outbox.DigestPlan(
                 subscriber_id=r.id,
                 email=r.spec.email,
@@ -610,7 +613,7 @@ class Preview:
     period: str | None  # YYYY-MM-DD: the day, or the first day of the week (None: off)
     window: tuple[datetime, datetime] | None  # what the digest covers
     stored_papers: int  # papers stored for that window (0: not fetched yet)
-    fetch_day: date | None  # the day to `digestbot fetch --date` when nothing is stored
+    fetch_day: date | None  # the day to `digestbot fetch --date` when its papers are not stored
     reason: str | None  # why no digest would be sent
     pending: bool = False  # a stored digest not sent yet, shown as it will go out
 
@@ -627,9 +630,10 @@ def preview(
     """The subscriber's next digest, rendered; nothing is sent or recorded.
 
     That is the oldest stored digest not sent yet, if any, else the one a send at `as_of` would
-    plan (even when their digest for the period already went out). Says so when nothing would
-    be sent (frequency "off"; nothing new with send_empty false) and how many papers are stored
-    for the digest's window, so "nothing new" and "not fetched yet" are told apart.
+    plan. Says so when nothing would be sent (frequency "off"; the period's digest was already
+    had, and when the next is due; nothing new with send_empty false) and how many papers are
+    stored for the digest's window; `fetch_day` is set when the run's own day has no paper
+    stored, so "nothing new" and "not fetched yet" are told apart.
     """
     [recipient] = known_recipients(engine, [spec])
     with session_scope(engine) as s:
@@ -673,6 +677,20 @@ def preview(
                 fetch_day=None,
                 reason='frequency is "off": nothing is planned or sent',
             )
+        period = schedule.period(spec, day=day, at=as_of)
+        had = outbox.period_state(s, subscriber_id=recipient.id, period=period)
+        if had is not None:
+            due = schedule.next_due(spec, period)
+            return Preview(
+                rendered=None,
+                frequency=spec.frequency,
+                period=period,
+                window=None,
+                stored_papers=0,
+                fetch_day=None,
+                reason=f"already had the digest for {period} ({had}); the next one is due "
+                f"{due:%Y-%m-%d %H:%M} {spec.tz.key}",
+            )
         [plan] = compute_plans(
             s,
             [recipient],
@@ -683,15 +701,24 @@ def preview(
             skip_existing=False,
         )
         stored = len(store.papers_featured_between(s, start=plan.window_start, end=plan.window_end))
+        today = schedule.run_day(as_of)
+        missing = not store.papers_featured_between(s, start=schedule.day_start(today), end=as_of)
         skipped = plan.state == DigestState.SKIPPED
+        reason = None
+        if skipped:
+            reason = (
+                f"nothing to send from the papers stored so far; those of {today} are not stored yet"
+                if missing
+                else "nothing new, and send_empty is false"
+            )
         return Preview(
             rendered=None if skipped else _render_plan(s, plan, mail=mail, name=spec.name),
             frequency=plan.frequency,
             period=plan.period,
             window=(plan.window_start, plan.window_end),
             stored_papers=stored,
-            fetch_day=schedule.run_day(as_of) if stored == 0 else None,
-            reason="nothing new, and send_empty is false" if skipped else None,
+            fetch_day=today if missing else None,
+            reason=reason,
         )
 
 

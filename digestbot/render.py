@@ -24,6 +24,7 @@ from markupsafe import Markup, escape
 
 from digestbot.errors import TemplateError
 from digestbot.resources import templates_dir as builtin_templates_dir
+from digestbot.schedule import WEEK_DAYS
 from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url, snippet
 
 __all__ = [
@@ -39,6 +40,16 @@ SUMMARY_LIMIT = 600
 EXCERPT_LEAD = 160
 """When the first highlight lies past what fits, the excerpt starts about this many characters
 before it (at a word boundary), so the reader sees the match in its context."""
+
+EXCERPT_CONTEXT = 80
+"""A matched word that the excerpt does not reach is added as a short part: this many
+characters around it, cut at word boundaries."""
+
+EXCERPT_EXTRA = 3
+"""At most this many such short parts follow the main excerpt."""
+
+EXCERPT_JOIN = " \u2026 "
+"""What stands between two parts of an excerpt."""
 
 AUTHORS_SHOWN = 3
 """A long author list shows this many names, then "and N more"."""
@@ -186,8 +197,9 @@ def _segments(
 ) -> tuple[list[tuple[str, bool]], bool, bool]:
     """Split ``text`` into (piece, highlighted) segments after cleaning and optional trimming.
 
-    With a ``limit``, the excerpt is the part around the first highlight: it starts at the
-    beginning when the first highlight fits, else shortly before it. Returns the segments,
+    With a ``limit``, the excerpt is the part around the first highlight (it starts at the
+    beginning when the first highlight fits, else shortly before it), then a short part around
+    each other highlighted word it does not reach (see :func:`_windows`). Returns the segments,
     whether the end was cut and whether the start was. Spans follow the whitespace clean-up and
     are cut at the trim points.
     """
@@ -203,32 +215,63 @@ def _segments(
         while new_end > new_start and clean[new_end - 1] == " ":
             new_end -= 1
         mapped.append((new_start, new_end))
-    lead = False
-    first = min((a for a, b in mapped if a < b), default=None)
-    if limit is not None and first is not None and len(clean) > limit and first > limit - 60:
-        begin = clean.rfind(" ", 0, max(0, first - EXCERPT_LEAD)) + 1
-        if begin > 0:
-            clean = clean[begin:]
-            mapped = [(a - begin, b - begin) for a, b in mapped]
-            lead = True
-    trimmed = False
-    if limit is not None and len(clean) > limit:
-        cut = clean.rfind(" ", 0, limit + 1)
-        if cut < limit // 2:  # no sensible word boundary: cut hard
-            cut = limit
-        clean = clean[:cut].rstrip(" ,;:.-\u2013\u2014")
-        trimmed = True
-    final = _clean_spans(mapped, len(clean))
+    windows = _windows(clean, mapped, limit) if limit is not None else [(0, len(clean))]
     segments: list[tuple[str, bool]] = []
-    pos = 0
-    for start, end in final:
-        if start > pos:
-            segments.append((clean[pos:start], False))
-        segments.append((clean[start:end], True))
-        pos = end
-    if pos < len(clean):
-        segments.append((clean[pos:], False))
-    return segments, trimmed, lead
+    for n, (begin, end) in enumerate(windows):
+        if n:
+            segments.append((EXCERPT_JOIN, False))
+        part = clean[begin:end]
+        pos = 0
+        for start, stop in _clean_spans([(a - begin, b - begin) for a, b in mapped], len(part)):
+            if start > pos:
+                segments.append((part[pos:start], False))
+            segments.append((part[start:stop], True))
+            pos = stop
+        if pos < len(part):
+            segments.append((part[pos:], False))
+    return segments, windows[-1][1] < len(clean), windows[0][0] > 0
+
+
+def _word_end(clean: str, at: int) -> int:
+    """Where the excerpt ending near `at` stops: the last word boundary, trailing punctuation off."""
+    if at >= len(clean):
+        return len(clean)
+    cut = clean.rfind(" ", 0, at + 1)
+    return len(clean[: cut if cut > 0 else at].rstrip(" ,;:.-\u2013\u2014"))
+
+
+def _windows(clean: str, mapped: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The [begin, end) parts of ``clean`` an excerpt of about ``limit`` characters shows.
+
+    The main part starts at the beginning when the first highlight fits, else shortly before it.
+    Each highlighted word not shown there (the first span of each other matched query, as far
+    as spans tell) adds a short part around its first occurrence, up to EXCERPT_EXTRA of them.
+    """
+    if len(clean) <= limit:
+        return [(0, len(clean))]
+    spans = sorted((a, b) for a, b in mapped if a < b)
+    begin = 0
+    if spans and spans[0][0] > limit - 60:
+        begin = clean.rfind(" ", 0, max(0, spans[0][0] - EXCERPT_LEAD)) + 1
+    end = begin + limit
+    if end < len(clean):
+        cut = clean.rfind(" ", 0, end + 1)
+        end = _word_end(clean, end) if cut >= begin + limit // 2 else begin + limit
+    windows = [(begin, end)]
+    shown = {clean[a:b].casefold() for a, b in spans if a >= begin and a < end}
+    for a, b in spans:
+        word = clean[a:b].casefold()
+        if word in shown or len(windows) > EXCERPT_EXTRA:
+            continue
+        shown.add(word)
+        w_begin = clean.rfind(" ", 0, max(0, a - EXCERPT_CONTEXT)) + 1
+        w_end = max(b, _word_end(clean, b + EXCERPT_CONTEXT))
+        if w_begin <= windows[-1][1] + len(EXCERPT_JOIN):
+            windows[-1] = (windows[-1][0], max(windows[-1][1], w_end))
+        else:
+            windows.append((w_begin, w_end))
+        shown.update(clean[x:y].casefold() for x, y in spans if x >= w_begin and y <= w_end)
+    return windows
 
 
 def _segments_html(
@@ -515,6 +558,19 @@ class Renderer:
         first = view.first_day or view.digest_date
         last = max(view.last_day or view.digest_date, first)
         dates = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
+        # Words true for the days covered: "this week" when no day before the week is covered,
+        # "this past week" for the seven days before it, "today" for one day, else "since".
+        week_phrase = ""
+        if weekly and first >= view.digest_date:
+            week_phrase = "this week"
+        elif weekly and (last - first).days < WEEK_DAYS:
+            week_phrase = "this past week"
+        if week_phrase:
+            period = week_phrase
+        elif first == last and not weekly:
+            period = "today"
+        else:
+            period = f"since {first.isoformat()}"
         more = max(0, _int_or_none(view.more_count) or 0)
         list_name = clean_line(view.list_name) or "Paper Digest"
         name = clean_line(view.subscriber_name) if view.subscriber_name else ""
@@ -533,7 +589,9 @@ class Renderer:
             "unsubscribe_address": unsubscribe_address,
             "unsubscribe_subject": unsubscribe_subject,
             "weekly": weekly,
-            "period": "this week" if weekly else "today",
+            "week_phrase": week_phrase,
+            "period": period,
+            "one_day": first == last,
             "dates": dates,
             "trending_count": len(hot),
         }

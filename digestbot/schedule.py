@@ -89,6 +89,13 @@ def is_due(spec: Scheduled, now: datetime) -> bool:
     return local.date() > start or local.time() >= spec.send_at
 
 
+def next_due(spec: Scheduled, period: str) -> datetime:
+    """When the digest of the period after `period` is due: send_at, local time, on its first day."""
+    days = WEEK_DAYS if spec.frequency == WEEKLY else 1
+    first = date.fromisoformat(period) + timedelta(days=days)
+    return datetime.combine(first, spec.send_at).replace(tzinfo=spec.tz)
+
+
 def group_key(spec: Scheduled) -> tuple[dt.time, str, str, int]:
     """Subscribers with the same key are due at the same moments (the daemon plans them together)."""
     weekday = spec.weekday_number if spec.frequency == WEEKLY else -1
@@ -120,7 +127,7 @@ class Windows:
     """Which papers are new to whom, for digests planned as of one moment.
 
     A subscriber without a digest yet gets papers featured since `first_day` (the run's day and
-    `lookback` days before it). One with a previous digest gets papers featured since that
+    `lookback` days before it; for weekly, the week so far). One with a previous digest gets papers featured since that
     window's end, or featured within `lookback` days before it and stored by us after it was
     planned (fetched late). Nobody reaches back further than MAX_WINDOW_DAYS.
     """
@@ -131,10 +138,17 @@ class Windows:
     grace: timedelta
 
     @classmethod
-    def as_of(cls, at: datetime, *, lookback: int, frequency: str = DAILY) -> Windows:
-        """Windows of digests planned at `at`; a weekly first digest reaches back a week."""
+    def as_of(
+        cls, at: datetime, *, lookback: int, frequency: str = DAILY, period: str | None = None
+    ) -> Windows:
+        """Windows of digests planned at `at`. A first daily digest reaches back `lookback` days.
+        A first weekly digest of `period` is the week so far (from the period's first day); on
+        that first day itself, it is the week just ended (see span_days)."""
         grace = timedelta(days=lookback)
-        first_day = day_start(run_day(at)) - timedelta(days=span_days(frequency, lookback))
+        today = run_day(at)
+        first_day = day_start(today) - timedelta(days=span_days(frequency, lookback))
+        if frequency == WEEKLY and period is not None and date.fromisoformat(period) < today:
+            first_day = day_start(date.fromisoformat(period))
         oldest = min(first_day, at - timedelta(days=MAX_WINDOW_DAYS))
         return cls(end=at, first_day=first_day, oldest=oldest, grace=grace)
 

@@ -114,12 +114,22 @@ class SubscriberSpec:
         queries = len(self.keywords) + len(self.authors)
         parts = [when]
         if queries:
-            parts.append(f"{queries} quer{'y' if queries == 1 else 'ies'}")
+            parts.append(count_queries(queries))
         if self.exclude:
-            parts.append(f"{len(self.exclude)} exclusion{'s' if len(self.exclude) != 1 else ''}")
+            parts.append(count_exclusions(len(self.exclude)))
         if self.trending:
             parts.append(f"trending {self.trending}")
         return "; ".join(parts)
+
+
+def count_queries(n: int) -> str:
+    """ "1 query", "3 queries": how `check` counts keywords and authors."""
+    return f"{n} quer{'y' if n == 1 else 'ies'}"
+
+
+def count_exclusions(n: int) -> str:
+    """ "1 exclusion", "2 exclusions": how `check` counts exclude entries."""
+    return f"{n} exclusion{'' if n == 1 else 's'}"
 
 
 def load_subscribers(path: Path) -> list[SubscriberSpec]:

@@ -72,8 +72,9 @@ def test_second_run_sends_nothing_new(workdir: Path, smtp_server: SMTPServer) ->
     again = invoke("send", "--date", "2026-03-04", env=smtp_server.env())
     assert again.exit_code == 0, again.output
     assert len(smtp_server.handler.received) == first
-    assert "planned 0 new, 0 skipped with nothing new, 3 already had their digest for the day" in (
-        again.stdout
+    assert (
+        "planned 0 new, 0 skipped with nothing new, 3 already had their digest for their period, 0 off;"
+        in (again.stdout)
     )
     assert "already done" not in again.output
 

@@ -558,7 +558,7 @@ def test_off_plans_nothing_and_back_on_gets_the_normal_window_not_the_backlog(
 
 
 def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A stored weekly digest goes out saying "this week" with the dates it covers."""
+    """A stored weekly digest goes out saying "this week" with the dates it covers: the week so far."""
     settings, engine = env
     specs = parse_subscribers(WEEKLY + "trending = 2\n", source="t.toml")
     fetch(settings, engine, "2026-03-04")
@@ -570,7 +570,7 @@ def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> No
     assert report.sent == ["w@example.org"]
     [eml] = (tmp_path / "out").glob("*.eml")
     raw = eml.read_bytes().decode("utf-8", "replace")
-    assert "this week" in raw and "2026-02-26 to 2026-03-04" in raw
+    assert "this week" in raw and "2026-03-02 to 2026-03-04" in raw
 
 
 def test_syncing_an_off_subscriber_marks_them_paused_without_planning(env) -> None:  # type: ignore[no-untyped-def]

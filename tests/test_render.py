@@ -375,18 +375,21 @@ def test_spans_follow_whitespace_cleanup() -> None:
 
 
 def test_trimmed_abstract_keeps_spans_consistent() -> None:
-    """A long abstract is cut at a word boundary near the limit; spans past the cut vanish, spans across it are shortened."""
+    """A long abstract is cut at a word boundary near the limit; a span across the cut is shortened, a later span's word follows as a short part after " … ", one already shown does not."""
     words = " ".join(f"word{i:03d}" for i in range(300))
     cut_word = words.index("word075")  # around character 600
-    spans = ((0, 7), (cut_word - 4, cut_word + 30), (1500, 1507))
+    spans = ((0, 7), (cut_word - 4, cut_word + 30), (1500, 1507), (1600, 1607), (2000, 2007))
     out = Renderer().render(_view(_paper(summary=words, summary_spans=spans)))
     body = re.search(r'padding-top:10px;">(.*?)</div>', out.html, re.DOTALL)
     assert body is not None
     shown = re.sub(r"<[^>]+>", "", body.group(1))
     assert shown.endswith("\u2026")
-    assert len(shown) <= SUMMARY_LIMIT + 1
-    assert re.search(r"word\d{3}\u2026$", shown)  # cut at a word boundary
-    assert body.group(1).count("<mark") == 2
+    main, *more = shown.split(" \u2026 ")
+    assert len(main) <= SUMMARY_LIMIT
+    assert re.search(r"word\d{3}$", main)  # cut at a word boundary
+    assert len(more) == 2  # (1500, 1507) and (1600, 1607) share one part; (2000, 2007) has its own
+    assert all(len(part) < 2 * 200 for part in more)
+    assert body.group(1).count("<mark") == 5
     assert "word299" not in out.text
 
 
@@ -699,18 +702,18 @@ def test_mixed_digest_shows_matches_then_a_trending_section_numbered_on() -> Non
 
 
 def test_weekly_digest_names_the_week_and_its_dates() -> None:
-    """A weekly digest's subject and greeting say "this week" with the dates it covers."""
+    """A weekly digest's subject and greeting name the week it covers ("this past week" for the seven days before its weekday) with the dates."""
     out = Renderer().render(weekly_view())
     assert out.subject == (
-        "Paper Digest — 2 new papers and 1 trending this week (2026-03-02 to 2026-03-08)"
+        "Paper Digest — 2 new papers and 1 trending this past week (2026-03-02 to 2026-03-08)"
     )
     for part in (out.text, out.html):
         flat = " ".join(part.split())
         assert "2026-03-02 to 2026-03-08" in flat
-        assert "2 new papers matched your filters this week." in flat
-        assert "Trending this week" in flat
+        assert "2 new papers matched your filters this past week." in flat
+        assert "Trending this past week" in flat
     empty = Renderer().render(replace(weekly_view(), papers=(), trending=()))
-    assert "No new papers matched your filters this week." in " ".join(empty.text.split())
+    assert "No new papers matched your filters this past week." in " ".join(empty.text.split())
 
 
 # --------------------------------------------------------------------------- evidence and richer papers
@@ -761,6 +764,52 @@ def test_every_matched_query_shows_highlighted_evidence(make: object) -> None:
     for paper in view.papers + view.trending:
         text, html = _blocks(out.text, out.html, paper)
         text_marks = re.findall(r"\*([^*]+)\*", " ".join(text.split()))
+        html_marks = [
+            unescape(re.sub(r"<[^>]+>", "", m))
+            for m in re.findall(r"<mark[^>]*>(.*?)</mark>", html, re.DOTALL)
+        ]
+        for query in paper.matched:
+            assert _evidence_for(query, text_marks), (paper.arxiv_id, query, text_marks)
+            assert _evidence_for(query, html_marks), (paper.arxiv_id, query, html_marks)
+
+
+MULTI_QUERY_SUBSCRIBERS = [
+    ["sampling", "reasoning"],
+    ["sampling", "language model*", "benchmark"],
+    ["diffusion", "video", "agent*", "reinforcement learning"],
+]
+
+
+def _fixture_papers() -> list[Paper]:
+    """Every paper of the HF fixture days, as stored."""
+    seen: dict[str, Paper] = {}
+    for path in sorted(
+        (Path(__file__).parent / "fixtures" / "hf_daily_papers").glob("2026-*.json")
+    ):
+        for fetched in parse_daily_papers(
+            path.read_bytes(), url="https://huggingface.co/api/daily_papers"
+        ):
+            fields = {f: getattr(fetched, f) for f in Paper.model_fields if hasattr(fetched, f)}
+            fields["authors"] = list(fetched.authors)
+            fields["ai_keywords"] = list(fetched.ai_keywords)
+            seen[fetched.arxiv_id] = Paper(**fields)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("keywords", MULTI_QUERY_SUBSCRIBERS, ids=lambda k: "+".join(k))
+def test_every_matched_query_shows_highlighted_evidence_with_real_matching(
+    keywords: list[str],
+) -> None:
+    """Papers that really match several of a subscriber's queries show a highlight for each one."""
+    flt = compile_filter(keywords=keywords, authors=())
+    found = [(p, explain(flt, p)) for p in _fixture_papers()]
+    views = tuple(paper_view(p, m) for p, m in found if m is not None)
+    assert any(len(v.matched) > 1 for v in views)
+    out = Renderer().render(_view(*views))
+    for paper in views:
+        text, html = _blocks(out.text, out.html, paper)
+        shown = re.sub(r"Matched: [^\n]*", "", text)  # a query's wildcard is no highlight
+        text_marks = re.findall(r"\*([^*]+)\*", " ".join(shown.split()))
         html_marks = [
             unescape(re.sub(r"<[^>]+>", "", m))
             for m in re.findall(r"<mark[^>]*>(.*?)</mark>", html, re.DOTALL)
@@ -846,3 +895,24 @@ def test_real_item_shows_tldr_project_page_and_keyword_evidence() -> None:
     bare = Renderer().render(_view(replace(view, tldr=None, project_page=None, keywords=())))
     assert "TL;DR" not in bare.text and "TL;DR" not in bare.html
     assert "Project" not in bare.text
+
+
+def test_period_wording_is_true_for_the_days_covered() -> None:
+    """A daily digest over several days says "since" its first day, not "today"; a weekly one reaching before its week does not say "this week"."""
+    daily = replace(mixed_view(), first_day=date(2026, 3, 2), last_day=date(2026, 3, 4))
+    out = Renderer().render(daily)
+    for part in (out.text, out.html):
+        flat = " ".join(part.split())
+        assert "today" not in flat
+        assert "Trending since 2026-03-02" in flat
+    one_day = Renderer().render(replace(daily, first_day=None, last_day=None))
+    assert "Trending today" in one_day.text
+    past = replace(weekly_view(), first_day=date(2026, 2, 20), last_day=date(2026, 3, 9))
+    out = Renderer().render(past)
+    assert out.subject.endswith("for 2026-02-20 to 2026-03-09")
+    for part in (out.text, out.html):
+        flat = " ".join(part.split())
+        assert "this week" not in flat.lower()
+        assert "since 2026-02-20" in flat
+    so_far = replace(weekly_view(), digest_date=date(2026, 3, 2), last_day=date(2026, 3, 4))
+    assert Renderer().render(so_far).subject.endswith("this week (2026-03-02 to 2026-03-04)")

@@ -96,3 +96,14 @@ def test_a_first_weekly_window_reaches_back_a_week() -> None:
     assert schedule.Windows.as_of(at, lookback=10, frequency="weekly").first_day == datetime(
         2026, 2, 27, tzinfo=UTC
     )
+
+
+def test_a_first_weekly_window_mid_week_is_the_week_so_far() -> None:
+    """A weekly subscriber's first digest sent mid-week covers the week so far: from the period's weekday date."""
+    at = datetime(2026, 3, 4, 12, tzinfo=UTC)  # a Wednesday; the week started Monday 2026-03-02
+    weekly = schedule.Windows.as_of(at, lookback=2, frequency="weekly", period="2026-03-02")
+    assert weekly.first_day == datetime(2026, 3, 2, tzinfo=UTC)
+    on_the_day = schedule.Windows.as_of(
+        datetime(2026, 3, 9, 7, tzinfo=UTC), lookback=2, frequency="weekly", period="2026-03-09"
+    )
+    assert on_the_day.first_day == datetime(2026, 3, 3, tzinfo=UTC)  # the week just ended
