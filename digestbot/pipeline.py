@@ -2,15 +2,15 @@
 
 The CLI and the daemon are thin front doors onto these functions. Every input (engine, source,
 backend, clock) is passed in; nothing here reads the environment or the wall clock, runs SQL or
-builds a message: storage is in `store`/`outbox`, time in `schedule`, messages in `mail`.
+builds a message: storage is in `store`/`outbox`, time in `schedule`, what a digest holds in
+`planning`, messages in `mail`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
@@ -32,17 +32,16 @@ from digestbot.errors import (
 )
 from digestbot.mail.backends import Backend, Envelope
 from digestbot.mail.context import MailContext, compose, digest_view
-from digestbot.mail.message import make_message_id
 from digestbot.mail.ratelimit import RateLimiter
-from digestbot.matching import Match, PaperIndex, bulk_matching, compile_filter
+from digestbot.matching import Match, PaperIndex, compile_filter
 from digestbot.models import DigestState, Paper, UnsubscribeMethod
+from digestbot.planning import PLAN_BATCH, Recipient, compute_plans
 from digestbot.render import DigestView, RenderedDigest
 from digestbot.sources.base import FetchedPaper, WindowResult
 from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
 
-PLAN_BATCH = 1000
 CLAIM_BATCH = 20
 Clock = Callable[[], datetime]
 
@@ -104,14 +103,6 @@ def fetch_and_store(
 
 
 # -- subscribers ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """A validated subscriber spec with its database id (negative: never synced, dry runs only)."""
-
-    spec: SubscriberSpec
-    id: int
 
 
 def select_subscribers(
@@ -236,175 +227,6 @@ class PlanSummary:
     existing: int = 0
     off: int = 0  # subscribers with frequency = "off": nothing planned
     suppressed: int = 0  # subscribers who unsubscribed: nothing planned
-
-
-TRENDING_SLACK = 100  # trending candidates read per subscriber beyond N (some may be held)
-
-
-def compute_plans(
-    session: Session,
-    recipients: Sequence[Recipient],
-    *,
-    as_of: datetime,
-    lookback: int,
-    day: date | None,
-    from_addr: str,
-    skip_existing: bool = True,
-) -> Iterator[outbox.DigestPlan]:
-    """Decide each recipient's digest for its period, without writing anything.
-
-    A digest holds the papers that match the subscriber's filter, were never put in one of their
-    digests before, and are new to them (schedule.Windows says which), ranked over the period
-    and capped by max_papers; papers beyond it are counted and not carried over. With
-    `trending = N` it also holds, in a "Trending" section, those of the N most upvoted such
-    papers (upvotes > 0, past exclude and min_upvotes) that the matched section does not list.
-    The period is the one holding `day` when given, else the one holding the subscriber's local
-    date at `as_of` (a day, or a week for weekly). Subscribers with frequency "off" get nothing;
-    one back from "off" gets the normal window, not the backlog. Recipients that already have a
-    digest for the period are left out unless `skip_existing` is false (previews). Addresses on
-    the suppression list (they unsubscribed) get nothing, even while in the subscribers file.
-    """
-    active = [r for r in recipients if r.spec.frequency != schedule.OFF]
-    blocked = store.suppressed_keys(session, [r.spec.email for r in active])
-    active = [r for r in active if address_key(r.spec.email) not in blocked]
-    pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in active]
-    have = outbox.existing_periods(session, pairs) if skip_existing else set()
-    todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
-    if not todo:
-        return
-    # A first weekly window depends on the week (the period), a daily one only on the run.
-    freq = {
-        r.id: (r.spec.frequency, p if r.spec.frequency == schedule.WEEKLY else "") for r, p in todo
-    }
-    windows = {
-        (f, p): schedule.Windows.as_of(as_of, lookback=lookback, frequency=f, period=p or None)
-        for f, p in sorted(set(freq.values()))
-    }
-    ids = [r.id for r, _ in todo]
-    resumed = outbox.paused(session, ids)
-    prev = {
-        sid: (windows[freq[sid]].since(end), planned_at)
-        for sid, (end, planned_at) in outbox.last_windows(session, ids).items()
-        if sid not in resumed
-    }
-    start = min(
-        w.fetch_start([prev[sid][0] for sid in prev if freq[sid] == f]) for f, w in windows.items()
-    )
-    papers = store.papers_featured_between(session, start=start, end=as_of)
-    by_id = {p.arxiv_id: p for p in papers}
-    by_upvotes = sorted(
-        (p for p in papers if p.upvotes > 0), key=lambda p: (-p.upvotes, p.arxiv_id)
-    )
-    index = PaperIndex.build(papers)
-    database_id = store.database_id(session)
-
-    for offset in range(0, len(todo), PLAN_BATCH):
-        batch = todo[offset : offset + PLAN_BATCH]
-        found: dict[int, list[Match]] = {}
-        hot: dict[int, list[Paper]] = {}
-        with bulk_matching():
-            for r, _ in batch:
-                sp = r.spec
-                is_new = functools.partial(_is_new, windows[freq[r.id]], prev.get(r.id))
-                found[r.id] = []
-                if sp.keywords or sp.authors:
-                    flt = compile_filter(
-                        keywords=sp.keywords,
-                        exclude=sp.exclude,
-                        authors=sp.authors,
-                        min_upvotes=sp.min_upvotes,
-                    )
-                    found[r.id] = [m for m in index.match(flt) if is_new(by_id[m.arxiv_id])]
-                if sp.trending:
-                    hot[r.id] = _trending_candidates(
-                        index, by_upvotes, sp, is_new, limit=sp.trending + TRENDING_SLACK
-                    )
-        people = [sid for sid in found if found[sid] or hot.get(sid)]
-        held = outbox.already_held(
-            session,
-            people,
-            sorted(
-                {m.arxiv_id for sid in people for m in found[sid]}
-                | {p.arxiv_id for sid in people for p in hot.get(sid, ())}
-            ),
-        )
-        for r, p in batch:
-            fresh = [m for m in found[r.id] if (r.id, m.arxiv_id) not in held]
-            top = fresh[: r.spec.max_papers]
-            listed = {m.arxiv_id for m in top}
-            matched = {m.arxiv_id: m for m in fresh}
-            most = [pp for pp in hot.get(r.id, ()) if (r.id, pp.arxiv_id) not in held]
-            trending = tuple(
-                matched.get(pp.arxiv_id) or _trending_match(pp)
-                for pp in most[: r.spec.trending]
-                if pp.arxiv_id not in listed
-            )
-            overflow_shown = sum(1 for m in trending if m.arxiv_id in matched)
-            window = windows[freq[r.id]]
-            yield outbox.DigestPlan(
-                subscriber_id=r.id,
-                email=r.spec.email,
-                period=p,
-                window_start=window.start_of(prev.get(r.id)),
-                window_end=as_of,
-                items=tuple(top),
-                more_count=len(fresh) - len(top) - overflow_shown,
-                send_empty=r.spec.send_empty,
-                message_id=make_message_id(
-                    digest_key=f"{address_key(r.spec.email)}/{p}/{r.id}",
-                    from_addr=from_addr,
-                    database_id=database_id,
-                ),
-                trending=trending,
-                frequency=r.spec.frequency,
-            )
-
-
-def _is_new(
-    window: schedule.Windows, previous: tuple[datetime, datetime] | None, paper: Paper
-) -> bool:
-    return window.is_new(
-        featured_at=paper.featured_at, first_seen_at=paper.first_seen_at, previous=previous
-    )
-
-
-def _trending_candidates(
-    index: PaperIndex,
-    by_upvotes: Sequence[Paper],
-    spec: SubscriberSpec,
-    is_new: Callable[[Paper], bool],
-    *,
-    limit: int,
-) -> list[Paper]:
-    """The subscriber's most upvoted new papers (upvotes > 0, at least min_upvotes, none that an
-    exclude query matches), most upvoted first, at most `limit` of them."""
-    excluded = (
-        {m.arxiv_id for m in index.match(compile_filter(keywords=spec.exclude))}
-        if spec.exclude
-        else set()
-    )
-    floor = max(1, spec.min_upvotes)
-    out: list[Paper] = []
-    for paper in by_upvotes:
-        if paper.upvotes < floor:
-            break
-        if paper.arxiv_id not in excluded and is_new(paper):
-            out.append(paper)
-            if len(out) >= limit:
-                break
-    return out
-
-
-def _trending_match(paper: Paper) -> Match:
-    """A trending paper that no query matched: no score, nothing to highlight."""
-    return Match(
-        arxiv_id=paper.arxiv_id,
-        score=0.0,
-        upvotes=paper.upvotes,
-        matched=(),
-        title_spans=(),
-        summary_spans=(),
-    )
 
 
 def plan_digests(
