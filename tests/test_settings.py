@@ -405,7 +405,7 @@ def test_arbitrary_float_and_address_values_are_valid_or_config_errors(value: st
         ("Digest <digest@localhost>", "should have a period"),
         ("Digest <digest@host.local>", "special-use"),
         ("Digest <digest@exa_mple.org>", "invalid characters"),
-        ('Digest <"quoted x"@example.org>', "Quoting"),
+        ('Digest <"quoted x"@example.org>', "is not valid: quoting"),
     ],
 )
 def test_mail_from_is_checked_by_the_one_address_validator(value: str, fragment: str) -> None:
