@@ -614,8 +614,9 @@ class Settings:
 
     @property
     def mail_from_address(self) -> str:
-        """The bare addr-spec of the From address (`digest@example.org`), for the SMTP envelope."""
-        return _parse_mailbox(self.mail_from).addr_spec
+        """The bare addr-spec of the From address (`digest@example.org`), for the SMTP envelope:
+        the domain in ASCII (IDNA), as SMTP without SMTPUTF8 needs it."""
+        return _parse_mailbox(self.mail_from).ascii_addr_spec
 
     @property
     def from_domain(self) -> str:

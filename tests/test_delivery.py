@@ -834,3 +834,59 @@ def test_retry_requeues_failed_and_deferred_for_now_and_failed_only_keeps_the_ol
     assert "sent 1, deferred 0, failed 0 (1 of them retries of earlier attempts)" in sent.stdout
     assert received_ids(handler, GRACE) == [rows[GRACE].message_id]
     assert bot.rows()[GRACE].state == "sent"
+
+
+# -- check and send agree on what every message shares ------------------------------------------
+
+_SECRET = {"DIGESTBOT_UNSUBSCRIBE_SECRET": "s" * 32}
+
+
+@pytest.mark.parametrize(
+    ("env", "accepted"),
+    [
+        ({"DIGESTBOT_MAIL_FROM": "Digest <digest@bücher.example>"}, True),
+        ({"DIGESTBOT_UNSUBSCRIBE_EMAIL": "u@bücher.example"}, True),
+        ({"DIGESTBOT_LIST_ID": "Bücher <digest.xn--bcher-kva.example>"}, True),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?token={token}&a=b,c"}
+            | _SECRET,
+            False,
+        ),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?token={token}&a=b|c"}
+            | _SECRET,
+            False,
+        ),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://exämple.org/unsubscribe?token={token}"}
+            | _SECRET,
+            False,
+        ),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe/ü?token={token}"}
+            | _SECRET,
+            False,
+        ),
+    ],
+)
+def test_check_and_send_agree_and_no_digest_fails_on_mail_settings(
+    bot: Bot, env: dict[str, str], accepted: bool
+) -> None:
+    """A setting that shapes every message is either accepted by check, send --dry-run and send alike (and mailed in ASCII headers) or refused by all three with exit 2, never failing a digest."""
+    unreachable = bot.cli("send", "--date", DAY, DIGESTBOT_SMTP_PORT=str(free_port()))
+    assert unreachable.exit_code == 1, unreachable.output  # plans the three digests only
+    check = bot.cli("check", **env)
+    dry = bot.cli("send", "--date", DAY, "--dry-run", **env)
+    send = bot.cli("send", "--date", DAY, **env)
+    want = 0 if accepted else 2
+    for result in (check, dry, send):
+        assert result.exit_code == want, result.output
+    rows = bot.rows()
+    assert sorted(rows) == sorted(PEOPLE)
+    assert {r.state for r in rows.values()} == ({"sent"} if accepted else {"planned"})
+    received = bot.server.handler.received
+    assert len(received) == (3 if accepted else 0)
+    for item in received:
+        assert item.raw.isascii() and item.mail_from.isascii()
+        for name in ("From", "To", "List-Id", "List-Unsubscribe"):
+            assert not item.message[name].defects, (name, item.message[name])
