@@ -865,6 +865,24 @@ def _check_dkim(r: _Reader, s: Settings) -> None:
             f"{str(s.dkim_key_file)!r} cannot sign ({reason}); expected a PEM RSA private key "
             "(-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)",
         ) from exc
+    bits = _rsa_key_bits(key)
+    if bits < MIN_DKIM_KEY_BITS:
+        raise r.error(
+            name,
+            f"{str(s.dkim_key_file)!r} is a {bits}-bit RSA key; DKIM keys must have at least "
+            f"{MIN_DKIM_KEY_BITS} bits (RFC 8301), 2048 recommended",
+        )
+
+
+MIN_DKIM_KEY_BITS = 1024
+"""RFC 8301: verifiers must not accept signatures made with RSA keys under 1024 bits."""
+
+
+def _rsa_key_bits(key: bytes) -> int:
+    """The modulus size of a PEM RSA private key (one that dkimpy has just signed with)."""
+    from dkim.crypto import parse_pem_private_key
+
+    return int(parse_pem_private_key(key)["modulus"]).bit_length()
 
 
 def _dkim_probe(key: bytes, *, selector: str, domain: str) -> None:
