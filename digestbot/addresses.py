@@ -38,6 +38,7 @@ __all__ = [
     "parse_addr_spec",
     "parse_list_id",
     "parse_mailbox",
+    "smtp_address",
 ]
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -169,6 +170,11 @@ def parse_mailbox(value: str) -> Mailbox:
         domain=box.domain,
         ascii_domain=box.ascii_domain,
     )
+
+
+def smtp_address(address: str) -> str:
+    """A valid bare address as SMTP without SMTPUTF8 takes it: the domain in ASCII (IDNA)."""
+    return parse_addr_spec(address).ascii_addr_spec
 
 
 def check_dns_name(value: str) -> str:

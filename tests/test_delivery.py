@@ -890,3 +890,18 @@ def test_check_and_send_agree_and_no_digest_fails_on_mail_settings(
         assert item.raw.isascii() and item.mail_from.isascii()
         for name in ("From", "To", "List-Id", "List-Unsubscribe"):
             assert not item.message[name].defects, (name, item.message[name])
+
+
+def test_retry_finds_an_internationalized_domain_by_its_ascii_form(bot: Bot) -> None:
+    """A subscriber written `ada@Bücher.example` whose digest failed is requeued by `retry ada@xn--bcher-kva.example` (address_key compares domains in IDNA)."""
+    write_subscribers(bot.workdir, ["ada@Bücher.example", GRACE])
+    for spelling in ("ada@xn--bcher-kva.example", "ada@Bücher.example", "ada@bücher.example"):
+        bot.server.handler.reject_rcpt[spelling] = "550 5.1.1 no such user"
+    sent = bot.cli("send", "--date", DAY)
+    assert sent.exit_code == 1, sent.output
+    [ada] = [e for e in bot.rows() if e != GRACE]
+    assert bot.rows()[ada].state == "failed"
+    requeue = bot.cli("retry", "ada@xn--bcher-kva.example")
+    assert requeue.exit_code == 0, requeue.output
+    assert "requeued 1" in requeue.output
+    assert bot.rows()[ada].state == "planned"
