@@ -905,3 +905,39 @@ def test_retry_finds_an_internationalized_domain_by_its_ascii_form(bot: Bot) -> 
     assert requeue.exit_code == 0, requeue.output
     assert "requeued 1" in requeue.output
     assert bot.rows()[ada].state == "planned"
+
+
+def test_migration_0008_recomputes_address_keys_of_internationalized_domains(
+    tmp_path: Path,
+) -> None:
+    """Upgrading a database at 0007 turns the stored key `ada@bücher.example` (and a suppression key) into its IDNA form and keeps ASCII keys."""
+    from alembic import command
+
+    from digestbot.db import alembic_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    now = datetime(2026, 3, 4, tzinfo=UTC).isoformat()
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0007")
+        for email in ("ada@Bücher.example", "grace@example.org"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO subscribers (email, address_key, name, active, created_at,"
+                    " updated_at) VALUES (:e, :k, NULL, 1, :t, :t)"
+                ),
+                {"e": email, "k": email.lower(), "t": now},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO suppressions (address_key, address, method, created_at)"
+                " VALUES (:k, :a, 'web', :t)"
+            ),
+            {"k": "u@bücher.example", "a": "u@Bücher.example", "t": now},
+        )
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+        keys = set(conn.execute(sa.text("SELECT address_key FROM subscribers")).scalars())
+        suppressed = set(conn.execute(sa.text("SELECT address_key FROM suppressions")).scalars())
+    engine.dispose()
+    assert keys == {"ada@xn--bcher-kva.example", "grace@example.org"}
+    assert suppressed == {"u@xn--bcher-kva.example"}
