@@ -690,3 +690,45 @@ def test_idn_addresses_reach_headers_in_ascii() -> None:
     assert s.effective_list_id == "<digest.xn--bcher-kva.example>"
     assert s.effective_unsubscribe_email == "u@xn--bcher-kva.example"
     assert s.mail_from_address == "digest@xn--bcher-kva.example"
+
+
+_LIST_ID_TEXT = st.lists(
+    st.sampled_from(list("ab.-_<> \"'üé,|{}^`") + ["xn--bcher-kva", "example.org"]),
+    max_size=12,
+).map("".join)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(list_id=_LIST_ID_TEXT, url_tail=_LIST_ID_TEXT)
+def test_list_id_and_unsubscribe_url_that_load_make_a_message(list_id: str, url_tail: str) -> None:
+    """A DIGESTBOT_LIST_ID or DIGESTBOT_UNSUBSCRIBE_URL that loads also passes the sample message app.mail_context builds: one grammar for settings and messages."""
+    from digestbot import app
+
+    env = {
+        "DIGESTBOT_MAIL_FROM": "Digest <digest@example.org>",
+        "DIGESTBOT_LIST_ID": list_id,
+        "DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?token={token}&x=" + url_tail,
+        "DIGESTBOT_UNSUBSCRIBE_SECRET": "s" * 32,
+    }
+    try:
+        loaded = load(env)
+    except ConfigError:
+        return
+    app.mail_context(loaded)  # raises ConfigError if a message could not carry them
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["https://example.org/feed", "http://", "ftp://example.org/x", "file://other/x", "{feed}"],
+)
+def test_feed_location_is_decided_once(value: str, tmp_path: Path) -> None:
+    """DIGESTBOT_FEED_URL loads exactly when the feed source can use it (sources.base.locate_feed)."""
+    from digestbot.sources.base import locate_feed
+
+    where = locate_feed(value.replace("{feed}", str(tmp_path)))
+    try:
+        load({"DIGESTBOT_FEED_URL": value.replace("{feed}", str(tmp_path))})
+    except ConfigError:
+        assert where.kind == "bad"
+    else:
+        assert where.kind in ("http", "path")
