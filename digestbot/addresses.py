@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from email.errors import ObsoleteHeaderDefect
 from email.headerregistry import HeaderRegistry
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 
-from digestbot.text import has_unsafe
+from digestbot.text import clean_line, has_unsafe, header_uri_problem
 
 __all__ = [
     "AddressError",
@@ -33,8 +34,11 @@ __all__ = [
     "check_address",
     "check_dns_name",
     "is_dot_atom",
+    "mailto_parts",
     "parse_addr_spec",
+    "parse_list_id",
     "parse_mailbox",
+    "smtp_address",
 ]
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -60,14 +64,37 @@ class Mailbox:
         """`local@domain`, the local part as written."""
         return f"{self.local_part}@{self.domain}"
 
+    @property
+    def ascii_addr_spec(self) -> str:
+        """`local@domain` with the domain in ASCII (IDNA): what headers, URIs and SMTP carry."""
+        return f"{self.local_part}@{self.ascii_domain}"
+
 
 def address_key(address: str) -> str:
-    """The form two addresses are compared in: `Ada@Example.org` and `ada@example.org` are one.
+    """The form two addresses are compared in: `Ada@Example.org`, `ada@example.org` are one, and
+    so are `ada@Bücher.example` and `ada@xn--bcher-kva.example`.
 
-    The domain is case-insensitive by standard; the local part is compared case-insensitively
-    too, as every mainstream mail system treats it, and mail is still delivered as written.
+    The key is the local part in lower case, '@', and the domain in ASCII (IDNA, as
+    email-validator encodes it) in lower case. The domain is case-insensitive by standard; the
+    local part is compared case-insensitively too, as every mainstream mail system treats it,
+    and mail is still delivered as written.
     """
-    return address.strip().lower()
+    text = address.strip()
+    if text.isascii():
+        return text.lower()
+    return _key_non_ascii(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_non_ascii(text: str) -> str:
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text.lower()
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        pass  # not a valid name: compared as written, in lower case
+    return f"{local.lower()}@{domain.lower()}"
 
 
 def _validate(addr_spec: str) -> Mailbox:
@@ -83,7 +110,11 @@ def _validate(addr_spec: str) -> Mailbox:
             test_environment=True,  # accept the reserved testing domain .test
         )
     except EmailNotValidError as exc:
-        raise AddressError(str(exc).rstrip(".")) from None
+        # email-validator's text is one or more sentences ("The part after the @-sign is not
+        # valid. It should have a period."): made one clause after "is not valid: "
+        reason = re.sub(r"\.\s+(\w)", lambda m: "; " + m.group(1).lower(), str(exc).strip())
+        reason = reason.rstrip(".")
+        raise AddressError(f"is not valid: {reason[:1].lower()}{reason[1:]}") from None
     return Mailbox(
         display_name="",
         local_part=result.local_part,
@@ -125,7 +156,9 @@ def parse_mailbox(value: str) -> Mailbox:
         addresses = header.addresses  # type: ignore[attr-defined]
     except Exception as exc:  # the header parser raises IndexError, HeaderParseError, ...
         raise AddressError(f"cannot be parsed as an address ({exc})") from exc
-    if len(addresses) != 1 or any(group.display_name is not None for group in groups):
+    if any(group.display_name is not None for group in groups):
+        raise AddressError("is a group ('Name: addresses;'), which is not allowed here")
+    if len(addresses) != 1:
         raise AddressError(f"must be exactly one address, found {len(addresses)}")
     # obsolete-but-readable forms (a '.' in an unquoted name) are fine; Address re-quotes them
     if any(not isinstance(d, ObsoleteHeaderDefect) for d in header.defects):
@@ -137,6 +170,11 @@ def parse_mailbox(value: str) -> Mailbox:
         domain=box.domain,
         ascii_domain=box.ascii_domain,
     )
+
+
+def smtp_address(address: str) -> str:
+    """A valid bare address as SMTP without SMTPUTF8 takes it: the domain in ASCII (IDNA)."""
+    return parse_addr_spec(address).ascii_addr_spec
 
 
 def check_dns_name(value: str) -> str:
@@ -163,3 +201,42 @@ def check_dns_name(value: str) -> str:
 def is_dot_atom(value: str) -> bool:
     """True when `value` is an RFC 5322 dot-atom (the grammar of a List-Id identifier)."""
     return bool(_DOT_ATOM.fullmatch(value))
+
+
+def parse_list_id(value: str) -> tuple[str, str]:
+    """The label and identifier of a List-Id (RFC 2919): `Label <list.example.org>` or a bare
+    `list.example.org`. The identifier is an ASCII dot-atom with at least one dot, at most 255
+    characters. Raises AddressError; the one grammar of settings and message building."""
+    text = value.strip()
+    if has_unsafe(text):
+        raise AddressError("contains a control character")
+    label, sep, rest = text.rpartition("<")
+    if sep:
+        if not rest.endswith(">") or "<" in label or ">" in label:
+            raise AddressError("is not a List-Id")
+        ident = rest[:-1].strip()
+    else:
+        ident, label = text, ""
+    if not is_dot_atom(ident) or "." not in ident or len(ident) > 255:
+        raise AddressError("is not a List-Id")
+    return label.strip(), ident
+
+
+def mailto_parts(uri: str) -> tuple[str, str | None] | None:
+    """The address and subject of a `mailto:ADDR?subject=...` URI, or None when it is not one
+    (the one reading of the unsubscribe mailto:, for the List-Unsubscribe header and digests)."""
+    from urllib.parse import unquote
+
+    value = uri.strip()
+    if not value.lower().startswith("mailto:") or header_uri_problem(value):
+        return None
+    address, _, query = value[len("mailto:") :].partition("?")
+    address = unquote(address)
+    if "@" not in address or has_unsafe(address):
+        return None
+    subject = None
+    for pair in query.split("&"):
+        key, _, val = pair.partition("=")
+        if key.lower() == "subject" and val:
+            subject = clean_line(unquote(val))
+    return address, subject

@@ -7,6 +7,7 @@ functions take (engine, source, backend, mail context, retry policy).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,10 @@ from sqlalchemy.engine import Engine
 
 from digestbot import logs, outbox
 from digestbot.db import open_database
-from digestbot.errors import ConfigError
+from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.backends import Backend, ConsoleBackend, FileBackend, SMTPBackend
-from digestbot.mail.context import MailContext
+from digestbot.mail.context import MailContext, compose, digest_view
+from digestbot.mail.message import make_message_id
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.render import Renderer
 from digestbot.settings import Settings
@@ -88,7 +90,7 @@ def mail_context(settings: Settings) -> MailContext:
         )
     renderer = Renderer(templates_dir=settings.templates_dir)
     renderer.check()  # a template that does not compile or render stops here, naming file and line
-    return MailContext(
+    context = MailContext(
         renderer=renderer,
         from_addr=settings.mail_from,
         envelope_from=settings.mail_from_address,
@@ -101,6 +103,62 @@ def mail_context(settings: Settings) -> MailContext:
         dkim_domain=settings.effective_dkim_domain,
         dkim_key=key,
     )
+    probe_message(context)
+    return context
+
+
+_PROBE_SETTINGS = (
+    "DIGESTBOT_MAIL_FROM, DIGESTBOT_UNSUBSCRIBE_EMAIL, DIGESTBOT_UNSUBSCRIBE_URL, "
+    "DIGESTBOT_LIST_ID or the DKIM settings"
+)
+
+
+def probe_message(mail: MailContext) -> bytes:
+    """Compose one sample digest to a sample recipient through the real `compose` path (build,
+    serialise, DKIM-sign when configured) and read it back with the standard parser.
+
+    What every message shares (sender, list headers, unsubscribe URIs, signing) is thus tried
+    once before any digest: a problem there is a ConfigError naming the setting(s) (exit 2 from
+    `check`, `send`, `send --dry-run`, `preview` and the daemon alike), never a failed digest.
+    """
+    import email
+    import email.policy
+
+    when = datetime(2000, 1, 1, tzinfo=UTC)
+    try:
+        view = digest_view(
+            mail=mail,
+            email="subscriber@example.org",
+            name="Sample Subscriber",
+            period=when.date().isoformat(),
+            items=(),
+            papers={},
+            more_count=0,
+        )
+        message_id = make_message_id(
+            digest_key="probe", from_addr=mail.from_addr, database_id="probe"
+        )
+        raw = compose(mail=mail, view=view, message_id=message_id, date_=when)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        for name in ("From", "To", "List-Id", "List-Unsubscribe"):
+            header = parsed[name]
+            if header is None or header.defects:
+                raise ValueError(f"the {name} header does not read back")
+    except ConfigError as exc:
+        if exc.field:
+            raise
+        raise ConfigError(
+            f"a sample message cannot be built: {exc.message}; check {_PROBE_SETTINGS}"
+        ) from exc
+    except (PermanentDeliveryError, ValueError) as exc:
+        cause = exc.__cause__
+        field = cause.field if isinstance(cause, ConfigError) else None
+        raise ConfigError(
+            f"a sample message cannot be built ({exc}); every digest would fail; "
+            f"check {field or _PROBE_SETTINGS}",
+            field=field,
+        ) from exc
+    return raw
 
 
 def retry_policy(settings: Settings) -> outbox.RetryPolicy:

@@ -138,23 +138,44 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the database schema to the newest migration (safe to run concurrently)."""
+    """Bring the database schema to the newest migration (safe to run concurrently).
+
+    Two processes opening a fresh or outdated database at once must not both apply a migration:
+    PostgreSQL takes an advisory lock, SQLite an exclusive flock on the database file itself
+    (independent of SQLite's own byte-range locks, and no extra file), held while Alembic runs.
+    """
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn:  # connecting creates a new SQLite file
             if engine.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 conn.commit()
-            try:
-                command.upgrade(alembic_config(conn), "head")
-                conn.commit()
-            finally:
-                if engine.dialect.name == "postgresql":
-                    conn.execute(
-                        sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK}
-                    )
+            with _sqlite_file_lock(engine):
+                try:
+                    command.upgrade(alembic_config(conn), "head")
                     conn.commit()
+                finally:
+                    if engine.dialect.name == "postgresql":
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK}
+                        )
+                        conn.commit()
     except SQLAlchemyError as exc:
         raise database_error(engine, exc, doing="open or migrate") from None
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive flock on the SQLite database file while the block runs (no-op otherwise)."""
+    path = sqlite_path(engine)
+    if path is None or not path.exists():
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def open_database(url: str, *, create: bool = True) -> Engine:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from digestbot import outbox, schedule, store
-from digestbot.addresses import address_key
+from digestbot.addresses import address_key, smtp_address
 from digestbot.db import session_scope
 from digestbot.errors import (
     ConfigError,
@@ -782,7 +782,8 @@ def _send_one(
         raw = compose(mail=mail, view=view, message_id=d.message_id, date_=clock())
         limiter.wait()
         name = f"{d.period}_{d.id:08d}"
-        backend.send(Envelope(sender=mail.envelope_from, recipient=d.email, raw=raw, name=name))
+        rcpt = smtp_address(d.email)  # the domain in ASCII (IDNA)
+        backend.send(Envelope(sender=mail.envelope_from, recipient=rcpt, raw=raw, name=name))
     except TemporaryDeliveryError as exc:
         error = str(exc)
         with session_scope(engine) as s:

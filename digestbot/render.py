@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, urlsplit
 import jinja2
 from markupsafe import Markup, escape
 
+from digestbot.addresses import mailto_parts
 from digestbot.errors import TemplateError
 from digestbot.resources import templates_dir as builtin_templates_dir
 from digestbot.schedule import WEEK_DAYS
@@ -322,21 +323,10 @@ def _link_label(url: str) -> str:
 
 
 def _mailto_parts(mailto: str) -> tuple[str | None, str | None]:
-    """The address and subject of a ``mailto:`` URI (None when it is not one)."""
-    value = clean_line(mailto)
-    if not value.lower().startswith("mailto:") or any(ch in value for ch in '<>"\\ '):
-        return None, None
-    rest = value[len("mailto:") :]
-    address, _, query = rest.partition("?")
-    address = unquote(address)
-    if "@" not in address:
-        return None, None
-    subject = None
-    for pair in query.split("&"):
-        key, _, val = pair.partition("=")
-        if key.lower() == "subject" and val:
-            subject = clean_line(unquote(val))
-    return address, subject
+    """The address and subject of a ``mailto:`` URI (None when it is not one): the reading of
+    addresses.mailto_parts, which the List-Unsubscribe header uses too."""
+    parts = mailto_parts(clean_line(mailto))
+    return parts if parts is not None else (None, None)
 
 
 # --------------------------------------------------------------------------- view models

@@ -19,19 +19,24 @@ import math
 import os
 import re
 import string
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.request import url2pathname
 
 from dotenv import dotenv_values
 
-from digestbot.addresses import AddressError, check_address, check_dns_name, is_dot_atom
+from digestbot.addresses import (
+    AddressError,
+    check_address,
+    check_dns_name,
+    parse_addr_spec,
+    parse_list_id,
+)
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
-from digestbot.text import has_unsafe
+from digestbot.sources.base import locate_feed
+from digestbot.text import has_unsafe, header_uri_problem
 from digestbot.tokens import is_endpoint_url, is_public_url_scheme_ok
 
 __all__ = [
@@ -193,35 +198,22 @@ def _database_url(r: _Reader, name: str) -> str | None:
 
 
 def _feed_url(r: _Reader, name: str) -> str | None:
-    """An http(s) URL with a host, or a file path / file:// URL of a file or folder that exists."""
+    """An http(s) URL with a host, or a file path / file:// URL of a file or folder that exists
+    (the decision is sources.base.locate_feed's)."""
     value = r.text(name)
     if value is None:
         return None
-    try:
-        parts = urllib.parse.urlsplit(value)
-    except ValueError as exc:
-        raise r.error(name, f"{_show(value)} is not a URL ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https"):
-        if not parts.netloc:
-            raise r.error(name, f"{_show(value)} has no host name")
-        return value
-    if "://" in value and scheme != "file":
-        raise r.error(
-            name, f"unsupported scheme {scheme!r}; expected an http(s) URL, a file:// URL or a path"
-        )
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise r.error(name, f"{_show(value)} names another host; use file:///PATH")
-        path = Path(url2pathname(parts.path))
-    else:
-        path = _expand(r, name, value)
-    if not (path.is_file() or path.is_dir()):
-        raise r.error(
-            name,
-            f"{str(path)!r} is not an existing file or folder; give a saved response "
-            "(a file, or a folder of YYYY-MM-DD.json) or an http(s) URL",
-        )
+    where = locate_feed(value)
+    if where.kind == "bad":
+        raise r.error(name, f"{_show(value)} {where.reason}")
+    if where.kind == "path":
+        path = Path(where.value)
+        if not (path.is_file() or path.is_dir()):
+            raise r.error(
+                name,
+                f"{str(path)!r} is not an existing file or folder; give a saved response "
+                "(a file, or a folder of YYYY-MM-DD.json) or an http(s) URL",
+            )
     return value
 
 
@@ -257,6 +249,7 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
     if value is None:
         return None
     example = "expected e.g. https://example.org/unsubscribe?token={token}"
+    _check_header_uri(r, name, value, example)
     try:
         scheme_ok = is_public_url_scheme_ok(value)
     except ValueError as exc:
@@ -291,6 +284,14 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
     return value
 
 
+def _check_header_uri(r: _Reader, name: str, value: str, example: str) -> None:
+    """The List-Unsubscribe URI rule (text.header_uri_problem), with placeholders filled in."""
+    # braces are left to the placeholder checks that follow (unbalanced, unknown names)
+    problem = header_uri_problem(value.replace("{", "").replace("}", ""))
+    if problem:
+        raise r.error(name, f"{_show(value)} {problem}; {example}")
+
+
 def _old_secrets(r: _Reader, name: str) -> tuple[str, ...] | None:
     """Comma-separated former unsubscribe secrets, each of 16+ characters (spaces around commas
     are dropped)."""
@@ -307,14 +308,14 @@ def _list_id(r: _Reader, name: str) -> str | None:
     value = r.text(name)
     if value is None:
         return None
-    match = re.fullmatch(r"(?:([^<>]*)<([^<>]+)>|([^<>\s]+))", value)
-    list_id = match and (match.group(2) or match.group(3))
-    if not list_id or "." not in list_id or not is_dot_atom(list_id):
+    try:
+        parse_list_id(value)
+    except AddressError:
         raise r.error(
             name,
             f"{_show(value)} is not a List-Id; expected 'Name <label.example.org>' "
             "or label.example.org (RFC 2919)",
-        )
+        ) from None
     return value
 
 
@@ -621,8 +622,9 @@ class Settings:
 
     @property
     def mail_from_address(self) -> str:
-        """The bare addr-spec of the From address (`digest@example.org`), for the SMTP envelope."""
-        return _parse_mailbox(self.mail_from).addr_spec
+        """The bare addr-spec of the From address (`digest@example.org`), for the SMTP envelope:
+        the domain in ASCII (IDNA), as SMTP without SMTPUTF8 needs it."""
+        return _parse_mailbox(self.mail_from).ascii_addr_spec
 
     @property
     def from_domain(self) -> str:
@@ -631,15 +633,19 @@ class Settings:
 
     @property
     def effective_unsubscribe_email(self) -> str:
-        """The `mailto:` target of List-Unsubscribe: DIGESTBOT_UNSUBSCRIBE_EMAIL, else the From address."""
-        return self.unsubscribe_email or self.mail_from_address
+        """The `mailto:` target of List-Unsubscribe: DIGESTBOT_UNSUBSCRIBE_EMAIL, else the From
+        address; the domain in ASCII (IDNA), as headers need it."""
+        if self.unsubscribe_email:
+            return parse_addr_spec(self.unsubscribe_email).ascii_addr_spec
+        return _parse_mailbox(self.mail_from).ascii_addr_spec
 
     @property
     def effective_list_id(self) -> str:
-        """The List-Id header value: DIGESTBOT_LIST_ID as given, else `<digest.FROMDOMAIN>`."""
+        """The List-Id header value: DIGESTBOT_LIST_ID as given, else `<digest.FROMDOMAIN>` with
+        the From domain in ASCII (IDNA)."""
         if self.list_id:
             return self.list_id if ">" in self.list_id else f"<{self.list_id}>"
-        return f"<digest.{self.from_domain}>"
+        return f"<digest.{_parse_mailbox(self.mail_from).ascii_domain}>"
 
     @property
     def list_name(self) -> str:
@@ -867,6 +873,24 @@ def _check_dkim(r: _Reader, s: Settings) -> None:
             f"{str(s.dkim_key_file)!r} cannot sign ({reason}); expected a PEM RSA private key "
             "(-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)",
         ) from exc
+    bits = _rsa_key_bits(key)
+    if bits < MIN_DKIM_KEY_BITS:
+        raise r.error(
+            name,
+            f"{str(s.dkim_key_file)!r} is a {bits}-bit RSA key; DKIM keys must have at least "
+            f"{MIN_DKIM_KEY_BITS} bits (RFC 8301), 2048 recommended",
+        )
+
+
+MIN_DKIM_KEY_BITS = 1024
+"""RFC 8301: verifiers must not accept signatures made with RSA keys under 1024 bits."""
+
+
+def _rsa_key_bits(key: bytes) -> int:
+    """The modulus size of a PEM RSA private key (one that dkimpy has just signed with)."""
+    from dkim.crypto import parse_pem_private_key
+
+    return int(parse_pem_private_key(key)["modulus"]).bit_length()
 
 
 def _dkim_probe(key: bytes, *, selector: str, domain: str) -> None:

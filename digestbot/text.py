@@ -15,8 +15,10 @@ from urllib.parse import quote, urlsplit
 __all__ = [
     "UNSAFE",
     "arxiv_id",
+    "clean_block",
     "clean_line",
     "has_unsafe",
+    "header_uri_problem",
     "latex_to_text",
     "plain_text",
     "safe_http_url",
@@ -37,6 +39,14 @@ _URL_FORBIDDEN = re.compile(r"[\s<>\"'`\\{}|^]")
 _URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
 URL_MAX = 2000
 
+# What a URI inside a header's <...> may not contain (RFC 2369/8058 and what mail clients read):
+# space and controls, non-ASCII, the delimiters <>"\`{}|^ and ',' (it separates the URIs).
+_HEADER_URI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff<>\"\\`{}|^,]")
+HEADER_URI_MAX = 900
+
+# Control characters dropped from a multi-line body (tab and newline stay).
+_BLOCK_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
 
 def has_unsafe(value: str) -> bool:
     """True when `value` holds a character that must never reach a header or one line of output."""
@@ -48,6 +58,30 @@ def clean_line(value: object) -> str:
     text = _SURROGATE.sub("\ufffd", str(value))
     text = unicodedata.normalize("NFC", UNSAFE.sub(" ", text))
     return " ".join(text.split())
+
+
+def clean_block(value: str) -> str:
+    """Multi-line text (a message body): CRLF and CR become LF, control characters other than
+    tab and newline are dropped, and the text ends with one newline."""
+    text = value.replace("\r\n", "\n").replace("\r", "\n")
+    text = _BLOCK_UNSAFE.sub("", text)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def header_uri_problem(value: str) -> str | None:
+    """Why `value` cannot stand as a URI in a header like List-Unsubscribe, or None when it can.
+
+    The one rule for the unsubscribe mailto: and https URIs: plain ASCII, at most
+    HEADER_URI_MAX characters, none of space, controls or <>"\\`{}|^ and no ','.
+    """
+    if len(value) > HEADER_URI_MAX:
+        return f"is longer than {HEADER_URI_MAX} characters"
+    bad = _HEADER_URI_FORBIDDEN.search(value)
+    if bad:
+        char = bad.group()
+        what = "a non-ASCII character" if not char.isascii() else f"the character {char!r}"
+        return f"contains {what}, which a List-Unsubscribe URI may not hold (use ASCII/IDNA)"
+    return None
 
 
 def snippet(value: object, limit: int = 120) -> str:

@@ -834,3 +834,110 @@ def test_retry_requeues_failed_and_deferred_for_now_and_failed_only_keeps_the_ol
     assert "sent 1, deferred 0, failed 0 (1 of them retries of earlier attempts)" in sent.stdout
     assert received_ids(handler, GRACE) == [rows[GRACE].message_id]
     assert bot.rows()[GRACE].state == "sent"
+
+
+# -- check and send agree on what every message shares ------------------------------------------
+
+_SECRET = {"DIGESTBOT_UNSUBSCRIBE_SECRET": "s" * 32}
+
+
+@pytest.mark.parametrize(
+    ("env", "accepted"),
+    [
+        ({"DIGESTBOT_MAIL_FROM": "Digest <digest@bücher.example>"}, True),
+        ({"DIGESTBOT_UNSUBSCRIBE_EMAIL": "u@bücher.example"}, True),
+        ({"DIGESTBOT_LIST_ID": "Bücher <digest.xn--bcher-kva.example>"}, True),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?token={token}&a=b,c"}
+            | _SECRET,
+            False,
+        ),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?token={token}&a=b|c"}
+            | _SECRET,
+            False,
+        ),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://exämple.org/unsubscribe?token={token}"}
+            | _SECRET,
+            False,
+        ),
+        (
+            {"DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe/ü?token={token}"}
+            | _SECRET,
+            False,
+        ),
+    ],
+)
+def test_check_and_send_agree_and_no_digest_fails_on_mail_settings(
+    bot: Bot, env: dict[str, str], accepted: bool
+) -> None:
+    """A setting that shapes every message is either accepted by check, send --dry-run and send alike (and mailed in ASCII headers) or refused by all three with exit 2, never failing a digest."""
+    unreachable = bot.cli("send", "--date", DAY, DIGESTBOT_SMTP_PORT=str(free_port()))
+    assert unreachable.exit_code == 1, unreachable.output  # plans the three digests only
+    check = bot.cli("check", **env)
+    dry = bot.cli("send", "--date", DAY, "--dry-run", **env)
+    send = bot.cli("send", "--date", DAY, **env)
+    want = 0 if accepted else 2
+    for result in (check, dry, send):
+        assert result.exit_code == want, result.output
+    rows = bot.rows()
+    assert sorted(rows) == sorted(PEOPLE)
+    assert {r.state for r in rows.values()} == ({"sent"} if accepted else {"planned"})
+    received = bot.server.handler.received
+    assert len(received) == (3 if accepted else 0)
+    for item in received:
+        assert item.raw.isascii() and item.mail_from.isascii()
+        for name in ("From", "To", "List-Id", "List-Unsubscribe"):
+            assert not item.message[name].defects, (name, item.message[name])
+
+
+def test_retry_finds_an_internationalized_domain_by_its_ascii_form(bot: Bot) -> None:
+    """A subscriber written `ada@Bücher.example` whose digest failed is requeued by `retry ada@xn--bcher-kva.example` (address_key compares domains in IDNA)."""
+    write_subscribers(bot.workdir, ["ada@Bücher.example", GRACE])
+    for spelling in ("ada@xn--bcher-kva.example", "ada@Bücher.example", "ada@bücher.example"):
+        bot.server.handler.reject_rcpt[spelling] = "550 5.1.1 no such user"
+    sent = bot.cli("send", "--date", DAY)
+    assert sent.exit_code == 1, sent.output
+    [ada] = [e for e in bot.rows() if e != GRACE]
+    assert bot.rows()[ada].state == "failed"
+    requeue = bot.cli("retry", "ada@xn--bcher-kva.example")
+    assert requeue.exit_code == 0, requeue.output
+    assert "requeued 1" in requeue.output
+    assert bot.rows()[ada].state == "planned"
+
+
+def test_migration_0008_recomputes_address_keys_of_internationalized_domains(
+    tmp_path: Path,
+) -> None:
+    """Upgrading a database at 0007 turns the stored key `ada@bücher.example` (and a suppression key) into its IDNA form and keeps ASCII keys."""
+    from alembic import command
+
+    from digestbot.db import alembic_config
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    now = datetime(2026, 3, 4, tzinfo=UTC).isoformat()
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0007")
+        for email in ("ada@Bücher.example", "grace@example.org"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO subscribers (email, address_key, name, active, created_at,"
+                    " updated_at) VALUES (:e, :k, NULL, 1, :t, :t)"
+                ),
+                {"e": email, "k": email.lower(), "t": now},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO suppressions (address_key, address, method, created_at)"
+                " VALUES (:k, :a, 'web', :t)"
+            ),
+            {"k": "u@bücher.example", "a": "u@Bücher.example", "t": now},
+        )
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+        keys = set(conn.execute(sa.text("SELECT address_key FROM subscribers")).scalars())
+        suppressed = set(conn.execute(sa.text("SELECT address_key FROM suppressions")).scalars())
+    engine.dispose()
+    assert keys == {"ada@xn--bcher-kva.example", "grace@example.org"}
+    assert suppressed == {"u@xn--bcher-kva.example"}

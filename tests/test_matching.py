@@ -186,7 +186,6 @@ ERRORS: list[tuple[str, str, int]] = [
     ("diffusion OR AND video", "operator OR with nothing after it", 11),
     ("(OR diffusion)", "operator OR with nothing before it", 2),
     ("diffusion NOT", "operator NOT with nothing after it", 11),
-    ("diffusion --", "operator '-' with nothing after it", 11),
     ("title:", "field 'title:' with nothing after it", 1),
     ("diffusion title: AND x", "field 'title:' with nothing after it", 11),
     ("()", "empty parentheses", 1),
@@ -360,6 +359,9 @@ LONE_DASHES: list[tuple[str, str]] = [
     ("diffusion -", "diffusion"),
     ("(diffusion -)", "diffusion"),
     ('diffusion - "video generation"', 'diffusion "video generation"'),
+    ("language -- model", "language model"),
+    ("(language -- model)", "language model"),
+    ("language --- model --", "language model"),
 ]
 
 
@@ -382,6 +384,23 @@ def test_lone_dash_before_a_negated_phrase_is_still_only_negated() -> None:
         parse_query('- -"video generation"')
     assert "only negated terms" in info.value.reason
     assert info.value.column == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "branch"),
+    [("a OR -b", "NOT b"), ("x OR (y OR -z)", "NOT z"), ("(a OR -b) -c", "NOT b")],
+)
+def test_only_negated_or_alternative_is_named(query: str, branch: str) -> None:
+    """A query refused because one OR alternative has only negated terms names that alternative, not column 1."""
+    with pytest.raises(QueryError) as info:
+        parse_query(query)
+    assert f"the OR alternative {branch} has only negated terms" in info.value.reason
+    assert info.value.column is None
+
+
+def test_positive_word_outside_the_or_anchors_a_negated_alternative() -> None:
+    """`(a OR -b) c` is accepted: every match contains c."""
+    assert parse_query("(a OR -b) c").describe() == "((a OR NOT b) AND c)"
 
 
 def test_evidence_names_matched_authors_and_feed_keywords() -> None:

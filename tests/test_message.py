@@ -475,3 +475,81 @@ def test_arbitrary_text_never_adds_headers_or_defects(
     assert [a.addr_spec for a in msg["To"].addresses] == ["ada@example.org"]
     assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+
+
+# -- whatever settings accept, a message can carry ------------------------------------------------
+
+_DOMAINS = st.sampled_from(
+    ["example.org", "bücher.example", "Bücher.Example", "xn--bcher-kva.example", "ñandú.test"]
+)
+_LOCALS = st.sampled_from(["digest", "a.b", "x+y", "o'neil", "a|b", "a{b}", "a^b", "a`b"])
+_URLS = st.sampled_from(
+    [
+        "https://example.org/unsubscribe?token={token}",
+        "https://example.org/unsubscribe?token={token}&email={email}",
+        "https://example.org/unsubscribe?token={token}&a=b,c",
+        "https://example.org/unsubscribe?token={token}&a=b|c",
+        "https://exämple.org/unsubscribe?token={token}",
+        "https://example.org/unsubscribe/ü?token={token}",
+        "https://example.org/unsubscribe?token={token}&a=^",
+        "http://127.0.0.1:8080/unsubscribe?token={token}",
+    ]
+)
+_LIST_IDS = st.sampled_from(
+    ["", "digest.example.org", "Bücher <digest.example.org>", "Digest <a.b.c>", "<x.y>"]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    from_local=_LOCALS,
+    from_domain=_DOMAINS,
+    unsub=st.one_of(st.none(), st.tuples(_LOCALS, _DOMAINS)),
+    url=st.one_of(st.none(), _URLS),
+    list_id=_LIST_IDS,
+)
+def test_settings_load_accepts_are_refused_by_check_or_compose_a_readable_message(
+    from_local: str,
+    from_domain: str,
+    unsub: tuple[str, str] | None,
+    url: str | None,
+    list_id: str,
+) -> None:
+    """Mail settings that load either make app.mail_context (what check, send and preview call) raise ConfigError, or compose a digest the standard parser reads back with ASCII headers."""
+    from digestbot import app
+    from digestbot.mail.context import compose, digest_view
+    from digestbot.settings import load_settings
+
+    env = {"DIGESTBOT_MAIL_FROM": f"Bücher Digest <{from_local}@{from_domain}>"}
+    if unsub:
+        env["DIGESTBOT_UNSUBSCRIBE_EMAIL"] = f"{unsub[0]}@{unsub[1]}"
+    if url:
+        env["DIGESTBOT_UNSUBSCRIBE_URL"] = url
+        env["DIGESTBOT_UNSUBSCRIBE_SECRET"] = "s" * 32
+    if list_id:
+        env["DIGESTBOT_LIST_ID"] = list_id
+    try:
+        loaded = load_settings(env, env_file=None)
+    except ConfigError:
+        return  # refused at load: nothing to compare
+    try:
+        mail = app.mail_context(loaded)
+    except ConfigError as exc:
+        assert exc.exit_code == 2
+        return
+    view = digest_view(
+        mail=mail,
+        email="Grace.Hopper@Example.ORG",
+        name="Grace",
+        period="2026-03-04",
+        items=(),
+        papers={},
+        more_count=0,
+    )
+    message_id = make_message_id(digest_key="k", from_addr=mail.from_addr, database_id="db")
+    raw = compose(mail=mail, view=view, message_id=message_id, date_=datetime.now(UTC))
+    assert raw.isascii()
+    parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
+    for name in ("From", "To", "List-Id", "List-Unsubscribe", "Message-ID"):
+        assert parsed[name] is not None and not parsed[name].defects, name
+    assert parsed["To"].addresses[0].addr_spec == "Grace.Hopper@example.org"

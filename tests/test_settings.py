@@ -405,7 +405,7 @@ def test_arbitrary_float_and_address_values_are_valid_or_config_errors(value: st
         ("Digest <digest@localhost>", "should have a period"),
         ("Digest <digest@host.local>", "special-use"),
         ("Digest <digest@exa_mple.org>", "invalid characters"),
-        ('Digest <"quoted x"@example.org>', "Quoting"),
+        ('Digest <"quoted x"@example.org>', "is not valid: quoting"),
     ],
 )
 def test_mail_from_is_checked_by_the_one_address_validator(value: str, fragment: str) -> None:
@@ -626,3 +626,109 @@ def test_send_with_broken_dkim_exits_2_and_fails_no_digest(
             )
         engine.dispose()
         assert failed == 0
+
+
+def test_dkim_key_under_1024_bits_is_refused(tmp_path: Path) -> None:
+    """A DKIM key of fewer than 1024 bits is refused at load naming the key file (RFC 8301)."""
+    import subprocess
+
+    pem = subprocess.run(["openssl", "genrsa", "768"], check=True, capture_output=True).stdout
+    key = tmp_path / "small.pem"
+    key.write_bytes(pem)
+    env = {
+        "DIGESTBOT_MAIL_FROM": "Digest <digest@example.org>",
+        "DIGESTBOT_DKIM_KEY_FILE": str(key),
+        "DIGESTBOT_DKIM_SELECTOR": "mail",
+    }
+    with pytest.raises(ConfigError) as info:
+        load(env)
+    assert info.value.field == "DIGESTBOT_DKIM_KEY_FILE"
+    assert "768-bit" in info.value.message and "RFC 8301" in info.value.message
+
+
+def test_group_as_mail_from_says_groups_are_not_allowed() -> None:
+    """DIGESTBOT_MAIL_FROM written as a group is refused saying a group is not allowed."""
+    with pytest.raises(ConfigError) as info:
+        load({"DIGESTBOT_MAIL_FROM": "Group: a@example.org;"})
+    assert "group" in info.value.message and "found 1" not in info.value.message
+
+
+def test_email_validator_reason_follows_a_separator_in_one_sentence() -> None:
+    """An address email-validator refuses is reported as the value, 'is not valid: ', and its reason as one sentence."""
+    with pytest.raises(ConfigError) as info:
+        load({"DIGESTBOT_MAIL_FROM": "Digest <digest@localhost>"})
+    message = info.value.message
+    assert "'Digest <digest@localhost>' is not valid: the part after" in message
+    reason = message.split("is not valid: ", 1)[1].split("; expected", 1)[0]
+    assert ". " not in reason and reason.endswith("should have a period")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIGESTBOT_UNSUBSCRIBE_URL", "https://exämple.org/unsubscribe?token={token}"),
+        ("DIGESTBOT_UNSUBSCRIBE_URL", "https://example.org/unsubscribe?token={token}&a=b,c"),
+        ("DIGESTBOT_UNSUBSCRIBE_URL", "https://example.org/unsubscribe?token={token}&a=b|c"),
+    ],
+)
+def test_unsubscribe_url_a_header_cannot_carry_is_refused_at_load(name: str, value: str) -> None:
+    """An unsubscribe URL with non-ASCII, ',' or '|' is refused at load by the one header-URI rule."""
+    with pytest.raises(ConfigError) as info:
+        load({name: value, "DIGESTBOT_UNSUBSCRIBE_SECRET": "x" * 32})
+    assert info.value.field == name
+    assert "List-Unsubscribe URI" in info.value.message
+
+
+def test_idn_addresses_reach_headers_in_ascii() -> None:
+    """An internationalized From or unsubscribe domain gives ASCII (IDNA) List-Id, mailto and envelope."""
+    s = load(
+        {
+            "DIGESTBOT_MAIL_FROM": "Digest <digest@Bücher.example>",
+            "DIGESTBOT_UNSUBSCRIBE_EMAIL": "u@bücher.example",
+        }
+    )
+    assert s.effective_list_id == "<digest.xn--bcher-kva.example>"
+    assert s.effective_unsubscribe_email == "u@xn--bcher-kva.example"
+    assert s.mail_from_address == "digest@xn--bcher-kva.example"
+
+
+_LIST_ID_TEXT = st.lists(
+    st.sampled_from(list("ab.-_<> \"'üé,|{}^`") + ["xn--bcher-kva", "example.org"]),
+    max_size=12,
+).map("".join)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(list_id=_LIST_ID_TEXT, url_tail=_LIST_ID_TEXT)
+def test_list_id_and_unsubscribe_url_that_load_make_a_message(list_id: str, url_tail: str) -> None:
+    """A DIGESTBOT_LIST_ID or DIGESTBOT_UNSUBSCRIBE_URL that loads also passes the sample message app.mail_context builds: one grammar for settings and messages."""
+    from digestbot import app
+
+    env = {
+        "DIGESTBOT_MAIL_FROM": "Digest <digest@example.org>",
+        "DIGESTBOT_LIST_ID": list_id,
+        "DIGESTBOT_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?token={token}&x=" + url_tail,
+        "DIGESTBOT_UNSUBSCRIBE_SECRET": "s" * 32,
+    }
+    try:
+        loaded = load(env)
+    except ConfigError:
+        return
+    app.mail_context(loaded)  # raises ConfigError if a message could not carry them
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["https://example.org/feed", "http://", "ftp://example.org/x", "file://other/x", "{feed}"],
+)
+def test_feed_location_is_decided_once(value: str, tmp_path: Path) -> None:
+    """DIGESTBOT_FEED_URL loads exactly when the feed source can use it (sources.base.locate_feed)."""
+    from digestbot.sources.base import locate_feed
+
+    where = locate_feed(value.replace("{feed}", str(tmp_path)))
+    try:
+        load({"DIGESTBOT_FEED_URL": value.replace("{feed}", str(tmp_path))})
+    except ConfigError:
+        assert where.kind == "bad"
+    else:
+        assert where.kind in ("http", "path")

@@ -158,7 +158,10 @@ def test_send_summaries_and_run_log_count_the_unsubscribed(
 
     only = invoke("send", "-s", "ada@example.org", "--date", "2026-03-04")
     assert only.exit_code == 0, only.output
-    assert "0 already had their digest for their period, 0 off, 1 unsubscribed (not sent)" in only.output
+    assert (
+        "0 already had their digest for their period, 0 off, 1 unsubscribed (not sent)"
+        in only.output
+    )
 
     with caplog.at_level(logging.INFO, logger="digestbot"):
         real = invoke("send", "--date", "2026-03-04")

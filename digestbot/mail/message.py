@@ -19,10 +19,16 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, cast
 
 from digestbot import tokens
-from digestbot.addresses import AddressError, check_dns_name, is_dot_atom, parse_addr_spec
+from digestbot.addresses import (
+    AddressError,
+    check_dns_name,
+    mailto_parts,
+    parse_addr_spec,
+    parse_list_id,
+)
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
-from digestbot.text import clean_line
+from digestbot.text import clean_block, clean_line, header_uri_problem
 
 if TYPE_CHECKING:
     from digestbot.render import RenderedDigest
@@ -97,8 +103,6 @@ def _make_policy() -> email.policy.EmailPolicy[EmailMessage]:
 _POLICY = _make_policy()
 
 _MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x5a\x5e-\x7e]+>")
-_URI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\uffff<>\"\\`{}|^,]")
-_URI_MAX = 900
 
 
 def clean_header_text(value: object, *, limit: int = 900) -> str:
@@ -106,18 +110,23 @@ def clean_header_text(value: object, *, limit: int = 900) -> str:
     return clean_line(value)[:limit].rstrip()
 
 
-def parse_address(value: str, *, what: str, allow_display_name: bool = False) -> Address:
+def parse_address(
+    value: str, *, what: str, allow_display_name: bool = False, field: str | None = None
+) -> Address:
     """Parse one mailbox (``addr@domain`` or, when allowed, ``Name <addr@domain>``).
 
     The rule is digestbot.addresses' (the one validator); anything it refuses is a ConfigError
-    naming ``what``. The domain of the result is ASCII (IDNA), ready for a header.
+    naming ``what`` (and ``field``, the setting it came from, if any). The domain of the result
+    is ASCII (IDNA), ready for a header.
     """
     if not isinstance(value, str):
-        raise ConfigError(f"{what}: not a single email address: {value!r}")
+        raise ConfigError(f"{what}: not a single email address: {value!r}", field=field)
     try:
         box = _parse_mailbox(value) if allow_display_name else parse_addr_spec(value)
     except AddressError as exc:
-        raise ConfigError(f"{what}: {clean_header_text(value, limit=200)!r} {exc}") from None
+        raise ConfigError(
+            f"{what}: {clean_header_text(value, limit=200)!r} {exc}", field=field
+        ) from None
     try:
         return Address(
             display_name=clean_header_text(box.display_name, limit=200),
@@ -125,7 +134,7 @@ def parse_address(value: str, *, what: str, allow_display_name: bool = False) ->
             domain=box.ascii_domain,
         )
     except (ValueError, HeaderParseError, IndexError) as exc:
-        raise ConfigError(f"{what}: not a single email address: {value!r}") from exc
+        raise ConfigError(f"{what}: not a single email address: {value!r}", field=field) from exc
 
 
 def make_message_id(*, digest_key: str, from_addr: str, database_id: str) -> str:
@@ -145,43 +154,38 @@ def make_message_id(*, digest_key: str, from_addr: str, database_id: str) -> str
 
 def _mailto_uri(value: str) -> str:
     value = value.strip()
-    if (
-        not value.lower().startswith("mailto:")
-        or len(value) > _URI_MAX
-        or _URI_FORBIDDEN.search(value)
-    ):
-        raise ConfigError(f"unsubscribe address must be a plain ASCII mailto: URI, got {value!r}")
-    if "@" not in value.partition("?")[0]:
-        raise ConfigError(f"unsubscribe mailto: URI has no address: {value!r}")
+    if mailto_parts(value) is None:
+        reason = header_uri_problem(value) or "is not a mailto: URI with an address"
+        raise ConfigError(
+            f"unsubscribe mailto: URI {value!r} {reason}", field="DIGESTBOT_UNSUBSCRIBE_EMAIL"
+        )
     return value
 
 
 def _https_uri(value: str) -> str:
     value = value.strip()
-    if (
-        not (value.lower().startswith("https://") or tokens.is_public_url_scheme_ok(value))
-        or len(value) > _URI_MAX
-        or _URI_FORBIDDEN.search(value)
+    reason = header_uri_problem(value)
+    if not reason and not (
+        value.lower().startswith("https://") or tokens.is_public_url_scheme_ok(value)
     ):
-        raise ConfigError(
-            f"unsubscribe URL must be a plain ASCII https:// URL (RFC 8058), got {value!r}"
-        )
-    if len(value) <= len("https://") or value[len("https://")] in "/?#":
-        raise ConfigError(f"unsubscribe URL has no host: {value!r}")
+        reason = "is not an https:// URL (RFC 8058)"
+    if not reason and (len(value) <= len("https://") or value[len("https://")] in "/?#"):
+        reason = "has no host"
+    if reason:
+        raise ConfigError(f"unsubscribe URL {value!r} {reason}", field="DIGESTBOT_UNSUBSCRIBE_URL")
     return value
 
 
 def _list_id(value: str) -> str:
-    """``Label <list.id.example>`` or a bare ``list.id.example`` → a safe List-Id value."""
-    text = clean_header_text(value)
-    label, sep, rest = text.rpartition("<")
-    if sep:
-        ident = rest.rstrip(">").strip()
-        label = label.strip()
-    else:
-        ident, label = text, ""
-    if not is_dot_atom(ident) or "." not in ident or len(ident) > 255:
-        raise ConfigError(f"List-Id must look like 'Label <name.example.org>', got {value!r}")
+    """``Label <list.id.example>`` or a bare ``list.id.example`` → a safe List-Id value
+    (the grammar is addresses.parse_list_id)."""
+    try:
+        label, ident = parse_list_id(clean_header_text(value))
+    except AddressError:
+        raise ConfigError(
+            f"List-Id must look like 'Label <name.example.org>', got {value!r}",
+            field="DIGESTBOT_LIST_ID",
+        ) from None
     label = label.strip('"').replace('"', "'").replace("\\", "/")[:100].strip()
     if not label:
         return f"<{ident}>"
@@ -229,7 +233,9 @@ def build_message(
         raise ValueError("message date must be timezone-aware")
     if not _MSGID.fullmatch(message_id or ""):
         raise ValueError(f"malformed Message-ID {message_id!r}")
-    sender = parse_address(from_addr, what="From address", allow_display_name=True)
+    sender = parse_address(
+        from_addr, what="From address", allow_display_name=True, field="DIGESTBOT_MAIL_FROM"
+    )
     if "<" in to_addr or ">" in to_addr:
         raise ConfigError(f"recipient must be a bare address, got {to_addr!r}")
     recipient = parse_address(to_addr, what="recipient")
@@ -251,20 +257,15 @@ def build_message(
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
-    msg.set_content(_body(rendered.text), subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.set_content(
+        clean_block(rendered.text), subtype="plain", charset="utf-8", cte="quoted-printable"
+    )
     msg.add_alternative(
-        _body(rendered.html), subtype="html", charset="utf-8", cte="quoted-printable"
+        clean_block(rendered.html), subtype="html", charset="utf-8", cte="quoted-printable"
     )
     for part in msg.iter_parts():
         del part["MIME-Version"]  # only the top level carries it
     return msg
-
-
-def _body(text: str) -> str:
-    """Normalize line endings and drop stray control characters (tabs and newlines stay)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", text)
-    return text if text.endswith("\n") else text + "\n"
 
 
 def message_bytes(msg: EmailMessage) -> bytes:

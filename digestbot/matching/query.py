@@ -109,10 +109,11 @@ class _WordError(Exception):
 
 
 # A '-' is the NOT operator when something other than a space or ')' follows it directly;
-# any other '-' (a space after it, a ')' or the end of the query) is lexed as a word of
-# punctuation, which yields no token, like a comma. Inside a word ("test-time") it is a hyphen.
+# any other run of '-' ("-" or "--" with a space after it, a ')' or the end of the query) is
+# lexed as a word of punctuation, which yields no token, like a comma. Inside a word
+# ("test-time") it is a hyphen.
 _LEX = re.compile(
-    r"""(?P<space>\s+)|(?P<paren>[()])|(?P<phrase>"[^"]*"?)|(?P<dash>-(?=[^\s)]))|(?P<word>[^\s()"]+)"""
+    r"""(?P<space>\s+)|(?P<paren>[()])|(?P<phrase>"[^"]*"?)|(?P<dash>-(?!-*(?:[\s)]|$)))|(?P<word>[^\s()"]+)"""
 )
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
 
@@ -303,6 +304,22 @@ def anchored(node: Node) -> bool:
     return all(map(anchored, node[1]))
 
 
+def _negated_branch(node: Node) -> Node | None:
+    """The first alternative of an OR (at any depth) that is not anchored, when the whole
+    query is not anchored because of it; None when the query is anchored or has no OR."""
+    kind = node[0]
+    if kind == "O":
+        for child in node[1]:
+            if not anchored(child):
+                return _negated_branch(child) or child
+    if kind == "A" and not anchored(node):
+        for child in node[1]:
+            found = _negated_branch(child)
+            if found is not None:
+                return found
+    return None
+
+
 @lru_cache(maxsize=_QUERY_CACHE)
 def parse_query(text: str) -> Query:
     """Parse one `keywords`/`exclude` entry; raises QueryError with a 1-based column.
@@ -317,6 +334,13 @@ def parse_query(text: str) -> Query:
     if not toks:
         raise QueryError("query has no words to match", query=text, column=1)
     node = _Parser(text, toks).parse()
+    branch = _negated_branch(node)
+    if branch is not None:
+        raise QueryError(
+            f"the OR alternative {_describe(branch)} has only negated terms (NOT/-): "
+            "each alternative needs a word it must contain",
+            query=text,
+        )
     if not anchored(node):
         raise QueryError(
             "query has only negated terms (NOT/-): add a word it must contain",

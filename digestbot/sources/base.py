@@ -6,6 +6,7 @@ the per-day result of fetching a window of days.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -91,3 +92,45 @@ class WindowResult:
         else:
             what = f"the feed failed for {shown}"
         return PartialFetchError(f"{what}: {detail}", days=tuple(bad))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLocation:
+    """Where DIGESTBOT_FEED_URL points: an http(s) URL, a local path (file or folder), or
+    nothing usable (`reason` says why)."""
+
+    kind: str  # "http" | "path" | "bad"
+    value: str  # the URL, or the path (file:// decoded, ~ expanded)
+    reason: str = ""
+
+
+def locate_feed(feed_url: str | os.PathLike[str]) -> FeedLocation:
+    """The one decision of what a feed location is; settings and the feed source both call it.
+
+    An http(s) URL needs a host; a file:// URL must be local (no host or `localhost`); any other
+    `scheme://` is refused; everything else is a path, with a leading ~ expanded.
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    text = os.fspath(feed_url).strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        return FeedLocation("bad", text, f"is not a URL ({exc})")
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.netloc:
+            return FeedLocation("bad", text, "has no host name")
+        return FeedLocation("http", text)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return FeedLocation("bad", text, "names another host; use file:///PATH")
+        return FeedLocation("path", url2pathname(parts.path))
+    if "://" in text:
+        return FeedLocation(
+            "bad",
+            text,
+            f"has unsupported scheme {scheme!r}; expected an http(s) URL, a file:// URL or a path",
+        )
+    return FeedLocation("path", os.path.expanduser(text))

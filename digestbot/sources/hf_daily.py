@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import httpx
 
@@ -40,6 +38,7 @@ from digestbot.sources.base import (
     DayFailure,
     FetchedPaper,
     WindowResult,
+    locate_feed,
 )
 from digestbot.sources.http import get_bytes, make_client
 
@@ -292,28 +291,6 @@ def _keywords(raw: Iterable[Any]) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Where:
-    kind: str  # "http" | "path" | "bad"
-    value: str
-
-
-def _locate(feed_url: str | os.PathLike[str]) -> _Where:
-    text = os.fspath(feed_url).strip()
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return _Where("bad", text)
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https"):
-        return _Where("http", text) if parts.netloc else _Where("bad", text)
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            return _Where("bad", text)
-        return _Where("path", url2pathname(parts.path))
-    return _Where("path", os.path.expanduser(text))
-
-
 class HFDailyPapers:
     """The Hugging Face daily papers feed, live over HTTP or offline from saved responses."""
 
@@ -335,7 +312,7 @@ class HFDailyPapers:
         if backoff < 0:
             raise ValueError("backoff must be 0 or more")
         self.feed_url = os.fspath(feed_url)
-        self._where = _locate(feed_url)
+        self._where = locate_feed(feed_url)
         if self._where.kind == "http" and client is None:
             raise ValueError("an http(s) feed needs a client (see make_client)")
         self._client = client
