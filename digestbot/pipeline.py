@@ -539,13 +539,32 @@ def send(
     clock: Clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[str, outbox.Outcome], None] | None = None,
+    fetch_error: FetchError | None = None,
+    failed_days: Sequence[date] = (),
 ) -> SendSummary:
     """`digestbot send` after the fetch: sync the file, plan the period's digests, deliver what is due.
 
     With `only`, just those subscribers are planned and delivered (everyone stays subscribed).
-    `on_start` gets the number of digests about to be delivered.
+    `on_start` gets the number of digests about to be delivered. When the fetch failed
+    (`fetch_error`, for `failed_days`) for a day inside the windows to plan (the rule:
+    `unread_days`), FetchError names those days and nothing is planned or delivered.
     """
     now = clock()
+    bad = unread_days(
+        engine,
+        known_recipients(engine, everyone if only is None else only),
+        failed_days=failed_days,
+        as_of=as_of,
+        lookback=lookback,
+        day=day,
+    )
+    if bad:  # checked before the sync: a refused run writes nothing
+        days = ", ".join(d.isoformat() for d in bad)
+        raise FetchError(
+            f"nothing planned or sent: the digests due now cover {days}, which the feed could "
+            f"not give ({fetch_error}); run again once it answers, or use --no-fetch to send "
+            "from the papers already stored"
+        )
     recipients = sync_subscribers(engine, everyone, now=now)
     if only is not None:
         chosen = {address_key(sp.email) for sp in only}
