@@ -626,3 +626,20 @@ def test_send_with_broken_dkim_exits_2_and_fails_no_digest(
             )
         engine.dispose()
         assert failed == 0
+
+
+@pytest.mark.parametrize(
+    "line", ["DIGESTBOT_SMTP_PASSWORD hunter2secret", "DIGESTBOT_UNSUBSCRIBE_SECRET: hunter2secret"]
+)
+def test_a_malformed_env_line_naming_a_secret_is_one_error_line_without_the_secret(
+    workdir: Path, line: str
+) -> None:
+    """A malformed .env line for a secret setting gives exactly one error line naming .env:1, and the secret's value appears nowhere in the output (no python-dotenv warning either)."""
+    (workdir / ".env").write_text(f"{line}\n", encoding="utf-8")
+    env = {**os.environ, "DIGESTBOT_LOG_LEVEL": "WARNING"}
+    result = run_digestbot(["check"], env=env, cwd=workdir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "hunter2secret" not in result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and ".env:1" in errors[0], result.stderr
+    assert line.split()[0].rstrip(":") in errors[0]
