@@ -743,8 +743,10 @@ def check(
         for sp in specs:
             out.print(f"  {sp.email}: {sp.describe()}", markup=False)
         app.mail_context(settings)
+        backend = app.make_backend(settings)  # a file backend checks its folder here
         _warn_unsubscribed(settings, [sp.email for sp in specs])
         if not smtp:
+            backend.close()
             return
         problems = 0
         try:
@@ -755,7 +757,6 @@ def check(
         except FetchError as exc:
             problems += 1
             err.print(f"feed: FAILED: {exc}", markup=False)
-        backend = app.make_backend(settings)
         if settings.mail_backend != "smtp":
             out.print(
                 f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False

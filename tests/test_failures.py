@@ -262,3 +262,18 @@ def test_a_database_folder_that_cannot_be_created_is_one_clear_line(
     }[case]
     assert expected in line
     assert not target.exists()
+
+
+@pytest.mark.parametrize("mail_dir", ["subscribers.toml", "subscribers.toml/out"])
+def test_a_mail_folder_that_is_a_file_fails_check_and_dry_run_with_exit_2(
+    workdir: Path, mail_dir: str
+) -> None:
+    """A DIGESTBOT_MAIL_DIR that is a file (or lies under one) fails `check` and `send --dry-run` alike: exit 2 naming the setting, before anything is sent."""
+    environ = env(DIGESTBOT_MAIL_BACKEND="file", DIGESTBOT_MAIL_DIR=mail_dir)
+    for args in (["check"], ["send", "--dry-run", "--date", DAY]):
+        result = run_digestbot(args, env=environ, cwd=workdir)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "DIGESTBOT_MAIL_DIR" in lines[0], result.stderr
+        assert "not a folder" in lines[0]
