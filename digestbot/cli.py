@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,7 +26,13 @@ from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, matching, pipeline, schedule, store
 from digestbot.addresses import AddressError, address_key, check_address
-from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, FetchError
+from digestbot.errors import (
+    ConfigError,
+    DeliverySetupError,
+    DigestbotError,
+    FetchError,
+    PartialFetchError,
+)
 from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
 from digestbot.subscribers import count_exclusions, count_queries
@@ -256,8 +262,18 @@ def send(
             )
             _print_dry_run(settings, result)
             return
+        fetch_error: FetchError | None = None
+        failed_days: tuple[date, ...] = ()
         if not no_fetch:
-            _fetch(settings, engine, today=today)
+            try:
+                _fetch(settings, engine, today=today)
+            except PartialFetchError as exc:  # the good days were stored
+                fetch_error, failed_days = exc, exc.days
+            except FetchError as exc:  # nothing stored: every day of the fetch is unread
+                fetch_error = exc
+                failed_days = tuple(
+                    today - timedelta(days=n) for n in range(settings.lookback_days + 1)
+                )
         bar = _Bar()
         try:
             done = pipeline.send(
@@ -274,6 +290,8 @@ def send(
                 clock=_now,
                 on_start=bar.start,
                 on_result=bar.advance,
+                fetch_error=fetch_error,
+                failed_days=failed_days,
             )
         except DeliverySetupError as exc:
             raise DigestbotError(f"delivery stopped, nothing more was attempted: {exc}") from exc
@@ -288,7 +306,9 @@ def send(
             err.print(f"failed {email}: {reason}", markup=False)
         for email, reason in report.taken_over:
             err.print(f"taken over by another run {email}: {reason}", markup=False)
-        if not report.ok:
+        if fetch_error is not None:  # days outside the windows planned: still a failed run
+            err.print(f"digestbot: error: {fetch_error}", markup=False)
+        if not report.ok or fetch_error is not None:
             raise typer.Exit(1)
 
 
@@ -723,8 +743,10 @@ def check(
         for sp in specs:
             out.print(f"  {sp.email}: {sp.describe()}", markup=False)
         app.mail_context(settings)
+        backend = app.make_backend(settings)  # a file backend checks its folder here
         _warn_unsubscribed(settings, [sp.email for sp in specs])
         if not smtp:
+            backend.close()
             return
         problems = 0
         try:
@@ -735,7 +757,6 @@ def check(
         except FetchError as exc:
             problems += 1
             err.print(f"feed: FAILED: {exc}", markup=False)
-        backend = app.make_backend(settings)
         if settings.mail_backend != "smtp":
             out.print(
                 f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False

@@ -7,9 +7,10 @@ After downtime the fetch reaches back to the last good fetch (up to MAX_CATCH_UP
 papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
 message in hand; SIGHUP reloads subscribers. Nothing touches the database before the lock is held.
 
-The feed rule (README "When the feed fails"; `digestbot send` keeps it by exiting 1 before
-planning): a period's digests are planned only after a fetch that got today's feed. While the last fetch failed for today (any FetchError: unreachable, or a
-rejected response such as truncated JSON), due digests are held and the fetch is retried every
+The feed rule is pipeline.unread_days (README "When the feed fails"; `digestbot send` applies it
+by exiting 1): while the last fetch failed for a day inside the windows of the due digests (any
+FetchError: unreachable, or a rejected response such as truncated JSON; today, or an earlier day
+after downtime or in a weekly window), they are held and the fetch is retried every
 FRESH_FETCH. After FEED_WAIT they are planned from the papers already stored, each with a note
 saying which fetch failed; one that would be empty is skipped with that note, never mailed as
 "nothing new".
@@ -60,9 +61,6 @@ class FetchOutcome:
     today: date
     failed_days: frozenset[date] = frozenset()
     error: str | None = None
-
-    def failed_today(self) -> bool:
-        return self.today in self.failed_days
 
 
 class Daemon:
@@ -248,7 +246,7 @@ class Daemon:
         keys: list[tuple[GroupKey, str]],
         now: datetime,
     ) -> pipeline.PlanSummary | None:
-        """Plan the due groups, or hold them while today's fetch fails (see the module docstring)."""
+        """Plan the due groups, or hold them while a day in their windows fails (module docstring)."""
         newly_due = [k for k in keys if k not in self._due_since]
         for key in newly_due:
             self._due_since[key] = now
@@ -257,13 +255,28 @@ class Daemon:
             self.fetch()
         last = self._last_fetch
         note = None
-        if last is not None and last.failed_today():
+        bad: tuple[date, ...] = ()
+        if last is not None and last.failed_days:
+            try:
+                bad = pipeline.unread_days(
+                    self.engine,
+                    due,
+                    failed_days=last.failed_days,
+                    as_of=now,
+                    lookback=self.settings.lookback_days,
+                )
+            except DigestbotError as exc:
+                log.error("planning digests failed: %s", exc)
+                return None
+        if last is not None and bad:
             feed = self.settings.feed_url
+            days = ", ".join(d.isoformat() for d in bad)
             waited = now - min(self._due_since[k] for k in keys)
             if waited < FEED_WAIT:
-                # Planning now would use up the day's digest on old papers, or claim that nothing
-                # matched; the feed gets FEED_WAIT to recover (the fetch is retried every
-                # FRESH_FETCH) before we plan from what is stored. Said once per fetch attempt.
+                # Planning now would use up the period's digest without those days' papers, or
+                # claim that nothing matched; the feed gets FEED_WAIT to recover (the fetch is
+                # retried every FRESH_FETCH) before we plan from what is stored. Said once per
+                # fetch attempt.
                 if not (retried or newly_due):
                     return None
                 log.warning(
@@ -271,13 +284,13 @@ class Daemon:
                     "(at most %s after their send time)",
                     len(due),
                     feed,
-                    last.today,
+                    days,
                     FEED_WAIT,
-                    extra={"feed": feed, "held": len(due), "error": last.error},
+                    extra={"feed": feed, "held": len(due), "days": days, "error": last.error},
                 )
                 return None
             note = (
-                f"planned from stored papers: the fetch for {last.today} from {feed} still "
+                f"planned from stored papers: the fetch for {days} from {feed} still "
                 f"failed {FEED_WAIT} after send time: {last.error}"
             )
             log.warning(
@@ -285,9 +298,9 @@ class Daemon:
                 "them from the papers already stored, empty ones are skipped, not mailed",
                 len(due),
                 feed,
-                last.today,
+                days,
                 last.error,
-                extra={"feed": feed, "error": last.error, "digests": len(due)},
+                extra={"feed": feed, "error": last.error, "days": days, "digests": len(due)},
             )
         try:
             summary = pipeline.plan_digests(

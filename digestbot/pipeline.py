@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from digestbot import outbox, schedule, store
+from digestbot import outbox, planning, schedule, store
 from digestbot.addresses import address_key, smtp_address
 from digestbot.db import session_scope
 from digestbot.errors import (
@@ -229,6 +229,40 @@ class PlanSummary:
     suppressed: int = 0  # subscribers who unsubscribed: nothing planned
 
 
+def unread_days(
+    engine: Engine,
+    recipients: Sequence[Recipient],
+    *,
+    failed_days: Iterable[date],
+    as_of: datetime,
+    lookback: int,
+    day: date | None = None,
+) -> tuple[date, ...]:
+    """THE feed rule (README "When the feed fails"): the failed fetch days inside the windows of
+    the digests these recipients would get planned now. Empty: plan from the last fetch.
+
+    Otherwise `send` exits 1 naming these days, and the daemon holds the digests up to FEED_WAIT,
+    then plans them with a note naming the days (an empty one is skipped, never mailed).
+    A day counts as inside a window when any of its UTC hours is.
+    """
+    failed = sorted(set(failed_days))
+    if not failed:
+        return ()
+    with session_scope(engine) as s:
+        todo, freq, windows, prev = planning.to_plan(
+            s, recipients, as_of=as_of, lookback=lookback, day=day, skip_existing=True
+        )
+    spans = {(windows[freq[r.id]].start_of(prev.get(r.id)), as_of) for r, _ in todo}
+    return tuple(
+        d
+        for d in failed
+        if any(
+            schedule.day_start(d) < end and start < schedule.day_start(d + timedelta(days=1))
+            for start, end in spans
+        )
+    )
+
+
 def plan_digests(
     engine: Engine,
     recipients: Sequence[Recipient],
@@ -301,13 +335,32 @@ def send(
     clock: Clock,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[str, outbox.Outcome], None] | None = None,
+    fetch_error: FetchError | None = None,
+    failed_days: Sequence[date] = (),
 ) -> SendSummary:
     """`digestbot send` after the fetch: sync the file, plan the period's digests, deliver what is due.
 
     With `only`, just those subscribers are planned and delivered (everyone stays subscribed).
-    `on_start` gets the number of digests about to be delivered.
+    `on_start` gets the number of digests about to be delivered. When the fetch failed
+    (`fetch_error`, for `failed_days`) for a day inside the windows to plan (the rule:
+    `unread_days`), FetchError names those days and nothing is planned or delivered.
     """
     now = clock()
+    bad = unread_days(
+        engine,
+        known_recipients(engine, everyone if only is None else only),
+        failed_days=failed_days,
+        as_of=as_of,
+        lookback=lookback,
+        day=day,
+    )
+    if bad:  # checked before the sync: a refused run writes nothing
+        days = ", ".join(d.isoformat() for d in bad)
+        raise FetchError(
+            f"nothing planned or sent: the digests due now cover {days}, which the feed could "
+            f"not give ({fetch_error}); run again once it answers, or use --no-fetch to send "
+            "from the papers already stored"
+        )
     recipients = sync_subscribers(engine, everyone, now=now)
     if only is not None:
         chosen = {address_key(sp.email) for sp in only}

@@ -58,29 +58,11 @@ def compute_plans(
     digest for the period are left out unless `skip_existing` is false (previews). Addresses on
     the suppression list (they unsubscribed) get nothing, even while in the subscribers file.
     """
-    active = [r for r in recipients if r.spec.frequency != schedule.OFF]
-    blocked = store.suppressed_keys(session, [r.spec.email for r in active])
-    active = [r for r in active if address_key(r.spec.email) not in blocked]
-    pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in active]
-    have = outbox.existing_periods(session, pairs) if skip_existing else set()
-    todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
+    todo, freq, windows, prev = to_plan(
+        session, recipients, as_of=as_of, lookback=lookback, day=day, skip_existing=skip_existing
+    )
     if not todo:
         return
-    # A first weekly window depends on the week (the period), a daily one only on the run.
-    freq = {
-        r.id: (r.spec.frequency, p if r.spec.frequency == schedule.WEEKLY else "") for r, p in todo
-    }
-    windows = {
-        (f, p): schedule.Windows.as_of(as_of, lookback=lookback, frequency=f, period=p or None)
-        for f, p in sorted(set(freq.values()))
-    }
-    ids = [r.id for r, _ in todo]
-    resumed = outbox.paused(session, ids)
-    prev = {
-        sid: (windows[freq[sid]].since(end), planned_at)
-        for sid, (end, planned_at) in outbox.last_windows(session, ids).items()
-        if sid not in resumed
-    }
     start = min(
         w.fetch_start([prev[sid][0] for sid in prev if freq[sid] == f]) for f, w in windows.items()
     )
@@ -152,6 +134,50 @@ def compute_plans(
                 trending=trending,
                 frequency=r.spec.frequency,
             )
+
+
+_Freq = tuple[str, str]  # frequency, and the period for weekly (a first weekly window needs it)
+
+
+def to_plan(
+    session: Session,
+    recipients: Sequence[Recipient],
+    *,
+    as_of: datetime,
+    lookback: int,
+    day: date | None,
+    skip_existing: bool,
+) -> tuple[
+    list[tuple[Recipient, str]],
+    dict[int, _Freq],
+    dict[_Freq, schedule.Windows],
+    dict[int, tuple[datetime, datetime]],
+]:
+    """Who gets a digest planned (recipient, period), and the windows it covers (see compute_plans)."""
+    active = [r for r in recipients if r.spec.frequency != schedule.OFF]
+    blocked = store.suppressed_keys(session, [r.spec.email for r in active])
+    active = [r for r in active if address_key(r.spec.email) not in blocked]
+    pairs = [(r.id, schedule.period(r.spec, day=day, at=as_of)) for r in active]
+    have = outbox.existing_periods(session, pairs) if skip_existing else set()
+    todo = [(r, p) for r, (_, p) in zip(active, pairs, strict=True) if (r.id, p) not in have]
+    if not todo:
+        return [], {}, {}, {}
+    # A first weekly window depends on the week (the period), a daily one only on the run.
+    freq = {
+        r.id: (r.spec.frequency, p if r.spec.frequency == schedule.WEEKLY else "") for r, p in todo
+    }
+    windows = {
+        (f, p): schedule.Windows.as_of(as_of, lookback=lookback, frequency=f, period=p or None)
+        for f, p in sorted(set(freq.values()))
+    }
+    ids = [r.id for r, _ in todo]
+    resumed = outbox.paused(session, ids)
+    prev = {
+        sid: (windows[freq[sid]].since(end), planned_at)
+        for sid, (end, planned_at) in outbox.last_windows(session, ids).items()
+        if sid not in resumed
+    }
+    return todo, freq, windows, prev
 
 
 def _is_new(

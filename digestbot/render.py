@@ -411,6 +411,29 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
 # --------------------------------------------------------------------------- renderer
 
 
+class _TextLoader(jinja2.FileSystemLoader):
+    """A folder of templates; a file that is not UTF-8 is a TemplateError naming it (loaded
+    directly or through an include), never a UnicodeDecodeError."""
+
+    def __init__(self, folder: Path, *, field: str | None) -> None:
+        super().__init__(str(folder))
+        self.folder = Path(folder)
+        self.field = field
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            return super().get_source(environment, template)
+        except UnicodeDecodeError as exc:
+            raise TemplateError(
+                f"the template is not UTF-8 text (byte {exc.start + 1} cannot be decoded)",
+                file=str(self.folder / template),
+                line=None,
+                field=self.field,
+            ) from None
+
+
 class Renderer:
     """Jinja2 rendering of digests, with an override folder and a per-paper block cache.
 
@@ -425,8 +448,8 @@ class Renderer:
         self.templates_dir = templates_dir
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
-            loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
-        loaders.append(jinja2.FileSystemLoader(str(builtin_templates_dir())))
+            loaders.append(_TextLoader(templates_dir, field="DIGESTBOT_TEMPLATES_DIR"))
+        loaders.append(_TextLoader(builtin_templates_dir(), field=None))
         self.environment = jinja2.Environment(
             loader=jinja2.ChoiceLoader(loaders),
             autoescape=jinja2.select_autoescape(

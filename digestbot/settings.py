@@ -731,10 +731,10 @@ def _read_env_file(path: Path) -> dict[str, _Raw]:
     file_label = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-        values = dotenv_values(stream=io.StringIO(text))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the settings file: {exc}", file=file_label) from exc
-    lines = _dotenv_lines(text, file_label)
+    lines = _dotenv_lines(text, file_label)  # first: python-dotenv would warn, echoing the line
+    values = dotenv_values(stream=io.StringIO(text))
     known = {doc.name for doc in SETTINGS_REFERENCE}
     raw: dict[str, _Raw] = {}
     for name, value in values.items():
@@ -777,8 +777,11 @@ def _dotenv_lines(text: str, file_label: str) -> dict[str, int]:
         )
         if binding.error:
             shown = original.strip().splitlines()[0] if original.strip() else ""
+            secret = next((n for n in _secret_names() if n in shown.upper()), None)
+            if secret is not None:  # never echo what may be the secret's value
+                shown = f"{secret} followed by its value, not shown"
             raise ConfigError(
-                f"cannot parse this line ({_show(shown, 40)}); "
+                f"cannot parse this line ({_show(shown, 40) if secret is None else shown}); "
                 "expected NAME=VALUE, a comment (#) or a blank line",
                 file=file_label,
                 line=line,
@@ -786,6 +789,16 @@ def _dotenv_lines(text: str, file_label: str) -> dict[str, int]:
         if binding.key is not None:
             lines[binding.key] = line
     return lines
+
+
+def _secret_names() -> list[str]:
+    """The variables of secret settings (not shown in Settings' repr), longest first."""
+    names = [
+        f.metadata["setting"].name
+        for f in dataclasses.fields(Settings)
+        if not f.repr and "setting" in f.metadata
+    ]
+    return sorted(names, key=len, reverse=True)
 
 
 def _build(raw: Mapping[str, _Raw]) -> Settings:

@@ -833,3 +833,32 @@ keywords = ["reasoning"]
     daily = [p for email, p, _ in planned if email == "dee@example.org"]
     assert weekly == ["2026-03-02", "2026-03-09"]  # the week so far on Tuesday, then next Monday
     assert daily == [f"2026-03-{d:02d}" for d in range(3, 10)]
+
+
+def test_a_failed_earlier_day_in_the_window_holds_digests_then_notes_it(
+    workdir: Path,
+    feed_dir: Path,
+    make_settings: Callable[..., Settings],
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """After downtime, a failed day inside the due digests' window (not today) holds them, and after the hold an empty one is skipped with a note naming that day, never mailed as "nothing new"."""
+    with (workdir / "subscribers.toml").open("a") as fh:
+        fh.write(EMMY)
+    settings = make_settings()
+    clock = Clock(after("2026-03-04", 7))
+    daemon = make_daemon(settings, clock)
+    daemon.tick()
+    first = {m.name for m in mailbox(workdir / "outbox")}
+    (feed_dir / "2026-03-05.json").write_text(TRUNCATED)
+    (feed_dir / "2026-03-06.json").write_text("[]")
+
+    ticks(daemon, clock, after("2026-03-06", 7 + 1 / 60), after("2026-03-06", 9.9), FRESH_FETCH)
+    assert [m for m in mailbox(workdir / "outbox") if m.name not in first] == []
+    assert [p for _, p, _ in periods(daemon.engine) if p == "2026-03-06"] == []
+
+    clock.now = after("2026-03-06", 10.1)  # FEED_WAIT after send time
+    daemon.tick()
+    new = [m for m in mailbox(workdir / "outbox") if m.name not in first]
+    assert "emmy@example.org" not in {m.to for m in new}, "no false 'nothing matched' mail"
+    state, note = digest_notes(daemon.engine)[("emmy@example.org", "2026-03-06")]
+    assert state == "skipped" and note is not None and "2026-03-05" in note, note

@@ -64,6 +64,49 @@ def test_a_bad_day_in_the_lookback_is_rejected_alone(workdir: Path, feed_dir: Pa
     assert ok == 0 and new == 30 and "2026-03-03" in str(error)
 
 
+def test_send_exits_1_naming_a_failed_day_inside_the_windows_and_plans_nothing(
+    workdir: Path, feed_dir: Path
+) -> None:
+    """`send` after a failed earlier day that the due digests' windows cover exits 1 naming that day and plans nothing (the daemon's rule)."""
+    environ = env(DIGESTBOT_MAIL_BACKEND="file", DIGESTBOT_MAIL_DIR=str(workdir / "out"))
+    first = run_digestbot(["send", "--date", "2026-03-04"], env=environ, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    (feed_dir / "2026-03-05.json").write_text('{"broken": ')
+    (feed_dir / "2026-03-06.json").write_text("[]")
+    result = run_digestbot(
+        ["send", "--date", "2026-03-06"],
+        env={**environ, "DIGESTBOT_LOOKBACK_DAYS": "2"},
+        cwd=workdir,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "2026-03-05" in result.stderr and "nothing planned" in result.stderr
+    db = workdir / "digestbot.db"
+    assert rows(db, "SELECT COUNT(*) FROM digests WHERE period = '2026-03-06'") == [(0,)]
+
+
+def test_send_plans_when_the_failed_day_is_outside_the_windows_and_still_exits_1(
+    workdir: Path, feed_dir: Path
+) -> None:
+    """A failed lookback day that no due digest covers does not stop `send`: it plans and sends, then exits 1 naming the day."""
+    environ = env(DIGESTBOT_MAIL_BACKEND="file", DIGESTBOT_MAIL_DIR=str(workdir / "out"))
+    first = run_digestbot(["send", "--date", "2026-03-05"], env=environ, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    sent_before = len(list((workdir / "out").glob("*.eml")))
+    (feed_dir / "2026-03-05.json").write_text('{"broken": ')
+    result = run_digestbot(
+        ["send", "--date", "2026-03-06"],
+        env={**environ, "DIGESTBOT_LOOKBACK_DAYS": "1"},
+        cwd=workdir,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "2026-03-05" in result.stderr
+    assert len(list((workdir / "out").glob("*.eml"))) > sent_before
+    db = workdir / "digestbot.db"
+    assert rows(db, "SELECT COUNT(*) FROM digests WHERE period = '2026-03-06'") != [(0,)]
+
+
 # -- hostile sizes ------------------------------------------------------------------------------
 
 
@@ -219,3 +262,18 @@ def test_a_database_folder_that_cannot_be_created_is_one_clear_line(
     }[case]
     assert expected in line
     assert not target.exists()
+
+
+@pytest.mark.parametrize("mail_dir", ["subscribers.toml", "subscribers.toml/out"])
+def test_a_mail_folder_that_is_a_file_fails_check_and_dry_run_with_exit_2(
+    workdir: Path, mail_dir: str
+) -> None:
+    """A DIGESTBOT_MAIL_DIR that is a file (or lies under one) fails `check` and `send --dry-run` alike: exit 2 naming the setting, before anything is sent."""
+    environ = env(DIGESTBOT_MAIL_BACKEND="file", DIGESTBOT_MAIL_DIR=mail_dir)
+    for args in (["check"], ["send", "--dry-run", "--date", DAY]):
+        result = run_digestbot(args, env=environ, cwd=workdir)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "DIGESTBOT_MAIL_DIR" in lines[0], result.stderr
+        assert "not a folder" in lines[0]

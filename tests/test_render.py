@@ -916,3 +916,27 @@ def test_period_wording_is_true_for_the_days_covered() -> None:
         assert "since 2026-02-20" in flat
     so_far = replace(weekly_view(), digest_date=date(2026, 3, 2), last_day=date(2026, 3, 4))
     assert Renderer().render(so_far).subject.endswith("this week (2026-03-02 to 2026-03-04)")
+
+
+def test_an_override_that_is_not_utf8_is_a_template_error_naming_the_file(tmp_path: Path) -> None:
+    """An override template with a non-UTF-8 byte fails check() with a TemplateError naming the file and "not UTF-8 text", not a UnicodeDecodeError."""
+    (tmp_path / "subject.txt.j2").write_bytes(b"Digest \xff\n")
+    with pytest.raises(TemplateError) as caught:
+        Renderer(templates_dir=tmp_path).check()
+    error = caught.value
+    assert (
+        error.file == str(tmp_path / "subject.txt.j2") and error.field == "DIGESTBOT_TEMPLATES_DIR"
+    )
+    assert "not UTF-8 text" in str(error) and "\n" not in str(error)
+
+
+def test_an_included_override_that_is_not_utf8_is_a_template_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    """A non-UTF-8 override reached only through an include (the paper block) fails rendering with a TemplateError naming that file."""
+    (tmp_path / "_paper.txt.j2").write_bytes(b"{{ paper.title }} \xe9t\xe9\n")
+    renderer = Renderer(templates_dir=tmp_path)
+    with pytest.raises(TemplateError) as caught:
+        renderer.render(_view(_paper()))
+    assert caught.value.file == str(tmp_path / "_paper.txt.j2")
+    assert "not UTF-8 text" in str(caught.value)

@@ -732,3 +732,45 @@ def test_feed_location_is_decided_once(value: str, tmp_path: Path) -> None:
         assert where.kind == "bad"
     else:
         assert where.kind in ("http", "path")
+
+
+@pytest.mark.parametrize(
+    "line", ["DIGESTBOT_SMTP_PASSWORD hunter2secret", "DIGESTBOT_UNSUBSCRIBE_SECRET: hunter2secret"]
+)
+def test_a_malformed_env_line_naming_a_secret_is_one_error_line_without_the_secret(
+    workdir: Path, line: str
+) -> None:
+    """A malformed .env line for a secret setting gives exactly one error line naming .env:1, and the secret's value appears nowhere in the output (no python-dotenv warning either)."""
+    (workdir / ".env").write_text(f"{line}\n", encoding="utf-8")
+    env = {**os.environ, "DIGESTBOT_LOG_LEVEL": "WARNING"}
+    result = run_digestbot(["check"], env=env, cwd=workdir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "hunter2secret" not in result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and ".env:1" in errors[0], result.stderr
+    assert line.split()[0].rstrip(":") in errors[0]
+
+
+@pytest.mark.parametrize("value", ["bogus", "-1", "subscribers.toml"])  # the last: a file
+@pytest.mark.parametrize("name", [doc.name for doc in SETTINGS_REFERENCE])
+def test_check_and_send_dry_run_agree_on_every_setting(
+    workdir: Path, name: str, value: str
+) -> None:
+    """For every setting in SETTINGS_REFERENCE set to a bad value, `check` refuses it (exit 2) exactly when `send --dry-run` does, `check --smtp` (which also reads the feed) ends with the same exit code as the dry run, and none prints a traceback."""
+    from typer.testing import CliRunner
+
+    from digestbot.cli import cli
+
+    runner = CliRunner()
+    env = {"DIGESTBOT_LOG_LEVEL": "WARNING", name: value}
+    codes = {}
+    for args in (["check"], ["check", "--smtp"], ["send", "--dry-run", "--date", "2026-03-04"]):
+        result = runner.invoke(cli, args, env=env)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            args,
+            repr(result.exception),
+        )
+        assert "Traceback" not in result.output
+        codes[args[-1]] = result.exit_code
+    assert (codes["check"] == 2) == (codes["2026-03-04"] == 2), codes
+    assert codes["--smtp"] == codes["2026-03-04"], codes

@@ -51,6 +51,7 @@ class FileBackend:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        _check_mail_folder(directory)
 
     def send(self, envelope: Envelope) -> None:
         try:
@@ -70,6 +71,30 @@ class FileBackend:
 
     def close(self) -> None:
         return None
+
+
+def _check_mail_folder(directory: Path) -> None:
+    """The mail folder is a folder we can write to, or can be created (nothing is created here);
+    otherwise a ConfigError naming DIGESTBOT_MAIL_DIR, so `check` finds it before a send."""
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(
+            f"cannot use {directory} as the mail folder: {why}", field="DIGESTBOT_MAIL_DIR"
+        )
+
+    if directory.exists():
+        if not directory.is_dir():
+            raise refuse("it is a file, not a folder")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise refuse("it is not writable")
+        return
+    parent = directory.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise refuse(f"it cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise refuse(f"it cannot be created: {parent} is not writable")
 
 
 class ConsoleBackend:
