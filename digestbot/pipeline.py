@@ -483,13 +483,13 @@ def dry_run(
 class Preview:
     """What a subscriber's next digest would be: the rendering, or why nothing would be sent."""
 
-    rendered: RenderedDigest | None  # None: no digest would be sent
     frequency: str
-    period: str | None  # YYYY-MM-DD: the day, or the first day of the week (None: off)
-    window: tuple[datetime, datetime] | None  # what the digest covers
-    stored_papers: int  # papers stored for that window (0: not fetched yet)
-    fetch_day: date | None  # the day to `digestbot fetch --date` when its papers are not stored
-    reason: str | None  # why no digest would be sent
+    rendered: RenderedDigest | None = None  # None: no digest would be sent
+    period: str | None = None  # YYYY-MM-DD: the day, or the first day of the week (None: off)
+    window: tuple[datetime, datetime] | None = None  # what the digest covers
+    stored_papers: int = 0  # papers stored for that window (0: not fetched yet)
+    fetch_day: date | None = None  # the day to `digestbot fetch --date` when it is not stored
+    reason: str | None = None  # why no digest would be sent
     pending: bool = False  # a stored digest not sent yet, shown as it will go out
 
 
@@ -514,12 +514,7 @@ def preview(
     with session_scope(engine) as s:
         if store.suppressed_keys(s, [spec.email]):
             return Preview(
-                rendered=None,
                 frequency=spec.frequency,
-                period=None,
-                window=None,
-                stored_papers=0,
-                fetch_day=None,
                 reason="the address unsubscribed: nothing is planned or sent "
                 "(`digestbot resubscribe` undoes it)",
             )
@@ -544,12 +539,7 @@ def preview(
             )
         if spec.frequency == schedule.OFF:
             return Preview(
-                rendered=None,
                 frequency=spec.frequency,
-                period=None,
-                window=None,
-                stored_papers=0,
-                fetch_day=None,
                 reason='frequency is "off": nothing is planned or sent',
             )
         period = schedule.period(spec, day=day, at=as_of)
@@ -557,12 +547,8 @@ def preview(
         if had is not None:
             due = schedule.next_due(spec, period)
             return Preview(
-                rendered=None,
                 frequency=spec.frequency,
                 period=period,
-                window=None,
-                stored_papers=0,
-                fetch_day=None,
                 reason=f"already had the digest for {period} ({had}); the next one is due "
                 f"{due:%Y-%m-%d %H:%M} {spec.tz.key}",
             )
