@@ -588,28 +588,27 @@ def _render_plan(
 ) -> RenderedDigest:
     """Render a digest that is planned but not stored (dry runs and previews)."""
     papers = store.papers_by_id(session, [it.arxiv_id for it in plan.items + plan.trending])
-    view = digest_view(
-        mail=mail,
-        email=plan.email,
-        name=name,
-        period=plan.period,
-        items=plan.items,
-        papers=papers,
-        more_count=plan.more_count,
-        trending=plan.trending,
-        frequency=plan.frequency,
-        window=(plan.window_start, plan.window_end),
-    )
-    return mail.render(view)
+    return mail.render(_view(plan, papers, mail=mail, name=name))
 
 
 def _stored_view(
     d: outbox.StoredDigest, papers: dict[str, Paper], *, mail: MailContext
 ) -> DigestView:
+    return _view(d, papers, mail=mail, name=d.name)
+
+
+def _view(
+    d: outbox.DigestPlan | outbox.StoredDigest,
+    papers: dict[str, Paper],
+    *,
+    mail: MailContext,
+    name: str | None,
+) -> DigestView:
+    """What one digest shows, from a plan or from a stored digest (the same fields)."""
     return digest_view(
         mail=mail,
         email=d.email,
-        name=d.name,
+        name=name,
         period=d.period,
         items=d.items,
         papers=papers,
