@@ -141,8 +141,8 @@ def migrate(engine: Engine) -> None:
     """Bring the database schema to the newest migration (safe to run concurrently).
 
     Two processes opening a fresh or outdated database at once must not both apply a migration:
-    PostgreSQL takes an advisory lock, SQLite an exclusive flock on the database file itself
-    (independent of SQLite's own byte-range locks, and no extra file), held while Alembic runs.
+    PostgreSQL takes an advisory lock, SQLite an exclusive flock on the database's folder, held
+    while Alembic runs.
     """
     try:
         with engine.connect() as conn:  # connecting creates a new SQLite file
@@ -165,12 +165,17 @@ def migrate(engine: Engine) -> None:
 
 @contextlib.contextmanager
 def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
-    """An exclusive flock on the SQLite database file while the block runs (no-op otherwise)."""
+    """An exclusive flock on the SQLite database's folder while the block runs (no-op otherwise).
+
+    Not on the database file itself: closing any descriptor of that file would drop the POSIX
+    locks SQLite holds on it in this process. A folder lock creates no file and only makes
+    migrations of databases in one folder wait for each other, for the moment they run.
+    """
     path = sqlite_path(engine)
     if path is None or not path.exists():
         yield
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path.resolve().parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
