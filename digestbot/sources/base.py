@@ -30,22 +30,66 @@ any limit is rejected naming the paper and the field, and with it that day's who
 
 @dataclass(frozen=True, slots=True)
 class FetchedPaper:
-    """One paper as a feed reported it. Datetimes are timezone-aware UTC."""
+    """One paper as a source reported it. Datetimes are timezone-aware UTC.
+
+    `arxiv_id` is the paper's key, the same for every source: its arXiv id (no version) when the
+    paper has one; else `doi:` and its DOI in lower case; else its link (or guid). A field a
+    source does not have is None (or empty), so merging never overwrites another source's value.
+    """
 
     arxiv_id: str
     title: str
     summary: str
     authors: tuple[str, ...]
     published_at: datetime | None
-    featured_at: datetime  # when the feed featured it (HF: submittedOnDailyAt)
-    upvotes: int = 0
-    num_comments: int = 0
+    featured_at: datetime  # when the source featured it (HF: submittedOnDailyAt; arXiv: announced)
+    upvotes: int | None = None  # None: the source has no upvotes (arXiv, feeds)
+    num_comments: int | None = None
     github_repo: str | None = None
     github_stars: int | None = None
     project_page: str | None = None
     ai_summary: str | None = None
     ai_keywords: tuple[str, ...] = ()
     categories: tuple[str, ...] = field(default=())
+    link: str | None = None
+    """The paper's page, for a paper without an arXiv id (an arXiv paper links to arxiv.org)."""
+    version: int | None = None
+    """The arXiv version number, when the source says it."""
+    revision: bool = False
+    """A new version of a paper announced before (arXiv `replace`): it updates a stored paper's
+    metadata and is never stored or mailed as a new paper."""
+
+
+KINDS = ("hf", "arxiv", "feed")
+"""The kinds of source a `[[sources]]` entry may name."""
+
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    "hf": frozenset({"title", "abstract", "author", "keyword"}),
+    "arxiv": frozenset({"title", "abstract", "author", "category"}),
+    "feed": frozenset({"title", "abstract", "author", "category"}),
+}
+"""The query fields each kind of source can fill (`source:` always works); `check` warns about
+a query field that no configured source fills, since it can never match."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """One validated `[[sources]]` entry of the configuration file (or the default HF source)."""
+
+    name: str  # unique; shown in digests and status; what `sources = [...]` and `source:` name
+    kind: str  # one of KINDS
+    url: str | None = None  # None: the kind's default (hf: DIGESTBOT_FEED_URL; arxiv: its RSS)
+    categories: tuple[str, ...] = ()  # arxiv only: e.g. ("cs.CL", "cs.LG")
+    api_url: str | None = None  # arxiv only; None: https://export.arxiv.org/api/query
+    line: int | None = field(default=None, compare=False)  # where it is in the file
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What a conditional GET sends back (If-None-Match / If-Modified-Since); kept per source."""
+
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +111,10 @@ class WindowResult:
     failures: tuple[DayFailure, ...] = ()
     days: tuple[date, ...] = ()
     """Every day the window covered, oldest first."""
+    validators: Validators | None = None
+    """For the next conditional GET (None: the source does not use them, or got none)."""
+    not_modified: bool = False
+    """The source answered 304 Not Modified: nothing new since the validators given."""
 
     @property
     def ok(self) -> bool:
