@@ -6,6 +6,7 @@ functions take (engine, source, backend, mail context, retry policy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +23,14 @@ from digestbot.mail.message import make_message_id
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.render import Renderer
 from digestbot.settings import Settings
-from digestbot.sources.hf_daily import HFDailyPapers, make_client
-from digestbot.subscribers import SubscriberSpec, load_subscribers
+from digestbot.pipeline import NamedSource, Source
+from digestbot.sources.arxiv import ARXIV_PAUSE, ARXIV_RSS, ArxivSource
+from digestbot.sources.base import SourceSpec, locate_feed
+from digestbot.sources.feed import FeedSource
+from digestbot.sources.hf_daily import HFDailyPapers
+from digestbot.sources.http import Pacer, make_client
+from digestbot.subscribers import Config, SubscriberSpec
+from digestbot.subscribers import load_config as load_config_file
 
 
 def configure_logging(settings: Settings) -> None:
@@ -33,7 +40,12 @@ def configure_logging(settings: Settings) -> None:
 
 def load_people(settings: Settings) -> list[SubscriberSpec]:
     """The validated subscribers file (ConfigError names file, line, subscriber and field)."""
-    return load_subscribers(settings.subscribers_path)
+    return load_config(settings).subscribers
+
+
+def load_config(settings: Settings) -> Config:
+    """The validated configuration file: subscribers and `[[sources]]` (the default: one HF source)."""
+    return load_config_file(settings.subscribers_path)
 
 
 def database(settings: Settings, *, create: bool = True) -> Engine:
@@ -41,16 +53,74 @@ def database(settings: Settings, *, create: bool = True) -> Engine:
     return open_database(settings.database_url, create=create)
 
 
-def make_source(
-    settings: Settings, *, transport: httpx.BaseTransport | None = None
-) -> HFDailyPapers:
-    url = settings.feed_url
-    client = None
-    if url.startswith(("http://", "https://")):
-        client = make_client(
-            timeout=settings.fetch_timeout, token=settings.hf_token, transport=transport
+FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8"
+
+
+def source_location(settings: Settings, spec: SourceSpec) -> str:
+    """Where a source reads, as messages and `status` show it."""
+    if spec.kind == "hf":
+        return spec.url or settings.feed_url
+    if spec.kind == "arxiv":
+        return spec.url or ARXIV_RSS + "+".join(spec.categories)
+    return spec.url or ""
+
+
+def make_sources(
+    settings: Settings,
+    specs: Sequence[SourceSpec],
+    *,
+    transport: httpx.BaseTransport | None = None,
+    pacer: Pacer | None = None,
+) -> list[NamedSource]:
+    """The configured sources, ready to fetch. Every arXiv source of a run shares one Pacer, so
+    requests to arXiv hosts stay 3 s apart whichever source makes them."""
+    pacer = pacer or Pacer(ARXIV_PAUSE)
+    out: list[NamedSource] = []
+    for spec in specs:
+        where = source_location(settings, spec)
+        source: Source
+        if spec.kind == "hf":
+            client = None
+            if locate_feed(where).kind == "http":
+                client = make_client(
+                    timeout=settings.fetch_timeout, token=settings.hf_token, transport=transport
+                )
+            source = HFDailyPapers(feed_url=where, client=client, retries=settings.fetch_retries)
+        else:
+            client = make_client(
+                timeout=settings.fetch_timeout, token=None, transport=transport, accept=FEED_ACCEPT
+            )
+            if spec.kind == "arxiv":
+                source = ArxivSource(
+                    name=spec.name,
+                    categories=spec.categories,
+                    url=spec.url,
+                    api_url=spec.api_url,
+                    client=client,
+                    pacer=pacer,
+                    retries=settings.fetch_retries,
+                )
+            else:
+                source = FeedSource(
+                    name=spec.name, url=where, client=client, retries=settings.fetch_retries
+                )
+        out.append(NamedSource(name=spec.name, location=where, source=source))
+    return out
+
+
+def choose_sources(
+    specs: Sequence[SourceSpec], names: Sequence[str], *, file: str
+) -> list[SourceSpec]:
+    """The sources named by `--source` (in the file's order); an unknown name is a ConfigError."""
+    known = {spec.name for spec in specs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"no source named {', '.join(unknown)} in {file} (configured: "
+            f"{', '.join(spec.name for spec in specs)})",
+            field="--source",
         )
-    return HFDailyPapers(feed_url=url, client=client, retries=settings.fetch_retries)
+    return [spec for spec in specs if spec.name in names]
 
 
 def make_backend(settings: Settings) -> Backend:

@@ -11,9 +11,9 @@ import logging
 import shutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -31,10 +31,10 @@ from digestbot.errors import (
     DeliverySetupError,
     DigestbotError,
     FetchError,
-    PartialFetchError,
 )
 from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
+from digestbot.sources.base import FetchedPaper
 from digestbot.subscribers import count_exclusions, count_queries
 
 cli = typer.Typer(
@@ -135,21 +135,48 @@ def _date_option(help_text: str) -> Any:
     return typer.Option("--date", metavar="YYYY-MM-DD", help=help_text)
 
 
-def _fetch(settings: Settings, engine: Engine, *, today: date) -> pipeline.FetchSummary:
-    summary = pipeline.fetch_and_store(
-        engine,
-        source=app.make_source(settings),
-        feed_url=settings.feed_url,
-        today=today,
-        lookback=settings.lookback_days,
-        clock=_now,
+def _fetch(
+    settings: Settings,
+    engine: Engine,
+    *,
+    today: date,
+    sources: Sequence[pipeline.NamedSource],
+) -> pipeline.FetchReport:
+    """Fetch and store every source, one line each on stderr; a failed one is reported, not raised."""
+    report = pipeline.fetch_sources(
+        engine, sources, today=today, lookback=settings.lookback_days, clock=_now
     )
-    err.print(
-        f"fetched {summary.fetched} papers from {settings.feed_url}: "
-        f"{summary.new} new, {summary.updated} updated",
-        markup=False,
-    )
-    return summary
+    for done in report.done:
+        what = (
+            "not modified since the last fetch"
+            if done.not_modified
+            else f"fetched {done.fetched} papers"
+        )
+        err.print(
+            f"source {done.name}: {what} from {done.location}: "
+            f"{done.new} new, {done.updated} updated",
+            markup=False,
+        )
+    for failed in report.failed:
+        err.print(f"source {failed.name}: FAILED: {failed.error}", markup=False)
+    return report
+
+
+def _fetch_unstored(
+    settings: Settings, sources: Sequence[pipeline.NamedSource], *, today: date
+) -> list[tuple[str, Sequence[FetchedPaper]]]:
+    """What each source gives now, stored nowhere (dry runs); a failing source is a FetchError."""
+    fetched = []
+    for named in sources:
+        try:
+            result = named.source.fetch_days(today=today, lookback=settings.lookback_days)
+        except FetchError as exc:
+            raise FetchError(f"source {named.name}: {exc}") from exc
+        failed = result.error()
+        if failed is not None:
+            raise FetchError(f"source {named.name}: {failed}")
+        fetched.append((named.name, result.papers))
+    return fetched
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -186,20 +213,37 @@ def fetch(
     date_: Annotated[
         str | None, _date_option("Fetch as if today were this day (YYYY-MM-DD).")
     ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source", metavar="NAME", help="Only this source of [[sources]] (repeatable)."
+        ),
+    ] = None,
 ) -> None:
-    """Fetch the feed (today and the lookback days before it) and store new and changed papers.
+    """Fetch every source (today and the lookback days before it) and store new and changed papers.
 
-    Prints how many papers were new and how many were updated. A broken feed response is
-    rejected whole: nothing from it is stored, and the command exits 1.
+    Prints, per source, how many papers were new and how many were updated. A broken response
+    is rejected whole: nothing from it is stored. One source failing does not stop the others;
+    the command then exits 1, naming it.
 
-    Example: digestbot fetch --date 2026-03-02
+    Example: digestbot fetch --source arxiv-ml --date 2026-03-02
     """
     with _errors():
         settings = _settings()
         day = _parse_date(date_)
+        specs = app.load_config(settings).sources
+        if source:
+            specs = app.choose_sources(specs, source, file=str(settings.subscribers_path))
         engine = app.database(settings)
-        summary = _fetch(settings, engine, today=day or _now().date())
-        out.print(f"{summary.new} new, {summary.updated} updated", markup=False)
+        report = _fetch(
+            settings, engine, today=day or _now().date(), sources=app.make_sources(settings, specs)
+        )
+        new = sum(d.new for d in report.done)
+        updated = sum(d.updated for d in report.done)
+        out.print(f"{new} new, {updated} updated", markup=False)
+        if report.failed:
+            err.print(f"digestbot: error: {report.error()}", markup=False)
+            raise typer.Exit(1)
 
 
 @cli.command()
@@ -229,7 +273,8 @@ def send(
     """
     with _errors():
         settings = _settings()
-        everyone = app.load_people(settings)
+        config = app.load_config(settings)
+        everyone = config.subscribers
         only = (
             pipeline.select_subscribers(
                 everyone, subscriber, source=str(settings.subscribers_path), option="--subscriber"
@@ -242,14 +287,9 @@ def send(
         engine = app.database(settings)
         now = _now()
         today = day or now.date()
+        sources = app.make_sources(settings, config.sources)
         if dry_run:
-            fetched = (
-                None
-                if no_fetch
-                else app.make_source(settings).fetch_window(
-                    today=today, lookback=settings.lookback_days
-                )
-            )
+            fetched = None if no_fetch else _fetch_unstored(settings, sources, today=today)
             result = pipeline.dry_run(
                 engine,
                 only if only is not None else everyone,
@@ -263,17 +303,10 @@ def send(
             _print_dry_run(settings, result)
             return
         fetch_error: FetchError | None = None
-        failed_days: tuple[date, ...] = ()
+        failed_days: dict[str, tuple[date, ...]] = {}
         if not no_fetch:
-            try:
-                _fetch(settings, engine, today=today)
-            except PartialFetchError as exc:  # the good days were stored
-                fetch_error, failed_days = exc, exc.days
-            except FetchError as exc:  # nothing stored: every day of the fetch is unread
-                fetch_error = exc
-                failed_days = tuple(
-                    today - timedelta(days=n) for n in range(settings.lookback_days + 1)
-                )
+            report = _fetch(settings, engine, today=today, sources=sources)
+            fetch_error, failed_days = report.error(), report.failed_days()
         bar = _Bar()
         try:
             done = pipeline.send(
@@ -377,7 +410,9 @@ class _Bar:
 def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
     if result.fetched is not None:
         err.print(
-            f"fetched {result.fetched} papers from {settings.feed_url} (not stored)", markup=False
+            f"fetched {result.fetched} papers from the sources in {settings.subscribers_path} "
+            "(not stored)",
+            markup=False,
         )
     table = Table(
         "subscriber", "papers", "more", "subject", title="dry run: nothing sent or recorded"
@@ -486,10 +521,17 @@ def run() -> None:
 
     with _errors():
         settings = _settings()
-        specs = app.load_people(settings)
+        config = app.load_config(settings)
+        sources = app.make_sources(settings, config.sources)
         delivery = app.delivery(settings)
         engine = app.database(settings)
-        Daemon(settings=settings, engine=engine, specs=specs, delivery=delivery).run_forever()
+        Daemon(
+            settings=settings,
+            engine=engine,
+            specs=config.subscribers,
+            delivery=delivery,
+            sources=sources,
+        ).run_forever()
 
 
 @cli.command()
@@ -498,7 +540,7 @@ def status(
         bool, typer.Option("--json", help="Print one JSON object (times in ISO 8601 UTC).")
     ] = False,
 ) -> None:
-    """Show the last fetch, papers, subscribers, digests by state, delivery trouble and retries.
+    """Show each source's last fetch, papers, subscribers, digests by state, delivery trouble, retries.
 
     Delivery trouble is the last error that stopped a whole delivery run (server unreachable,
     login refused) until a later run gets a message through. Digests waiting for a retry are
@@ -512,12 +554,15 @@ def status(
         settings = _settings()
         engine = app.database(settings, create=False)
         emails: list[str] | None = None
+        names: list[str] | None = None
         file_error: str | None = None
         try:
-            emails = [sp.email for sp in app.load_people(settings)]
+            config = app.load_config(settings)
+            emails = [sp.email for sp in config.subscribers]
+            names = [spec.name for spec in config.sources]
         except ConfigError as exc:
             file_error = str(exc)
-        st = pipeline.status(engine, file_emails=emails)
+        st = pipeline.status(engine, file_emails=emails, sources=names)
         if as_json:
             out.print_json(json.dumps(_status_json(settings, st, emails, file_error)))
         else:
@@ -558,6 +603,19 @@ def _status_json(
             "error": last.error,
         },
         "last_good_fetch_at": _iso(st.last_good_fetch.started_at) if st.last_good_fetch else None,
+        "sources": [
+            {
+                "name": f.name,
+                "last_fetch_at": _iso(f.last.started_at) if f.last else None,
+                "location": f.last.feed_url if f.last else None,
+                "ok": f.last.ok if f.last else None,
+                "new": f.last.new_count if f.last else 0,
+                "updated": f.last.updated_count if f.last else 0,
+                "error": f.last.error if f.last else None,
+                "last_good_fetch_at": _iso(f.last_good.started_at) if f.last_good else None,
+            }
+            for f in st.sources
+        ],
         "papers_stored": st.papers,
         "papers_mailed": st.papers_mailed,
         "subscribers": {
@@ -598,20 +656,28 @@ def _status_json(
 def _print_status(
     settings: Settings, st: store.Status, emails: list[str] | None, file_error: str | None
 ) -> None:
-    last = st.last_fetch
-    if last is None:
+    if not st.sources:
         out.print("last fetch: never (run `digestbot fetch`)", markup=False)
-    else:
+    for f in st.sources:
+        last = f.last
+        if last is None:
+            out.print(
+                f"source {f.name}: never fetched (run `digestbot fetch --source {f.name}`)",
+                markup=False,
+            )
+            continue
         outcome = (
             f"ok, {last.new_count} new, {last.updated_count} updated"
             if last.ok
             else f"FAILED: {last.error}"
         )
         out.print(
-            f"last fetch: {_when(last.started_at)} from {last.feed_url}: {outcome}", markup=False
+            f"source {f.name}: last fetch {_when(last.started_at)} from {last.feed_url}: {outcome}",
+            markup=False,
         )
-        if not last.ok and st.last_good_fetch is not None:
-            out.print(f"last good fetch: {_when(st.last_good_fetch.started_at)}", markup=False)
+        if not last.ok:
+            good = _when(f.last_good.started_at) if f.last_good else "never"
+            out.print(f"  last good fetch of {f.name}: {good}", markup=False)
     out.print(f"papers stored: {st.papers}", markup=False)
     out.print(_subscribers_line(settings, st, emails, file_error), markup=False)
     states = ", ".join(f"{k} {v}" for k, v in sorted(st.digests_by_state.items()) if v)
@@ -719,21 +785,23 @@ def check(
     smtp: Annotated[
         bool,
         typer.Option(
-            "--smtp", help="Also connect and log in to the SMTP server, and fetch the feed once."
+            "--smtp",
+            help="Also connect and log in to the SMTP server, and fetch each source once.",
         ),
     ] = False,
 ) -> None:
     """Validate the settings, the subscribers file and every query; exits 2 on the first problem.
 
-    With --smtp, also connects and logs in to the SMTP server and fetches the feed once, sending
-    and storing nothing, and says what works and what does not.
+    With --smtp, also connects and logs in to the SMTP server and fetches each source once,
+    sending and storing nothing, and says what works and what does not.
 
     Example: digestbot check --smtp
     """
     with _errors():
         settings = _settings()
         out.print("settings: ok", markup=False)
-        specs = app.load_people(settings)
+        config = app.load_config(settings)
+        specs = config.subscribers
         queries = count_queries(sum(len(sp.keywords) + len(sp.authors) for sp in specs))
         exclusions = count_exclusions(sum(len(sp.exclude) for sp in specs))
         out.print(
@@ -742,6 +810,10 @@ def check(
         )
         for sp in specs:
             out.print(f"  {sp.email}: {sp.describe()}", markup=False)
+        out.print(f"sources: {len(config.sources)}: ok", markup=False)
+        for spec in config.sources:
+            where = app.source_location(settings, spec)
+            out.print(f"  {spec.name}: {spec.kind} from {where}", markup=False)
         app.mail_context(settings)
         backend = app.make_backend(settings)  # a file backend checks its folder here
         _warn_unsubscribed(settings, [sp.email for sp in specs])
@@ -749,14 +821,20 @@ def check(
             backend.close()
             return
         problems = 0
-        try:
-            papers = app.make_source(settings).fetch_window(today=_now().date(), lookback=0)
-            out.print(
-                f"feed: ok ({len(papers)} papers today from {settings.feed_url})", markup=False
-            )
-        except FetchError as exc:
-            problems += 1
-            err.print(f"feed: FAILED: {exc}", markup=False)
+        for named in app.make_sources(settings, config.sources):
+            try:
+                result = named.source.fetch_days(today=_now().date(), lookback=0)
+                failed = result.error()
+                if failed is not None:
+                    raise failed
+                out.print(
+                    f"source {named.name}: ok ({len(result.papers)} papers today from "
+                    f"{named.location})",
+                    markup=False,
+                )
+            except FetchError as exc:
+                problems += 1
+                err.print(f"source {named.name}: FAILED: {exc}", markup=False)
         if settings.mail_backend != "smtp":
             out.print(
                 f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False

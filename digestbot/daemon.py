@@ -1,14 +1,15 @@
 """APScheduler wiring of the pipeline: periodic fetch, per-subscriber local send times, retries.
 
-One job fetches every DIGESTBOT_FETCH_INTERVAL minutes. A tick every minute plans the digests of
+One job fetches every source every DIGESTBOT_FETCH_INTERVAL minutes. A tick every minute plans the digests of
 subscribers whose local send time has passed today and who have none for today yet (so after
 downtime the missed days become one digest), then delivers whatever is due, retries included.
-After downtime the fetch reaches back to the last good fetch (up to MAX_CATCH_UP days), so the
-papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
+After downtime each source's fetch reaches back to its last good fetch (up to MAX_CATCH_UP days),
+so the papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
 message in hand; SIGHUP reloads subscribers. Nothing touches the database before the lock is held.
 
-The feed rule is pipeline.unread_days (README "When the feed fails"; `digestbot send` applies it
-by exiting 1): while the last fetch failed for a day inside the windows of the due digests (any
+The feed rule is pipeline.unread_days (README "When a source fails"; `digestbot send` applies it
+by exiting 1): while a source the due subscribers follow failed for a day inside the windows of
+their digests (any
 FetchError: unreachable, or a rejected response such as truncated JSON; today, or an earlier day
 after downtime or in a weekly window), they are held and the fetch is retried every
 FRESH_FETCH. After FEED_WAIT they are planned from the papers already stored, each with a note
@@ -22,8 +23,8 @@ import logging
 import signal
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from types import FrameType
 
@@ -37,7 +38,7 @@ from sqlalchemy.engine import Engine
 from digestbot import app, pipeline, schedule, store
 from digestbot.addresses import address_key
 from digestbot.db import daemon_lock, session_scope
-from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError, PartialFetchError
+from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
 from digestbot.settings import Settings
 from digestbot.subscribers import SubscriberSpec
 
@@ -59,8 +60,9 @@ class FetchOutcome:
 
     at: datetime
     today: date
-    failed_days: frozenset[date] = frozenset()
+    failed_days: Mapping[str, frozenset[date]] = field(default_factory=dict)  # per source name
     error: str | None = None
+    failing: str = ""  # the failed sources, as log lines name them
 
 
 class Daemon:
@@ -74,18 +76,20 @@ class Daemon:
         specs: Sequence[SubscriberSpec],
         delivery: app.Delivery,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        source: pipeline.Source | None = None,
+        sources: Sequence[pipeline.NamedSource] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.delivery = delivery
         self.clock = clock
-        self.source = source or app.make_source(settings)
+        if sources is None:
+            sources = app.make_sources(settings, app.load_config(settings).sources)
+        self.sources = list(sources)
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
         self._last_fetch: FetchOutcome | None = None
-        self._last_good_fetch: datetime | None = None  # read from the database on the first fetch
-        self._looked_up_last_good = False
+        # per source name, read from the database on its first fetch
+        self._last_good_fetch: dict[str, datetime | None] = {}
         self._paused_until: datetime | None = None
         # (group, period) pairs fully planned; a group is schedule.group_key: send time, zone,
         # frequency and weekday, so everyone in it is due at the same moments
@@ -130,10 +134,14 @@ class Daemon:
         The log names who was added, removed or changed (any field but the line), by address.
         """
         try:
-            specs = app.load_people(self.settings)
+            config = app.load_config(self.settings)
+            sources = app.make_sources(self.settings, config.sources)
         except ConfigError as exc:
             log.error("subscribers file not reloaded, keeping the previous list: %s", exc)
             return
+        specs = config.subscribers
+        with self._lock:
+            self.sources = sources
         with self._lock:
             pending, self._specs = self._specs, None
         if pending is not None:  # never synced yet: compare with the list given at start
@@ -159,61 +167,81 @@ class Daemon:
 
     # -- jobs -------------------------------------------------------------------------------
     def fetch(self) -> bool:
-        """Fetch and store the feed; after downtime, every day since the last good fetch.
+        """Fetch and store every source; after downtime, every day since its last good fetch.
 
-        Returns whether every day was fetched; a failure is logged with the feed URL and
-        remembered (which days failed) for the hold in `tick`, never raised.
+        Returns whether every source gave every day; a failure is logged with the source's name
+        and location and remembered (which days failed, per source) for the hold in `tick`,
+        never raised. One source failing does not stop the others.
         """
         now = self.clock()
         today = now.date()
-        lookback = self._fetch_lookback(now)
-        feed = self.settings.feed_url
         try:
-            summary = pipeline.fetch_and_store(
+            report = pipeline.fetch_sources(
                 self.engine,
-                source=self.source,
-                feed_url=feed,
+                self.sources,
                 today=today,
-                lookback=lookback,
+                lookback=lambda name: self._fetch_lookback(now, name),
                 clock=self.clock,
             )
-        except PartialFetchError as exc:  # the good days were stored
-            self._last_fetch = FetchOutcome(now, today, frozenset(exc.days), str(exc))
-            log.error("fetch from %s failed: %s", feed, exc, extra={"feed": feed})
+        except DigestbotError as exc:  # the database itself: nothing was fetched or stored
+            days = frozenset(
+                today - timedelta(days=n) for n in range(self.settings.lookback_days + 1)
+            )
+            failed = {named.name: days for named in self.sources}
+            self._last_fetch = FetchOutcome(now, today, failed, str(exc), "every source")
+            log.error("fetch failed: %s", exc)
             return False
-        except DigestbotError as exc:  # nothing was stored: every day of the window counts as bad
-            days = frozenset(today - timedelta(days=n) for n in range(lookback + 1))
-            self._last_fetch = FetchOutcome(now, today, days, str(exc))
-            log.error("fetch from %s failed: %s", feed, exc, extra={"feed": feed})
-            return False
-        self._last_fetch = FetchOutcome(now, today)
-        self._last_good_fetch = now
-        log.info(
-            "fetched %d papers: %d new, %d updated",
-            summary.fetched,
-            summary.new,
-            summary.updated,
-            extra={
-                "feed": feed,
-                "fetched": summary.fetched,
-                "new": summary.new,
-                "updated": summary.updated,
-            },
+        for done in report.done:
+            self._last_good_fetch[done.name] = now
+            log.info(
+                "source %s: fetched %d papers: %d new, %d updated",
+                done.name,
+                done.fetched,
+                done.new,
+                done.updated,
+                extra={
+                    "source": done.name,
+                    "feed": done.location,
+                    "fetched": done.fetched,
+                    "new": done.new,
+                    "updated": done.updated,
+                    "not_modified": done.not_modified,
+                },
+            )
+        for bad in report.failed:
+            log.error(
+                "source %s: fetch from %s failed: %s",
+                bad.name,
+                bad.location,
+                bad.error,
+                extra={"source": bad.name, "feed": bad.location},
+            )
+        error = report.error()
+        self._last_fetch = FetchOutcome(
+            now,
+            today,
+            {f.name: frozenset(f.days) for f in report.failed},
+            str(error) if error else None,
+            ", ".join(f"{f.name} ({f.location})" for f in report.failed),
         )
-        return True
+        return error is None
 
-    def _fetch_lookback(self, now: datetime) -> int:
-        """lookback_days, or more when the last good fetch is older (the daemon was down)."""
-        if not self._looked_up_last_good:
+    def _fetch_lookback(self, now: datetime, name: str) -> int:
+        """lookback_days, or more when the source's last good fetch is older (the daemon was down)."""
+        if name not in self._last_good_fetch:
             with session_scope(self.engine) as s:
-                last = store.last_good_fetch(s)
-            self._last_good_fetch = last.started_at if last is not None else None
-            self._looked_up_last_good = True
+                last = store.last_good_fetch(s, source=name)
+            self._last_good_fetch[name] = last.started_at if last is not None else None
         lookback = schedule.catch_up_days(
-            now, self._last_good_fetch, lookback=self.settings.lookback_days, limit=MAX_CATCH_UP
+            now,
+            self._last_good_fetch[name],
+            lookback=self.settings.lookback_days,
+            limit=MAX_CATCH_UP,
         )
         if lookback > self.settings.lookback_days:
-            log.info("last good fetch was over %d days ago; fetching them", lookback)
+            log.info(
+                "source %s: last good fetch was over %d days ago; fetching them", name, lookback
+            )
         return lookback
 
     def tick(self) -> None:
@@ -269,7 +297,7 @@ class Daemon:
                 log.error("planning digests failed: %s", exc)
                 return None
         if last is not None and bad:
-            feed = self.settings.feed_url
+            feed = last.failing
             days = ", ".join(d.isoformat() for d in bad)
             waited = now - min(self._due_since[k] for k in keys)
             if waited < FEED_WAIT:
@@ -280,7 +308,7 @@ class Daemon:
                 if not (retried or newly_due):
                     return None
                 log.warning(
-                    "holding %d digests until the feed %s answers for %s "
+                    "holding %d digests until the source(s) %s answer for %s "
                     "(at most %s after their send time)",
                     len(due),
                     feed,
@@ -294,7 +322,7 @@ class Daemon:
                 f"failed {FEED_WAIT} after send time: {last.error}"
             )
             log.warning(
-                "hold expired for %d digests: the feed %s still fails for %s (%s); planning "
+                "hold expired for %d digests: the source(s) %s still fail for %s (%s); planning "
                 "them from the papers already stored, empty ones are skipped, not mailed",
                 len(due),
                 feed,

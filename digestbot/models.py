@@ -65,12 +65,22 @@ class UnsubscribeMethod(StrEnum):
     OPERATOR = "operator"  # `digestbot unsubscribe EMAIL`
 
 
+PAPER_KEY_MAX = 2100
+"""Room for a paper key: an arXiv id, `doi:` and a DOI, or a link of up to text.URL_MAX characters."""
+
+
 class Paper(SQLModel, table=True):
-    """A paper seen in a feed, keyed by arXiv id. Title, abstract and authors are kept as first seen."""
+    """A paper seen in one or more sources, stored once and merged (see store.upsert_papers).
+
+    `arxiv_id` is the paper's key (sources.base.FetchedPaper): its arXiv id when it has one, else
+    `doi:` and its DOI, else its link. Title, abstract and authors are kept as first seen, except
+    that a newer arXiv version replaces them. `featured_at` is the earliest featuring by any source;
+    each source's own is in `paper_sources`.
+    """
 
     __tablename__ = "papers"
 
-    arxiv_id: str = Field(primary_key=True, max_length=32)
+    arxiv_id: str = Field(primary_key=True, max_length=PAPER_KEY_MAX)
     title: str = Field(sa_type=sa.Text())
     summary: str = Field(sa_type=sa.Text())
     authors: list[str] = Field(default_factory=list, sa_type=sa.JSON())
@@ -84,8 +94,31 @@ class Paper(SQLModel, table=True):
     ai_summary: str | None = Field(default=None, sa_type=sa.Text())
     ai_keywords: list[str] = Field(default_factory=list, sa_type=sa.JSON())
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON())
+    link: str | None = Field(default=None, sa_type=sa.Text())  # a non-arXiv paper's page
+    version: int | None = None  # the arXiv version last seen
+    sources: list[str] = Field(
+        default_factory=list, sa_type=sa.JSON(), sa_column_kwargs={"server_default": "[]"}
+    )  # the names of the sources that brought it, first seen first
     first_seen_at: datetime = _utc()
     updated_at: datetime = _utc()
+
+
+class PaperSource(SQLModel, table=True):
+    """One source's sighting of a paper: when that source featured it and first brought it.
+
+    A digest's window is read per source, so a paper one source brought on Monday and another
+    features on Wednesday is new on Wednesday to a subscriber who follows only the second."""
+
+    __tablename__ = "paper_sources"
+    __table_args__ = (
+        sa.UniqueConstraint("arxiv_id", "source", name="uq_paper_sources_paper_source"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    arxiv_id: str = Field(foreign_key="papers.arxiv_id", max_length=PAPER_KEY_MAX)
+    source: str = Field(max_length=64)
+    featured_at: datetime = _utc(index=True)
+    first_seen_at: datetime = _utc()
 
 
 class Subscriber(SQLModel, table=True):
@@ -165,7 +198,7 @@ class DigestItem(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     digest_id: int = Field(foreign_key="digests.id", index=True)
     subscriber_id: int = Field(foreign_key="subscribers.id")
-    arxiv_id: str = Field(foreign_key="papers.arxiv_id", max_length=32)
+    arxiv_id: str = Field(foreign_key="papers.arxiv_id", max_length=PAPER_KEY_MAX)
     position: int
     section: str = Field(
         default="matched", max_length=16, sa_column_kwargs={"server_default": "matched"}
@@ -178,11 +211,14 @@ class DigestItem(SQLModel, table=True):
 
 
 class FetchRun(SQLModel, table=True):
-    """One fetch of a feed and how it ended, for `digestbot status`."""
+    """One fetch of one source and how it ended, for `digestbot status`; a good one also keeps
+    the validators of the source's next conditional GET (ETag, Last-Modified)."""
 
     __tablename__ = "fetch_runs"
+    __table_args__ = (sa.Index("ix_fetch_runs_source_id", "source", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(default="hf", max_length=64, sa_column_kwargs={"server_default": "hf"})
     feed_url: str = Field(sa_type=sa.Text())
     started_at: datetime = _utc(index=True)
     finished_at: datetime | None = _utc(default=None, nullable=True)
@@ -190,6 +226,8 @@ class FetchRun(SQLModel, table=True):
     new_count: int = 0
     updated_count: int = 0
     error: str | None = Field(default=None, sa_type=sa.Text())
+    etag: str | None = Field(default=None, sa_type=sa.Text())
+    last_modified: str | None = Field(default=None, sa_type=sa.Text())
 
 
 class DatabaseIdentity(SQLModel, table=True):

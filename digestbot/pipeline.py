@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -27,6 +27,7 @@ from digestbot.errors import (
     DeliverySetupError,
     DigestbotError,
     FetchError,
+    PartialFetchError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
@@ -37,7 +38,7 @@ from digestbot.matching import Match, PaperIndex, compile_filter
 from digestbot.models import DigestState, Paper, UnsubscribeMethod
 from digestbot.planning import PLAN_BATCH, Recipient, compute_plans
 from digestbot.render import DigestView, RenderedDigest
-from digestbot.sources.base import FetchedPaper, WindowResult
+from digestbot.sources.base import FetchedPaper, Validators, WindowResult
 from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
@@ -50,7 +51,25 @@ Clock = Callable[[], datetime]
 
 
 class Source(Protocol):
-    def fetch_days(self, *, today: date, lookback: int) -> WindowResult: ...
+    """A source of papers (sources.hf_daily, sources.arxiv, sources.feed): fetches a window of days."""
+
+    def fetch_days(
+        self,
+        *,
+        today: date,
+        lookback: int,
+        since: datetime | None = None,
+        validators: Validators | None = None,
+    ) -> WindowResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NamedSource:
+    """A configured source: its `[[sources]]` name, where it reads (for messages), the fetcher."""
+
+    name: str
+    location: str
+    source: Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,24 +77,42 @@ class FetchSummary:
     fetched: int
     new: int
     updated: int
+    name: str = "hf"
+    location: str = ""
+    not_modified: bool = False  # the source answered 304: nothing changed since the last fetch
 
 
 def fetch_and_store(
-    engine: Engine, *, source: Source, feed_url: str, today: date, lookback: int, clock: Clock
+    engine: Engine,
+    *,
+    source: Source,
+    feed_url: str,
+    today: date,
+    lookback: int,
+    clock: Clock,
+    name: str = "hf",
 ) -> FetchSummary:
-    """Fetch today and the previous `lookback` days, then store the good days in one transaction.
+    """Fetch one source (today and the previous `lookback` days), then store the good days in
+    one transaction, under the source's `name`.
 
     Each day's response is validated whole before anything is written: a broken day stores
     nothing, the other days are stored, and then PartialFetchError names the bad day(s). The
-    attempt and its outcome (start and end read from `clock`) are recorded either way.
+    attempt and its outcome (start and end read from `clock`) are recorded either way. The
+    source gets the start of its last good fetch (`since`, for catch-up) and the validators of
+    its conditional GET, which a good fetch stores for next time.
     """
     started = clock()
+    with session_scope(engine) as s:
+        good = store.last_good_fetch(s, source=name)
+    since = good.started_at if good is not None else None
+    before = Validators(good.etag, good.last_modified) if good is not None else None
     try:
-        result = source.fetch_days(today=today, lookback=lookback)
+        result = source.fetch_days(today=today, lookback=lookback, since=since, validators=before)
     except FetchError as exc:
         with session_scope(engine) as s:
             store.record_fetch_run(
                 s,
+                source=name,
                 feed_url=feed_url,
                 started_at=started,
                 finished_at=clock(),
@@ -86,9 +123,10 @@ def fetch_and_store(
     papers = list(result.papers)
     failed = result.error()
     with session_scope(engine) as s:
-        stored = store.upsert_papers(s, papers=papers, now=started)
+        stored = store.upsert_papers(s, papers=papers, now=started, source=name)
         store.record_fetch_run(
             s,
+            source=name,
             feed_url=feed_url,
             started_at=started,
             finished_at=clock(),
@@ -96,10 +134,84 @@ def fetch_and_store(
             new=stored.new,
             updated=stored.updated,
             error=str(failed) if failed else None,
+            validators=result.validators or (before if result.not_modified else None),
         )
     if failed is not None:
         raise failed
-    return FetchSummary(fetched=len(papers), new=stored.new, updated=stored.updated)
+    return FetchSummary(
+        fetched=len(papers),
+        new=stored.new,
+        updated=stored.updated,
+        name=name,
+        location=feed_url,
+        not_modified=result.not_modified,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFailure:
+    """One source that failed, why, and the days it could not give."""
+
+    name: str
+    location: str
+    error: FetchError
+    days: tuple[date, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReport:
+    """What fetching every source did: each good source's summary and each failure."""
+
+    done: tuple[FetchSummary, ...] = ()
+    failed: tuple[SourceFailure, ...] = ()
+
+    def failed_days(self) -> dict[str, tuple[date, ...]]:
+        """Per failed source name, the days it could not give (the input of `unread_days`)."""
+        return {f.name: f.days for f in self.failed}
+
+    def error(self) -> FetchError | None:
+        """One error naming every failed source and why, or None when all of them worked."""
+        if not self.failed:
+            return None
+        return FetchError("; ".join(f"source {f.name}: {f.error}" for f in self.failed))
+
+
+def fetch_sources(
+    engine: Engine,
+    sources: Sequence[NamedSource],
+    *,
+    today: date,
+    lookback: int | Callable[[str], int],
+    clock: Clock,
+) -> FetchReport:
+    """Fetch and store every source in order, each on its own: one failing never stops the others.
+
+    `lookback` may depend on the source (the daemon reaches back to each one's last good fetch).
+    A source that stored nothing could not give any day of its window; one that failed for some
+    days (PartialFetchError) stored the others.
+    """
+    done: list[FetchSummary] = []
+    failed: list[SourceFailure] = []
+    for named in sources:
+        days = lookback(named.name) if callable(lookback) else lookback
+        try:
+            done.append(
+                fetch_and_store(
+                    engine,
+                    source=named.source,
+                    feed_url=named.location,
+                    today=today,
+                    lookback=days,
+                    clock=clock,
+                    name=named.name,
+                )
+            )
+        except PartialFetchError as exc:
+            failed.append(SourceFailure(named.name, named.location, exc, exc.days))
+        except FetchError as exc:
+            window = tuple(today - timedelta(days=n) for n in range(days, -1, -1))
+            failed.append(SourceFailure(named.name, named.location, exc, window))
+    return FetchReport(done=tuple(done), failed=tuple(failed))
 
 
 # -- subscribers ----------------------------------------------------------------------------
@@ -149,11 +261,13 @@ def subscriber_ids(engine: Engine, emails: Sequence[str]) -> list[int]:
         return sorted(store.subscriber_ids(s, emails).values())
 
 
-def status(engine: Engine, *, file_emails: Sequence[str] | None) -> store.Status:
-    """`digestbot status`: fetches, papers, subscribers (against the file's addresses, if read),
-    digests, retries and the last delivery error. Reads only."""
+def status(
+    engine: Engine, *, file_emails: Sequence[str] | None, sources: Sequence[str] | None = None
+) -> store.Status:
+    """`digestbot status`: each source's fetches, papers, subscribers (against the file's
+    addresses, if read), digests, retries and the last delivery error. Reads only."""
     with session_scope(engine) as s:
-        return store.status(s, file_emails=file_emails)
+        return store.status(s, file_emails=file_emails, sources=sources)
 
 
 # -- unsubscribing --------------------------------------------------------------------------
@@ -233,34 +347,38 @@ def unread_days(
     engine: Engine,
     recipients: Sequence[Recipient],
     *,
-    failed_days: Iterable[date],
+    failed_days: Mapping[str, Iterable[date]],
     as_of: datetime,
     lookback: int,
     day: date | None = None,
 ) -> tuple[date, ...]:
-    """THE feed rule (README "When the feed fails"): the failed fetch days inside the windows of
-    the digests these recipients would get planned now. Empty: plan from the last fetch.
+    """THE feed rule (README "When a source fails"): the days a source failed to give
+    (`failed_days`, per source name) inside the windows of the digests these recipients would
+    get planned now, counting for each recipient only the sources they follow. Empty: plan
+    from what is stored.
 
     Otherwise `send` exits 1 naming these days, and the daemon holds the digests up to FEED_WAIT,
     then plans them with a note naming the days (an empty one is skipped, never mailed).
     A day counts as inside a window when any of its UTC hours is.
     """
-    failed = sorted(set(failed_days))
+    failed = {name: frozenset(days) for name, days in failed_days.items() if days}
     if not failed:
         return ()
     with session_scope(engine) as s:
         todo, freq, windows, prev = planning.to_plan(
             s, recipients, as_of=as_of, lookback=lookback, day=day, skip_existing=True
         )
-    spans = {(windows[freq[r.id]].start_of(prev.get(r.id)), as_of) for r, _ in todo}
-    return tuple(
-        d
-        for d in failed
-        if any(
-            schedule.day_start(d) < end and start < schedule.day_start(d + timedelta(days=1))
-            for start, end in spans
+    unread: set[date] = set()
+    for r, _ in todo:
+        follows = r.spec.sources
+        days = set().union(*(d for name, d in failed.items() if not follows or name in follows))
+        start = windows[freq[r.id]].start_of(prev.get(r.id))
+        unread.update(
+            d
+            for d in days
+            if schedule.day_start(d) < as_of and start < schedule.day_start(d + timedelta(days=1))
         )
-    )
+    return tuple(sorted(unread))
 
 
 def plan_digests(
@@ -336,20 +454,21 @@ def send(
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[str, outbox.Outcome], None] | None = None,
     fetch_error: FetchError | None = None,
-    failed_days: Sequence[date] = (),
+    failed_days: Mapping[str, Sequence[date]] | None = None,
 ) -> SendSummary:
     """`digestbot send` after the fetch: sync the file, plan the period's digests, deliver what is due.
 
     With `only`, just those subscribers are planned and delivered (everyone stays subscribed).
-    `on_start` gets the number of digests about to be delivered. When the fetch failed
-    (`fetch_error`, for `failed_days`) for a day inside the windows to plan (the rule:
-    `unread_days`), FetchError names those days and nothing is planned or delivered.
+    `on_start` gets the number of digests about to be delivered. When a source failed
+    (`fetch_error`; `failed_days` per source name) for a day inside the windows to plan of
+    subscribers who follow it (the rule: `unread_days`), FetchError names those days and
+    nothing is planned or delivered.
     """
     now = clock()
     bad = unread_days(
         engine,
         known_recipients(engine, everyone if only is None else only),
-        failed_days=failed_days,
+        failed_days=failed_days or {},
         as_of=as_of,
         lookback=lookback,
         day=day,
@@ -357,7 +476,7 @@ def send(
     if bad:  # checked before the sync: a refused run writes nothing
         days = ", ".join(d.isoformat() for d in bad)
         raise FetchError(
-            f"nothing planned or sent: the digests due now cover {days}, which the feed could "
+            f"nothing planned or sent: the digests due now cover {days}, which a source could "
             f"not give ({fetch_error}); run again once it answers, or use --no-fetch to send "
             "from the papers already stored"
         )
@@ -445,19 +564,22 @@ def dry_run(
     specs: Sequence[SubscriberSpec],
     *,
     mail: MailContext,
-    fetched: Sequence[FetchedPaper] | None,
+    fetched: Sequence[tuple[str, Sequence[FetchedPaper]]] | None,
     as_of: datetime,
     day: date | None,
     lookback: int,
     now: datetime,
 ) -> DryRun:
-    """Plan and render as a real send would, inside one transaction that is rolled back."""
+    """Plan and render as a real send would, inside one transaction that is rolled back.
+
+    `fetched` holds what each source (by name) gave, stored in that transaction; None: not fetched.
+    """
     recipients = known_recipients(engine, specs)
     names = {r.id: r.spec.name for r in recipients}
     rows = []
     with session_scope(engine) as s:
-        if fetched is not None:
-            store.upsert_papers(s, papers=fetched, now=now)
+        for name, papers in fetched or ():
+            store.upsert_papers(s, papers=papers, now=now, source=name)
         for plan in compute_plans(
             s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=mail.from_addr
         ):
@@ -475,7 +597,7 @@ def dry_run(
         existing=len(recipients) - off - suppressed - len(rows),
         off=off,
         suppressed=suppressed,
-        fetched=None if fetched is None else len(fetched),
+        fetched=None if fetched is None else sum(len(papers) for _, papers in fetched),
     )
 
 

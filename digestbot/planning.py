@@ -8,7 +8,7 @@ plus the Trending section. Nothing here writes; `pipeline.plan_digests` stores w
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -48,7 +48,8 @@ def compute_plans(
     """Decide each recipient's digest for its period, without writing anything.
 
     A digest holds the papers that match the subscriber's filter, were never put in one of their
-    digests before, and are new to them (schedule.Windows says which), ranked over the period
+    digests before, and are new to them (schedule.Windows says which) from one of their sources
+    (`sources`; none named: every source), ranked over the period
     and capped by max_papers; papers beyond it are counted and not carried over. With
     `trending = N` it also holds, in a "Trending" section, those of the N most upvoted such
     papers (upvotes > 0, past exclude and min_upvotes) that the matched section does not list.
@@ -68,6 +69,7 @@ def compute_plans(
     )
     papers = store.papers_featured_between(session, start=start, end=as_of)
     by_id = {p.arxiv_id: p for p in papers}
+    seen = store.sightings(session, by_id)
     by_upvotes = sorted(
         (p for p in papers if p.upvotes > 0), key=lambda p: (-p.upvotes, p.arxiv_id)
     )
@@ -81,7 +83,9 @@ def compute_plans(
         with bulk_matching():
             for r, _ in batch:
                 sp = r.spec
-                is_new = functools.partial(_is_new, windows[freq[r.id]], prev.get(r.id))
+                is_new = functools.partial(
+                    _is_new, windows[freq[r.id]], prev.get(r.id), seen, frozenset(sp.sources)
+                )
                 found[r.id] = []
                 if sp.keywords or sp.authors:
                     flt = compile_filter(
@@ -181,10 +185,19 @@ def to_plan(
 
 
 def _is_new(
-    window: schedule.Windows, previous: tuple[datetime, datetime] | None, paper: Paper
+    window: schedule.Windows,
+    previous: tuple[datetime, datetime] | None,
+    seen: Mapping[str, Sequence[store.Sighting]],
+    sources: frozenset[str],
+    paper: Paper,
 ) -> bool:
-    return window.is_new(
-        featured_at=paper.featured_at, first_seen_at=paper.first_seen_at, previous=previous
+    """Whether one of the subscriber's sources (`sources`; empty: any) featured the paper inside
+    their window. A paper two sources bring on different days is thus new to a subscriber of the
+    later one; one already in a digest of theirs is left out later (outbox.already_held)."""
+    return any(
+        window.is_new(featured_at=s.featured_at, first_seen_at=s.first_seen_at, previous=previous)
+        for s in seen.get(paper.arxiv_id, ())
+        if not sources or s.source in sources
     )
 
 

@@ -25,16 +25,19 @@ from digestbot.models import (
     DigestState,
     FetchRun,
     Paper,
+    PaperSource,
     Subscriber,
     Suppression,
     UnsubscribeMethod,
     table_of,
 )
-from digestbot.sources.base import FetchedPaper
+from digestbot.sources.base import FetchedPaper, Validators
 
 CHUNK = 500
-# Fields a later fetch may change; title, abstract, authors and featured_at are kept as first seen.
-_MUTABLE = (
+# Fields a later sighting may change, when the source gives them (None or empty: it does not
+# have that field, and another source's value stays). Title, abstract and authors are kept as
+# first seen; a newer arXiv version replaces them (_REVISED).
+_MERGED = (
     "upvotes",
     "num_comments",
     "github_repo",
@@ -42,7 +45,10 @@ _MUTABLE = (
     "project_page",
     "ai_summary",
     "ai_keywords",
+    "categories",
+    "link",
 )
+_REVISED = ("title", "summary", "authors", "version")
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -70,15 +76,29 @@ class StoreResult:
 
 
 def upsert_papers(
-    session: Session, *, papers: Sequence[FetchedPaper], now: datetime
+    session: Session, *, papers: Sequence[FetchedPaper], now: datetime, source: str = "hf"
 ) -> StoreResult:
-    """Insert new papers and update what changes on known ones; counts what was new and what changed."""
-    by_id = {p.arxiv_id: p for p in papers}
+    """Store what `source` brought: new papers are inserted, known ones (from any source) merged.
+
+    A paper is one row whatever brought it: each field a source has (not None, not empty)
+    updates the stored one, so HF's upvotes and AI summary and arXiv's categories and version
+    sit side by side. A revision (arXiv `replace`) only updates a known paper with a newer
+    version (title, abstract, authors, version) and is never stored as a new paper. Each
+    sighting is recorded in paper_sources (the first one of each source is kept). Returns how
+    many papers were new to the database and how many stored ones changed.
+    """
+    by_id: dict[str, FetchedPaper] = {}
+    for p in papers:
+        by_id.setdefault(p.arxiv_id, p)
     existing: dict[str, Paper] = {}
     for ids in chunks(sorted(by_id)):
         for row in session.exec(select(Paper).where(col(Paper.arxiv_id).in_(ids))):
             existing[row.arxiv_id] = row
-    new_rows = [_paper_values(p, now) for arxiv_id, p in by_id.items() if arxiv_id not in existing]
+    new_rows = [
+        _paper_values(p, now, source)
+        for key, p in by_id.items()
+        if key not in existing and not p.revision
+    ]
     new = 0
     for rows in chunks(new_rows):
         stmt = (
@@ -89,20 +109,59 @@ def upsert_papers(
         )
         new += len(session.execute(stmt).all())
     updated = 0
-    for arxiv_id, row in existing.items():
-        fresh = _paper_values(by_id[arxiv_id], now)
-        changes = {k: fresh[k] for k in _MUTABLE if getattr(row, k) != fresh[k]}
-        if changes:
-            for key, value in changes.items():
-                setattr(row, key, value)
+    for key, row in existing.items():
+        if _merge(row, by_id[key], source):
             row.updated_at = now
             session.add(row)
             updated += 1
     session.flush()
+    sightings = [
+        {"arxiv_id": k, "source": source, "featured_at": p.featured_at, "first_seen_at": now}
+        for k, p in by_id.items()
+        if not p.revision
+    ]
+    for rows in chunks(sightings):
+        session.execute(
+            dialect_insert(session, PaperSource)
+            .values(list(rows))
+            .on_conflict_do_nothing(index_elements=["arxiv_id", "source"])
+        )
     return StoreResult(new=new, updated=updated)
 
 
-def _paper_values(p: FetchedPaper, now: datetime) -> dict[str, Any]:
+def _merge(row: Paper, fetched: FetchedPaper, source: str) -> bool:
+    """Merge one source's view of a paper into its stored row; whether anything changed."""
+    changed = False
+
+    def put(name: str, value: Any) -> None:
+        nonlocal changed
+        if getattr(row, name) != value:
+            setattr(row, name, value)
+            changed = True
+
+    if fetched.revision:
+        if fetched.version is not None and (row.version or 0) < fetched.version:
+            for name in _REVISED:
+                value = getattr(fetched, name)
+                put(name, list(value) if isinstance(value, tuple) else value)
+            if fetched.categories:
+                put("categories", list(fetched.categories))
+        return changed
+    for name in _MERGED:
+        value = getattr(fetched, name)
+        if value is None or value == ():
+            continue
+        put(name, list(value) if isinstance(value, tuple) else value)
+    if fetched.version is not None and (row.version or 0) < fetched.version:
+        put("version", fetched.version)
+    if fetched.featured_at < row.featured_at:
+        put("featured_at", fetched.featured_at)
+    if source not in row.sources:
+        put("sources", [*row.sources, source])
+    return changed
+
+
+def _paper_values(p: FetchedPaper, now: datetime, source: str) -> dict[str, Any]:
     return {
         "arxiv_id": p.arxiv_id,
         "title": p.title,
@@ -110,14 +169,17 @@ def _paper_values(p: FetchedPaper, now: datetime) -> dict[str, Any]:
         "authors": list(p.authors),
         "published_at": p.published_at,
         "featured_at": p.featured_at,
-        "upvotes": p.upvotes,
-        "num_comments": p.num_comments,
+        "upvotes": p.upvotes or 0,
+        "num_comments": p.num_comments or 0,
         "github_repo": p.github_repo,
         "github_stars": p.github_stars,
         "project_page": p.project_page,
         "ai_summary": p.ai_summary,
         "ai_keywords": list(p.ai_keywords),
         "categories": list(p.categories),
+        "link": p.link,
+        "version": p.version,
+        "sources": [source],
         "first_seen_at": now,
         "updated_at": now,
     }
@@ -126,13 +188,44 @@ def _paper_values(p: FetchedPaper, now: datetime) -> dict[str, Any]:
 def papers_featured_between(
     session: Session, *, start: datetime | None, end: datetime | None
 ) -> list[Paper]:
-    """Papers featured in [start, end) (None: unbounded), oldest first."""
-    stmt = select(Paper).order_by(col(Paper.featured_at), col(Paper.arxiv_id))
+    """Papers that some source featured in [start, end) (None: unbounded), oldest first."""
+    seen = sa.select(col(PaperSource.arxiv_id))
     if start is not None:
-        stmt = stmt.where(col(Paper.featured_at) >= start)
+        seen = seen.where(col(PaperSource.featured_at) >= start)
     if end is not None:
-        stmt = stmt.where(col(Paper.featured_at) < end)
+        seen = seen.where(col(PaperSource.featured_at) < end)
+    stmt = (
+        select(Paper)
+        .where(col(Paper.arxiv_id).in_(seen.distinct()))
+        .order_by(col(Paper.featured_at), col(Paper.arxiv_id))
+    )
     return list(session.exec(stmt))
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """When one source featured a paper, and when it first brought it."""
+
+    source: str
+    featured_at: datetime
+    first_seen_at: datetime
+
+
+def sightings(session: Session, ids: Iterable[str]) -> dict[str, list[Sighting]]:
+    """Every source's sighting of these papers, by paper key."""
+    out: dict[str, list[Sighting]] = {}
+    for chunk in chunks(sorted(set(ids))):
+        rows = session.execute(
+            sa.select(
+                col(PaperSource.arxiv_id),
+                col(PaperSource.source),
+                col(PaperSource.featured_at),
+                col(PaperSource.first_seen_at),
+            ).where(col(PaperSource.arxiv_id).in_(chunk))
+        )
+        for key, source, featured, first in rows:
+            out.setdefault(key, []).append(Sighting(source, featured, first))
+    return out
 
 
 def papers_by_id(session: Session, ids: Iterable[str]) -> dict[str, Paper]:
@@ -153,12 +246,15 @@ def record_fetch_run(
     started_at: datetime,
     finished_at: datetime,
     ok: bool,
+    source: str = "hf",
     new: int = 0,
     updated: int = 0,
     error: str | None = None,
+    validators: Validators | None = None,
 ) -> None:
     session.add(
         FetchRun(
+            source=source,
             feed_url=feed_url,
             started_at=started_at,
             finished_at=finished_at,
@@ -166,6 +262,8 @@ def record_fetch_run(
             new_count=new,
             updated_count=updated,
             error=error,
+            etag=validators.etag if validators else None,
+            last_modified=validators.last_modified if validators else None,
         )
     )
 
@@ -399,9 +497,19 @@ class Noted:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceFetches:
+    """One source's newest fetch and newest good fetch (None: never, or never good)."""
+
+    name: str
+    last: FetchRun | None
+    last_good: FetchRun | None
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     last_fetch: FetchRun | None
     last_good_fetch: FetchRun | None
+    sources: list[SourceFetches]  # the configured sources (or, unknown, those fetched), in order
     papers: int
     papers_mailed: int
     subscribers: int  # active (synced) subscribers
@@ -415,25 +523,44 @@ class Status:
     latest_suppressed: list[Suppressed] = field(default_factory=list)  # newest first
 
 
-def last_good_fetch(session: Session) -> FetchRun | None:
-    """The newest fetch that worked (the daemon catches up from there after downtime)."""
-    return session.exec(
-        select(FetchRun)
-        .where(col(FetchRun.ok).is_(True))
-        .order_by(col(FetchRun.id).desc())
-        .limit(1)
-    ).first()
+def last_good_fetch(session: Session, *, source: str | None = None) -> FetchRun | None:
+    """The newest fetch that worked, of one source or of any (the daemon catches up from there
+    after downtime; an arXiv source reads its conditional-GET validators from it)."""
+    stmt = select(FetchRun).where(col(FetchRun.ok).is_(True))
+    if source is not None:
+        stmt = stmt.where(col(FetchRun.source) == source)
+    return session.exec(stmt.order_by(col(FetchRun.id).desc()).limit(1)).first()
+
+
+def source_fetches(session: Session, names: Sequence[str] | None) -> list[SourceFetches]:
+    """Each source's newest and newest good fetch, for `names` in order (None: every source
+    that has fetch runs, by name)."""
+    if names is None:
+        names = sorted(session.exec(select(FetchRun.source).distinct()))
+    out = []
+    for name in names:
+        last = session.exec(
+            select(FetchRun)
+            .where(col(FetchRun.source) == name)
+            .order_by(col(FetchRun.id).desc())
+            .limit(1)
+        ).first()
+        good = last if last is None or last.ok else last_good_fetch(session, source=name)
+        out.append(SourceFetches(name=name, last=last, last_good=good))
+    return out
 
 
 def status(
     session: Session,
     *,
     file_emails: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
     problem_limit: int = 50,
     suppressed_limit: int = 5,
 ) -> Status:
     """What `digestbot status` shows; `file_emails` (the subscribers file) is checked for people
-    not synced yet. Read-only."""
+    not synced yet; `sources` are the configured source names (None: those with fetch runs).
+    Read-only."""
     last = session.exec(select(FetchRun).order_by(col(FetchRun.id).desc()).limit(1)).first()
     papers = session.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
     subs = session.execute(
@@ -463,6 +590,7 @@ def status(
     return Status(
         last_fetch=last,
         last_good_fetch=last_good_fetch(session),
+        sources=source_fetches(session, sources),
         papers=papers,
         papers_mailed=sent_paper_count(session),
         subscribers=subs,

@@ -91,6 +91,8 @@ class SubscriberSpec:
     """One of FREQUENCIES: "daily", "weekly" or "off" (nothing planned or sent)."""
     weekday: str = "monday"
     """The day a weekly digest goes out (one of WEEKDAYS); unused for daily."""
+    sources: tuple[str, ...] = ()
+    """The names of the sources the subscriber follows (empty: every source)."""
     line: int | None = field(default=None, compare=False)
 
     @property

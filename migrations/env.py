@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import sqlalchemy as sa
 from alembic import context
 from sqlmodel import SQLModel
 
@@ -18,10 +19,23 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
+        compare_type=_compare_type,
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _compare_type(context, inspected_column, metadata_column, inspected_type, metadata_type):  # type: ignore[no-untyped-def]
+    """Alembic's own type comparison, except VARCHAR lengths on SQLite, which SQLite does not
+    enforce (a length is widened on PostgreSQL only; SQLite cannot rebuild a referenced table)."""
+    declared = getattr(metadata_type, "impl", metadata_type)  # sqlmodel's AutoString wraps String
+    if (
+        context.dialect.name == "sqlite"
+        and type(inspected_type) is sa.VARCHAR
+        and type(declared) in (sa.String, sa.VARCHAR)
+    ):
+        return False
+    return None  # the default comparison
 
 
 def run_migrations_online() -> None:
