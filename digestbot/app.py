@@ -21,9 +21,9 @@ from digestbot.mail.backends import Backend, ConsoleBackend, FileBackend, SMTPBa
 from digestbot.mail.context import MailContext, compose, digest_view
 from digestbot.mail.message import make_message_id
 from digestbot.mail.ratelimit import RateLimiter
+from digestbot.pipeline import NamedSource, Source
 from digestbot.render import Renderer
 from digestbot.settings import Settings
-from digestbot.pipeline import NamedSource, Source
 from digestbot.sources.arxiv import ARXIV_PAUSE, ARXIV_RSS, ArxivSource
 from digestbot.sources.base import SourceSpec, locate_feed
 from digestbot.sources.feed import FeedSource
