@@ -26,6 +26,7 @@ from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, matching, pipeline, schedule, store
 from digestbot.addresses import AddressError, address_key, check_address
+from digestbot.configcheck import unmatchable
 from digestbot.errors import (
     ConfigError,
     DeliverySetupError,
@@ -35,7 +36,7 @@ from digestbot.errors import (
 )
 from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
-from digestbot.subscribers import count_exclusions, count_queries
+from digestbot.subscribers import count_exclusions, count_queries, load_config
 
 cli = typer.Typer(
     name="digestbot",
@@ -733,7 +734,8 @@ def check(
     with _errors():
         settings = _settings()
         out.print("settings: ok", markup=False)
-        specs = app.load_people(settings)
+        config = load_config(settings.subscribers_path)
+        specs = config.subscribers
         queries = count_queries(sum(len(sp.keywords) + len(sp.authors) for sp in specs))
         exclusions = count_exclusions(sum(len(sp.exclude) for sp in specs))
         out.print(
@@ -742,6 +744,8 @@ def check(
         )
         for sp in specs:
             out.print(f"  {sp.email}: {sp.describe()}", markup=False)
+        for warning in unmatchable(config):  # a query no configured source can satisfy
+            err.print(f"warning: {warning}", markup=False)
         app.mail_context(settings)
         backend = app.make_backend(settings)  # a file backend checks its folder here
         _warn_unsubscribed(settings, [sp.email for sp in specs])
