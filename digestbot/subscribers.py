@@ -45,10 +45,12 @@ SOURCE_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 SOURCE_NAME_MAX = 40
 """A source name: lower-case ASCII letters and digits in words joined by single hyphens
 ("arxiv-ml"), at most 40 characters, so that it reads the same in a query (`source:arxiv-ml`)."""
-ARXIV_CATEGORY = re.compile(r"[a-z]+(?:-[a-z]+)?(?:\.(?:[A-Z]{2}|[a-z]+(?:-[a-z]+)?))?")
+ARXIV_CATEGORY = re.compile(
+    r"[a-z]+(?:-[a-z]+)?(?:\.(?:[A-Z]{2}|[a-z]{3,}|[a-z]+-[a-z]+))?", flags=re.ASCII
+)
 """An arXiv category: an archive ("cs", "q-bio", "astro-ph", "hep-th"), optionally a dot and a
-subject class, two capitals ("cs.CL", "math.AP") or lower-case words ("physics.optics",
-"cond-mat.mes-hall")."""
+subject class, two capitals ("cs.CL", "math.AP") or a lower-case word of three letters or more
+or two joined by a hyphen ("physics.optics", "cond-mat.mes-hall", "physics.ed-ph")."""
 ARXIV_CATEGORY_MAX = 40
 DEFAULT_KEYS = (
     "send_at",
