@@ -1185,3 +1185,15 @@ def test_check_prints_warnings_and_still_passes(workdir: Path) -> None:
     quiet = CliRunner().invoke(cli, ["check"], catch_exceptions=False)
     assert quiet.exit_code == 0, quiet.output
     assert "warning" not in quiet.output
+
+
+def test_the_readme_and_example_configurations_load_without_warnings() -> None:
+    """The README's subscribers-file example and subscribers.example.toml load, and `check` warns about neither."""
+    section = (
+        (REPO / "README.md").read_text(encoding="utf-8").split("## Subscribers file reference")[1]
+    )
+    readme = re.search(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    assert readme is not None
+    for got in (config(readme.group(1)), load_config(EXAMPLE)):
+        assert got.subscribers and unmatchable(got) == []
+    assert [s.name for s in config(readme.group(1)).sources] == ["hf", "arxiv-ml"]
