@@ -27,6 +27,7 @@ import re
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,7 +38,6 @@ import itertools
 
 from digestbot.matching import PaperIndex, bulk_matching, compile_filter, explain
 from digestbot.matching.text import tokenize
-from digestbot.sources.base import FetchedPaper
 
 _STOP = frozenset(
     [
@@ -104,6 +104,21 @@ _STOP = frozenset(
     ]
 )
 FEATURED = datetime(2026, 3, 6, 12, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchPaper:
+    """A paper as matching sees a stored row (matching.PaperDoc)."""
+
+    arxiv_id: str
+    title: str
+    summary: str
+    authors: tuple[str, ...]
+    ai_keywords: tuple[str, ...]
+    categories: tuple[str, ...]
+    upvotes: int
+    featured_at: datetime = FEATURED
+    sources: tuple[str, ...] = ("hf",)
 CATEGORIES = ["cs.CL", "cs.LG", "cs.AI", "cs.CV", "stat.ML", "cs.IR", "cs.DS", "math.OC", "cs.SD"]
 
 
@@ -129,7 +144,7 @@ def title_bigrams(real: list[dict]) -> list[str]:
     return [" ".join(t[i : i + 2]) for t in titles for i in range(len(t) - 1)]
 
 
-def make_papers(real: list[dict], n: int, rng: random.Random) -> list[FetchedPaper]:
+def make_papers(real: list[dict], n: int, rng: random.Random) -> list[BenchPaper]:
     """Recombine the real papers into n realistic ones (same vocabulary and word statistics)."""
     sentences = [re.split(r"(?<=[.!?])\s+", p["summary"]) for p in real]
     names = sorted({a["name"] for p in real for a in p["authors"]})
@@ -150,10 +165,8 @@ def make_papers(real: list[dict], n: int, rng: random.Random) -> list[FetchedPap
                 bg.strip(":,.") for bg in rng.sample(tbg, 3)
             )
         out.append(
-            FetchedPaper(
+            BenchPaper(
                 arxiv_id=f"2603.{i:05d}",
-                published_at=None,
-                featured_at=FEATURED,
                 title=title,
                 summary=summary,
                 authors=tuple(rng.sample(names, rng.randint(1, 8))),

@@ -26,6 +26,7 @@ from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, matching, pipeline, schedule, store
 from digestbot.addresses import AddressError, address_key, check_address
+from digestbot.configcheck import unmatchable
 from digestbot.errors import (
     ConfigError,
     DeliverySetupError,
@@ -814,6 +815,8 @@ def check(
         for spec in config.sources:
             where = app.source_location(settings, spec)
             out.print(f"  {spec.name}: {spec.kind} from {where}", markup=False)
+        for warning in unmatchable(config):  # a query no configured source can satisfy
+            err.print(f"warning: {warning}", markup=False)
         app.mail_context(settings)
         backend = app.make_backend(settings)  # a file backend checks its folder here
         _warn_unsubscribed(settings, [sp.email for sp in specs])

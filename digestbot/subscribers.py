@@ -1,7 +1,9 @@
-"""subscribers.toml → validated SubscriberSpec values; every error names file, line, subscriber, field.
+"""subscribers.toml → a validated Config: the `[[sources]]` and the subscribers; every error
+names file, line, subscriber (or source) and field.
 
 Validation is strict and complete before anything is fetched or sent: unknown keys, wrong types,
-bad addresses, times, zones, limits, duplicates and queries that do not parse are all errors.
+bad addresses, times, zones, limits, duplicates, bad source names, kinds, URLs and arXiv
+categories, and queries that do not parse are all errors.
 tomllib gives no positions for values; digestbot.tomlpos recovers them from the raw text.
 """
 
@@ -21,12 +23,35 @@ from typing import Any
 from digestbot.addresses import AddressError, address_key, check_address
 from digestbot.errors import ConfigError, QueryError
 from digestbot.matching import parse_query
+from digestbot.sources.base import KINDS, MAX_URL_CHARS, SourceSpec, locate_feed
 from digestbot.text import has_unsafe
 from digestbot.tomlpos import LineMap
 
-__all__ = ["SubscriberSpec", "load_subscribers", "parse_subscribers"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "Config",
+    "SubscriberSpec",
+    "load_config",
+    "load_subscribers",
+    "parse_config",
+    "parse_subscribers",
+]
 
-TOP_KEYS = ("defaults", "subscribers")
+TOP_KEYS = ("defaults", "sources", "subscribers")
+SOURCE_KEYS = ("name", "kind", "url", "categories", "api_url")
+DEFAULT_SOURCE = SourceSpec(name="hf", kind="hf", url=None)
+"""The one source of a file without `[[sources]]`: Hugging Face at DIGESTBOT_FEED_URL."""
+SOURCE_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+SOURCE_NAME_MAX = 40
+"""A source name: lower-case ASCII letters and digits in words joined by single hyphens
+("arxiv-ml"), at most 40 characters, so that it reads the same in a query (`source:arxiv-ml`)."""
+ARXIV_CATEGORY = re.compile(
+    r"[a-z]+(?:-[a-z]+)?(?:\.(?:[A-Z]{2}|[a-z]{3,}|[a-z]+-[a-z]+))?", flags=re.ASCII
+)
+"""An arXiv category: an archive ("cs", "q-bio", "astro-ph", "hep-th"), optionally a dot and a
+subject class, two capitals ("cs.CL", "math.AP") or a lower-case word of three letters or more
+or two joined by a hyphen ("physics.optics", "cond-mat.mes-hall", "physics.ed-ph")."""
+ARXIV_CATEGORY_MAX = 40
 DEFAULT_KEYS = (
     "send_at",
     "timezone",
@@ -37,6 +62,7 @@ DEFAULT_KEYS = (
     "frequency",
     "weekday",
     "exclude",
+    "sources",
 )
 SUBSCRIBER_KEYS = (
     "email",
@@ -52,6 +78,7 @@ SUBSCRIBER_KEYS = (
     "trending",
     "frequency",
     "weekday",
+    "sources",
 )
 BUILTIN_DEFAULTS: Mapping[str, Any] = {
     "send_at": datetime.time(7, 0),
@@ -121,7 +148,17 @@ class SubscriberSpec:
             parts.append(count_exclusions(len(self.exclude)))
         if self.trending:
             parts.append(f"trending {self.trending}")
+        if self.sources:
+            parts.append(f"sources {', '.join(self.sources)}")
         return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration file: its sources (in file order) and its subscribers."""
+
+    subscribers: list[SubscriberSpec]
+    sources: tuple[SourceSpec, ...] = (DEFAULT_SOURCE,)
 
 
 def count_queries(n: int) -> str:
@@ -135,7 +172,17 @@ def count_exclusions(n: int) -> str:
 
 
 def load_subscribers(path: Path) -> list[SubscriberSpec]:
-    """Read and validate the subscribers file at `path`."""
+    """Read and validate the subscribers file at `path`; its subscribers only."""
+    return load_config(path).subscribers
+
+
+def parse_subscribers(text: str, *, source: str) -> list[SubscriberSpec]:
+    """Parse and validate subscribers TOML `text`; its subscribers only (see parse_config)."""
+    return parse_config(text, source=source).subscribers
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the configuration (subscribers) file at `path`."""
     source = str(path)
     try:
         data = Path(path).read_bytes()
@@ -154,11 +201,11 @@ def load_subscribers(path: Path) -> list[SubscriberSpec]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError("the file is not valid UTF-8", file=source, line=line) from exc
-    return parse_subscribers(text, source=source)
+    return parse_config(text, source=source)
 
 
-def parse_subscribers(text: str, *, source: str) -> list[SubscriberSpec]:
-    """Parse and validate subscribers TOML `text`; `source` names it in errors (usually the path)."""
+def parse_config(text: str, *, source: str) -> Config:
+    """Parse and validate configuration TOML `text`; `source` names it in errors (usually the path)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -350,6 +397,54 @@ def _check_email(value: object) -> str:
         raise _Invalid(f"{_short(value)} is not a valid address: {exc}") from None
 
 
+def _check_source_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f'expected a source name as a string, e.g. "arxiv-ml", got {_kind(value)}')
+    name = value.strip()
+    if SOURCE_NAME.fullmatch(name) and len(name) <= SOURCE_NAME_MAX:
+        return name
+    raise _Invalid(
+        f"{_short(value)} is not a source name: use lower-case letters and digits, words joined "
+        f'by single hyphens, at most {SOURCE_NAME_MAX} characters, e.g. "arxiv-ml"'
+    )
+
+
+def _check_location(value: object, example: str) -> str:
+    """An http(s) URL or a path (file or folder), as sources.base.locate_feed decides."""
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a URL or a path as a string, e.g. {example}, got {_kind(value)}")
+    text = value.strip()
+    if not text:
+        raise _Invalid(f"is empty; give an http(s) URL or a path, e.g. {example}")
+    if has_unsafe(text):
+        raise _Invalid(f"{_short(value)} contains a control character (newline, tab...)")
+    if len(text) > MAX_URL_CHARS:
+        raise _Invalid(f"is longer than {MAX_URL_CHARS} characters")
+    where = locate_feed(text)
+    if where.kind == "bad":
+        raise _Invalid(f"{_short(text)} {where.reason}")
+    return text
+
+
+def _check_category(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f'expected an arXiv category as a string, e.g. "cs.CL", got {_kind(value)}')
+    name = value.strip()
+    if ARXIV_CATEGORY.fullmatch(name) and len(name) <= ARXIV_CATEGORY_MAX:
+        return name
+    archive, dot, subject = name.partition(".")
+    fixed = archive.lower() + dot + (subject.upper() if len(subject) == 2 else subject.lower())
+    hint = (
+        f"; did you mean {fixed!r}?"
+        if fixed != name and ARXIV_CATEGORY.fullmatch(fixed) and len(fixed) <= ARXIV_CATEGORY_MAX
+        else ""
+    )
+    raise _Invalid(
+        f"{_short(value)} is not an arXiv category such as cs.CL, math.AP, q-bio.NC, astro-ph "
+        f"or astro-ph.GA{hint}"
+    )
+
+
 _DEFAULT_CHECKS: Mapping[str, Callable[[object], object]] = {
     "send_at": _check_send_at,
     "timezone": _check_timezone,
@@ -373,6 +468,7 @@ class _Validator:
         self.doc = doc
         self.lines = lines
         self.source = source
+        self.configured: tuple[SourceSpec, ...] = (DEFAULT_SOURCE,)
 
     def error(
         self,
@@ -386,7 +482,7 @@ class _Validator:
             message, file=self.source, line=line, subscriber=subscriber, field=field_name
         )
 
-    def run(self) -> list[SubscriberSpec]:
+    def run(self) -> Config:
         for key in self.doc:
             if key not in TOP_KEYS:
                 raise self.error(
@@ -394,6 +490,7 @@ class _Validator:
                     line=self.lines.top.get(key),
                     field_name=key,
                 )
+        self.configured = self.sources()
         defaults = self.defaults()
         raw = self.doc.get("subscribers")
         if raw is None or raw == []:
@@ -425,7 +522,190 @@ class _Validator:
                 )
             seen[key] = (index + 1, self.lines.sub(index, "email"))
             specs.append(spec)
-        return specs
+        return Config(specs, self.configured)
+
+    # ------------------------------------------------------------------ [[sources]]
+
+    def sources(self) -> tuple[SourceSpec, ...]:
+        """The `[[sources]]` entries in file order; without any, the default hf source."""
+        raw = self.doc.get("sources")
+        if raw is None:
+            return (DEFAULT_SOURCE,)
+        line = self.lines.top.get("sources")
+        if not isinstance(raw, list):
+            raise self.error(
+                f"expected [[sources]] entries (an array of tables), got {_kind(raw)}",
+                line=line,
+                field_name="sources",
+            )
+        if not raw:
+            raise self.error(
+                "no sources: add a [[sources]] entry, or leave `sources` out to use the "
+                "default Hugging Face source",
+                line=line,
+                field_name="sources",
+            )
+        specs: list[SourceSpec] = []
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(raw):
+            spec = self.source_entry(index, entry)
+            if spec.name in seen:
+                first = seen[spec.name]
+                at = self.lines.source(first, "name")
+                where = f" (line {at})" if at else ""
+                raise self.error(
+                    f"duplicate source name {spec.name!r}: source #{first + 1}{where} already "
+                    "uses it; give each source its own name",
+                    line=self.lines.source(index, "name"),
+                    field_name=f"sources[{index + 1}].name",
+                )
+            seen[spec.name] = index
+            specs.append(spec)
+        return tuple(specs)
+
+    def source_entry(self, index: int, entry: object) -> SourceSpec:
+        """One `[[sources]]` table; errors name its line and the field as `sources[N].key`."""
+        header = self.lines.source(index)
+        number = index + 1
+
+        def fail(message: str, key: str | None, line: int | None = None) -> ConfigError:
+            return self.error(
+                message,
+                line=line or self.lines.source(index, key),
+                field_name=f"sources[{number}].{key}" if key else f"sources[{number}]",
+            )
+
+        if not isinstance(entry, dict):
+            raise fail(f"each source must be a table, got {_kind(entry)}", None)
+        for key in entry:
+            if key not in SOURCE_KEYS:
+                raise fail(_unknown_key_message(key, SOURCE_KEYS, "a [[sources]] entry"), key)
+        if "name" not in entry:
+            raise fail(
+                "missing 'name': give each source a unique name, e.g. name = \"arxiv-ml\"", "name"
+            )
+        label = f"source #{number}: "
+
+        def check(key: str, fn: Callable[[object], Any]) -> Any:
+            try:
+                return fn(entry[key])
+            except _Invalid as exc:
+                raise fail(f"{label}{exc}", key) from None
+
+        name = check("name", _check_source_name)
+        label = f"source {name!r}: "
+        if "kind" not in entry:
+            raise fail(f"{label}missing 'kind': one of {', '.join(KINDS)}", "kind")
+        kind = check("kind", lambda v: _check_choice(v, KINDS, "a source kind"))
+        url = None
+        if "url" in entry:
+            example = '"https://connect.biorxiv.org/biorxiv_xml/neuroscience"'
+            url = check("url", lambda v: _check_location(v, example))
+        elif kind == "feed":
+            raise fail(
+                f"{label}a feed source needs a url: the http(s) address of an RSS or Atom feed, "
+                "or a saved file",
+                "url",
+            )
+        for key in ("categories", "api_url"):
+            if key in entry and kind != "arxiv":
+                raise fail(f'{label}{key!r} is only for kind = "arxiv" sources', key)
+        categories: tuple[str, ...] = ()
+        api_url = None
+        if kind == "arxiv":
+            if "categories" not in entry:
+                raise fail(
+                    f'{label}an arxiv source needs categories, e.g. categories = ["cs.CL", "cs.LG"]',
+                    "categories",
+                )
+            categories = self.categories(index, entry["categories"], fail, label)
+            if "api_url" in entry:
+                api_url = check(
+                    "api_url", lambda v: _check_location(v, '"https://export.arxiv.org/api/query"')
+                )
+        return SourceSpec(
+            name=name, kind=kind, url=url, categories=categories, api_url=api_url, line=header
+        )
+
+    def categories(
+        self,
+        index: int,
+        value: object,
+        fail: Callable[[str, str | None, int | None], ConfigError],
+        label: str,
+    ) -> tuple[str, ...]:
+        """An arxiv source's `categories`: a non-empty array of arXiv categories, each once."""
+        if not isinstance(value, list):
+            raise fail(
+                f'{label}expected an array of arXiv categories, e.g. ["cs.CL", "cs.LG"], '
+                f"got {_kind(value)}",
+                "categories",
+                None,
+            )
+        if not value:
+            raise fail(f'{label}is empty; list at least one, e.g. ["cs.CL"]', "categories", None)
+        out: list[str] = []
+        for position, item in enumerate(value):
+            line = self.lines.source_item(index, "categories", position)
+            try:
+                category = _check_category(item)
+            except _Invalid as exc:
+                raise fail(f"{label}entry {position + 1}: {exc}", "categories", line) from None
+            if category in out:
+                raise fail(
+                    f"{label}entry {position + 1}: {category!r} is listed twice", "categories", line
+                )
+            out.append(category)
+        return tuple(out)
+
+    def source_names(
+        self,
+        value: object,
+        line: Callable[[int | None], int | None],
+        *,
+        subscriber: str | None,
+        label: str = "",
+    ) -> tuple[str, ...]:
+        """A `sources = [...]` list of a subscriber or of [defaults]: configured names, each once.
+
+        `line(position)` is the line of an element (None: of the key)."""
+        names = tuple(sp.name for sp in self.configured)
+
+        def fail(message: str, position: int | None) -> ConfigError:
+            return self.error(
+                label + message, line=line(position), subscriber=subscriber, field_name="sources"
+            )
+
+        if not isinstance(value, list):
+            raise fail(
+                f'expected an array of source names, e.g. ["{names[0]}"], got {_kind(value)}', None
+            )
+        if not value:
+            raise fail(
+                "is empty: name at least one source, or leave `sources` out to get the papers "
+                "of every source",
+                None,
+            )
+        out: list[str] = []
+        for position, item in enumerate(value):
+            if not isinstance(item, str):
+                raise fail(
+                    f"entry {position + 1}: expected a source name as a string, got {_kind(item)}",
+                    position,
+                )
+            name = item.strip().lower()
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1) if len(name) <= 100 else []
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise fail(
+                    f"entry {position + 1}: no source is named {_short(item)}; {hint}"
+                    f"configured: {', '.join(names)}",
+                    position,
+                )
+            if name in out:
+                raise fail(f"entry {position + 1}: {name!r} is listed twice", position)
+            out.append(name)
+        return tuple(out)
 
     def defaults(self) -> dict[str, Any]:
         merged = dict(BUILTIN_DEFAULTS)
@@ -442,6 +722,15 @@ class _Validator:
             line = self.lines.default(key)
             if key == "exclude":
                 merged[key] = self.default_exclude(value, line)
+                continue
+            if key == "sources":
+
+                def at_key(_: int | None, key_line: int | None = line) -> int | None:
+                    return key_line
+
+                merged[key] = self.source_names(
+                    value, at_key, subscriber=None, label="in [defaults]: "
+                )
                 continue
             if key not in DEFAULT_KEYS:
                 hint = " (set it per subscriber)" if key in SUBSCRIBER_KEYS else ""
@@ -565,6 +854,17 @@ class _Validator:
             )
         for key, queries in (("keywords", keywords), ("exclude", exclude)):
             self.check_queries(queries, index=index, who=who, key=key)
+        sources: tuple[str, ...] = defaults.get("sources", ())
+        if "sources" in entry:
+            sources = self.source_names(
+                entry["sources"],
+                lambda at: (
+                    self.lines.sub(index, "sources")
+                    if at is None
+                    else self.lines.item(index, "sources", at)
+                ),
+                subscriber=who,
+            )
         shared = tuple(q for q in defaults.get("exclude", ()) if q not in exclude)
         return SubscriberSpec(
             email=email,
@@ -580,6 +880,7 @@ class _Validator:
             trending=values["trending"],
             frequency=values["frequency"],
             weekday=values["weekday"],
+            sources=sources,
             line=header,
         )
 

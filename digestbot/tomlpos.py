@@ -2,7 +2,7 @@
 
 `LineMap.scan(text)` walks a text that tomllib already accepted with just enough of a TOML
 lexer (`Lexer`) to find the line of each top-level key, each key of `[defaults]`, each
-`[[subscribers]]` block, its keys and the elements of its arrays. Error messages of the
+`[[subscribers]]` and `[[sources]]` block, its keys and the elements of its arrays. Error messages of the
 subscribers file use it to name a line.
 """
 
@@ -24,7 +24,7 @@ class Block:
 
 @dataclass
 class LineMap:
-    """Lines of keys in a TOML text that tomllib accepted: top level, [defaults], each [[subscribers]].
+    """Lines of keys in a TOML text tomllib accepted: top level, [defaults], [[subscribers]], [[sources]].
 
     Only standard forms are tracked; a subscriber written as an inline table falls back to the
     line of `subscribers =`, a key in a form not tracked falls back to its block's header.
@@ -34,6 +34,7 @@ class LineMap:
     defaults_keys: dict[str, int] = field(default_factory=dict)
     defaults_line: int | None = None
     blocks: list[Block] = field(default_factory=list)
+    source_blocks: list[Block] = field(default_factory=list)
 
     def default(self, key: str) -> int | None:
         return self.defaults_keys.get(key) or self.defaults_line or self.top.get("defaults")
@@ -51,6 +52,21 @@ class LineMap:
             if position < len(items):
                 return items[position]
         return self.sub(index, key)
+
+    def source(self, index: int, key: str | None = None) -> int | None:
+        """Line of the `index`-th `[[sources]]` block (or of its `key`)."""
+        if index < len(self.source_blocks):
+            block = self.source_blocks[index]
+            return block.keys.get(key, block.line) if key else block.line
+        return self.top.get("sources")
+
+    def source_item(self, index: int, key: str, position: int) -> int | None:
+        """Line of the `position`-th (0-based) element of array `key` of a `[[sources]]` block."""
+        if index < len(self.source_blocks):
+            items = self.source_blocks[index].items.get(key, [])
+            if position < len(items):
+                return items[position]
+        return self.source(index, key)
 
     @classmethod
     def scan(cls, text: str) -> LineMap:
@@ -82,10 +98,16 @@ class LineMap:
                     block = Block(line)
                     result.blocks.append(block)
                     context = block.keys
+                elif path == ["sources"] and is_array:
+                    block = Block(line)
+                    result.source_blocks.append(block)
+                    context = block.keys
                 elif head == "defaults" and len(path) > 1:
                     result.defaults_keys.setdefault(path[1], line)
                 elif head == "subscribers" and len(path) > 1 and result.blocks:
                     result.blocks[-1].keys.setdefault(path[1], line)
+                elif head == "sources" and len(path) > 1 and result.source_blocks:
+                    result.source_blocks[-1].keys.setdefault(path[1], line)
                 lexer.skip_line_rest()
                 continue
             path = lexer.key_path()

@@ -294,6 +294,7 @@ class Paper:
     ai_keywords: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     upvotes: int = 0
+    sources: tuple[str, ...] = ()
 
 
 def fixture_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import pytest
@@ -422,3 +423,85 @@ def test_evidence_names_matched_authors_and_feed_keywords() -> None:
     assert found.authors == (4,)
     assert found.keywords == ((0, ((0, 9),)), (1, ((11, 19),)))
     assert evidence(["prompting NOT thought", "((broken"], paper).keywords == ()
+
+
+# --------------------------------------------------------------------------- source:
+
+
+def _with_sources() -> list[Paper]:
+    """The fixture papers, each brought by one to three named sources (by position)."""
+    names = [("hf",), ("arxiv-ml",), ("hf", "arxiv-ml"), ("arxiv-cv",), ("biorxiv-neuro", "hf")]
+    return [replace(p, sources=names[i % len(names)]) for i, p in enumerate(papers())]
+
+
+@cache
+def _source_index() -> PaperIndex:
+    return PaperIndex.build(_with_sources())
+
+
+def _from(*names: str) -> set[str]:
+    return {p.arxiv_id for p in _with_sources() if set(p.sources) & set(names)}
+
+
+SOURCE_CASES: list[tuple[str, set[str]]] = [
+    ("source:hf", _from("hf")),
+    ("source:HF", _from("hf")),
+    ("sources:arxiv-ml", _from("arxiv-ml")),
+    ('source:"arxiv ml"', _from("arxiv-ml")),
+    ("source:ARXIV_ML", _from("arxiv-ml")),
+    ("source:arxiv", set()),  # a whole name only
+    ("source:arxiv-m", set()),
+    ("source:arxiv*", _from("arxiv-ml", "arxiv-cv")),
+    ("source:arxiv-*", _from("arxiv-ml", "arxiv-cv")),
+    ("source:arxiv-c*", _from("arxiv-cv")),
+    ("source:bio*", _from("biorxiv-neuro")),
+    ("source:nowhere", set()),
+    ("source:(hf OR arxiv-cv)", _from("hf", "arxiv-cv")),
+    ("source:hf -source:arxiv-ml", _from("hf") - _from("arxiv-ml")),
+    ("diffusion source:hf", ids("diffusion") & _from("hf")),
+    ("hf", set()),  # a bare word never matches a source name
+    ("neuro", set()),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), SOURCE_CASES, ids=[q for q, _ in SOURCE_CASES])
+def test_source_field_matches_papers_a_named_source_brought(query: str, expected: set[str]) -> None:
+    """`source:NAME` selects the papers that source brought (whole names, any case, NAME* a prefix)."""
+    flt = compile_filter(keywords=[query])
+    assert {m.arxiv_id for m in _source_index().match(flt)} == expected
+    assert {p.arxiv_id for p in _with_sources() if explain(flt, p)} == expected
+
+
+def test_a_source_term_adds_nothing_to_the_score() -> None:
+    """`source:` filters without ranking: `diffusion source:hf` scores each paper as `diffusion` does."""
+    index = _source_index()
+    alone = {m.arxiv_id: m.score for m in index.match(compile_filter(keywords=["diffusion"]))}
+    both = index.match(compile_filter(keywords=["diffusion source:hf"]))
+    assert both and all(m.score == alone[m.arxiv_id] for m in both)
+    assert {m.score for m in index.match(compile_filter(keywords=["source:hf"]))} == {0.0}
+
+
+def test_a_paper_without_sources_matches_no_source_query() -> None:
+    """A paper value with no `sources` member (a plain fetched paper) matches no `source:` query."""
+    from types import SimpleNamespace
+
+    paper = SimpleNamespace(
+        arxiv_id="1",
+        title="Diffusion",
+        summary="",
+        authors=[],
+        ai_keywords=[],
+        categories=[],
+        upvotes=0,
+    )
+    assert explain(compile_filter(keywords=["source:hf"]), paper) is None
+    assert PaperIndex.build([paper]).match(compile_filter(keywords=["source:hf"])) == []
+    assert explain(compile_filter(keywords=["diffusion -source:hf"]), paper) is not None
+
+
+def test_evidence_ignores_the_source_term_of_a_query() -> None:
+    """A query like `source:hf keyword:diffusion` still shows the feed keywords it hit."""
+    from digestbot.matching import evidence
+
+    paper = Paper("1", "T", "S", ai_keywords=("diffusion models",), sources=("hf",))
+    assert evidence(["source:hf keyword:diffusion"], paper).keywords == ((0, ((0, 9),)),)

@@ -3,6 +3,8 @@ bulk index gives exactly what evaluating each filter on each paper alone gives."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -66,6 +68,7 @@ NAMES = [
     "Hatfield-Dodds",
 ]
 FIELDS = ["title:", "abstract:", "keyword:", "category:", "author:"]
+SOURCES = ["hf", "arxiv-ml", "arxiv-cv", "biorxiv-neuro"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -96,7 +99,16 @@ def _term() -> st.SearchStrategy[str]:
     base = st.one_of(word, word, prefix, phrase)
     fielded = st.tuples(st.sampled_from(FIELDS[:4]), base).map("".join)
     category = st.sampled_from(["category:cs.LG", "category:cs.CL", "category:stat.ML"])
-    return st.one_of(base, base, fielded, author, category)
+    source = st.sampled_from(
+        [
+            "source:hf",
+            "source:arxiv-ml",
+            "source:ARXIV-CV",
+            "source:arxiv*",
+            'source:"biorxiv neuro"',
+        ]
+    )
+    return st.one_of(base, base, fielded, author, category, source)
 
 
 def _query() -> st.SearchStrategy[str]:
@@ -132,6 +144,7 @@ def _paper() -> st.SearchStrategy[Paper]:
         ai_keywords=st.lists(text, max_size=2).map(tuple),
         categories=st.lists(st.sampled_from(["cs.LG", "cs.CL", "stat.ML"]), max_size=2).map(tuple),
         upvotes=st.integers(0, 20),
+        sources=st.lists(st.sampled_from(SOURCES), max_size=2, unique=True).map(tuple),
     )
 
 
@@ -160,7 +173,7 @@ def test_bulk_match_equals_explain_on_each_paper(
     except QueryError:
         assume(False)  # e.g. a query of negated terms only
         return
-    pool = papers()
+    pool = [replace(p, sources=(SOURCES[i % len(SOURCES)],)) for i, p in enumerate(papers())]
     chosen = {pool[i % len(pool)].arxiv_id: pool[i % len(pool)] for i in real}
     docs = list(chosen.values()) + made_up
     got = PaperIndex.build(docs).match(flt)
@@ -227,3 +240,27 @@ def test_a_lone_dash_is_ignored(text: str, data: st.DataObject) -> None:
     assume(spaces)
     i = data.draw(st.sampled_from(spaces))
     assert _parsed(text[:i] + " - " + text[i + 1 :]) == _parsed(text)
+
+
+_SOURCE_NAME = st.lists(
+    st.text(alphabet="abxyz019", min_size=1, max_size=3), min_size=1, max_size=3
+).map("-".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=_SOURCE_NAME,
+    brought=st.lists(st.lists(_SOURCE_NAME, max_size=3, unique=True), min_size=1, max_size=6),
+    upper=st.booleans(),
+)
+def test_a_source_query_matches_exactly_the_papers_of_that_name(
+    name: str, brought: list[list[str]], upper: bool
+) -> None:
+    """`source:NAME` (any case) matches a paper exactly when NAME is among the sources that brought it."""
+    docs = [
+        Paper(f"9903.{i:05d}", "t", "s", sources=tuple(names)) for i, names in enumerate(brought)
+    ]
+    flt = compile_filter(keywords=[f"source:{name.upper() if upper else name}"])
+    expected = {p.arxiv_id for p in docs if name in p.sources}
+    assert {m.arxiv_id for m in PaperIndex.build(docs).match(flt)} == expected
+    assert {p.arxiv_id for p in docs if explain(flt, p)} == expected

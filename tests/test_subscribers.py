@@ -14,13 +14,20 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from digestbot.configcheck import unmatchable
 from digestbot.errors import ConfigError, QueryError
 from digestbot.matching import parse_query
+from digestbot.sources.base import SourceSpec
 from digestbot.subscribers import (
     DEFAULT_KEYS,
+    DEFAULT_SOURCE,
+    SOURCE_KEYS,
     SUBSCRIBER_KEYS,
+    Config,
     SubscriberSpec,
+    load_config,
     load_subscribers,
+    parse_config,
     parse_subscribers,
 )
 
@@ -86,7 +93,8 @@ def test_example_file_shows_every_key_and_the_query_syntax() -> None:
     everyone gets) and uses every subscriber key, and phrases, OR, -word, title: and author:."""
     text = EXAMPLE.read_text(encoding="utf-8")
     doc = tomllib.loads(text)
-    shown = set(doc["defaults"]) | set(re.findall(r"^# (\w+) = ", text, flags=re.MULTILINE))
+    block = text.split("\n[defaults]", 1)[1].split("\n[[", 1)[0]
+    shown = set(doc["defaults"]) | set(re.findall(r"^# (\w+) = ", block, flags=re.MULTILINE))
     assert shown == set(DEFAULT_KEYS)
     used = set().union(*(set(s) for s in doc["subscribers"]))
     assert used == set(SUBSCRIBER_KEYS)
@@ -684,3 +692,508 @@ def test_describe_says_what_each_subscriber_gets() -> None:
         "weekly on Friday at 17:00 UTC; trending 10",
         "off (nothing planned or sent); 1 query",
     ]
+
+
+# --------------------------------------------------------------------------- [[sources]]
+
+SOURCES = """\
+[[sources]]
+name = "hf"
+kind = "hf"
+
+[[sources]]
+name = "arxiv-ml"
+kind = "arxiv"
+categories = ["cs.CL", "cs.LG"]
+api_url = "http://127.0.0.1:9/api/query"
+
+[[sources]]
+name = "biorxiv-neuro"
+kind = "feed"
+url = "https://connect.biorxiv.org/biorxiv_xml/neuroscience"
+
+[[subscribers]]
+email = "ada@example.org"
+keywords = ["diffusion"]
+{extra}
+"""
+
+
+def config(text: str) -> Config:
+    """Parse a whole configuration text under the source name SRC."""
+    return parse_config(text, source=SRC)
+
+
+def config_fails(text: str) -> ConfigError:
+    """Parse a configuration that must be rejected and return the ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        config(text)
+    assert info.value.file == SRC
+    return info.value
+
+
+def test_without_sources_there_is_one_default_hf_source() -> None:
+    """A file without [[sources]] reads one Hugging Face source named hf, as before sources existed."""
+    got = config('[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n')
+    assert got.sources == (SourceSpec(name="hf", kind="hf", url=None),) == (DEFAULT_SOURCE,)
+    assert [s.email for s in got.subscribers] == ["a@example.org"]
+    assert got.subscribers[0].sources == ()
+
+
+def test_sources_are_read_in_file_order_with_their_lines(tmp_path: Path) -> None:
+    """[[sources]] entries come back in file order, with kind, url, categories and line; load_config,
+    load_subscribers and parse_subscribers read the same file the same way."""
+    text = SOURCES.format(extra="")
+    got = config(text)
+    assert got.sources == (
+        SourceSpec(name="hf", kind="hf"),
+        SourceSpec(
+            name="arxiv-ml",
+            kind="arxiv",
+            categories=("cs.CL", "cs.LG"),
+            api_url="http://127.0.0.1:9/api/query",
+        ),
+        SourceSpec(
+            name="biorxiv-neuro",
+            kind="feed",
+            url="https://connect.biorxiv.org/biorxiv_xml/neuroscience",
+        ),
+    )
+    assert [s.line for s in got.sources] == [1, 5, 11]
+    path = tmp_path / "subscribers.toml"
+    path.write_text(text, encoding="utf-8")
+    assert load_config(path).sources == got.sources
+    assert load_subscribers(path) == got.subscribers == parse(text)
+
+
+def test_source_urls_may_be_saved_files_or_folders(tmp_path: Path) -> None:
+    """A source url may be a path or a file:// URL, like DIGESTBOT_FEED_URL; an arxiv url is optional."""
+    got = config(
+        f'[[sources]]\nname = "a"\nkind = "arxiv"\ncategories = ["math.AP"]\nurl = "{tmp_path}"\n'
+        '[[sources]]\nname = "f"\nkind = "feed"\nurl = "file:///srv/feeds/toc.xml"\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n'
+    )
+    assert [s.url for s in got.sources] == [str(tmp_path), "file:///srv/feeds/toc.xml"]
+
+
+BAD_SOURCES = [
+    # (the [[sources]] entry after `[[sources]]` on line 1, error line, field, part of the message)
+    ('kind = "hf"', 1, "sources[1].name", "missing 'name'"),
+    ('name = "ArXiv"\nkind = "hf"', 2, "sources[1].name", "is not a source name"),
+    ('name = "arxiv ml"\nkind = "hf"', 2, "sources[1].name", 'e.g. "arxiv-ml"'),
+    ('name = "a--b"\nkind = "hf"', 2, "sources[1].name", "single hyphens"),
+    ('name = "' + "a" * 41 + '"\nkind = "hf"', 2, "sources[1].name", "at most 40"),
+    ("name = 7\nkind = 'hf'", 2, "sources[1].name", "got an integer (7)"),
+    ('name = "hf"', 1, "sources[1].kind", "missing 'kind': one of hf, arxiv, feed"),
+    ('name = "hf"\nkind = "arxv"', 3, "sources[1].kind", "did you mean 'arxiv'?"),
+    (
+        'name = "hf"\nkind = "hf"\ncategorie = ["cs.CL"]',
+        4,
+        "sources[1].categorie",
+        "did you mean 'categories'?",
+    ),
+    ('name = "f"\nkind = "feed"', 1, "sources[1].url", "a feed source needs a url"),
+    (
+        'name = "f"\nkind = "feed"\nurl = "ftp://example.org/x"',
+        4,
+        "sources[1].url",
+        "unsupported scheme 'ftp'",
+    ),
+    ('name = "f"\nkind = "feed"\nurl = "https://"', 4, "sources[1].url", "has no host name"),
+    ('name = "f"\nkind = "feed"\nurl = "  "', 4, "sources[1].url", "is empty"),
+    (
+        'name = "f"\nkind = "feed"\nurl = "https://x.org/\\nBcc: y"',
+        4,
+        "sources[1].url",
+        "control character",
+    ),
+    ('name = "f"\nkind = "feed"\nurl = ["https://x.org"]', 4, "sources[1].url", "got an array"),
+    (
+        'name = "f"\nkind = "feed"\nurl = "file://elsewhere/x.xml"',
+        4,
+        "sources[1].url",
+        "names another host",
+    ),
+    (
+        'name = "hf"\nkind = "hf"\ncategories = ["cs.CL"]',
+        4,
+        "sources[1].categories",
+        'only for kind = "arxiv"',
+    ),
+    (
+        'name = "f"\nkind = "feed"\nurl = "x.xml"\napi_url = "https://a.org"',
+        5,
+        "sources[1].api_url",
+        'only for kind = "arxiv"',
+    ),
+    ('name = "a"\nkind = "arxiv"', 1, "sources[1].categories", "an arxiv source needs categories"),
+    ('name = "a"\nkind = "arxiv"\ncategories = []', 4, "sources[1].categories", "is empty"),
+    (
+        'name = "a"\nkind = "arxiv"\ncategories = "cs.CL"',
+        4,
+        "sources[1].categories",
+        "expected an array",
+    ),
+    (
+        'name = "a"\nkind = "arxiv"\ncategories = [\n  "cs.CL",\n  "cs.cl",\n]',
+        6,
+        "sources[1].categories",
+        "entry 2: 'cs.cl' is not an arXiv category such as cs.CL, math.AP, q-bio.NC, astro-ph or astro-ph.GA; did you mean 'cs.CL'?",
+    ),
+    (
+        'name = "a"\nkind = "arxiv"\ncategories = ["cs.CL", "cs.CL"]',
+        4,
+        "sources[1].categories",
+        "entry 2: 'cs.CL' is listed twice",
+    ),
+    (
+        'name = "a"\nkind = "arxiv"\ncategories = ["cs CL"]',
+        4,
+        "sources[1].categories",
+        "not an arXiv category",
+    ),
+    (
+        'name = "a"\nkind = "arxiv"\ncategories = [1]',
+        4,
+        "sources[1].categories",
+        "entry 1: expected an arXiv category as a string",
+    ),
+    (
+        'name = "a"\nkind = "arxiv"\ncategories = ["cs.CL"]\napi_url = "gopher://x"',
+        5,
+        "sources[1].api_url",
+        "unsupported scheme",
+    ),
+]
+
+
+@pytest.mark.parametrize(("entry", "line", "field", "message"), BAD_SOURCES)
+def test_bad_source_entries_name_the_line_and_field(
+    entry: str, line: int, field: str, message: str
+) -> None:
+    """Each problem of a [[sources]] entry is an error naming the file, its line and field sources[N].key."""
+    err = config_fails(
+        f"[[sources]]\n{entry}\n\n[[subscribers]]\nemail = 'a@example.org'\nauthors = ['X']\n"
+    )
+    assert (err.line, err.subscriber, err.field) == (line, None, field)
+    assert message in err.message
+    assert str(err).startswith(f"{SRC}:{line}, field '{field}': ")
+
+
+def test_a_bad_second_source_names_itself() -> None:
+    """An error in the second of several sources counts it (sources[2]) and names it by its name."""
+    err = config_fails(SOURCES.format(extra="").replace('"cs.LG"', '"cs.XYZ"'))
+    assert (err.line, err.field) == (8, "sources[2].categories")
+    assert err.message.startswith("source 'arxiv-ml': entry 2: 'cs.XYZ' is not an arXiv category")
+
+
+def test_duplicate_source_names_are_refused() -> None:
+    """Two sources with one name is an error at the second, naming the first's line."""
+    err = config_fails(SOURCES.format(extra="").replace('"biorxiv-neuro"', '"hf"'))
+    assert (err.line, err.field) == (12, "sources[3].name")
+    assert "duplicate source name 'hf': source #1 (line 2) already uses it" in err.message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (
+            'sources = []\n[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n',
+            1,
+            "no sources",
+        ),
+        (
+            'sources = "hf"\n[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n',
+            1,
+            "array of tables",
+        ),
+        (
+            'sources = ["hf"]\n[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n',
+            1,
+            "each source must be a table",
+        ),
+    ],
+)
+def test_top_level_sources_must_be_tables(text: str, line: int, message: str) -> None:
+    """A top-level `sources` that is not a non-empty array of tables is refused, naming its line."""
+    err = config_fails(text)
+    assert err.line == line and err.field is not None and err.field.startswith("sources")
+    assert message in err.message
+
+
+def test_sources_in_an_inline_array_still_validate() -> None:
+    """Sources written as an inline array of tables validate like [[sources]] blocks."""
+    got = config(
+        'sources = [{name = "hf", kind = "hf"}, {name = "x", kind = "arxiv", categories = ["q-bio.NC"]}]\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n'
+    )
+    assert [s.name for s in got.sources] == ["hf", "x"]
+    err = config_fails(
+        'sources = [{name = "hf", kind = "nope"}]\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\n'
+    )
+    assert (err.line, err.field) == (1, "sources[1].kind")
+
+
+_LOWER = st.text(alphabet="abcdqxyz", min_size=1, max_size=8)
+_NAME = st.lists(st.text(alphabet="abxyz019", min_size=1, max_size=8), min_size=1, max_size=5).map(
+    "-".join
+)
+_ARCHIVE = st.one_of(_LOWER, st.tuples(_LOWER, _LOWER).map("-".join))
+_SUBJECT = st.one_of(
+    st.text(alphabet="ABCLMX", min_size=2, max_size=2),
+    st.text(alphabet="abcdqxyz", min_size=3, max_size=8),
+    st.tuples(_LOWER, _LOWER).map("-".join),
+)
+_CATEGORY = st.one_of(_ARCHIVE, st.tuples(_ARCHIVE, _SUBJECT).map(".".join))
+
+
+@given(name=_NAME, categories=st.lists(_CATEGORY, min_size=1, max_size=5, unique=True))
+@hsettings(max_examples=80, deadline=None)
+def test_any_valid_name_and_categories_are_accepted(name: str, categories: list[str]) -> None:
+    """Any name of lower-case words joined by hyphens (up to 40) and any arXiv-shaped categories load."""
+    text = (
+        f'[[sources]]\nname = "{name}"\nkind = "arxiv"\ncategories = {json.dumps(categories)}\n'
+        f'[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\nsources = ["{name.upper()}"]\n'
+    )
+    if len(name) > 40 or any(len(c) > 40 for c in categories):
+        assert config_fails(text).field is not None
+        return
+    got = config(text)
+    assert got.sources == (SourceSpec(name=name, kind="arxiv", categories=tuple(categories)),)
+    assert got.subscribers[0].sources == (name,)
+
+
+@given(name=st.text(max_size=45))
+@hsettings(max_examples=200, deadline=None)
+def test_any_name_text_is_accepted_only_when_it_is_a_source_name(name: str) -> None:
+    """A source name is accepted exactly when, trimmed, it is lower-case words joined by single hyphens."""
+    doc = f"[[sources]]\nname = {toml_str(name)}\nkind = 'hf'\n[[subscribers]]\nemail = 'a@example.org'\nkeywords = ['x']\n"
+    key = name.strip()
+    if re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", key, flags=re.ASCII) and len(key) <= 40:
+        assert config(doc).sources[0].name == key
+    else:
+        err = config_fails(doc)
+        assert (err.line, err.field) == (2, "sources[1].name")
+
+
+@given(category=st.text(max_size=30))
+@hsettings(max_examples=200, deadline=None)
+def test_any_category_text_is_accepted_only_when_it_is_arxiv_shaped(category: str) -> None:
+    """A category is accepted exactly when it has arXiv's shape (archive[.SUBJECT]); otherwise its line is named."""
+    doc = (
+        f"[[sources]]\nname = 'a'\nkind = 'arxiv'\ncategories = [\n  'cs.CL',\n  {toml_str(category)},\n]\n"
+        "[[subscribers]]\nemail = 'a@example.org'\nkeywords = ['x']\n"
+    )
+    key = category.strip()
+    shaped = re.fullmatch(
+        r"[a-z]+(-[a-z]+)?(\.([A-Z]{2}|[a-z]{3,}|[a-z]+-[a-z]+))?", key, flags=re.ASCII
+    )
+    if shaped and len(key) <= 40 and key != "cs.CL":
+        assert config(doc).sources[0].categories == ("cs.CL", key)
+    else:
+        err = config_fails(doc)
+        assert (err.line, err.field) == (6, "sources[1].categories")
+
+
+@st.composite
+def _source_documents(draw: st.DrawFn) -> str:
+    keys = st.sampled_from([*SOURCE_KEYS, "bogus", "categorie"])
+    parts = []
+    for _ in range(draw(st.integers(0, 3))):
+        pairs = draw(st.lists(st.tuples(keys, _values), max_size=5, unique_by=lambda kv: kv[0]))
+        if draw(st.booleans()):
+            pairs = [(k, v) for k, v in pairs if k not in ("name", "kind")]
+            pairs[:0] = [("name", _toml_string(draw(_NAME))), ("kind", '"hf"')]
+        parts.append("[[sources]]\n" + _render_table(pairs))
+    sub = [("email", '"a@example.org"'), ("keywords", '["x"]')]
+    if draw(st.booleans()):
+        sub.append(("sources", draw(_values)))
+    parts.append("[[subscribers]]\n" + _render_table(sub))
+    return "\n".join(parts)
+
+
+@given(_source_documents())
+@hsettings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_arbitrary_sources_raise_only_config_error_naming_their_line(text: str) -> None:
+    """On documents with [[sources]]: a Config or a ConfigError whose line shows the field or its block."""
+    try:
+        got = config(text)
+    except ConfigError as err:
+        assert err.file == SRC and err.line is not None
+        if not err.message.startswith("invalid TOML"):
+            assert err.field is not None
+            shown = text.split("\n")[err.line - 1]
+            key = err.field.split(".")[-1]
+            assert (
+                key in shown or "[[sources]]" in shown or shown.lstrip().startswith(('"', "'"))
+            ), (err, shown)
+    else:
+        assert got.sources and len({s.name for s in got.sources}) == len(got.sources)
+
+
+# --------------------------------------------------------------------------- subscriber sources
+
+
+def test_subscriber_sources_restrict_and_defaults_apply() -> None:
+    """`sources` in [defaults] applies to everyone; a subscriber's own list wins; names ignore case."""
+    text = SOURCES.format(extra='sources = ["ARXIV-ML", " hf "]') + (
+        '\n[[subscribers]]\nemail = "bob@example.org"\nkeywords = ["x"]\n'
+        '\n[defaults]\nsources = ["biorxiv-neuro"]\n'
+    )
+    ada, bob = config(text).subscribers
+    assert ada.sources == ("arxiv-ml", "hf")
+    assert bob.sources == ("biorxiv-neuro",)
+    assert ada.describe() == "daily at 07:00 UTC; 1 query; sources arxiv-ml, hf"
+    assert config(SOURCES.format(extra="")).subscribers[0].sources == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "message"),
+    [
+        (
+            'sources = ["arxiv"]',
+            19,
+            (
+                "entry 1: no source is named 'arxiv'; did you mean 'arxiv-ml'? "
+                "configured: hf, arxiv-ml, biorxiv-neuro"
+            ),
+        ),
+        ('sources = [\n  "hf",\n  "nope",\n]', 21, "entry 2: no source is named 'nope'"),
+        ('sources = ["hf", "HF"]', 19, "entry 2: 'hf' is listed twice"),
+        ("sources = []", 19, "is empty"),
+        ('sources = "hf"', 19, "expected an array of source names"),
+        ("sources = [1]", 19, "entry 1: expected a source name as a string"),
+    ],
+)
+def test_bad_subscriber_sources_name_the_line_and_the_configured_names(
+    extra: str, line: int, message: str
+) -> None:
+    """A subscriber's `sources` must list configured names; errors name line, subscriber, field and the names."""
+    err = config_fails(SOURCES.format(extra=extra))
+    assert (err.line, err.subscriber, err.field) == (line, "ada@example.org", "sources")
+    assert message in err.message
+
+
+def test_bad_default_sources_name_defaults() -> None:
+    """An unknown name in [defaults] sources is an error naming [defaults], its line and the field."""
+    err = config_fails('[defaults]\nsources = ["arxiv"]\n' + SOURCES.format(extra=""))
+    assert (err.line, err.subscriber, err.field) == (2, None, "sources")
+    assert err.message.startswith("in [defaults]: entry 1: no source is named 'arxiv'")
+    assert "configured: hf, arxiv-ml, biorxiv-neuro" in err.message
+
+
+def test_without_sources_a_subscriber_may_name_the_default_hf() -> None:
+    """With no [[sources]], `sources = ["hf"]` names the default source and anything else is refused."""
+    ok = config('[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\nsources = ["hf"]\n')
+    assert ok.subscribers[0].sources == ("hf",)
+    err = config_fails(
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["x"]\nsources = ["arxiv"]\n'
+    )
+    assert "configured: hf" in err.message
+
+
+# --------------------------------------------------------------------------- check warnings
+
+
+def warnings_for(text: str) -> list[str]:
+    """The `check` warnings of a configuration text."""
+    return unmatchable(config(text))
+
+
+def test_category_queries_with_only_hf_warn() -> None:
+    """A category: query with only the Hugging Face source gets a warning saying to add an arxiv source."""
+    got = warnings_for(
+        '[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["category:cs.CL", "diffusion"]\n'
+    )
+    assert got == [
+        (
+            "subscriber ada@example.org: query 'category:cs.CL' can never match: no configured source "
+            "(hf) has categories; add a source of kind arxiv or feed"
+        )
+    ]
+
+
+def test_warnings_follow_what_the_query_requires() -> None:
+    """Only a required (ANDed, positive) unfilled field warns: NOT, or an OR with a fillable side, does not."""
+    quiet = [
+        "category:cs.CL OR diffusion",
+        "diffusion -category:cs.CV",
+        "diffusion NOT (category:cs.CV source:nowhere)",
+        "keyword:diffusion",
+        "author:Sabharwal",
+        "source:hf",
+        "source:h*",
+    ]
+    loud = [
+        "diffusion category:cs.CL",
+        "(category:cs.CL OR category:cs.LG) diffusion",
+        "source:arxiv*",
+    ]
+    keywords = json.dumps(quiet + loud)
+    got = warnings_for(f'[[subscribers]]\nemail = "ada@example.org"\nkeywords = {keywords}\n')
+    assert [w.split("query ", 1)[1].split(" can never", 1)[0] for w in got] == [
+        repr(q) for q in loud
+    ]
+    assert got[-1].endswith("no configured source is named 'arxiv*' (configured: hf)")
+
+
+def test_warnings_follow_the_subscriber_sources() -> None:
+    """A subscriber limited to sources without a field is told which configured source to add."""
+    got = warnings_for(
+        SOURCES.format(extra='sources = ["hf"]\nauthors = ["Ada"]').replace(
+            '"diffusion"', '"category:cs.CL", "source:arxiv-ml", "keyword:x"'
+        )
+        + '\n[[subscribers]]\nemail = "bob@example.org"\nkeywords = ["keyword:x", "category:cs.CL"]\nsources = ["arxiv-ml"]\n'
+    )
+    assert got == [
+        (
+            "subscriber ada@example.org: query 'category:cs.CL' can never match: none of the "
+            "subscriber's sources (hf) has categories; add arxiv-ml or biorxiv-neuro to the "
+            "subscriber's sources"
+        ),
+        (
+            "subscriber ada@example.org: query 'source:arxiv-ml' can never match: source:arxiv-ml is "
+            "not among the subscriber's sources (hf); add it there"
+        ),
+        (
+            "subscriber bob@example.org: query 'keyword:x' can never match: none of the subscriber's "
+            "sources (arxiv-ml) has feed keywords; add hf to the subscriber's sources"
+        ),
+    ]
+
+
+def test_check_prints_warnings_and_still_passes(workdir: Path) -> None:
+    """`digestbot check` prints a warning for `category:cs.CL` with only the HF source and exits 0."""
+    from typer.testing import CliRunner
+
+    from digestbot.cli import cli
+
+    (workdir / "subscribers.toml").write_text(
+        '[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["category:cs.CL", "diffusion"]\n'
+    )
+    result = CliRunner().invoke(cli, ["check"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: subscriber ada@example.org: query 'category:cs.CL' can never match: "
+        "no configured source (hf) has categories; add a source of kind arxiv or feed"
+    ) in result.output
+    (workdir / "subscribers.toml").write_text(
+        '[[sources]]\nname = "arxiv-cl"\nkind = "arxiv"\ncategories = ["cs.CL"]\n'
+        '[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["category:cs.CL"]\n'
+    )
+    quiet = CliRunner().invoke(cli, ["check"], catch_exceptions=False)
+    assert quiet.exit_code == 0, quiet.output
+    assert "warning" not in quiet.output
+
+
+def test_the_readme_and_example_configurations_load_without_warnings() -> None:
+    """The README's subscribers-file example and subscribers.example.toml load, and `check` warns about neither."""
+    section = (
+        (REPO / "README.md").read_text(encoding="utf-8").split("## Subscribers file reference")[1]
+    )
+    readme = re.search(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    assert readme is not None
+    for got in (config(readme.group(1)), load_config(EXAMPLE)):
+        assert got.subscribers and unmatchable(got) == []
+    assert [s.name for s in config(readme.group(1)).sources] == ["hf", "arxiv-ml"]

@@ -23,7 +23,7 @@ from .model import (
     merge_spans,
 )
 from .query import CompiledFilter, Node, Term, parse_query
-from .text import Token, name_matches, tokenize, words
+from .text import Token, name_matches, source_matches, tokenize, words
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +32,11 @@ class Analyzed:
 
     fields: dict[str, tuple[tuple[Token, ...], ...]]
     authors: tuple[tuple[str, ...], ...]
+    sources: tuple[tuple[str, ...], ...] = ()
+    """The normalized words of each source name."""
 
 
-def analyze(title: str, summary: str, authors, ai_keywords, categories) -> Analyzed:
+def analyze(title: str, summary: str, authors, ai_keywords, categories, sources=()) -> Analyzed:
     """Tokenize each field of a paper once."""
     return Analyzed(
         fields={
@@ -44,12 +46,15 @@ def analyze(title: str, summary: str, authors, ai_keywords, categories) -> Analy
             "category": tuple(tuple(tokenize(c)) for c in categories or ()),
         },
         authors=tuple(w for w in (words(a) for a in authors or ()) if w),
+        sources=tuple(words(s) for s in sources or ()),
     )
 
 
 @lru_cache(maxsize=2048)
-def _analyze_cached(title: str, summary: str, authors: tuple, kws: tuple, cats: tuple) -> Analyzed:
-    return analyze(title, summary, authors, kws, cats)
+def _analyze_cached(
+    title: str, summary: str, authors: tuple, kws: tuple, cats: tuple, sources: tuple = ()
+) -> Analyzed:
+    return analyze(title, summary, authors, kws, cats, sources)
 
 
 def _item_ok(item: str, tok: Token) -> bool:
@@ -74,6 +79,8 @@ def term_holds(term: Term, a: Analyzed) -> bool:
     field, items = term
     if field == "author":
         return any(name_matches(items, name) for name in a.authors)
+    if field == "source":
+        return any(source_matches(items, name) for name in a.sources)
     return any(occurrences(seg, items) for f in _fields_of(field) for seg in a.fields[f])
 
 
@@ -131,6 +138,7 @@ def explain(flt: CompiledFilter, paper: PaperDoc) -> Match | None:
         tuple(paper.authors or ()),
         tuple(paper.ai_keywords or ()),
         tuple(paper.categories or ()),
+        tuple(paper.sources or ()),
     )
     matched = [q for q in flt.positive if holds(q.node, a)]
     if not matched or any(holds(q.node, a) for q in flt.exclude):
@@ -146,8 +154,8 @@ def explain(flt: CompiledFilter, paper: PaperDoc) -> Match | None:
     one = idf(1, 1)
     for field, items in terms:
         k = len(items)
-        if field == "author":
-            score += one * field_score("author", 1, 1, 1.0)
+        if field in ("author", "source"):
+            score += one * field_score(field, 1, 1, 1.0)
             continue
         for f in _fields_of(field):
             tf = 0
@@ -196,7 +204,12 @@ def evidence(queries: Sequence[str], paper: PaperDoc) -> Evidence:
     authors = tuple(paper.authors or ())
     keywords = tuple(paper.ai_keywords or ())
     a = _analyze_cached(
-        paper.title, paper.summary, authors, keywords, tuple(paper.categories or ())
+        paper.title,
+        paper.summary,
+        authors,
+        keywords,
+        tuple(paper.categories or ()),
+        tuple(paper.sources or ()),
     )
     names = [words(n) for n in authors]
     hit_authors: set[int] = set()

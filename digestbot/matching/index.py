@@ -27,7 +27,7 @@ from .model import (
     merge_spans,
 )
 from .query import CompiledFilter, Node, Query, Term
-from .text import Token, name_matches, tokenize, words
+from .text import Token, name_matches, source_matches, tokenize, words
 
 _CACHE_LIMIT = 400_000  # terms, (term, paper) scores and combined matches remembered per index
 _ENTRY_LIMIT = 150_000  # query texts remembered per index (their ranked matches included)
@@ -169,6 +169,13 @@ class PaperIndex:
                 last[name[-1]] = last.get(name[-1], 0) | (1 << i)
         self.author_last = last
         self.author_last_sorted = sorted(last)
+        # source names are few: each one's normalized words -> the papers it brought
+        by_source: dict[tuple[str, ...], int] = {}
+        for i, p in enumerate(papers):
+            for source in p.sources:
+                name = words(source)
+                by_source[name] = by_source.get(name, 0) | (1 << i)
+        self.by_source = by_source
         # per-index caches, so they last one run; lru_cache bounds those that grow with queries
         self.term_bits = lru_cache(maxsize=_CACHE_LIMIT)(self._term_bits)
         self._hit = lru_cache(maxsize=_CACHE_LIMIT)(self._term_hit)
@@ -191,6 +198,12 @@ class PaperIndex:
         field, items = term
         if field == "author":
             return self._author_bits(items)
+        if field == "source":
+            bits = 0
+            for name, got in self.by_source.items():
+                if source_matches(items, name):
+                    bits |= got
+            return bits
         names = DEFAULT_FIELDS if field == "any" else (field,)
         fields = [self.fields[f] for f in names]
         if len(items) == 1:
@@ -267,8 +280,8 @@ class PaperIndex:
         w = idf(self.n, self.term_bits(term).bit_count())
         tspans: list[tuple[int, int]] = []
         sspans: list[tuple[int, int]] = []
-        if field == "author":
-            score = w * field_score("author", 1, 1, 1.0)
+        if field in ("author", "source"):
+            score = w * field_score(field, 1, 1, 1.0)
         else:
             score = 0.0
             k = len(items)

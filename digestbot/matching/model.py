@@ -9,9 +9,10 @@ from typing import Protocol
 
 
 class PaperDoc(Protocol):
-    """What matching needs of a paper (FetchedPaper satisfies it; so does a stored row).
+    """What matching needs of a paper (a stored row satisfies it).
 
     Read-only members, so a row whose `authors` is a list satisfies `Sequence[str]` too.
+    `sources` are the names of the sources that brought the paper (what `source:NAME` matches).
     """
 
     @property
@@ -28,6 +29,9 @@ class PaperDoc(Protocol):
     def categories(self) -> Sequence[str]: ...
     @property
     def upvotes(self) -> int: ...
+    @property
+    def sources(self) -> Sequence[str]: ...
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,14 @@ def rank_key(m: Match) -> tuple[float, int, str]:
 # BM25F-style scoring. Fields weigh differently: a title hit is worth more than an abstract hit.
 K1 = 1.2
 B = 0.75
-FIELD_WEIGHT = {"title": 3.0, "keyword": 1.5, "abstract": 1.0, "author": 3.0, "category": 0.5}
+FIELD_WEIGHT = {
+    "title": 3.0,
+    "keyword": 1.5,
+    "abstract": 1.0,
+    "author": 3.0,
+    "category": 0.5,
+    "source": 0.0,  # a filter, not relevance: where a paper came from says nothing of its topic
+}
 DEFAULT_FIELDS = ("title", "abstract", "keyword")
 TEXT_FIELDS = ("title", "abstract", "keyword", "category")
 
@@ -64,7 +75,7 @@ def field_score(field: str, tf: int, length: int, avg: float) -> float:
     """Saturated, length-normalized term frequency of one field, times the field's weight."""
     if not tf:
         return 0.0
-    if field in ("author", "category"):
+    if field in ("author", "category", "source"):
         return FIELD_WEIGHT[field]
     norm = 1.0 - B + B * (length / avg if avg > 0 else 1.0)
     return FIELD_WEIGHT[field] * tf * (K1 + 1.0) / (tf + K1 * norm)

@@ -14,8 +14,8 @@ and ignored, so "language - model" = "language model". Brackets never change a q
 
 A compiled query is a small tree of tuples, cheap to hash and to walk:
 
-    ("T", (field, items))   field: any|title|abstract|keyword|author|category
-                            items: stems (or normalized words for author), "x*" = prefix x
+    ("T", (field, items))   field: any|title|abstract|keyword|author|category|source
+                            items: stems (normalized words for author and source), "x*" = prefix x
     ("A", children) | ("O", children) | ("N", child)
 """
 
@@ -31,12 +31,13 @@ from digestbot.errors import QueryError
 
 from .text import stem, words
 
-FIELDS = frozenset({"title", "abstract", "author", "keyword", "category"})
+FIELDS = frozenset({"title", "abstract", "author", "keyword", "category", "source"})
 _FIELD_ALIASES = {
     "keywords": "keyword",
     "summary": "abstract",
     "authors": "author",
     "cat": "category",
+    "sources": "source",
 }
 _OPS = frozenset({"AND", "OR", "NOT"})
 _QUERY_CACHE = 150_000  # distinct query texts remembered (a run's subscribers share most of them)
@@ -272,8 +273,9 @@ class _Parser:
 
 @lru_cache(maxsize=_WORD_CACHE)
 def _term(field: str, items: tuple[tuple[str, bool], ...]) -> Term:
-    """Stems for text fields, normalized words for author names; a prefix keeps its word and '*'."""
-    if field == "author":
+    """Stems for text fields, normalized words for author and source names; a prefix keeps its
+    word and '*'."""
+    if field in ("author", "source"):
         return (field, tuple(w + "*" if p else w for w, p in items))
     return (field, tuple(w + "*" if p else stem(w) for w, p in items))
 

@@ -226,3 +226,18 @@ def name_matches(query: tuple[str, ...], author: tuple[str, ...]) -> bool:
             return False
         j += 1
     return True
+
+
+def source_matches(query: tuple[str, ...], name: tuple[str, ...]) -> bool:
+    """Whether normalized query words name a source whose name has these normalized words.
+
+    The whole name must be given ("arxiv ml" names arxiv-ml, "arxiv" does not), unless the last
+    query word ends in '*': then the name only has to start with the query ("arxiv*" names
+    arxiv-ml and arxiv-cv). A '*' on an inner word makes that word a prefix.
+    """
+    nq, nn = len(query), len(name)
+    if not nq or nq > nn:
+        return False
+    if nq < nn and not query[-1].endswith("*"):
+        return False
+    return all(_word_eq(q, a) for q, a in zip(query, name))
