@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
@@ -410,7 +410,7 @@ class FeedServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()})
                 server.requests.append(seen)
                 route = server.routes.get(self.path.split("?", 1)[0])
@@ -429,7 +429,7 @@ class FeedServer:
                 if reply.status != 304:
                     self.wfile.write(reply.body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -446,7 +446,7 @@ class FeedServer:
     def route(self, path: str, reply: Any) -> None:
         self.routes[path] = reply
 
-    def __enter__(self) -> FeedServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
