@@ -359,6 +359,20 @@ def test_conditional_get_304_means_not_modified_and_no_papers(
     assert "application/rss+xml" in sent["accept"]
 
 
+def test_a_rejected_listing_keeps_the_previous_validators(
+    server: FeedServer, client: httpx.Client
+) -> None:
+    """A listing rejected as malformed does not hand back its own ETag, so the next fetch gets it
+    again in full instead of a 304 for a response that was never used."""
+    server.route("/rss/cs.CL+cs.LG", Reply(b"<rss><channel>", headers={"ETag": '"bad"'}))
+    old = Validators(etag='"old"')
+    since = datetime(2026, 3, 6, 6, tzinfo=UTC)
+    result = source(server, client).fetch_days(
+        today=date(2026, 3, 6), lookback=0, since=since, validators=old
+    )
+    assert not result.ok and result.validators == old and not result.not_modified
+
+
 def test_pacer_keeps_three_seconds_between_requests() -> None:
     """Consecutive guarded requests are at least 3 s apart, measured on the injected clock."""
     clock = FakeClock()

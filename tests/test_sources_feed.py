@@ -145,7 +145,7 @@ def test_atom_entry_maps_authors_categories_dates_and_html_to_text() -> None:
     assert paper.summary == "We image neurons."
     assert paper.authors == ("Santiago Ramón", "Camillo Golgi")
     assert paper.categories == ("neuroscience", "imaging")
-    assert paper.featured_at == datetime(2026, 3, 5, 8, tzinfo=UTC)
+    assert paper.featured_at == paper.published_at == datetime(2026, 3, 5, 8, tzinfo=UTC)
     assert paper.upvotes is None and not paper.revision
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "ArxivSource",
     "parse_api",
     "parse_rss",
+    "previous_announcement",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ class ArxivSource:
     ) -> WindowResult:
         """The window `today - lookback` … `today`: the RSS listing, then the API for missed days.
 
-        The API is asked only when `since` (the start of this source's last good fetch) is None
+        The API is asked only when `since` (the aware start of this source's last good fetch) is None
         or older than the announcement before the RSS one. A failed RSS fails `today`; a failed
         API call fails each catch-up day; the good parts are kept. 304 → not_modified, no papers.
         """
@@ -404,7 +405,7 @@ class ArxivSource:
         fresh: Validators | None = validators
         not_modified = False
         try:
-            body, fresh = get_conditional(
+            body, answered = get_conditional(
                 self._http(),
                 self.url,
                 validators=validators,
@@ -417,6 +418,7 @@ class ArxivSource:
                 listing = parse_rss(body, url=self.url)
                 announced = listing.announced_at
                 papers.extend(listing.papers)
+            fresh = answered  # a rejected answer's validators are not kept: it is fetched again
         except FetchError as exc:
             failures.append(DayFailure(today, source_error(exc, self.name)))
         reference = announced or datetime.combine(today, datetime.min.time(), tzinfo=UTC)
@@ -435,7 +437,7 @@ class ArxivSource:
             failures=tuple(sorted(failures, key=lambda f: f.day)),
             days=days,
             validators=fresh,
-            not_modified=not_modified and not failures,
+            not_modified=not_modified and not papers and not failures,
         )
 
     def api_query(self, *, start: int) -> httpx.URL:

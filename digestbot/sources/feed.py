@@ -66,7 +66,8 @@ def parse_feed_entries(content: bytes, *, url: str, now: datetime) -> list[Fetch
     """Every entry of an RSS/Atom feed as a paper, or FetchError naming the URL, entry and field.
 
     `featured_at` is the entry's published (else updated) date, taken as UTC when it has no
-    zone; an entry without any date gets `now` (the first time it is seen).
+    zone; an entry without any date gets `now` (the first time it is seen). `published_at` is
+    the published date when the entry has one.
     """
     shown = text.snippet(url, 300)
     feed = parse_feed(content, url=url)
@@ -127,15 +128,16 @@ def _entry(entry: Any, *, now: datetime) -> FetchedPaper:
     if not title:
         raise _Reject("'title' is empty")
     summary = _str(entry, "summary", "summary", MAX_ABSTRACT_CHARS)
-    featured_at = now
-    for field, shown in (("published", "published"), ("updated", "updated")):
-        raw = _str(entry, field, shown, 100)
+    dates: dict[str, datetime] = {}
+    for field in ("published", "updated"):
+        raw = _str(entry, field, field, 100)
         if raw.strip():
             try:
-                featured_at = feed_datetime(raw)
+                dates[field] = feed_datetime(raw)
             except BadDate as exc:
-                raise _Reject(f"'{shown}' {exc}") from None
-            break
+                raise _Reject(f"'{field}' {exc}") from None
+    published_at = dates.get("published")
+    featured_at = published_at or dates.get("updated") or now
     link = next((safe for value in links if (safe := text.safe_http_url(value))), None)
     if link is None and key.startswith("doi:"):
         link = text.safe_http_url(f"https://doi.org/{key.removeprefix('doi:')}")
@@ -144,7 +146,7 @@ def _entry(entry: Any, *, now: datetime) -> FetchedPaper:
         title=title,
         summary=html_text(summary),
         authors=_authors(entry),
-        published_at=None,
+        published_at=published_at,
         featured_at=featured_at,
         categories=_categories(entry),
         link=link,
