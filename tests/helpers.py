@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
@@ -373,3 +373,85 @@ def make_rsa_key() -> tuple[bytes, bytes]:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return pem, der
+
+
+# -- HTTP feed server ------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One scripted HTTP answer of FeedServer."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Seen:
+    """One request FeedServer received: its path with query, and its headers (lower-case names)."""
+
+    path: str
+    headers: dict[str, str]
+
+
+class FeedServer:
+    """A real HTTP server on 127.0.0.1 (a thread) answering from a script, logging each request.
+
+    `route(path, reply)` answers one path (without query) with a fixed reply, or with a callable
+    `(Seen) -> Reply`; unrouted paths answer 404. An ETag reply answers 304 to a matching
+    If-None-Match by itself.
+    """
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes: dict[str, Any] = {}
+        self.requests: list[Seen] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen = Seen(self.path, {k.lower(): v for k, v in self.headers.items()})
+                server.requests.append(seen)
+                route = server.routes.get(self.path.split("?", 1)[0])
+                reply = route(seen) if callable(route) else route
+                if reply is None:
+                    reply = Reply(b"not found", 404)
+                etag = reply.headers.get("ETag")
+                if etag and seen.headers.get("if-none-match") == etag and reply.status == 200:
+                    reply = Reply(b"", 304, {"ETag": etag})
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                if reply.status != 304:
+                    self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                if reply.status != 304:
+                    self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def route(self, path: str, reply: Any) -> None:
+        self.routes[path] = reply
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

@@ -37,6 +37,7 @@ from digestbot.sources.base import (
     MAX_URL_CHARS,
     DayFailure,
     FetchedPaper,
+    Validators,
     WindowResult,
     locate_feed,
 )
@@ -347,8 +348,18 @@ class HFDailyPapers:
             raise result.failures[0].error
         return list(result.papers)
 
-    def fetch_days(self, *, today: date, lookback: int) -> WindowResult:
+    def fetch_days(
+        self,
+        *,
+        today: date,
+        lookback: int,
+        since: datetime | None = None,
+        validators: Validators | None = None,
+    ) -> WindowResult:
         """Fetch `today` and the `lookback` days before it day by day; a bad day is rejected alone.
+
+        `since` and `validators` are ignored (every day can be asked for, and the API sends no
+        validators); they are accepted so every kind of source shares one `fetch_days`.
 
         The result holds the good days' papers (oldest first, once per arXiv id) and, per bad
         day, its FetchError. When the feed is unreachable (every retry used up), the remaining
