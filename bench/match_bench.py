@@ -119,6 +119,8 @@ class BenchPaper:
     upvotes: int
     featured_at: datetime = FEATURED
     sources: tuple[str, ...] = ("hf",)
+
+
 CATEGORIES = ["cs.CL", "cs.LG", "cs.AI", "cs.CV", "stat.ML", "cs.IR", "cs.DS", "math.OC", "cs.SD"]
 
 

@@ -24,11 +24,11 @@ from digestbot.mail.ratelimit import RateLimiter
 from digestbot.pipeline import NamedSource, Source
 from digestbot.render import Renderer
 from digestbot.settings import Settings
-from digestbot.sources.arxiv import ARXIV_PAUSE, ARXIV_RSS, ArxivSource
+from digestbot.sources.arxiv import DEFAULT_RSS_URL, ArxivSource
 from digestbot.sources.base import SourceSpec, locate_feed
 from digestbot.sources.feed import FeedSource
 from digestbot.sources.hf_daily import HFDailyPapers
-from digestbot.sources.http import Pacer, make_client
+from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client
 from digestbot.subscribers import Config, SubscriberSpec
 from digestbot.subscribers import load_config as load_config_file
 
@@ -53,15 +53,12 @@ def database(settings: Settings, *, create: bool = True) -> Engine:
     return open_database(settings.database_url, create=create)
 
 
-FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8"
-
-
 def source_location(settings: Settings, spec: SourceSpec) -> str:
     """Where a source reads, as messages and `status` show it."""
     if spec.kind == "hf":
         return spec.url or settings.feed_url
     if spec.kind == "arxiv":
-        return spec.url or ARXIV_RSS + "+".join(spec.categories)
+        return spec.url or DEFAULT_RSS_URL + "+".join(spec.categories)
     return spec.url or ""
 
 
@@ -74,7 +71,7 @@ def make_sources(
 ) -> list[NamedSource]:
     """The configured sources, ready to fetch. Every arXiv source of a run shares one Pacer, so
     requests to arXiv hosts stay 3 s apart whichever source makes them."""
-    pacer = pacer or Pacer(ARXIV_PAUSE)
+    pacer = pacer or Pacer()
     out: list[NamedSource] = []
     for spec in specs:
         where = source_location(settings, spec)

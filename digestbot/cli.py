@@ -35,7 +35,7 @@ from digestbot.errors import (
 )
 from digestbot.models import DeliveryHealth, DigestState, UnsubscribeMethod
 from digestbot.settings import Settings, load_settings
-from digestbot.sources.base import FetchedPaper
+from digestbot.sources.base import FetchedPaper, SourceSpec
 from digestbot.subscribers import count_exclusions, count_queries
 
 cli = typer.Typer(
@@ -167,7 +167,7 @@ def _fetch_unstored(
     settings: Settings, sources: Sequence[pipeline.NamedSource], *, today: date
 ) -> list[tuple[str, Sequence[FetchedPaper]]]:
     """What each source gives now, stored nowhere (dry runs); a failing source is a FetchError."""
-    fetched = []
+    fetched: list[tuple[str, Sequence[FetchedPaper]]] = []
     for named in sources:
         try:
             result = named.source.fetch_days(today=today, lookback=settings.lookback_days)
@@ -232,7 +232,7 @@ def fetch(
     with _errors():
         settings = _settings()
         day = _parse_date(date_)
-        specs = app.load_config(settings).sources
+        specs: Sequence[SourceSpec] = app.load_config(settings).sources
         if source:
             specs = app.choose_sources(specs, source, file=str(settings.subscribers_path))
         engine = app.database(settings)
@@ -306,8 +306,8 @@ def send(
         fetch_error: FetchError | None = None
         failed_days: dict[str, tuple[date, ...]] = {}
         if not no_fetch:
-            report = _fetch(settings, engine, today=today, sources=sources)
-            fetch_error, failed_days = report.error(), report.failed_days()
+            fetched_report = _fetch(settings, engine, today=today, sources=sources)
+            fetch_error, failed_days = fetched_report.error(), fetched_report.failed_days()
         bar = _Bar()
         try:
             done = pipeline.send(

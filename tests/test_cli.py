@@ -420,11 +420,11 @@ def test_match_lists_matches_with_explanation_as_json(workdir: Path) -> None:
 
 
 def test_status_reports_fetch_papers_and_digests(workdir: Path) -> None:
-    """`digestbot status` shows the last fetch, the papers stored and the digests sent."""
+    """`digestbot status` shows each source's last fetch, the papers stored and the digests sent."""
     assert invoke("send", "--date", "2026-03-04").exit_code == 0
     result = invoke("status")
     assert result.exit_code == 0, result.output
-    assert "last fetch:" in result.output and "ok, " in result.output
+    assert "source hf: last fetch " in result.output and "ok, " in result.output
     assert "papers stored: 45" in result.output
     assert "sent 3" in result.output
 
@@ -485,6 +485,7 @@ def test_status_json_is_one_object_with_stable_keys_and_utc_times(workdir: Path)
         "generated_at",
         "last_fetch",
         "last_good_fetch_at",
+        "sources",
         "papers_stored",
         "papers_mailed",
         "subscribers",
@@ -499,6 +500,9 @@ def test_status_json_is_one_object_with_stable_keys_and_utc_times(workdir: Path)
     assert data["papers_stored"] == 45 and data["papers_mailed"] > 0
     assert data["digests_by_frequency"] == {"daily": 3}
     assert data["planned_without_a_good_fetch"] == []
+    [hf] = data["sources"]
+    assert hf["name"] == "hf" and hf["ok"] is True and hf["new"] == 45 and hf["error"] is None
+    assert hf["last_fetch_at"] == hf["last_good_fetch_at"] == data["last_fetch"]["started_at"]
     assert data["digests"] == {
         "planned": 0,
         "sending": 0,

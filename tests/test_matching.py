@@ -411,6 +411,7 @@ def test_evidence_names_matched_authors_and_feed_keywords() -> None:
     from digestbot.matching import evidence
 
     paper = SimpleNamespace(
+        sources=(),
         arxiv_id="2305.10601",
         title="Complexity-Based Prompting",
         summary="Chain of thought.",
@@ -486,6 +487,7 @@ def test_a_paper_without_sources_matches_no_source_query() -> None:
     from types import SimpleNamespace
 
     paper = SimpleNamespace(
+        sources=(),
         arxiv_id="1",
         title="Diffusion",
         summary="",

@@ -33,7 +33,6 @@ class PaperDoc(Protocol):
     def sources(self) -> Sequence[str]: ...
 
 
-
 @dataclass(frozen=True, slots=True)
 class Match:
     """Why one paper matched one subscriber: score, matched queries and words to highlight."""
