@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -19,7 +20,14 @@ from hypothesis import strategies as st
 
 from digestbot import text
 from digestbot.errors import FetchError
-from digestbot.sources.arxiv import ArxivSource, parse_api, parse_rss, previous_announcement
+from digestbot.sources.arxiv import (
+    LISTING_LAG,
+    ArxivSource,
+    listing_after,
+    parse_api,
+    parse_rss,
+    previous_announcement,
+)
 from digestbot.sources.base import MAX_TITLE_CHARS, Validators
 from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client
 from tests.helpers import FeedServer, Reply, Seen
@@ -205,7 +213,8 @@ def test_api_fixture_parses_75_papers_unversioned_and_unwrapped() -> None:
     first = page.papers[0]
     assert first.arxiv_id == "2303.09730" and first.version == 2
     assert first.categories[0] == "cs.CV"
-    assert first.published_at == first.featured_at == datetime(2023, 6, 1, 17, tzinfo=UTC)
+    assert first.published_at == datetime(2023, 6, 1, 17, tzinfo=UTC)  # Thursday 13:00 EDT
+    assert first.featured_at == datetime(2023, 6, 2, 4, tzinfo=UTC)  # Friday's listing
     for paper in page.papers:
         assert "v" not in paper.arxiv_id and "\n" not in paper.summary and "  " not in paper.summary
         assert paper.authors and not paper.revision and paper.upvotes is None
@@ -446,21 +455,25 @@ def test_catch_up_pages_the_api_until_entries_are_older_than_the_window(
     )
     assert result.ok and result.days == (date(2026, 3, 4), date(2026, 3, 5), date(2026, 3, 6))
     api = [parse_qs(urlsplit(r.path).query) for r in server.requests if "/api/" in r.path]
+    # one submission every 6 h back from 2026-03-06 03:00: the 30th (index 29, on page 28..31) is
+    # the first submitted more than LISTING_LAG before the window, so paging stops there
     assert [(q["start"][0], q["max_results"][0]) for q in api] == [
-        ("0", "4"),
-        ("4", "4"),
-        ("8", "4"),
+        (str(n), "4") for n in range(0, 32, 4)
     ]
     assert api[0]["search_query"] == ["cat:cs.CL OR cat:cs.LG"]
     assert api[0]["sortBy"] == ["submittedDate"] and api[0]["sortOrder"] == ["descending"]
     ids = [p.arxiv_id for p in result.papers]
     assert len(ids) == len(set(ids))
-    caught = [p for p in result.papers if p.published_at is not None]
+    caught = {p.arxiv_id for p in result.papers if p.published_at is not None}
     window_start = datetime(2026, 3, 4, tzinfo=UTC)
-    assert caught and all(p.featured_at >= window_start for p in caught)
-    # 2026-03-06 03:00 back to 2026-03-04 00:00 every 6 h: 9 stamps, 2 of them already in RSS
-    assert len(caught) == 7
-    assert len(result.papers) == 17 + 7
+    newest = datetime(2026, 3, 6, 3, tzinfo=UTC)
+    expected = {
+        f"2603.{n - 1:05d}"
+        for n in range(2, 32)
+        if listing_after(newest - timedelta(hours=6 * n)) >= window_start
+    }
+    assert caught == expected and len(expected) > 5
+    assert len(result.papers) == 17 + len(expected)
 
 
 def test_a_recent_last_fetch_needs_no_api_call(server: FeedServer, client: httpx.Client) -> None:
@@ -560,3 +573,35 @@ def test_default_urls_come_from_the_categories() -> None:
         and query.params["search_query"] == "cat:cs.CL OR cat:cs.LG"
     )
     assert "cat%3Acs.CL+OR+cat%3Acs.LG" in str(query) and query.params["start"] == "200"
+
+
+@pytest.mark.parametrize(
+    ("submitted", "listed"),
+    [
+        ("2026-03-02T14:00:00+00:00", "2026-03-03"),  # Monday 09:00 ET: Tuesday's listing
+        ("2026-03-02T20:00:00+00:00", "2026-03-04"),  # Monday 15:00 ET, after the deadline
+        ("2026-02-27T18:30:00+00:00", "2026-03-02"),  # Friday 13:30 ET: Monday's listing
+        ("2026-02-27T20:00:00+00:00", "2026-03-03"),  # Friday after the deadline: Tuesday
+        ("2026-02-28T12:00:00+00:00", "2026-03-03"),  # Saturday: Tuesday
+    ],
+)
+def test_a_catch_up_paper_is_dated_by_the_listing_it_appeared_in(
+    submitted: str, listed: str
+) -> None:
+    """An API paper (which says only when it was submitted) is dated 00:00 US Eastern of the
+    weekday listing that announced it, as the RSS would have dated it."""
+    got = listing_after(datetime.fromisoformat(submitted))
+    assert got.astimezone(ZoneInfo("America/New_York")).isoformat() == f"{listed}T00:00:00-05:00"
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    )
+)
+def test_a_listing_is_a_weekday_within_five_days_after_submission(submitted: datetime) -> None:
+    """Whatever the submission time, its listing is a later weekday, at most 5 days on."""
+    got = listing_after(submitted)
+    local = got.astimezone(ZoneInfo("America/New_York"))
+    assert local.weekday() < 5 and local.hour == 0
+    assert submitted < got <= submitted + LISTING_LAG

@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as day_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RSS_URL = "https://rss.arxiv.org/rss/"
 DEFAULT_API_URL = "https://export.arxiv.org/api/query"
 API_PAGE_SIZE = 200
+LISTING_LAG = timedelta(days=5)  # a submission is listed at most this long after (weekends)
 MAX_API_PAGES = 25  # 5,000 papers of catch-up; more means the window is far too long
 
 _DESCRIPTION = re.compile(
@@ -251,7 +254,7 @@ def _api_entry(entry: Any) -> FetchedPaper:
         summary=text.plain_text(_field(entry, "summary", "summary", MAX_ABSTRACT_CHARS)),
         authors=tuple(names),
         published_at=published_at,
-        featured_at=published_at,
+        featured_at=listing_after(published_at),
         categories=tuple(categories),
         version=int(match["version"]) if match["version"] else None,
     )
@@ -327,6 +330,34 @@ def _dedupe(papers: Iterable[FetchedPaper]) -> list[FetchedPaper]:
 # ----------------------------------------------------------------------------------------------
 # Fetching
 # ----------------------------------------------------------------------------------------------
+
+
+ARXIV_ZONE = ZoneInfo("America/New_York")
+SUBMISSION_CUTOFF = day_time(14, 0)  # arXiv's daily deadline, US Eastern time
+
+
+def listing_after(submitted_at: datetime) -> datetime:
+    """The listing a submission appeared in, as the RSS dates it (00:00 US Eastern, UTC here).
+
+    The API gives only the submission time. arXiv announces, on the evening of each weekday, what
+    was submitted before that day's 14:00 ET deadline; the listing carries the next weekday's
+    date. So a paper submitted on Monday at 10:00 ET is in Tuesday's listing, one submitted on
+    Friday after 14:00 or over the weekend in Tuesday's. Catch-up papers are dated this way, so
+    they fall in the same windows as if the RSS had been read that day.
+    """
+    local = submitted_at.astimezone(ARXIV_ZONE)
+    cutoff_day = local.date()
+    if local.weekday() >= 5 or local.time() >= SUBMISSION_CUTOFF:
+        cutoff_day = _next_weekday(cutoff_day)
+    listed = _next_weekday(cutoff_day)
+    return datetime.combine(listed, day_time(0, 0), tzinfo=ARXIV_ZONE).astimezone(UTC)
+
+
+def _next_weekday(day: date) -> date:
+    day += timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
 
 
 def previous_announcement(announced_at: datetime) -> datetime:
@@ -465,7 +496,11 @@ class ArxivSource:
             page = parse_api(content, url=str(url))
             found.extend(p for p in page.papers if p.featured_at >= start)
             offset += len(page.papers)
-            older = any(p.featured_at < start for p in page.papers)
+            # sorted by submission: one submitted LISTING_LAG before `start` is listed before it
+            older = any(
+                p.published_at is not None and p.published_at < start - LISTING_LAG
+                for p in page.papers
+            )
             if older or len(page.papers) < self._page_size or offset >= page.total_results:
                 return found
         log.warning(
