@@ -10,6 +10,7 @@ quoted-printable, so no line exceeds 76 octets whatever the abstract looks like.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import datetime
@@ -159,6 +160,15 @@ def _mailbox(address: Address) -> list[str]:
     return [*mime.phrase_tokens(address.display_name), f"<{addr_spec}>"]
 
 
+@functools.lru_cache(maxsize=16)
+def _run_headers(from_addr: str, list_id: str) -> tuple[str, str]:
+    """The From and List-Id fields, the same for every message of a run: built once."""
+    sender = parse_address(
+        from_addr, what="From address", allow_display_name=True, field="DIGESTBOT_MAIL_FROM"
+    )
+    return mime.header("From", _mailbox(sender)), mime.header("List-Id", _list_id(list_id))
+
+
 def build_message(
     *,
     rendered: RenderedDigest,
@@ -184,9 +194,7 @@ def build_message(
         raise ValueError("message date must be timezone-aware")
     if not _MSGID.fullmatch(message_id or ""):
         raise ValueError(f"malformed Message-ID {message_id!r}")
-    sender = parse_address(
-        from_addr, what="From address", allow_display_name=True, field="DIGESTBOT_MAIL_FROM"
-    )
+    from_field, list_id_field = _run_headers(from_addr, list_id)
     if "<" in to_addr or ">" in to_addr:
         raise ConfigError(f"recipient must be a bare address, got {to_addr!r}")
     recipient = parse_address(to_addr, what="recipient")
@@ -198,12 +206,12 @@ def build_message(
     subject = clean_header_text(rendered.subject, limit=400) or "Paper digest"
 
     head = [
-        mime.header("From", _mailbox(sender)),
+        from_field,
         mime.header("To", _mailbox(recipient)),
         mime.header("Subject", mime.unstructured_tokens(subject)),
         f"Date: {format_datetime(date)}\r\n",
         f"Message-ID: {message_id}\r\n",
-        mime.header("List-Id", _list_id(list_id)),
+        list_id_field,
         mime.header("List-Unsubscribe", [u + "," for u in unsubscribe[:-1]] + unsubscribe[-1:]),
     ]
     if unsubscribe_url:
