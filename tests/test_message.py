@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digestbot.errors import ConfigError
-from digestbot.mail import build_message, dkim_sign, make_message_id, message_bytes
+from digestbot.mail import build_message, dkim_sign, make_message_id
 from digestbot.render import RenderedDigest
 from tests.helpers import make_rsa_key
 
@@ -63,7 +63,7 @@ EXPECTED_HEADERS = [
 ]
 
 
-def _build(**changes: Any) -> EmailMessage:
+def _build(**changes: Any) -> bytes:
     kwargs: dict[str, Any] = {
         "rendered": RENDERED,
         "from_addr": FROM,
@@ -121,7 +121,7 @@ def _mask(raw: bytes) -> str:
 
 def test_golden_message() -> None:
     """The raw message, with Message-ID, Date and boundaries masked, matches tests/golden/message.eml."""
-    actual = _mask(message_bytes(_build()))
+    actual = _mask(_build())
     path = GOLDEN / "message.eml"
     if REGEN:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def test_golden_message() -> None:
 
 def test_headers_present_once_each() -> None:
     """Every required header is present exactly once, with the documented values."""
-    msg = _assert_clean(message_bytes(_build()))
+    msg = _assert_clean(_build())
     assert list(msg.keys()) == EXPECTED_HEADERS
     assert msg["From"] == "Paper Digest <digest@example.org>"
     assert msg["To"] == "Ada Lovelace <ada@example.org>"
@@ -149,7 +149,7 @@ def test_headers_present_once_each() -> None:
 
 def test_multipart_alternative_text_first_then_html() -> None:
     """The body is multipart/alternative with UTF-8 quoted-printable text/plain first, text/html second."""
-    msg = _assert_clean(message_bytes(_build()))
+    msg = _assert_clean(_build())
     assert msg.get_content_type() == "multipart/alternative"
     parts = list(msg.iter_parts())
     assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
@@ -164,7 +164,7 @@ def test_long_unbroken_abstract_keeps_lines_short() -> None:
     """A 5000-character unbroken abstract and a very long subject never produce a line over 998 octets."""
     word = "y" * 5000
     rendered = RenderedDigest(subject="Über " * 300, text=word + "\n", html=f"<p>{word}</p>\n")
-    raw = message_bytes(_build(rendered=rendered))
+    raw = _build(rendered=rendered)
     msg = _assert_clean(raw)
     parts = list(msg.iter_parts())
     assert _content(parts[0]) == word + "\n"
@@ -172,8 +172,8 @@ def test_long_unbroken_abstract_keeps_lines_short() -> None:
 
 
 def test_message_bytes_are_crlf() -> None:
-    """message_bytes serializes with CRLF line endings only."""
-    raw = message_bytes(_build())
+    """build_message serializes with CRLF line endings only."""
+    raw = _build()
     assert raw.count(b"\r\n") == raw.count(b"\n")
 
 
@@ -184,13 +184,11 @@ def test_non_ascii_names_and_subject_round_trip() -> None:
     """Non-ASCII display names and subjects are RFC 2047-encoded in ASCII headers and decode back intact."""
     name = "Zoë Ørsted-Łukasiewicz 李飞飞"
     subject = "Päper Digest — 3 neue Arbeiten für Zoë 🚀"
-    raw = message_bytes(
-        _build(
-            to_name=name,
-            from_addr="Bücherwurm Digest <digest@example.org>",
-            rendered=RenderedDigest(subject=subject, text="t\n", html="<p>h</p>\n"),
-            list_id="Bücher Liste <books.example.org>",
-        )
+    raw = _build(
+        to_name=name,
+        from_addr="Bücherwurm Digest <digest@example.org>",
+        rendered=RenderedDigest(subject=subject, text="t\n", html="<p>h</p>\n"),
+        list_id="Bücher Liste <books.example.org>",
     )
     msg = _assert_clean(raw)
     assert msg["To"].addresses[0].display_name == name
@@ -203,9 +201,7 @@ def test_non_ascii_names_and_subject_round_trip() -> None:
 
 def test_display_name_with_specials_is_quoted() -> None:
     """A display name with commas, quotes and angle brackets stays one mailbox for the right address."""
-    msg = _assert_clean(
-        message_bytes(_build(to_name='Lovelace, Ada "The Countess" <ada@evil.org>'))
-    )
+    msg = _assert_clean(_build(to_name='Lovelace, Ada "The Countess" <ada@evil.org>'))
     addresses = msg["To"].addresses
     assert len(addresses) == 1
     assert addresses[0].addr_spec == "ada@example.org"
@@ -217,15 +213,13 @@ def test_display_name_with_specials_is_quoted() -> None:
 
 def test_hostile_name_and_subject_cannot_add_headers_or_recipients() -> None:
     """CR/LF and control characters in the name and subject cannot add a header, a recipient or a body."""
-    raw = message_bytes(
-        _build(
-            to_name="Eve\r\nBcc: victim@example.net\r\nCc: other@example.net",
-            rendered=RenderedDigest(
-                subject="Hi\r\nBcc: victim@example.net\r\n\r\n<html>fake body\x00\x1b[31m",
-                text=RENDERED.text,
-                html=RENDERED.html,
-            ),
-        )
+    raw = _build(
+        to_name="Eve\r\nBcc: victim@example.net\r\nCc: other@example.net",
+        rendered=RenderedDigest(
+            subject="Hi\r\nBcc: victim@example.net\r\n\r\n<html>fake body\x00\x1b[31m",
+            text=RENDERED.text,
+            html=RENDERED.html,
+        ),
     )
     msg = _assert_clean(raw)
     assert list(msg.keys()) == EXPECTED_HEADERS
@@ -284,7 +278,7 @@ def test_naive_date_and_bad_message_id_are_rejected() -> None:
 def test_date_keeps_its_offset() -> None:
     """A non-UTC aware date is written with its own offset."""
     zone = timezone(timedelta(hours=2))
-    msg = _assert_clean(message_bytes(_build(date=datetime(2026, 3, 2, 9, 0, tzinfo=zone))))
+    msg = _assert_clean(_build(date=datetime(2026, 3, 2, 9, 0, tzinfo=zone)))
     assert msg["Date"] == "Mon, 02 Mar 2026 09:00:00 +0200"
 
 
@@ -293,14 +287,14 @@ def test_date_keeps_its_offset() -> None:
 
 def test_list_unsubscribe_with_https_url_enables_one_click() -> None:
     """With an https URL, List-Unsubscribe holds mailto and URL, and List-Unsubscribe-Post is One-Click."""
-    msg = _assert_clean(message_bytes(_build()))
+    msg = _assert_clean(_build())
     assert msg["List-Unsubscribe"] == f"<{MAILTO}>, <{UNSUB_URL}>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
 def test_list_unsubscribe_without_url_has_no_post_header() -> None:
     """Without a URL, List-Unsubscribe holds only the mailto URI and there is no List-Unsubscribe-Post."""
-    msg = _assert_clean(message_bytes(_build(unsubscribe_url=None)))
+    msg = _assert_clean(_build(unsubscribe_url=None))
     assert msg["List-Unsubscribe"] == f"<{MAILTO}>"
     assert msg["List-Unsubscribe-Post"] is None
 
@@ -308,7 +302,7 @@ def test_list_unsubscribe_without_url_has_no_post_header() -> None:
 def test_long_unsubscribe_url_is_never_encoded() -> None:
     """A long unsubscribe URL stays verbatim (no RFC 2047 encoded word) and within line limits."""
     url = "https://digest.example.org/unsubscribe?token=" + "a" * 400
-    raw = message_bytes(_build(unsubscribe_url=url))
+    raw = _build(unsubscribe_url=url)
     msg = _assert_clean(raw)
     assert msg["List-Unsubscribe"] == f"<{MAILTO}>, <{url}>"
     header = raw.split(b"\r\n\r\n", 1)[0]
@@ -390,9 +384,7 @@ def _dnsfunc(public_der: bytes) -> Any:
 def test_dkim_signature_verifies_and_covers_list_headers(rsa_key: tuple[bytes, bytes]) -> None:
     """A signed message verifies against the public key and the signature covers the List-* headers."""
     private_pem, public_der = rsa_key
-    signed = dkim_sign(
-        message_bytes(_build()), selector="mail", domain="example.org", private_key=private_pem
-    )
+    signed = dkim_sign(_build(), selector="mail", domain="example.org", private_key=private_pem)
     assert signed.startswith(b"DKIM-Signature:")
     assert dkim.verify(signed, dnsfunc=_dnsfunc(public_der))
     msg = _assert_clean(signed)
@@ -421,7 +413,7 @@ def test_dkim_without_url_signs_only_present_headers(rsa_key: tuple[bytes, bytes
     """Without an unsubscribe URL, List-Unsubscribe-Post is not listed and the signature still verifies."""
     private_pem, public_der = rsa_key
     signed = dkim_sign(
-        message_bytes(_build(unsubscribe_url=None)),
+        _build(unsubscribe_url=None),
         selector="mail",
         domain="example.org",
         private_key=private_pem,
@@ -434,9 +426,7 @@ def test_dkim_without_url_signs_only_present_headers(rsa_key: tuple[bytes, bytes
 def test_dkim_detects_tampering(rsa_key: tuple[bytes, bytes]) -> None:
     """Changing a signed header, adding a second From, or changing the body makes verification fail."""
     private_pem, public_der = rsa_key
-    signed = dkim_sign(
-        message_bytes(_build()), selector="mail", domain="example.org", private_key=private_pem
-    )
+    signed = dkim_sign(_build(), selector="mail", domain="example.org", private_key=private_pem)
     dnsfunc = _dnsfunc(public_der)
     assert not dkim.verify(
         signed.replace(b"unsubscribe?token=abc123", b"unsubscribe?token=evil00"), dnsfunc=dnsfunc
@@ -447,7 +437,7 @@ def test_dkim_detects_tampering(rsa_key: tuple[bytes, bytes]) -> None:
 
 def test_dkim_bad_key_or_selector_is_config_error() -> None:
     """An unparsable private key or a malformed selector is a ConfigError."""
-    raw = message_bytes(_build())
+    raw = _build()
     with pytest.raises(ConfigError):
         dkim_sign(raw, selector="mail", domain="example.org", private_key=b"not a key")
     with pytest.raises(ConfigError):
@@ -467,9 +457,7 @@ def test_arbitrary_text_never_adds_headers_or_defects(
     subject: str, name: str | None, body: str
 ) -> None:
     """Arbitrary subject, recipient name and body text never add a header or recipient nor cause a parse defect."""
-    raw = message_bytes(
-        _build(rendered=RenderedDigest(subject=subject, text=body, html=body), to_name=name)
-    )
+    raw = _build(rendered=RenderedDigest(subject=subject, text=body, html=body), to_name=name)
     msg = _assert_clean(raw)
     assert list(msg.keys()) == EXPECTED_HEADERS
     assert [a.addr_spec for a in msg["To"].addresses] == ["ada@example.org"]

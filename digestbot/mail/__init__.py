@@ -6,11 +6,6 @@ imported from there, so importing :mod:`digestbot.mail` never opens a connection
 
 from __future__ import annotations
 
-from digestbot.mail.message import (
-    build_message,
-    dkim_sign,
-    make_message_id,
-    message_bytes,
-)
+from digestbot.mail.message import build_message, dkim_sign, make_message_id
 
-__all__ = ["build_message", "dkim_sign", "make_message_id", "message_bytes"]
+__all__ = ["build_message", "dkim_sign", "make_message_id"]

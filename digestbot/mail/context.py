@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from digestbot import tokens
 from digestbot.errors import ConfigError, PermanentDeliveryError
-from digestbot.mail.message import build_message, dkim_sign, message_bytes
+from digestbot.mail.message import build_message, dkim_sign
 from digestbot.matching import Match, evidence
 from digestbot.models import DigestItem, Paper
 from digestbot.render import DigestView, PaperView, RenderedDigest, Renderer
@@ -127,7 +127,7 @@ def compose(*, mail: MailContext, view: DigestView, message_id: str, date_: date
     """
     rendered = mail.render(view)
     try:
-        msg = build_message(
+        raw = build_message(
             rendered=rendered,
             from_addr=mail.from_addr,
             to_addr=view.subscriber_email,
@@ -138,7 +138,6 @@ def compose(*, mail: MailContext, view: DigestView, message_id: str, date_: date
             unsubscribe_mailto=view.unsubscribe_mailto,
             unsubscribe_url=view.unsubscribe_url,
         )
-        raw = message_bytes(msg)
     except (ValueError, ConfigError) as exc:
         raise PermanentDeliveryError(f"could not build the message: {exc}") from exc
     if mail.dkim_key and mail.dkim_selector and mail.dkim_domain:
