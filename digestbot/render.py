@@ -144,7 +144,10 @@ class DigestView:
     def multi_source(self) -> bool:
         """Whether the digest's papers came from more than one source in total: only then does
         each paper say which sources brought it, so single-source installs see no change."""
-        names = {clean_line(s) for p in self.papers + self.trending for s in p.sources}
+        raw = {s for p in self.papers + self.trending for s in p.sources}
+        if len(raw) < 2:
+            return False
+        names = {clean_line(s) for s in raw}
         names.discard("")
         return len(names) > 1
 
@@ -600,6 +603,9 @@ class Renderer:
         self._block: Callable[[PaperView, bool], tuple[str, Markup]] = functools.lru_cache(
             maxsize=BLOCK_CACHE_SIZE
         )(self._render_block)
+        # The same for every digest of a run (list name, unsubscribe address) or for many (titles).
+        self._line: Callable[[str], str] = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(clean_line)
+        self._mailto = functools.lru_cache(maxsize=64)(_mailto_parts)
         self._renders: Counter[str] = Counter()
         self._digests = 0
 
@@ -748,11 +754,11 @@ class Renderer:
         else:
             period = f"since {first.isoformat()}"
         more = max(0, _int_or_none(view.more_count) or 0)
-        list_name = clean_line(view.list_name) or "Paper Digest"
+        list_name = self._line(view.list_name) or "Paper Digest"
         name = clean_line(view.subscriber_name) if view.subscriber_name else ""
         unsubscribe_url = safe_http_url(view.unsubscribe_url) if view.unsubscribe_url else None
-        unsubscribe_address, unsubscribe_subject = _mailto_parts(view.unsubscribe_mailto)
-        mailto = clean_line(view.unsubscribe_mailto) if unsubscribe_address else None
+        unsubscribe_address, unsubscribe_subject = self._mailto(view.unsubscribe_mailto)
+        mailto = self._line(view.unsubscribe_mailto) if unsubscribe_address else None
         ctx: dict[str, Any] = {
             "list_name": list_name,
             "date": view.digest_date.isoformat(),
@@ -772,7 +778,7 @@ class Renderer:
             "trending_count": len(hot),
         }
         subject = clean_line(self._run(TEMPLATE_SUBJECT, **ctx))
-        titles = "; ".join(clean_line(p.title) for p in (view.papers + view.trending)[:3])
+        titles = "; ".join(self._line(p.title) for p in (view.papers + view.trending)[:3])
         if count:
             preheader = f"{count} new paper{'s' if count != 1 else ''}: {titles}"
         elif hot:
