@@ -3,16 +3,22 @@
 Pure: no database, HTTP or SMTP imports. Everything that comes from a feed or the configuration
 is treated as hostile text: control characters are removed, HTML is escaped (autoescape on for
 ``*.html.j2``; highlights are built with :func:`markupsafe.escape`), and only http(s) URLs
-ever become links. A paper's block is the same in many digests, so each distinct
-:class:`PaperView` is rendered once per :class:`Renderer` and reused.
+ever become links.
+
+What is the same for many digests is done once per run, inside one :class:`Renderer`: a text's
+clean-up and offset map once per distinct text, a paper's highlighted pieces once per
+(paper, highlights), a paper's rendered block once per distinct :class:`PaperView`. All three
+caches are bounded (LRU), so memory stays flat however many digests a run renders.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from array import array
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +37,7 @@ from digestbot.text import UNSAFE, arxiv_id, clean_line, safe_http_url, snippet
 __all__ = [
     "DigestView",
     "PaperView",
+    "RenderStats",
     "RenderedDigest",
     "Renderer",
 ]
@@ -59,7 +66,16 @@ AUTHORS_FULL_MAX = 4
 """Author lists up to this length are shown in full."""
 
 BLOCK_CACHE_SIZE = 4096
-"""Distinct paper blocks kept per Renderer (each is a (text, html) pair)."""
+"""Distinct paper blocks kept per Renderer (each is a (text, html) pair, a few KB)."""
+
+HIGHLIGHT_CACHE_SIZE = 4096
+"""Distinct (paper, highlights) kept per Renderer: the title, excerpt, authors and keywords
+already cut, escaped and marked, a few KB each. Subscribers whose queries differ but hit the
+same words of a paper share one entry."""
+
+TEXT_CACHE_SIZE = 2048
+"""Distinct texts (titles, abstracts, feed keywords) whose clean form and offset map are kept
+per Renderer; a map costs 4 bytes per character of the original."""
 
 MARK_STYLE = "background-color:#fff3a3;color:inherit;padding:0 1px;"
 
@@ -94,6 +110,10 @@ class PaperView:
     """Indices into ``authors`` that an ``author:`` query named: always shown, highlighted."""
     keywords: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()
     """The feed keywords a matched query hit, each with [start, end) offsets to highlight."""
+    sources: tuple[str, ...] = ()
+    """The names of the sources that brought the paper (shown when a digest mixes sources)."""
+    link: str | None = None
+    """A non-arXiv paper's page. A paper whose key is an arXiv id links to arxiv.org instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +140,17 @@ class DigestView:
     last_day: date | None = None
     """The last day the digest covers (None: ``digest_date``)."""
 
+    @property
+    def multi_source(self) -> bool:
+        """Whether the digest's papers came from more than one source in total: only then does
+        each paper say which sources brought it, so single-source installs see no change."""
+        raw = {s for p in self.papers + self.trending for s in p.sources}
+        if len(raw) < 2:
+            return False
+        names = {clean_line(s) for s in raw}
+        names.discard("")
+        return len(names) > 1
+
 
 @dataclass(frozen=True, slots=True)
 class RenderedDigest:
@@ -139,11 +170,16 @@ def _is_blank(ch: str) -> bool:
     return ch.isspace() or bool(UNSAFE.match(ch))
 
 
-def _normalize_with_map(text: str) -> tuple[str, list[int]]:
+Normalized = tuple[str, "array[int] | None"]
+"""A text after the clean-up and its offset map (None: the text was already clean)."""
+
+
+def _normalize_with_map(text: str) -> Normalized:
     """Collapse whitespace/control runs to one space and strip the ends.
 
     Returns the new text and a map from every offset 0..len(text) of the original to an offset
-    of the new text, so highlight spans survive the clean-up.
+    of the new text, so highlight spans survive the clean-up; None when nothing changed (offsets
+    are the same). The map is a compact array since a run keeps one per distinct text.
     """
     out: list[str] = []
     mapping: list[int] = []
@@ -160,7 +196,8 @@ def _normalize_with_map(text: str) -> tuple[str, list[int]]:
         mapping.append(len(out))
         out.append(ch)
     mapping.append(len(out))
-    return "".join(out), mapping
+    clean = "".join(out)
+    return clean, (None if clean == text else array("i", mapping))
 
 
 def _clean_spans(spans: object, length: int) -> list[tuple[int, int]]:
@@ -193,23 +230,31 @@ def _clean_spans(spans: object, length: int) -> list[tuple[int, int]]:
     return merged
 
 
+Segments = tuple[tuple[tuple[str, bool], ...], bool, bool]
+"""(piece, highlighted) segments, whether the end was cut, whether the start was."""
+
+
 def _segments(
-    text: str, spans: object, *, limit: int | None = None
-) -> tuple[list[tuple[str, bool]], bool, bool]:
+    text: str,
+    spans: object,
+    *,
+    limit: int | None = None,
+    normalize: Callable[[str], Normalized] = _normalize_with_map,
+) -> Segments:
     """Split ``text`` into (piece, highlighted) segments after cleaning and optional trimming.
 
     With a ``limit``, the excerpt is the part around the first highlight (it starts at the
     beginning when the first highlight fits, else shortly before it), then a short part around
     each other highlighted word it does not reach (see :func:`_windows`). Returns the segments,
     whether the end was cut and whether the start was. Spans follow the whitespace clean-up and
-    are cut at the trim points.
+    are cut at the trim points. ``normalize`` is the clean-up (a Renderer passes its cache).
     """
     raw = str(text)
     raw_spans = _clean_spans(spans, len(raw))
-    clean, mapping = _normalize_with_map(raw)
+    clean, mapping = normalize(raw)
     mapped = []
     for start, end in raw_spans:
-        new_start, new_end = mapping[start], mapping[end]
+        new_start, new_end = (start, end) if mapping is None else (mapping[start], mapping[end])
         # A span that started on collapsed whitespace should not highlight the space itself.
         while new_start < new_end and clean[new_start] == " ":
             new_start += 1
@@ -230,7 +275,7 @@ def _segments(
             pos = stop
         if pos < len(part):
             segments.append((part[pos:], False))
-    return segments, windows[-1][1] < len(clean), windows[0][0] > 0
+    return tuple(segments), windows[-1][1] < len(clean), windows[0][0] > 0
 
 
 def _word_end(clean: str, at: int) -> int:
@@ -364,16 +409,73 @@ def _int_or_none(value: object) -> int | None:
     return value
 
 
-def paper_context(paper: PaperView) -> dict[str, Any]:
-    """Everything the paper partials need, already cleaned, escaped (HTML bits) and validated."""
-    title_segments, _, _ = _segments(paper.title, paper.title_spans)
-    summary_segments, trimmed, lead = _segments(
-        paper.summary, paper.summary_spans, limit=SUMMARY_LIMIT
+Spans = tuple[tuple[int, int], ...]
+
+HighlightKey = tuple[
+    str, Spans, str, Spans, tuple[str, ...], tuple[int, ...], tuple[tuple[str, Spans], ...]
+]
+"""Everything a paper's highlighted pieces depend on (see :func:`_highlights`)."""
+
+
+def _highlight_key(paper: PaperView) -> HighlightKey:
+    return (
+        paper.title,
+        paper.title_spans,
+        paper.summary,
+        paper.summary_spans,
+        paper.authors,
+        paper.author_hits,
+        paper.keywords,
     )
-    authors = _authors(paper.authors, paper.author_hits)
-    keywords = [_segments(word, spans)[0] for word, spans in paper.keywords]
-    keywords = [k for k in keywords if k]
+
+
+def _highlights(
+    key: HighlightKey, normalize: Callable[[str], Normalized] = _normalize_with_map
+) -> dict[str, Any]:
+    """The pieces of a paper's block that its highlights change (title, abstract excerpt,
+    authors, feed keywords): cleaned, cut, escaped for HTML and marked. A pure function of
+    `key`, so every subscriber whose queries hit the same words of a paper can share them."""
+    title, title_spans, summary, summary_spans, authors, author_hits, keywords = key
+    title_segments, _, _ = _segments(title, title_spans, normalize=normalize)
+    summary_segments, trimmed, lead = _segments(
+        summary, summary_spans, limit=SUMMARY_LIMIT, normalize=normalize
+    )
+    author_segments = _authors(authors, author_hits)
+    keyword_segments = [_segments(word, spans, normalize=normalize)[0] for word, spans in keywords]
+    keyword_segments = [k for k in keyword_segments if k]
+    return {
+        "title_text": _segments_text(title_segments) or "(untitled)",
+        "title_html": _segments_html(title_segments) or Markup("(untitled)"),
+        "summary_text": _segments_text(summary_segments, ellipsis=trimmed, lead=lead),
+        "summary_html": _segments_html(summary_segments, ellipsis=trimmed, lead=lead),
+        "authors": _segments_text(author_segments),
+        "authors_html": _segments_html(author_segments),
+        "keywords_text": ", ".join(_segments_text(k) for k in keyword_segments),
+        "keywords_html": Markup(", ").join(_segments_html(k) for k in keyword_segments),
+    }
+
+
+def _paper_link(link: str | None, key: str) -> str | None:
+    """The page of a paper without an arXiv id: its ``link``; else its key when the key is a
+    URL, or doi.org for a ``doi:`` key. Never an arxiv.org link."""
+    url = safe_http_url(link)
+    if url is None and key[:4].lower() == "doi:" and key[4:].strip():
+        url = safe_http_url("https://doi.org/" + quote(key[4:].strip(), safe="/:;()._-"))
+    return url or safe_http_url(key)
+
+
+def paper_context(
+    paper: PaperView, *, show_sources: bool = False, highlights: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything the paper partials need, already cleaned, escaped (HTML bits) and validated.
+
+    ``show_sources``: the digest mixes sources, so the block names the ones that brought this
+    paper. ``highlights``: the paper's :func:`_highlights`, when a cache already has them.
+    """
+    if highlights is None:
+        highlights = _highlights(_highlight_key(paper))
     shown_id = clean_line(paper.arxiv_id)
+    link_url = None
     if arxiv_id(shown_id) is not None:
         quoted = quote(shown_id, safe="./-")
         paper_url: str | None = f"https://huggingface.co/papers/{quoted}"
@@ -381,25 +483,27 @@ def paper_context(paper: PaperView) -> dict[str, Any]:
         pdf_url: str | None = f"https://arxiv.org/pdf/{quoted}"
     else:
         paper_url = abs_url = pdf_url = None
+        link_url = _paper_link(paper.link, shown_id)
     github_url = _github_url(paper.github_repo)
     project_url = safe_http_url(paper.project_page)
     upvotes = _int_or_none(paper.upvotes) or 0
+    sources: list[str] = []
+    if show_sources:
+        for name in (clean_line(s) for s in paper.sources):
+            if name and name not in sources:
+                sources.append(name)
     return {
+        **highlights,
         "arxiv_id": shown_id,
-        "title_text": _segments_text(title_segments) or "(untitled)",
-        "title_html": _segments_html(title_segments) or Markup("(untitled)"),
-        "summary_text": _segments_text(summary_segments, ellipsis=trimmed, lead=lead),
-        "summary_html": _segments_html(summary_segments, ellipsis=trimmed, lead=lead),
         "tldr": clean_line(paper.tldr or ""),
-        "authors": _segments_text(authors),
-        "authors_html": _segments_html(authors),
-        "keywords_text": ", ".join(_segments_text(k) for k in keywords),
-        "keywords_html": Markup(", ").join(_segments_html(k) for k in keywords),
         "upvotes": upvotes,
         "matched": [q for q in (clean_line(m) for m in paper.matched) if q],
+        "sources": sources,
         "paper_url": paper_url,
         "abs_url": abs_url,
         "pdf_url": pdf_url,
+        "link_url": link_url,
+        "link_label": _link_label(link_url) if link_url else None,
         "github_url": github_url,
         "github_label": _link_label(github_url) if github_url else None,
         "github_stars": _int_or_none(paper.github_stars),
@@ -434,12 +538,34 @@ class _TextLoader(jinja2.FileSystemLoader):
             ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class RenderStats:
+    """What one Renderer has done so far: its three caches' use and its template renders."""
+
+    digests: int
+    """Digests rendered."""
+    blocks_rendered: int
+    """Paper blocks rendered from the templates (each a text and an HTML block)."""
+    blocks_reused: int
+    """Paper blocks taken from the cache instead."""
+    highlights_built: int
+    """Highlighted pieces (title, excerpt, authors, keywords) built for a (paper, highlights)."""
+    highlights_reused: int
+    texts_normalized: int
+    """Texts (titles, abstracts, keywords) cleaned up and mapped."""
+    texts_reused: int
+    template_renders: dict[str, int] = field(default_factory=dict)
+    """Renders per template name (a copy)."""
+
+
 class Renderer:
-    """Jinja2 rendering of digests, with an override folder and a per-paper block cache.
+    """Jinja2 rendering of digests, with an override folder and per-run caches.
 
     Templates are looked up first in ``templates_dir`` (when given), then in the built-in
     folder; autoescape is on for ``*.html.j2``; undefined names are errors. Build one Renderer
-    per run and reuse it: each distinct paper block is rendered once. Any template failure is a
+    per run and reuse it: each distinct text is cleaned once, each paper's highlighted pieces
+    are built once per set of highlights, and each distinct paper block is rendered once (all
+    three caches bounded, see :meth:`stats`). Any template failure is a
     :class:`~digestbot.errors.TemplateError` (a ConfigError) naming the template file and line;
     call :meth:`check` before a run to find it before anything is sent.
     """
@@ -465,9 +591,23 @@ class Renderer:
             auto_reload=False,
         )
         """The Jinja2 environment; add filters or globals here before the first render."""
-        self._block: Callable[[PaperView], tuple[str, Markup]] = functools.lru_cache(
+        # The text template indents each paper block in every digest, the same way each time:
+        # memoised per run, the filter's output is unchanged.
+        self.environment.filters["indent"] = _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
+        self._normalized: Callable[[str], Normalized] = functools.lru_cache(
+            maxsize=TEXT_CACHE_SIZE
+        )(_normalize_with_map)
+        self._highlights: Callable[[HighlightKey], dict[str, Any]] = functools.lru_cache(
+            maxsize=HIGHLIGHT_CACHE_SIZE
+        )(self._build_highlights)
+        self._block: Callable[[PaperView, bool], tuple[str, Markup]] = functools.lru_cache(
             maxsize=BLOCK_CACHE_SIZE
         )(self._render_block)
+        # The same for every digest of a run (list name, unsubscribe address) or for many (titles).
+        self._line: Callable[[str], str] = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(clean_line)
+        self._mailto = functools.lru_cache(maxsize=64)(_mailto_parts)
+        self._renders: Counter[str] = Counter()
+        self._digests = 0
 
     def check(self) -> None:
         """Compile every template (overrides and built-ins) and render a sample digest with and
@@ -515,6 +655,7 @@ class Renderer:
     def _run(self, name: str, /, **context: Any) -> str:
         """Render template `name`; any failure becomes a TemplateError naming file and line."""
         template = self._template(name)
+        self._renders[name] += 1
         try:
             return template.render(**context)
         except jinja2.TemplateSyntaxError as exc:  # an {% include %} that does not compile
@@ -548,24 +689,52 @@ class Renderer:
             message, file=file, line=line, field="DIGESTBOT_TEMPLATES_DIR" if overridden else None
         )
 
-    def _render_block(self, paper: PaperView) -> tuple[str, Markup]:
-        ctx = paper_context(paper)
+    def _build_highlights(self, key: HighlightKey) -> dict[str, Any]:
+        return _highlights(key, self._normalized)
+
+    def _render_block(self, paper: PaperView, show_sources: bool) -> tuple[str, Markup]:
+        ctx = paper_context(
+            paper, show_sources=show_sources, highlights=self._highlights(_highlight_key(paper))
+        )
         text = self._run(TEMPLATE_PAPER_TEXT, paper=ctx)
         html = self._run(TEMPLATE_PAPER_HTML, paper=ctx)
         return text.strip("\n"), Markup(html.strip("\n"))
 
-    def paper_block(self, paper: PaperView) -> tuple[str, Markup]:
-        """The (text, HTML) block of one paper, from the cache when already rendered."""
-        return self._block(paper)
+    def paper_block(self, paper: PaperView, *, show_sources: bool = False) -> tuple[str, Markup]:
+        """The (text, HTML) block of one paper, from the cache when already rendered.
+
+        The cache key is the whole PaperView (everything the block shows, the subscriber's
+        matched queries and highlights included) and ``show_sources``, so two subscribers share
+        a block only when it would be the same byte for byte.
+        """
+        return self._block(paper, show_sources)
 
     def cache_info(self) -> Any:
         """Hits, misses and size of the paper block cache (``functools.lru_cache`` info)."""
         return self._block.cache_info()  # type: ignore[attr-defined]
 
+    def stats(self) -> RenderStats:
+        """How much this Renderer rendered and how much it reused (for tests and benchmarks)."""
+        blocks = self._block.cache_info()  # type: ignore[attr-defined]
+        pieces = self._highlights.cache_info()  # type: ignore[attr-defined]
+        texts = self._normalized.cache_info()  # type: ignore[attr-defined]
+        return RenderStats(
+            digests=self._digests,
+            blocks_rendered=blocks.misses,
+            blocks_reused=blocks.hits,
+            highlights_built=pieces.misses,
+            highlights_reused=pieces.hits,
+            texts_normalized=texts.misses,
+            texts_reused=texts.hits,
+            template_renders=dict(self._renders),
+        )
+
     def render(self, view: DigestView) -> RenderedDigest:
         """Render the subject, text and HTML of one digest."""
-        blocks = [self._block(p) for p in view.papers]
-        hot = [self._block(p) for p in view.trending]
+        self._digests += 1
+        show_sources = view.multi_source
+        blocks = [self._block(p, show_sources) for p in view.papers]
+        hot = [self._block(p, show_sources) for p in view.trending]
         count = len(view.papers)
         weekly = view.frequency == "weekly"
         first = view.first_day or view.digest_date
@@ -585,11 +754,11 @@ class Renderer:
         else:
             period = f"since {first.isoformat()}"
         more = max(0, _int_or_none(view.more_count) or 0)
-        list_name = clean_line(view.list_name) or "Paper Digest"
+        list_name = self._line(view.list_name) or "Paper Digest"
         name = clean_line(view.subscriber_name) if view.subscriber_name else ""
         unsubscribe_url = safe_http_url(view.unsubscribe_url) if view.unsubscribe_url else None
-        unsubscribe_address, unsubscribe_subject = _mailto_parts(view.unsubscribe_mailto)
-        mailto = clean_line(view.unsubscribe_mailto) if unsubscribe_address else None
+        unsubscribe_address, unsubscribe_subject = self._mailto(view.unsubscribe_mailto)
+        mailto = self._line(view.unsubscribe_mailto) if unsubscribe_address else None
         ctx: dict[str, Any] = {
             "list_name": list_name,
             "date": view.digest_date.isoformat(),
@@ -609,7 +778,7 @@ class Renderer:
             "trending_count": len(hot),
         }
         subject = clean_line(self._run(TEMPLATE_SUBJECT, **ctx))
-        titles = "; ".join(clean_line(p.title) for p in (view.papers + view.trending)[:3])
+        titles = "; ".join(self._line(p.title) for p in (view.papers + view.trending)[:3])
         if count:
             preheader = f"{count} new paper{'s' if count != 1 else ''}: {titles}"
         elif hot:
@@ -666,6 +835,21 @@ _SAMPLE_TRENDING = PaperView(
 )
 
 
+def _memoised(func: Callable[..., Any], maxsize: int) -> Callable[..., Any]:
+    """`func` (a pure filter) with a bounded cache; arguments of another type (``Markup`` and
+    ``str``) are cached apart, unhashable ones are computed each time."""
+    cached = functools.lru_cache(maxsize=maxsize, typed=True)(func)
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return cached(*args, **kwargs)
+        except TypeError:  # unhashable arguments (or a wrong call, which fails again below)
+            return func(*args, **kwargs)
+
+    return call
+
+
 def _is_template(name: str) -> bool:
     return name.endswith(".j2")
 
@@ -684,6 +868,8 @@ def _template_frame(tb: TracebackType | None, default: str) -> tuple[str, int | 
 
 def _tidy_text(text: str) -> str:
     """Strip trailing spaces and collapse three or more blank lines in the text part."""
-    lines = [line.rstrip() for line in text.splitlines()]
-    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    out = "\n".join(map(str.rstrip, text.splitlines()))
+    while "\n\n\n" in out:  # str.replace is many times faster than re.sub here
+        out = out.replace("\n\n\n", "\n\n")
+    out = out.strip("\n")
     return out + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import replace
@@ -25,6 +26,7 @@ from digestbot.render import (
     DigestView,
     PaperView,
     Renderer,
+    _tidy_text,
 )
 from digestbot.resources import templates_dir
 from digestbot.sources.hf_daily import parse_daily_papers
@@ -940,3 +942,237 @@ def test_an_included_override_that_is_not_utf8_is_a_template_error_naming_it(
         renderer.render(_view(_paper()))
     assert caught.value.file == str(tmp_path / "_paper.txt.j2")
     assert "not UTF-8 text" in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-run caches: what is the same for many subscribers is done once, and never mixed up
+# ------------------------------------------------------------------------------------------------
+
+BANDITS_TITLE = "Bandits with Knapsacks and Diffusion Constraints"
+BANDITS_SUMMARY = "Regret bounds for bandits\nwhen   budgets bind, with diffusion priors. " * 12
+
+
+def _bandits(**changes: object) -> PaperView:
+    """One paper as different subscribers see it: `changes` give their matches and highlights."""
+    base: dict[str, object] = {
+        "arxiv_id": "2603.00777",
+        "title": BANDITS_TITLE,
+        "summary": BANDITS_SUMMARY,
+        "authors": ("Aleksandrs Slivkins", "Ada Lovelace"),
+        "upvotes": 12,
+        "matched": (),
+    }
+    return _paper(**{**base, **changes})
+
+
+def _sub(n: int, *papers: PaperView) -> DigestView:
+    return _view(*papers, subscriber_email=f"reader{n}@example.org", subscriber_name=f"Reader {n}")
+
+
+def test_a_block_shared_by_many_subscribers_is_rendered_once() -> None:
+    """A paper that 50 subscribers get with the same matches is rendered from the templates once
+    per run, and every one of them gets the same block."""
+    renderer = Renderer()
+    paper = _bandits(matched=("bandit*",), title_spans=(_span(BANDITS_TITLE, "Bandits"),))
+    outs = [renderer.render(_sub(n, replace(paper))) for n in range(50)]
+    stats = renderer.stats()
+    assert stats.digests == 50
+    assert stats.template_renders["_paper.txt.j2"] == 1
+    assert stats.template_renders["_paper.html.j2"] == 1
+    assert stats.template_renders["digest.html.j2"] == 50
+    assert (stats.blocks_rendered, stats.blocks_reused) == (1, 49)
+    assert all("*Bandits* with Knapsacks" in out.text for out in outs)
+    for n, out in enumerate(outs):
+        assert out.text.replace(f"eader{n}", "eader0").replace(f"Reader {n}", "Reader 0") == (
+            outs[0].text
+        )
+
+
+def test_a_paper_text_is_cleaned_once_however_many_highlight_sets() -> None:
+    """A paper's abstract is cleaned up once per run even when subscribers highlight different
+    words of it, and subscribers whose different queries hit the same words share the pieces."""
+    renderer = Renderer()
+    words = ["Regret", "bounds", "budgets", "bind", "diffusion", "priors"]
+    for n, word in enumerate(words):
+        renderer.render(
+            _sub(n, _bandits(matched=(word,), summary_spans=(_span(BANDITS_SUMMARY, word),)))
+        )
+    diffusion = (_span(BANDITS_SUMMARY, "diffusion"),)
+    renderer.render(_sub(9, _bandits(matched=("diffus*",), summary_spans=diffusion)))
+    stats = renderer.stats()
+    assert stats.texts_normalized == 2  # the title and the abstract
+    assert stats.blocks_rendered == len(words) + 1  # each subscriber's "Matched:" differs
+    assert (stats.highlights_built, stats.highlights_reused) == (len(words), 1)
+
+
+def _highlighted(out_text: str, out_html: str) -> tuple[set[str], set[str]]:
+    """The words marked in the text part (*word*) and the HTML part (<mark>)."""
+    text = set(re.findall(r"\*([^*\n]+)\*", out_text)) - {"like this"}
+    html = {unescape(m) for m in re.findall(r"<mark [^>]*>([^<]*)</mark>", out_html)}
+    return text, html
+
+
+def test_subscribers_with_different_highlights_get_their_own_blocks() -> None:
+    """Two subscribers who get the same paper for different words each see their own words
+    highlighted and their own "Matched:", in any order, from one renderer."""
+    renderer = Renderer()
+    ada = _bandits(matched=("bandit*",), title_spans=(_span(BANDITS_TITLE, "Bandits"),))
+    bob = _bandits(
+        matched=("diffusion",),
+        title_spans=(_span(BANDITS_TITLE, "Diffusion"),),
+        summary_spans=(_span(BANDITS_SUMMARY, "diffusion"),),
+    )
+    for _ in range(3):
+        a = renderer.render(_sub(1, ada))
+        b = renderer.render(_sub(2, bob))
+        assert _highlighted(a.text, a.html) == ({"Bandits"}, {"Bandits"})
+        assert _highlighted(b.text, b.html) == ({"Diffusion", "diffusion"},) * 2
+        assert "Matched: bandit*\n" in a.text
+        assert "Matched: diffusion" in b.text
+        assert a.text.count("*Bandits* with Knapsacks") == 1
+        assert "*Bandits*" not in b.text
+    assert renderer.stats().blocks_rendered == 2
+
+
+# A small world of views that differ in one thing each: highlights, matches, content, key,
+# sources, links. One renderer rendering them in any order must give what a fresh one gives.
+_POOL_PAPERS = (
+    _bandits(),
+    _bandits(matched=("bandit*",), title_spans=(_span(BANDITS_TITLE, "Bandits"),)),
+    _bandits(matched=("knapsack*",), title_spans=(_span(BANDITS_TITLE, "Bandits"),)),
+    _bandits(matched=("diffusion",), summary_spans=(_span(BANDITS_SUMMARY, "diffusion", 3),)),
+    _bandits(matched=("diffusion",), summary_spans=(_span(BANDITS_SUMMARY, "diffusion", 11),)),
+    _bandits(summary=BANDITS_SUMMARY.upper()),
+    _bandits(arxiv_id="2603.00778"),
+    _bandits(upvotes=13),
+    _bandits(author_hits=(1,)),
+    _bandits(tldr="Knapsacks, briefly."),
+    _bandits(sources=("hf",)),
+    _bandits(sources=("hf", "arxiv-ml")),
+    _bandits(arxiv_id="doi:10.1101/2026.01.01.000001", link="https://example.org/paper"),
+)
+_POOL_VIEWS = tuple(
+    [_sub(n, p) for n, p in enumerate(_POOL_PAPERS)]
+    + [_sub(100, _POOL_PAPERS[1], _POOL_PAPERS[10]), _sub(101, _POOL_PAPERS[0], _POOL_PAPERS[11])]
+)
+_SHARED = Renderer()
+
+
+@functools.cache
+def _alone(i: int) -> tuple[str, str]:
+    out = Renderer().render(_POOL_VIEWS[i])
+    return out.text, out.html
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, len(_POOL_VIEWS) - 1), min_size=1, max_size=12))
+def test_a_cached_block_never_mixes_two_papers_or_two_highlight_sets(order: list[int]) -> None:
+    """Digests rendered one after another by one renderer, in any order, are byte for byte what
+    each would be if rendered alone: no block is ever taken for another paper or highlight."""
+    for i in order:
+        out = _SHARED.render(_POOL_VIEWS[i])
+        assert (out.text, out.html) == _alone(i)
+
+
+# ------------------------------------------------------------------------------------------------
+# Several sources (issue 10): where a paper came from, and papers without an arXiv id
+# ------------------------------------------------------------------------------------------------
+
+
+def sources_view() -> DigestView:
+    """A digest whose papers came from three sources: an arXiv paper two of them brought, and a
+    bioRxiv paper (a DOI key) with its own page."""
+    biorxiv_title = "Single-cell atlases & <tissue> maps"
+    return _view(
+        _paper(
+            arxiv_id="2603.00901",
+            title="Speculative Decoding for Diffusion Models",
+            summary="Drafts and verifies denoising steps in parallel.",
+            authors=("Ada Lovelace", "Alan Turing"),
+            upvotes=42,
+            matched=("speculative decoding",),
+            title_spans=((0, 20),),
+            sources=("hf", "arxiv-ml"),
+        ),
+        _paper(
+            arxiv_id="doi:10.1101/2026.03.01.123456",
+            title=biorxiv_title,
+            summary="Maps of every cell in <b>three</b> tissues.",
+            authors=("Rosalind Franklin",),
+            upvotes=0,
+            matched=("atlas*",),
+            title_spans=(_span(biorxiv_title, "atlases"),),
+            sources=("bio<rxiv>",),
+            link="https://www.biorxiv.org/content/10.1101/2026.03.01.123456v1",
+        ),
+    )
+
+
+def test_golden_several_sources() -> None:
+    """A digest mixing sources matches tests/golden/digest_sources.txt and .html."""
+    out = Renderer().render(sources_view())
+    _check_golden("digest_sources.txt", out.text)
+    _check_golden("digest_sources.html", out.html)
+
+
+def test_a_digest_mixing_sources_says_which_brought_each_paper() -> None:
+    """When a digest's papers came from more than one source, each paper says "via" its
+    sources, escaped in HTML; a single-source digest says nothing of the kind."""
+    view = sources_view()
+    assert view.multi_source
+    out = Renderer().render(view)
+    assert "42 upvotes · Matched: speculative decoding · via hf, arxiv-ml" in out.text
+    assert "· via bio<rxiv>" in out.text
+    assert "&middot; via hf, arxiv-ml</div>" in out.html
+    assert "via bio&lt;rxiv&gt;</div>" in out.html
+    _assert_safe_html(out.html)
+    one = replace(view, papers=tuple(replace(p, sources=("hf",)) for p in view.papers))
+    assert not one.multi_source
+    single = Renderer().render(one)
+    assert " via " not in single.text and " via " not in single.html
+
+
+def test_the_same_paper_block_follows_whether_the_digest_mixes_sources() -> None:
+    """One renderer shows a paper's sources in a digest that mixes sources and hides them in one
+    that does not, though the paper is the same in both."""
+    renderer = Renderer()
+    hf_and_arxiv = _bandits(sources=("hf", "arxiv-ml"))
+    mixed = renderer.render(_sub(1, hf_and_arxiv))
+    alone = renderer.render(_sub(2, replace(hf_and_arxiv, sources=("hf", "hf"))))
+    again = renderer.render(_sub(3, hf_and_arxiv))
+    assert "via hf, arxiv-ml" in mixed.text and "via hf, arxiv-ml" in again.text
+    assert " via " not in alone.text
+
+
+def test_a_paper_without_an_arxiv_id_links_to_its_own_page() -> None:
+    """A paper whose key is a DOI or a URL links to its own page, never to arxiv.org, Hugging
+    Face or a PDF; a DOI key without a link falls back to doi.org."""
+    out = Renderer().render(sources_view())
+    biorxiv = "https://www.biorxiv.org/content/10.1101/2026.03.01.123456v1"
+    text = out.text.split("\n2.")[1]
+    assert f"Paper:   {biorxiv}" in text
+    assert "arxiv.org" not in text and "huggingface.co" not in text and "PDF" not in text
+    html = out.html[out.html.rindex("<tr>", 0, out.html.index(">Single-cell <mark")) :]
+    assert f'<a href="{biorxiv}"' in html
+    assert "arxiv.org" not in html and "huggingface.co" not in html and ">PDF<" not in html
+    for key, link, expected in [
+        ("doi:10.1101/X.Y", None, "https://doi.org/10.1101/X.Y"),
+        ("https://example.org/p?id=1", None, "https://example.org/p?id=1"),
+        ("doi:10.1/x", "javascript:alert(1)", "https://doi.org/10.1/x"),
+        ("2603.00901", "https://example.org/elsewhere", "https://arxiv.org/abs/2603.00901"),
+    ]:
+        got = Renderer().render(_view(_paper(arxiv_id=key, link=link))).text
+        assert expected in got
+        assert "javascript" not in got and ("elsewhere" not in got)
+    bare = Renderer().render(_view(_paper(arxiv_id="feed-guid-42", link=None)))
+    assert "Paper:" not in bare.text and "<a href" not in bare.html.split("A title")[0][-300:]
+
+
+@given(
+    st.text(alphabet=st.sampled_from(["a", "é", " ", "\t", "\n", "\r", "\x0c", "\u2028", "\xa0"]))
+)
+def test_the_text_part_is_tidied_as_before(text: str) -> None:
+    """The text part loses trailing spaces and extra blank lines exactly as the regex did."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    expected = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
+    assert _tidy_text(text) == expected
