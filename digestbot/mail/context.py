@@ -118,8 +118,8 @@ def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
         keywords=tuple((keywords[i], spans) for i, spans in found.keywords),
         # The sources that brought the paper and a non-arXiv paper's page (Paper.sources and
         # Paper.link, from the several-sources change; read this way until both branches meet).
-        sources=tuple(getattr(paper, "sources", None) or ()),
-        link=getattr(paper, "link", None),
+        sources=tuple(paper.sources),
+        link=paper.link,
     )
 
 
