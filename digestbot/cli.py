@@ -143,7 +143,8 @@ def _fetch(
     today: date,
     sources: Sequence[pipeline.NamedSource],
 ) -> pipeline.FetchReport:
-    """Fetch and store every source, one line each on stderr; a failed one is reported, not raised."""
+    """Fetch and store every source, a line on stderr for each that worked; a failed one is in the
+    report (its error names it), not raised."""
     report = pipeline.fetch_sources(
         engine, sources, today=today, lookback=settings.lookback_days, clock=_now
     )
@@ -158,9 +159,7 @@ def _fetch(
             f"{done.new} new, {done.updated} updated",
             markup=False,
         )
-    for failed in report.failed:
-        err.print(f"source {failed.name}: FAILED: {failed.error}", markup=False)
-    return report
+    return report  # the failed sources are named by report.error(), which the caller prints
 
 
 def _fetch_unstored(

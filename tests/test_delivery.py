@@ -561,7 +561,7 @@ def test_check_smtp_reports_what_works_and_sends_nothing(bot: Bot, case: str) ->
         }[case]
         result = bot.cli("check", "--smtp", **env)
     out = result.output
-    assert "feed: ok" in out
+    assert "source hf: ok" in out
     if case in ("plain", "login"):
         assert result.exit_code == 0, out
         assert "smtp: ok" in out

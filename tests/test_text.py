@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digestbot.matching import compile_filter, explain
+from digestbot.models import Paper
 from digestbot.render import PaperView, Renderer
 from digestbot.sources.hf_daily import parse_daily_papers
 from digestbot.text import UNSAFE, latex_to_text, plain_text
@@ -70,7 +71,17 @@ def test_fetched_latex_is_matched_and_highlighted_as_read() -> None:
     (paper,) = parse_daily_papers(json.dumps([item]).encode(), url=FEED)
     assert paper.title == "Sparse Attention under ℓp Constraints"
     assert paper.summary == "We bound attention error in ℓp for 5% of heads."
-    found = explain(compile_filter(keywords=["attention"]), paper)
+    stored = Paper(  # what matching sees: the stored row
+        arxiv_id=paper.arxiv_id,
+        title=paper.title,
+        summary=paper.summary,
+        authors=list(paper.authors),
+        featured_at=paper.featured_at,
+        first_seen_at=paper.featured_at,
+        updated_at=paper.featured_at,
+        sources=["hf"],
+    )
+    found = explain(compile_filter(keywords=["attention"]), stored)
     assert found is not None
     assert [paper.title[a:b] for a, b in found.title_spans] == ["Attention"]
     view = PaperView(
