@@ -339,7 +339,7 @@ def _pool(
     settings: Settings, engine: Engine, delivery: app.Delivery, workers: int | None
 ) -> pool.Pool:
     """The delivery of `send`: `--workers`, else DIGESTBOT_WORKERS (0: one per CPU core)."""
-    count = pool.worker_count(workers if workers is not None else settings.workers)
+    count = workers if workers is not None else settings.workers
     return pool.Pool(settings, engine=engine, delivery=delivery, workers=count, clock=_now)
 
 

@@ -330,7 +330,7 @@ class Daemon:
             self.settings,
             engine=self.engine,
             delivery=d,
-            workers=workers.worker_count(self.settings.workers),
+            workers=self.settings.workers,
             clock=self.clock,
         )
         try:

@@ -11,18 +11,20 @@ The workers share DIGESTBOT_SMTP_RATE: each paces at rate/N, staggered (RateLimi
 A setup error in any worker (login refused, DKIM) stops the others after the message in hand
 and is raised here as the same error type. A worker stops too when its parent dies (kill -9 of
 `digestbot send`): it notices the end of its control pipe, finishes the message in hand and
-gives back what it claimed.
+gives back what it claimed. SIGTERM and SIGINT (Ctrl-C, systemd's stop, which reach every process
+of the group) make a worker do the same.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,23 +42,19 @@ from digestbot.settings import Settings
 log = logging.getLogger("digestbot")
 
 MIN_PER_WORKER = 100
-"""Due digests per worker process: a run with fewer is delivered by fewer processes (starting
-one costs about what sending a hundred digests does)."""
+"""With the default worker count, due digests per worker process: a run with fewer is delivered
+by fewer processes (starting one costs about what sending a hundred digests does)."""
 
 OnResult = Callable[[str, outbox.Outcome], None]
 
 
-def worker_count(configured: int | None) -> int:
-    """The worker processes asked for: `configured` (`--workers`, DIGESTBOT_WORKERS), or one
-    per CPU core when it is 0 or None."""
+def workers_for(configured: int | None, due: int) -> int:
+    """How many processes deliver `due` digests. `configured` (`--workers`, DIGESTBOT_WORKERS)
+    is taken as asked, but never more than one per claim batch of due digests; 0 or None means
+    one per CPU core, and one per MIN_PER_WORKER due digests at most."""
     if configured:
-        return configured
-    return os.cpu_count() or 1
-
-
-def workers_for(requested: int, due: int) -> int:
-    """How many processes deliver `due` digests: at most `requested`, one per MIN_PER_WORKER."""
-    return max(1, min(requested, due // MIN_PER_WORKER))
+        return max(1, min(configured, math.ceil(due / pipeline.CLAIM_BATCH)))
+    return max(1, min(os.cpu_count() or 1, due // MIN_PER_WORKER))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +69,7 @@ class _Job:
 
 
 class Pool:
-    """Delivers due digests with up to `workers` processes (pipeline.Deliver).
+    """Delivers due digests with up to `workers` processes (0: one per core; pipeline.Deliver).
 
     In-process runs use `delivery` (the caller's backend, mail context, policy and limiter) and
     `clock`; worker processes build their own from `settings` and use the wall clock.
@@ -89,7 +87,7 @@ class Pool:
         self.settings = settings
         self.engine = engine
         self.delivery = delivery
-        self.workers = max(1, workers)
+        self.workers = workers
         self.clock = clock
 
     def __call__(
@@ -254,9 +252,12 @@ def _kind(exc: DigestbotError) -> str:
 
 def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
     """A worker process: deliver with its own engine and backend until nothing is due or asked
-    to stop; send each outcome, then its report or its error, to the parent."""
+    to stop; send each outcome, then its report or its error, to the parent. A bug ends the
+    process with its traceback on stderr, and the parent reports the worker as stopped."""
     app.configure_logging(job.settings)
     stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C and systemd reach every process
+        signal.signal(sig, lambda *_: stop.set())
     threading.Thread(target=_watch, args=(control, stop), name="control", daemon=True).start()
     engine: Engine | None = None
     delivery: app.Delivery | None = None
@@ -290,10 +291,6 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
         tell("done", done)
     except DigestbotError as exc:
         tell("error", _kind(exc), str(exc))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C reaches the whole process group: the parent reports it
-    except Exception:
-        tell("error", "error", f"delivery worker {job.index} failed: {traceback.format_exc()}")
     finally:
         if delivery is not None:
             delivery.backend.close()
