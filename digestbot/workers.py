@@ -66,6 +66,7 @@ class _Job:
     workers: int
     start: float  # time.monotonic() when the pool started: the shared rate's first slot
     subscriber_ids: tuple[int, ...] | None
+    cwd: str  # relative paths in the settings (SQLite file, mail folder) are relative to it
 
 
 class Pool:
@@ -140,7 +141,7 @@ def run_workers(
     procs: list[Any] = []
     try:
         for i in range(workers):
-            job = _Job(settings, i, workers, start, subscriber_ids)
+            job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd())
             ctl_read, ctl_write = ctx.Pipe(duplex=False)
             res_read, res_write = ctx.Pipe(duplex=False)
             proc = ctx.Process(
@@ -254,6 +255,7 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
     """A worker process: deliver with its own engine and backend until nothing is due or asked
     to stop; send each outcome, then its report or its error, to the parent. A bug ends the
     process with its traceback on stderr, and the parent reports the worker as stopped."""
+    os.chdir(job.cwd)  # the forkserver keeps the folder its first user was in
     app.configure_logging(job.settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C and systemd reach every process

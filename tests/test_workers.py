@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pickle
 import pty
 import re
 import select
@@ -91,6 +92,21 @@ def test_workers_setting_takes_a_whole_number_from_0_to_1024(value: str) -> None
         assert settings.workers == int(value)
     else:
         assert settings.workers == 0  # empty is unset: the default
+
+
+def test_settings_reach_a_worker_process_unchanged(tmp_path: Path) -> None:
+    """The settings a worker process builds its engine and mail server connection from are the parent's, secrets included."""
+    settings = load_settings(
+        {
+            "DIGESTBOT_SMTP_PASSWORD": "pw-4242",
+            "DIGESTBOT_WORKERS": "3",
+            "DIGESTBOT_MAIL_DIR": str(tmp_path / "out"),
+        },
+        env_file=None,
+    )
+    again = pickle.loads(pickle.dumps(settings))
+    assert again == settings and again.smtp_password == "pw-4242" and again.workers == 3
+    assert "pw-4242" not in repr(again)
 
 
 def test_worker_count_defaults_to_the_cores_and_small_runs_use_fewer() -> None:
