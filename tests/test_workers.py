@@ -215,6 +215,25 @@ def test_stop_asked_of_the_workers_leaves_the_rest_for_the_next_run(
     assert_exactly_one_digest_each(slow_smtp.handler, emails, url, kills=0)
 
 
+def test_daemon_delivers_with_its_worker_processes(tmp_path: Path, slow_smtp: SMTPServer) -> None:
+    """The daemon's delivery uses DIGESTBOT_WORKERS processes, each with its own SMTP connection, and sends each due digest once."""
+    from digestbot.daemon import Daemon
+
+    url = f"sqlite:///{tmp_path / 'digestbot.db'}"
+    emails = planned_outbox(tmp_path, url, 60)
+    env = {**bot_env(slow_smtp), "DIGESTBOT_DATABASE_URL": url, "DIGESTBOT_WORKERS": "2"}
+    settings = load_settings(env, env_file=None)
+    engine = app.database(settings)
+    try:
+        daemon = Daemon(settings=settings, engine=engine, specs=[], delivery=app.delivery(settings))
+        report = daemon.deliver()
+    finally:
+        engine.dispose()
+    assert report is not None and report.workers == 2 and len(report.sent) == 60
+    assert len(set(slow_smtp.handler.peers)) == 2
+    assert_exactly_one_digest_each(slow_smtp.handler, emails, url, kills=0)
+
+
 @pytest.mark.slow
 def test_send_killed_leaves_no_worker_sending(workdir: Path) -> None:
     """A `digestbot send` killed with SIGKILL takes its workers down with it after the message in hand; a rerun sends the rest, each digest once."""
