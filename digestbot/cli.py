@@ -19,12 +19,22 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import Engine
 from typer.core import TyperArgument, TyperCommand
 
 from digestbot import __version__, app, matching, pipeline, schedule, store
+from digestbot import workers as pool
 from digestbot.addresses import AddressError, address_key, check_address
 from digestbot.configcheck import unmatchable
 from digestbot.errors import (
@@ -263,11 +273,23 @@ def send(
     date_: Annotated[
         str | None, _date_option("Act as if today were this day (YYYY-MM-DD).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=0,
+            max=1024,
+            help="Worker processes delivering (default DIGESTBOT_WORKERS; 0: one per CPU core).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Fetch, then build and deliver every subscriber's digest now, whatever their schedule.
 
     One digest per subscriber per day: running it again the same day sends nothing new, and
     due retries of earlier digests go out too. Exits 1 when a digest failed or was deferred.
+    Several worker processes deliver at once, each with its own SMTP connection.
 
     Example: digestbot send --subscriber ada@example.org --dry-run
     """
@@ -325,6 +347,7 @@ def send(
                 on_result=bar.advance,
                 fetch_error=fetch_error,
                 failed_days=failed_days,
+                deliver=_pool(settings, engine, delivery, workers),
             )
         except DeliverySetupError as exc:
             raise DigestbotError(f"delivery stopped, nothing more was attempted: {exc}") from exc
@@ -343,6 +366,14 @@ def send(
             err.print(f"digestbot: error: {fetch_error}", markup=False)
         if not report.ok or fetch_error is not None:
             raise typer.Exit(1)
+
+
+def _pool(
+    settings: Settings, engine: Engine, delivery: app.Delivery, workers: int | None
+) -> pool.Pool:
+    """The delivery of `send`: `--workers`, else DIGESTBOT_WORKERS (0: one per CPU core)."""
+    count = workers if workers is not None else settings.workers
+    return pool.Pool(settings, engine=engine, delivery=delivery, workers=count, clock=_now)
 
 
 def _send_summary(done: pipeline.SendSummary) -> str:
@@ -378,8 +409,16 @@ def _iso(at: datetime | None) -> str | None:
     return at.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+class _Speed(ProgressColumn):
+    """Digests per second, averaged over rich's recent window."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.0f} digests/s")
+
+
 class _Bar:
-    """A progress bar on a terminal for runs of two digests or more; nothing otherwise."""
+    """A progress bar on a terminal for runs of two digests or more: count, digests/s and ETA."""
 
     def __init__(self) -> None:
         self.bar: Progress | None = None
@@ -391,6 +430,8 @@ class _Bar:
             TextColumn("sending"),
             BarColumn(),
             MofNCompleteColumn(),
+            _Speed(),
+            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=err,
             transient=True,

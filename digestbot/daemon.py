@@ -6,6 +6,7 @@ downtime the missed days become one digest), then delivers whatever is due, retr
 After downtime each source's fetch reaches back to its last good fetch (up to MAX_CATCH_UP days),
 so the papers of the missed days are stored too. Jobs run one at a time; SIGTERM/SIGINT stop after the
 message in hand; SIGHUP reloads subscribers. Nothing touches the database before the lock is held.
+Delivery goes through workers.Pool: a large batch of due digests is shared by worker processes.
 
 The feed rule is pipeline.unread_days (README "When a source fails"; `digestbot send` applies it
 by exiting 1): while a source the due subscribers follow failed for a day inside the windows of
@@ -35,7 +36,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
-from digestbot import app, pipeline, schedule, store
+from digestbot import app, pipeline, schedule, store, workers
 from digestbot.addresses import address_key
 from digestbot.db import daemon_lock, session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
@@ -353,14 +354,18 @@ class Daemon:
         if self._paused_until is not None and now < self._paused_until:
             return None
         d = self.delivery
+        deliver = workers.Pool(
+            self.settings,
+            engine=self.engine,
+            delivery=d,
+            workers=self.settings.workers,
+            clock=self.clock,
+        )
         try:
-            report = pipeline.deliver_due(
-                self.engine,
-                backend=d.backend,
-                mail=d.mail,
-                policy=d.policy,
-                limiter=d.limiter,
-                clock=self.clock,
+            report = deliver(
+                due=pipeline.count_due(self.engine, now=now),
+                subscriber_ids=None,
+                on_result=None,
                 stop=self.stop_event,
             )
         except DeliverySetupError as exc:

@@ -455,14 +455,16 @@ def send(
     on_result: Callable[[str, outbox.Outcome], None] | None = None,
     fetch_error: FetchError | None = None,
     failed_days: Mapping[str, Sequence[date]] | None = None,
+    deliver: Deliver | None = None,
 ) -> SendSummary:
     """`digestbot send` after the fetch: sync the file, plan the period's digests, deliver what is due.
 
     With `only`, just those subscribers are planned and delivered (everyone stays subscribed).
-    `on_start` gets the number of digests about to be delivered. When a source failed
-    (`fetch_error`; `failed_days` per source name) for a day inside the windows to plan of
-    subscribers who follow it (the rule: `unread_days`), FetchError names those days and
-    nothing is planned or delivered.
+    `on_start` gets the number of digests about to be delivered. `deliver` delivers them
+    (workers.Pool: several processes); by default deliver_due here with `backend`. When a
+    source failed (`fetch_error`; `failed_days` per source name) for a day inside the windows
+    to plan of subscribers who follow it (the rule: `unread_days`), FetchError names those
+    days and nothing is planned or delivered.
     """
     now = clock()
     bad = unread_days(
@@ -494,18 +496,22 @@ def send(
         now=now,
     )
     ids = [r.id for r in recipients] if only is not None else None
+    due = count_due(engine, now=clock(), subscriber_ids=ids)
     if on_start is not None:
-        on_start(count_due(engine, now=clock(), subscriber_ids=ids))
-    report = deliver_due(
-        engine,
-        backend=backend,
-        mail=mail,
-        policy=policy,
-        clock=clock,
-        limiter=limiter,
-        subscriber_ids=ids,
-        on_result=on_result,
-    )
+        on_start(due)
+    if deliver is not None:
+        report = deliver(due=due, subscriber_ids=ids, on_result=on_result, stop=None)
+    else:
+        report = deliver_due(
+            engine,
+            backend=backend,
+            mail=mail,
+            policy=policy,
+            clock=clock,
+            limiter=limiter,
+            subscriber_ids=ids,
+            on_result=on_result,
+        )
     log_run_summary(plan, report, seconds=(clock() - now).total_seconds())
     with session_scope(engine) as s:
         waiting = outbox.waiting_for_retry(s, now=clock(), subscriber_ids=ids)
@@ -515,7 +521,8 @@ def send(
 def log_run_summary(
     plan: PlanSummary | None, report: DeliveryReport | None, *, seconds: float
 ) -> None:
-    """One INFO line per run (a `send`, a daemon tick that did something) with its totals."""
+    """One INFO line per run (a `send`, a daemon tick that did something) with its totals, its
+    seconds and its speed: digests attempted (sent, deferred or failed) per second of the run."""
     plan = plan or PlanSummary()
     report = report or DeliveryReport()
     counts = {
@@ -528,14 +535,22 @@ def log_run_summary(
     }
     if not any(counts.values()):
         return  # (unsubscribed people alone make no line: the daemon would log it every tick)
-    counts["unsubscribed"] = plan.suppressed
+    attempted = counts["sent"] + counts["deferred"] + counts["failed"]
+    fields: dict[str, float | int] = {
+        **counts,
+        "unsubscribed": plan.suppressed,
+        "seconds": round(seconds, 3),
+        "digests_per_second": round(attempted / seconds, 1) if seconds > 0 else 0.0,
+        "workers": report.workers,
+    }
     log.info(
         "run: planned %(planned)d, skipped %(skipped)d"
         + (", %(unsubscribed)d unsubscribed (not sent)" if plan.suppressed else "")
         + "; sent %(sent)d, deferred %(deferred)d, failed %(failed)d, "
-        "taken over by another run %(taken_over)d",
-        counts,
-        extra={**counts, "seconds": round(seconds, 3)},
+        "taken over by another run %(taken_over)d; %(seconds).1f s, "
+        "%(digests_per_second).1f digests/s, %(workers)d worker(s)",
+        fields,
+        extra=fields,
     )
 
 
@@ -756,6 +771,20 @@ class DeliveryReport:
     taken_over: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
     retries: int = 0  # of the digests sent, deferred or failed: those attempted in an earlier run
+    workers: int = 1  # processes that delivered (workers.Pool)
+
+    @classmethod
+    def merged(cls, reports: Iterable[DeliveryReport], *, workers: int) -> DeliveryReport:
+        """One report of a run delivered by several workers."""
+        out = cls(workers=workers)
+        for r in reports:
+            out.sent += r.sent
+            out.deferred += r.deferred
+            out.failed += r.failed
+            out.taken_over += r.taken_over
+            out.stopped = out.stopped or r.stopped
+            out.retries += r.retries
+        return out
 
     @property
     def ok(self) -> bool:
@@ -773,6 +802,20 @@ class DeliveryReport:
                 outbox.Outcome.FAILED: self.failed,
                 outbox.Outcome.TAKEN_OVER: self.taken_over,
             }[outcome].append((email, reason))
+
+
+class Deliver(Protocol):
+    """Delivers the `due` digests (of `subscriber_ids`, or all) somewhere else than in this call
+    (workers.Pool: several processes); the same contract as deliver_due."""
+
+    def __call__(
+        self,
+        *,
+        due: int,
+        subscriber_ids: Sequence[int] | None,
+        on_result: Callable[[str, outbox.Outcome], None] | None,
+        stop: threading.Event | None,
+    ) -> DeliveryReport: ...
 
 
 def count_due(engine: Engine, *, now: datetime, subscriber_ids: Sequence[int] | None = None) -> int:

@@ -513,7 +513,8 @@ class Settings:
     smtp_rate: float | None = setting(
         "DIGESTBOT_SMTP_RATE",
         None,
-        "Maximum messages per second sent over SMTP (e.g. 0.5); unlimited when unset.",
+        "Maximum messages per second sent over SMTP by one digestbot process, all its workers "
+        "together (e.g. 0.5); unlimited when unset.",
         group="SMTP",
         parse=_number(0, 10000, unit="messages per second"),
     )
@@ -538,6 +539,14 @@ class Settings:
         "Seconds after the first attempt when a digest still deferred is marked failed.",
         group="Delivery",
         parse=_number(0, 30 * 86400),
+    )
+    workers: int = setting(
+        "DIGESTBOT_WORKERS",
+        0,
+        "Worker processes delivering digests, each with its own SMTP connection (0: one per "
+        "CPU core); small runs use fewer; `send --workers N` overrides it.",
+        group="Delivery",
+        parse=_integer(0, 1024),
     )
     # Headers
     unsubscribe_email: str | None = setting(

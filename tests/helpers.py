@@ -455,3 +455,39 @@ class FeedServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+# -- a planned outbox of many digests (worker and many-host tests) -------------------------------
+
+
+def planned_outbox(folder: Path, url: str, n: int, *, day: str = DAY) -> list[str]:
+    """Write a subscribers.toml of `n` people and plan their digests for `day` in the database at
+    `url` through the pipeline (fetch from the fixture feed, sync, plan), as `send --date` would;
+    returns their addresses. Saves each test's processes the planning."""
+    from digestbot import pipeline, schedule
+    from digestbot.db import open_database
+    from digestbot.sources.hf_daily import HFDailyPapers
+    from digestbot.subscribers import load_subscribers
+
+    emails = many_subscribers(folder, n)
+    specs = load_subscribers(folder / "subscribers.toml")
+    the_day = date.fromisoformat(day)
+    as_of = schedule.as_of(the_day, datetime.now(UTC))
+    engine = open_database(url)
+    try:
+        pipeline.fetch_and_store(
+            engine,
+            source=HFDailyPapers(feed_url=str(FIXTURES), client=None),
+            feed_url=str(FIXTURES),
+            today=the_day,
+            lookback=2,
+            clock=lambda: as_of,
+        )
+        recipients = pipeline.sync_subscribers(engine, specs, now=as_of)
+        plan = pipeline.plan_digests(
+            engine, recipients, as_of=as_of, lookback=2, day=the_day, from_addr=FROM, now=as_of
+        )
+    finally:
+        engine.dispose()
+    assert plan.planned == n, plan
+    return emails

@@ -1,4 +1,4 @@
-"""Pacing of a delivery run: at most `rate` messages per second, across claim batches."""
+"""Pacing of a delivery run: at most `rate` messages per second, across claim batches and workers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Callable
 class RateLimiter:
     """At most `rate` messages per second across a run (None: unlimited).
 
-    The clock and sleep are passed in, so tests drive it without waiting.
+    The clock and sleep are passed in, so tests drive it without waiting. `shared` gives each of
+    several worker processes its share of one rate.
     """
 
     def __init__(
@@ -18,11 +19,37 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        first_at: float = 0.0,
     ) -> None:
+        self.rate = rate or None
         self.interval = 1.0 / rate if rate else 0.0
         self.clock = clock
         self.sleep = sleep
-        self._next = 0.0
+        self._next = first_at
+
+    @classmethod
+    def shared(
+        cls,
+        rate: float | None,
+        *,
+        workers: int,
+        index: int,
+        start: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> RateLimiter:
+        """Worker `index` of `workers` sharing `rate`: it paces at rate/workers, its first message
+        at `start` (default: now on `clock`; time.monotonic is one clock for every process of a
+        host) plus index/rate, so the workers together keep to `rate` from the first message on."""
+        if not rate:
+            return cls(None, clock=clock, sleep=sleep)
+        workers = max(1, workers)
+        return cls(
+            rate / workers,
+            clock=clock,
+            sleep=sleep,
+            first_at=(clock() if start is None else start) + index / rate,
+        )
 
     def wait(self) -> None:
         """Block until the next message may go out."""

@@ -1,0 +1,310 @@
+"""Delivery by several worker processes sharing one run through the outbox claims.
+
+`Pool` is what `digestbot send` and the daemon call to deliver: with one worker (or a run too
+small to be worth another process) it runs pipeline.deliver_due in this process, as before.
+Otherwise it starts worker processes (forkserver: each is forked from a server that imported
+digestbot once). Each builds its own engine, mail context and backend (so its own SMTP
+connection) from the Settings, runs pipeline.deliver_due against the shared outbox claims and
+sends every digest's outcome back for the progress bar, then its DeliveryReport.
+
+The workers share DIGESTBOT_SMTP_RATE: each paces at rate/N, staggered (RateLimiter.shared).
+A setup error in any worker (login refused, DKIM) stops the others after the message in hand
+and is raised here as the same error type. A worker stops too when its parent dies (kill -9 of
+`digestbot send`): it notices the end of its control pipe, finishes the message in hand and
+gives back what it claimed. SIGTERM and SIGINT (Ctrl-C, systemd's stop, which reach every process
+of the group) make a worker do the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from digestbot import app, outbox, pipeline
+from digestbot.db import make_engine
+from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
+from digestbot.mail.ratelimit import RateLimiter
+from digestbot.settings import Settings
+
+log = logging.getLogger("digestbot")
+
+MIN_PER_WORKER = 100
+"""With the default worker count, due digests per worker process: a run with fewer is delivered
+by fewer processes (starting one costs about what sending a hundred digests does)."""
+
+OnResult = Callable[[str, outbox.Outcome], None]
+
+
+def workers_for(configured: int | None, due: int) -> int:
+    """How many processes deliver `due` digests. `configured` (`--workers`, DIGESTBOT_WORKERS)
+    is taken as asked, but never more than one per claim batch of due digests; 0 or None means
+    one per CPU core, and one per MIN_PER_WORKER due digests at most."""
+    if configured:
+        return max(1, min(configured, math.ceil(due / pipeline.CLAIM_BATCH)))
+    return max(1, min(os.cpu_count() or 1, due // MIN_PER_WORKER))
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What one worker process is given: everything else it builds from the settings."""
+
+    settings: Settings
+    index: int
+    workers: int
+    start: float  # time.monotonic() when the pool started: the shared rate's first slot
+    subscriber_ids: tuple[int, ...] | None
+    cwd: str  # relative paths in the settings (SQLite file, mail folder) are relative to it
+
+
+class Pool:
+    """Delivers due digests with up to `workers` processes (0: one per core; pipeline.Deliver).
+
+    In-process runs use `delivery` (the caller's backend, mail context, policy and limiter) and
+    `clock`; worker processes build their own from `settings` and use the wall clock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine,
+        delivery: app.Delivery,
+        workers: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.delivery = delivery
+        self.workers = workers
+        self.clock = clock
+
+    def __call__(
+        self,
+        *,
+        due: int,
+        subscriber_ids: Sequence[int] | None,
+        on_result: OnResult | None,
+        stop: threading.Event | None,
+    ) -> pipeline.DeliveryReport:
+        n = workers_for(self.workers, due)
+        if n == 1:
+            d = self.delivery
+            return pipeline.deliver_due(
+                self.engine,
+                backend=d.backend,
+                mail=d.mail,
+                policy=d.policy,
+                limiter=d.limiter,
+                clock=self.clock,
+                subscriber_ids=subscriber_ids,
+                on_result=on_result,
+                stop=stop,
+            )
+        ids = tuple(subscriber_ids) if subscriber_ids is not None else None
+        return run_workers(
+            self.settings, workers=n, subscriber_ids=ids, on_result=on_result, stop=stop
+        )
+
+
+def run_workers(
+    settings: Settings,
+    *,
+    workers: int,
+    subscriber_ids: tuple[int, ...] | None = None,
+    on_result: OnResult | None = None,
+    stop: threading.Event | None = None,
+) -> pipeline.DeliveryReport:
+    """Deliver every due digest with `workers` processes and return their merged report.
+
+    `stop` (the daemon's SIGTERM) makes every worker stop after the message in hand. The first
+    error a worker reports is raised (DeliverySetupError, ConfigError or DigestbotError), after
+    the others were stopped; so is a worker that died without a word.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["digestbot.workers"])
+    start = time.monotonic()
+    controls: list[Connection] = []
+    results: dict[Connection, int] = {}
+    procs: list[Any] = []
+    try:
+        for i in range(workers):
+            job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd())
+            ctl_read, ctl_write = ctx.Pipe(duplex=False)
+            res_read, res_write = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(job, ctl_read, res_write),
+                name=f"digestbot-worker-{i}",
+                daemon=True,
+            )
+            proc.start()
+            ctl_read.close()  # the worker holds its ends; the parent's copies would hide an EOF
+            res_write.close()
+            controls.append(ctl_write)
+            results[res_read] = i
+            procs.append(proc)
+        reports, error = _collect(results, controls, procs, on_result=on_result, stop=stop)
+    finally:
+        _stop_all(controls)
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():  # stuck past the message in hand: nothing more to wait for
+                proc.kill()
+                proc.join()
+    if error is not None:
+        raise error
+    return pipeline.DeliveryReport.merged(reports, workers=workers)
+
+
+def _collect(
+    results: dict[Connection, int],
+    controls: list[Connection],
+    procs: list[Any],
+    *,
+    on_result: OnResult | None,
+    stop: threading.Event | None,
+) -> tuple[list[pipeline.DeliveryReport], DigestbotError | None]:
+    """Read the workers' messages until every one has ended; pass outcomes to `on_result`."""
+    reports: list[pipeline.DeliveryReport] = []
+    error: DigestbotError | None = None
+    live = dict(results)
+    finished: set[int] = set()
+    stopping = False
+    while live:
+        if stop is not None and stop.is_set() and not stopping:
+            stopping = True
+            _stop_all(controls)
+        for conn in multiprocessing.connection.wait(list(live), timeout=0.2):
+            assert isinstance(conn, Connection)
+            index = live[conn]
+            try:
+                kind, *payload = conn.recv()
+            except EOFError:
+                del live[conn]
+                conn.close()
+                if index not in finished and error is None:
+                    procs[index].join(timeout=5)
+                    error = DigestbotError(
+                        f"delivery worker {index} (pid {procs[index].pid}) stopped unexpectedly "
+                        f"(exit code {procs[index].exitcode}); the digests it held are sent by "
+                        "the next run"
+                    )
+                    _stop_all(controls)
+                continue
+            if kind == "result" and on_result is not None:
+                on_result(payload[0], outbox.Outcome(payload[1]))
+            elif kind == "done":
+                finished.add(index)
+                reports.append(payload[0])
+            elif kind == "error":
+                finished.add(index)
+                if error is None:
+                    error = _error(*payload)
+                    _stop_all(controls)
+    return reports, error
+
+
+def _stop_all(controls: list[Connection]) -> None:
+    """Ask every worker to stop after the message in hand (a closed pipe says the same)."""
+    for conn in controls:
+        if not conn.closed:
+            try:
+                conn.send("stop")
+            except OSError:
+                pass  # that worker has ended already
+            conn.close()
+
+
+_KINDS: dict[str, type[DigestbotError]] = {
+    "setup": DeliverySetupError,
+    "config": ConfigError,
+    "error": DigestbotError,
+}
+
+
+def _error(kind: str, message: str) -> DigestbotError:
+    """The error a worker reported, as the same type (its message already says everything)."""
+    return _KINDS.get(kind, DigestbotError)(message)
+
+
+def _kind(exc: DigestbotError) -> str:
+    if isinstance(exc, DeliverySetupError):
+        return "setup"
+    if isinstance(exc, ConfigError):
+        return "config"
+    return "error"
+
+
+# -- in the worker process ---------------------------------------------------------------------
+
+
+def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
+    """A worker process: deliver with its own engine and backend until nothing is due or asked
+    to stop; send each outcome, then its report or its error, to the parent. A bug ends the
+    process with its traceback on stderr, and the parent reports the worker as stopped."""
+    os.chdir(job.cwd)  # the forkserver keeps the folder its first user was in
+    app.configure_logging(job.settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C and systemd reach every process
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=_watch, args=(control, stop), name="control", daemon=True).start()
+    engine: Engine | None = None
+    delivery: app.Delivery | None = None
+
+    def tell(*message: object) -> None:
+        try:
+            results.send(message)
+        except OSError:  # the parent is gone: stop after the message in hand
+            stop.set()
+
+    def report(email: str, outcome: outbox.Outcome) -> None:
+        tell("result", email, str(outcome))
+
+    try:
+        engine = make_engine(job.settings.database_url, create=False)
+        delivery = app.delivery(job.settings)
+        limiter = RateLimiter.shared(
+            delivery.limiter.rate, workers=job.workers, index=job.index, start=job.start
+        )
+        done = pipeline.deliver_due(
+            engine,
+            backend=delivery.backend,
+            mail=delivery.mail,
+            policy=delivery.policy,
+            limiter=limiter,
+            clock=lambda: datetime.now(UTC),
+            subscriber_ids=job.subscriber_ids,
+            on_result=report,
+            stop=stop,
+        )
+        tell("done", done)
+    except DigestbotError as exc:
+        tell("error", _kind(exc), str(exc))
+    finally:
+        if delivery is not None:
+            delivery.backend.close()
+        if engine is not None:
+            engine.dispose()
+        results.close()
+
+
+def _watch(control: Connection, stop: threading.Event) -> None:
+    """Set `stop` when the parent asks, or when its end of the pipe closes (the parent died)."""
+    try:
+        control.recv()
+    except (EOFError, OSError):
+        pass
+    stop.set()
