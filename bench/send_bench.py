@@ -63,7 +63,77 @@ MAX_SHARE = 0.05  # of the papers: more common title words make no query
 POSTFIX_HINT = "install Postfix: apt-get install postfix (the daemon need not run)"
 
 STOP = frozenset(
-    ["a", "an", "the", "of", "for", "and", "or", "not", "in", "on", "to", "with", "by", "from", "via", "as", "at", "is", "are", "be", "we", "our", "this", "that", "its", "it", "can", "than", "into", "over", "under", "using", "use", "based", "towards", "toward", "without", "between", "how", "what", "when", "why", "do", "does", "more", "most", "less", "new", "two", "one", "their", "such", "also", "has", "have", "been", "while", "your", "you", "all", "any", "beyond", "through", "across", "within", "large", "model", "models", "learning"]
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "for",
+        "and",
+        "or",
+        "not",
+        "in",
+        "on",
+        "to",
+        "with",
+        "by",
+        "from",
+        "via",
+        "as",
+        "at",
+        "is",
+        "are",
+        "be",
+        "we",
+        "our",
+        "this",
+        "that",
+        "its",
+        "it",
+        "can",
+        "than",
+        "into",
+        "over",
+        "under",
+        "using",
+        "use",
+        "based",
+        "towards",
+        "toward",
+        "without",
+        "between",
+        "how",
+        "what",
+        "when",
+        "why",
+        "do",
+        "does",
+        "more",
+        "most",
+        "less",
+        "new",
+        "two",
+        "one",
+        "their",
+        "such",
+        "also",
+        "has",
+        "have",
+        "been",
+        "while",
+        "your",
+        "you",
+        "all",
+        "any",
+        "beyond",
+        "through",
+        "across",
+        "within",
+        "large",
+        "model",
+        "models",
+        "learning",
+    ]
 )
 
 
@@ -522,8 +592,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     if not args.plan_only:
-        postfix_tool(SINK_BIN), postfix_tool(SOURCE_BIN)
-        import psutil  # noqa: F401 - fail early, not after the setup
+        postfix_tool(SINK_BIN)
+        postfix_tool(SOURCE_BIN)
+        try:
+            import psutil  # noqa: F401 - fail early, not after the setup
+        except ImportError:
+            raise BenchError("psutil is missing: pip install -e '.[test]'") from None
     tmp = Path(tempfile.mkdtemp(prefix="digestbot-bench-"))
     try:
         with fresh_database(args.database, tmp) as url:
