@@ -314,6 +314,7 @@ class SendRun:
     sent: int
     summary: str
     peak_rss_mb: float  # the process tree's (all workers), sampled
+    cpu_seconds: float  # user + system, the process and its workers
     first_sent_after: float | None  # seconds from start to the first digest sent (planning ends)
     logged_seconds: float | None  # `seconds` of the run's log line
 
@@ -322,7 +323,7 @@ def timed_send(
     args: Sequence[str], env: dict[str, str], cwd: Path, logs: Path, *, interval: float = 0.05
 ) -> SendRun:
     """Run `digestbot send ...` and time it, sampling the RSS of its process tree meanwhile."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     stdout_path, stderr_path = logs / "send.out", logs / "send.err"
     with stdout_path.open("w") as out, stderr_path.open("w") as err:
@@ -331,7 +332,12 @@ def timed_send(
         proc = subprocess.Popen([*digestbot_cmd(), *args], env=env, cwd=cwd, stdout=out, stderr=err)
         peak = 0
         ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
+        while True:
+            # wait4, not poll: the rusage of the process and the workers it waited for
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
             try:
                 tree = [ps, *ps.children(recursive=True)]
                 rss = 0
@@ -360,6 +366,7 @@ def timed_send(
         sent=int(m.group(1)),
         summary=summary,
         peak_rss_mb=peak / 2**20,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
         first_sent_after=first,
         logged_seconds=logged,
     )
@@ -530,6 +537,7 @@ def plan_only(env: dict[str, str]) -> None:
     t2 = time.perf_counter()
     recipients = pipeline.sync_subscribers(engine, people, now=now)
     t3 = time.perf_counter()
+    cpu = time.process_time()
     plan = pipeline.plan_digests(
         engine,
         recipients,
@@ -540,12 +548,14 @@ def plan_only(env: dict[str, str]) -> None:
         now=now,
     )
     t4 = time.perf_counter()
+    cpu = time.process_time() - cpu
     engine.dispose()
     print(f"load subscribers file: {len(people)} in {t1 - t0:.2f} s")
     print(f"sync subscribers: {len(recipients)} in {t3 - t2:.2f} s")
     print(
         f"plan: {len(people)} subscribers, {plan.planned} planned, {plan.skipped} skipped "
-        f"in {t4 - t3:.2f} s ({len(people) / (t4 - t3):.0f} subscribers/s)"
+        f"in {t4 - t3:.2f} s ({len(people) / (t4 - t3):.0f} subscribers/s; "
+        f"{cpu:.2f} s CPU in this process)"
     )
 
 
@@ -595,7 +605,7 @@ def run(args: argparse.Namespace) -> None:
         postfix_tool(SINK_BIN)
         postfix_tool(SOURCE_BIN)
         try:
-            import psutil  # noqa: F401 - fail early, not after the setup
+            import psutil  # type: ignore[import-untyped]  # noqa: F401 - fail early
         except ImportError:
             raise BenchError("psutil is missing: pip install -e '.[test]'") from None
     tmp = Path(tempfile.mkdtemp(prefix="digestbot-bench-"))
@@ -651,6 +661,10 @@ def measure(args: argparse.Namespace, tmp: Path, url: str) -> None:
     workers = "default" if args.workers is None else str(args.workers)
     print(f"database: {engine}; workers: {workers}")
     print(f"digestbot: {done.summary}")
+    print(
+        f"digestbot CPU: {done.cpu_seconds:.1f} s user+system for {done.seconds:.1f} s of wall "
+        "time (a loaded machine shows here)"
+    )
     print(
         f"digests: {sent} sent, {mean_papers:.1f} papers and {size / 1000:.1f} KB each "
         f"(mean of {len(samples)} sample digests)"
