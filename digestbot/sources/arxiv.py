@@ -37,11 +37,14 @@ from digestbot.sources.base import (
     MAX_TITLE_CHARS,
     DayFailure,
     FetchedPaper,
+    Reject,
     Validators,
     WindowResult,
     locate_feed,
+    over_limit,
+    read_saved,
 )
-from digestbot.sources.feedxml import BadDate, feed_datetime, parse_feed, read_saved, source_error
+from digestbot.sources.feedxml import BadDate, entry_text, feed_datetime, parse_feed, source_error
 from digestbot.sources.http import Pacer, get_bytes, get_conditional
 
 __all__ = [
@@ -91,10 +94,6 @@ class ApiPage:
     items_per_page: int
 
 
-class _Reject(Exception):
-    """Internal: why one item is unusable; turned into a FetchError naming the URL and item."""
-
-
 # ----------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +117,7 @@ def parse_rss(content: bytes, *, url: str) -> ArxivListing:
     for index, entry in enumerate(feed.get("entries", [])):
         try:
             papers.append(_rss_item(entry))
-        except _Reject as exc:
+        except Reject as exc:
             raise FetchError(
                 f"{shown}: {_label('item', index, entry)}: {exc}; {_REJECTED}"
             ) from None
@@ -128,38 +127,38 @@ def parse_rss(content: bytes, *, url: str) -> ArxivListing:
 
 
 def _rss_item(entry: Any) -> FetchedPaper:
-    description = _field(entry, "summary", "description", MAX_ABSTRACT_CHARS + 200)
+    description = entry_text(entry, "summary", "description", MAX_ABSTRACT_CHARS + 200)
     match = _DESCRIPTION.match(description)
     if match is None:
-        raise _Reject(
+        raise Reject(
             "'description' does not start with 'arXiv:ID vN Announce Type: TYPE' "
             f"(it starts {text.snippet(description[:60], 60)!r})"
         )
     arxiv_id = text.arxiv_id(match["id"])
     if arxiv_id is None:
-        raise _Reject(f"'description' names no arXiv id: {text.snippet(match['id'][:60], 40)!r}")
+        raise Reject(f"'description' names no arXiv id: {text.snippet(match['id'][:60], 40)!r}")
     kind = match["type"].lower()
-    declared = _field(entry, "arxiv_announce_type", "arxiv:announce_type", 40).strip().lower()
+    declared = entry_text(entry, "arxiv_announce_type", "arxiv:announce_type", 40).strip().lower()
     kind = declared or kind
     if kind not in _ANNOUNCE_TYPES:
-        raise _Reject(
+        raise Reject(
             f"'arxiv:announce_type' is {text.snippet(kind, 30)!r}, not one of new, "
             "cross, replace, replace-cross"
         )
     abstract = description[match.end() :]
     if len(abstract) > MAX_ABSTRACT_CHARS:
-        raise _Reject(_over("'description'", len(abstract), MAX_ABSTRACT_CHARS, "characters"))
-    title = text.plain_text(_field(entry, "title", "title", MAX_TITLE_CHARS))
+        raise Reject(over_limit("'description'", len(abstract), MAX_ABSTRACT_CHARS, "characters"))
+    title = text.plain_text(entry_text(entry, "title", "title", MAX_TITLE_CHARS))
     if not title:
-        raise _Reject("'title' is empty")
-    raw_date = _field(entry, "published", "pubDate", 100)
+        raise Reject("'title' is empty")
+    raw_date = entry_text(entry, "published", "pubDate", 100)
     if not raw_date.strip():
-        raise _Reject("missing 'pubDate'")
+        raise Reject("missing 'pubDate'")
     try:
         featured_at = feed_datetime(raw_date)
     except BadDate as exc:
-        raise _Reject(f"'pubDate' {exc}") from None
-    creators = _field(entry, "author", "dc:creator", MAX_AUTHORS * (MAX_AUTHOR_CHARS + 2))
+        raise Reject(f"'pubDate' {exc}") from None
+    creators = entry_text(entry, "author", "dc:creator", MAX_AUTHORS * (MAX_AUTHOR_CHARS + 2))
     return FetchedPaper(
         arxiv_id=arxiv_id,
         title=title,
@@ -200,7 +199,7 @@ def parse_api(content: bytes, *, url: str) -> ApiPage:
     for index, entry in enumerate(entries):
         try:
             papers.append(_api_entry(entry))
-        except _Reject as exc:
+        except Reject as exc:
             raise FetchError(
                 f"{shown}: {_label('entry', index, entry)}: {exc}; {_REJECTED}"
             ) from None
@@ -214,31 +213,31 @@ def parse_api(content: bytes, *, url: str) -> ApiPage:
 
 
 def _api_entry(entry: Any) -> FetchedPaper:
-    raw_id = _field(entry, "id", "id", 300).strip()
+    raw_id = entry_text(entry, "id", "id", 300).strip()
     match = _ABS_ID.match(raw_id)
     arxiv_id = text.arxiv_id(match["id"]) if match else None
     if match is None or arxiv_id is None:
-        raise _Reject(f"'id' is not an arXiv abstract URL: {text.snippet(raw_id[:200], 60)!r}")
-    title = text.plain_text(_field(entry, "title", "title", MAX_TITLE_CHARS))
+        raise Reject(f"'id' is not an arXiv abstract URL: {text.snippet(raw_id[:200], 60)!r}")
+    title = text.plain_text(entry_text(entry, "title", "title", MAX_TITLE_CHARS))
     if not title:
-        raise _Reject("'title' is empty")
-    raw_published = _field(entry, "published", "published", 100)
+        raise Reject("'title' is empty")
+    raw_published = entry_text(entry, "published", "published", 100)
     if not raw_published.strip():
-        raise _Reject("missing 'published'")
+        raise Reject("missing 'published'")
     try:
         published_at = feed_datetime(raw_published)
     except BadDate as exc:
-        raise _Reject(f"'published' {exc}") from None
+        raise Reject(f"'published' {exc}") from None
     authors = entry.get("authors") or []
     if len(authors) > MAX_AUTHORS:
-        raise _Reject(_over("'author'", len(authors), MAX_AUTHORS, "entries"))
+        raise Reject(over_limit("'author'", len(authors), MAX_AUTHORS, "entries"))
     names: list[str] = []
     for position, author in enumerate(authors):
         name = author.get("name") if isinstance(author, dict) else None
         if not isinstance(name, str):
             continue
         if len(name) > MAX_AUTHOR_CHARS:
-            raise _Reject(_over(f"'author[{position}].name'", len(name), MAX_AUTHOR_CHARS))
+            raise Reject(over_limit(f"'author[{position}].name'", len(name), MAX_AUTHOR_CHARS))
         cleaned = text.clean_line(name)
         if cleaned:
             names.append(cleaned)
@@ -251,29 +250,13 @@ def _api_entry(entry: Any) -> FetchedPaper:
     return FetchedPaper(
         arxiv_id=arxiv_id,
         title=title,
-        summary=text.plain_text(_field(entry, "summary", "summary", MAX_ABSTRACT_CHARS)),
+        summary=text.plain_text(entry_text(entry, "summary", "summary", MAX_ABSTRACT_CHARS)),
         authors=tuple(names),
         published_at=published_at,
         featured_at=listing_after(published_at),
         categories=tuple(categories),
         version=int(match["version"]) if match["version"] else None,
     )
-
-
-def _field(entry: Any, key: str, shown: str, limit: int) -> str:
-    """One string field of a feedparser entry ('' when absent), rejected over `limit` characters."""
-    value = entry.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Reject(f"'{shown}' should be text")
-    if len(value) > limit:
-        raise _Reject(_over(f"'{shown}'", len(value), limit))
-    return value
-
-
-def _over(name: str, size: int, limit: int, unit: str = "characters") -> str:
-    return f"{name} has {size:,} {unit}, over the limit of {limit:,}"
 
 
 def _label(what: str, index: int, entry: Any) -> str:
@@ -295,24 +278,24 @@ def _split_authors(creators: str) -> tuple[str, ...]:
         if not name:
             continue
         if len(name) > MAX_AUTHOR_CHARS:
-            raise _Reject(_over("an author in 'dc:creator'", len(name), MAX_AUTHOR_CHARS))
+            raise Reject(over_limit("an author in 'dc:creator'", len(name), MAX_AUTHOR_CHARS))
         names.append(name)
     if len(names) > MAX_AUTHORS:
-        raise _Reject(_over("'dc:creator'", len(names), MAX_AUTHORS, "authors"))
+        raise Reject(over_limit("'dc:creator'", len(names), MAX_AUTHORS, "authors"))
     return tuple(names)
 
 
 def _categories(entry: Any) -> tuple[str, ...]:
     tags = entry.get("tags") or []
     if len(tags) > MAX_KEYWORDS:
-        raise _Reject(_over("'category'", len(tags), MAX_KEYWORDS, "entries"))
+        raise Reject(over_limit("'category'", len(tags), MAX_KEYWORDS, "entries"))
     seen: dict[str, None] = {}
     for position, tag in enumerate(tags):
         term = tag.get("term") if isinstance(tag, dict) else None
         if not isinstance(term, str):
             continue
         if len(term) > MAX_KEYWORD_CHARS:
-            raise _Reject(_over(f"'category[{position}]'", len(term), MAX_KEYWORD_CHARS))
+            raise Reject(over_limit(f"'category[{position}]'", len(term), MAX_KEYWORD_CHARS))
         cleaned = text.clean_line(term)
         if cleaned:
             seen.setdefault(cleaned, None)

@@ -7,8 +7,10 @@ the per-day result of fetching a window of days.
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 from digestbot.errors import FetchError, PartialFetchError
 from digestbot.text import URL_MAX
@@ -26,6 +28,36 @@ MAX_KEYWORD_CHARS = 200
 MAX_URL_CHARS = URL_MAX
 """Field limits, counted in characters as the feed sends them (before cleaning). An item over
 any limit is rejected naming the paper and the field, and with it that day's whole response."""
+
+
+class Reject(Exception):
+    """Why one item of a response is unusable; the source turns it into a FetchError that names
+    the response and the item, and rejects the whole response."""
+
+
+def over_limit(name: str, size: int, limit: int, unit: str = "characters") -> str:
+    """The one wording of a field over its limit."""
+    return f"{name} has {size:,} {unit}, over the limit of {limit:,}"
+
+
+def check_length(value: Sized, limit: int | None, name: str, unit: str = "characters") -> None:
+    """Reject (Reject) a field over its documented limit (the MAX_* above)."""
+    if limit is not None and len(value) > limit:
+        raise Reject(over_limit(name, len(value), limit, unit))
+
+
+def read_saved(path: Path) -> bytes:
+    """A saved feed file's bytes, refused (FetchError naming the file) over MAX_RESPONSE_BYTES."""
+    try:
+        with path.open("rb") as handle:
+            content = handle.read(MAX_RESPONSE_BYTES + 1)
+    except OSError as exc:
+        raise FetchError(f"{path}: cannot read the saved feed: {exc.strerror or exc}") from exc
+    if len(content) > MAX_RESPONSE_BYTES:
+        raise FetchError(
+            f"{path}: larger than {MAX_RESPONSE_BYTES:,} bytes; refused as not a saved feed"
+        )
+    return content
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,16 +31,18 @@ from digestbot.sources.base import (
     MAX_URL_CHARS,
     DayFailure,
     FetchedPaper,
+    Reject,
     Validators,
     WindowResult,
     locate_feed,
+    read_saved,
 )
 from digestbot.sources.feedxml import (
     BadDate,
+    entry_text,
     feed_datetime,
     html_text,
     parse_feed,
-    read_saved,
     source_error,
 )
 from digestbot.sources.http import get_conditional
@@ -58,10 +60,6 @@ _DOI_IN = re.compile(
 _REJECTED = "the response was rejected and nothing from it was used"
 
 
-class _Reject(Exception):
-    """Internal: why one entry is unusable; turned into a FetchError naming the URL and entry."""
-
-
 def parse_feed_entries(content: bytes, *, url: str, now: datetime) -> list[FetchedPaper]:
     """Every entry of an RSS/Atom feed as a paper, or FetchError naming the URL, entry and field.
 
@@ -75,7 +73,7 @@ def parse_feed_entries(content: bytes, *, url: str, now: datetime) -> list[Fetch
     for index, entry in enumerate(feed.get("entries", [])):
         try:
             paper = _entry(entry, now=now)
-        except _Reject as exc:
+        except Reject as exc:
             raise FetchError(f"{shown}: entry {index}{_hint(entry)}: {exc}; {_REJECTED}") from None
         papers.setdefault(paper.arxiv_id, paper)
     return list(papers.values())
@@ -112,30 +110,30 @@ def paper_key(*, links: list[str], ids: list[str], dois: list[str]) -> str | Non
 
 def _entry(entry: Any, *, now: datetime) -> FetchedPaper:
     links = _links(entry)
-    ids = [v for v in (_str(entry, "id", "id/guid", MAX_URL_CHARS),) if v.strip()]
+    ids = [v for v in (entry_text(entry, "id", "id/guid", MAX_URL_CHARS),) if v.strip()]
     dois = [
         v
         for v in (
-            _str(entry, "dc_identifier", "dc:identifier", MAX_URL_CHARS),
-            _str(entry, "prism_doi", "prism:doi", MAX_URL_CHARS),
+            entry_text(entry, "dc_identifier", "dc:identifier", MAX_URL_CHARS),
+            entry_text(entry, "prism_doi", "prism:doi", MAX_URL_CHARS),
         )
         if v.strip()
     ]
     key = paper_key(links=links, ids=ids, dois=dois)
     if key is None:
-        raise _Reject("has no link, id or DOI")
-    title = html_text(_str(entry, "title", "title", MAX_TITLE_CHARS))
+        raise Reject("has no link, id or DOI")
+    title = html_text(entry_text(entry, "title", "title", MAX_TITLE_CHARS))
     if not title:
-        raise _Reject("'title' is empty")
-    summary = _str(entry, "summary", "summary", MAX_ABSTRACT_CHARS)
+        raise Reject("'title' is empty")
+    summary = entry_text(entry, "summary", "summary", MAX_ABSTRACT_CHARS)
     dates: dict[str, datetime] = {}
     for field in ("published", "updated"):
-        raw = _str(entry, field, field, 100)
+        raw = entry_text(entry, field, field, 100)
         if raw.strip():
             try:
                 dates[field] = feed_datetime(raw)
             except BadDate as exc:
-                raise _Reject(f"'{field}' {exc}") from None
+                raise Reject(f"'{field}' {exc}") from None
     published_at = dates.get("published")
     featured_at = published_at or dates.get("updated") or now
     link = next((safe for value in links if (safe := text.safe_http_url(value))), None)
@@ -153,29 +151,18 @@ def _entry(entry: Any, *, now: datetime) -> FetchedPaper:
     )
 
 
-def _str(entry: Any, key: str, shown: str, limit: int) -> str:
-    value = entry.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Reject(f"'{shown}' should be text")
-    if len(value) > limit:
-        raise _Reject(f"'{shown}' has {len(value):,} characters, over the limit of {limit:,}")
-    return value
-
-
 def _links(entry: Any) -> list[str]:
     found: list[str] = []
     for item in entry.get("links") or []:
         href = item.get("href") if isinstance(item, dict) else None
         if isinstance(href, str) and href.strip():
             if len(href) > MAX_URL_CHARS:
-                raise _Reject(f"a link has {len(href):,} characters, over {MAX_URL_CHARS:,}")
+                raise Reject(f"a link has {len(href):,} characters, over {MAX_URL_CHARS:,}")
             if item.get("rel", "alternate") == "alternate":
                 found.insert(0, href)
             else:
                 found.append(href)
-    link = _str(entry, "link", "link", MAX_URL_CHARS)
+    link = entry_text(entry, "link", "link", MAX_URL_CHARS)
     if link.strip() and link not in found:
         found.insert(0, link)
     return found
@@ -186,14 +173,14 @@ def _authors(entry: Any) -> tuple[str, ...]:
     if not raw and isinstance(entry.get("author"), str):
         raw = [{"name": entry["author"]}]
     if len(raw) > MAX_AUTHORS:
-        raise _Reject(f"'author' has {len(raw):,} entries, over the limit of {MAX_AUTHORS:,}")
+        raise Reject(f"'author' has {len(raw):,} entries, over the limit of {MAX_AUTHORS:,}")
     names: dict[str, None] = {}
     for position, author in enumerate(raw):
         name = author.get("name") if isinstance(author, dict) else None
         if not isinstance(name, str):
             continue
         if len(name) > MAX_AUTHOR_CHARS:
-            raise _Reject(
+            raise Reject(
                 f"'author[{position}]' has {len(name):,} characters, over the limit of "
                 f"{MAX_AUTHOR_CHARS:,}"
             )
@@ -206,14 +193,14 @@ def _authors(entry: Any) -> tuple[str, ...]:
 def _categories(entry: Any) -> tuple[str, ...]:
     tags = entry.get("tags") or []
     if len(tags) > MAX_KEYWORDS:
-        raise _Reject(f"'category' has {len(tags):,} entries, over the limit of {MAX_KEYWORDS:,}")
+        raise Reject(f"'category' has {len(tags):,} entries, over the limit of {MAX_KEYWORDS:,}")
     seen: dict[str, None] = {}
     for position, tag in enumerate(tags):
         term = tag.get("term") if isinstance(tag, dict) else None
         if not isinstance(term, str):
             continue
         if len(term) > MAX_KEYWORD_CHARS:
-            raise _Reject(
+            raise Reject(
                 f"'category[{position}]' has {len(term):,} characters, over the limit of "
                 f"{MAX_KEYWORD_CHARS:,}"
             )

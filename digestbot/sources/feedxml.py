@@ -15,7 +15,6 @@ import re
 from datetime import UTC, date, datetime, time
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import ParseError
 
@@ -29,9 +28,9 @@ from defusedxml import ElementTree as SafeElementTree
 
 from digestbot import text
 from digestbot.errors import FetchError
-from digestbot.sources.base import MAX_RESPONSE_BYTES
+from digestbot.sources.base import Reject, check_length
 
-__all__ = ["feed_datetime", "html_text", "parse_feed", "read_saved", "source_error"]
+__all__ = ["entry_text", "feed_datetime", "html_text", "parse_feed", "source_error"]
 
 _FEED_ROOTS = frozenset({"rss", "feed", "RDF"})
 _HTML_START = re.compile(
@@ -182,20 +181,6 @@ def html_text(value: str) -> str:
     return text.plain_text("".join(parser.parts))
 
 
-def read_saved(path: Path) -> bytes:
-    """A saved feed file's bytes, refused (FetchError naming the file) over MAX_RESPONSE_BYTES."""
-    try:
-        with path.open("rb") as handle:
-            content = handle.read(MAX_RESPONSE_BYTES + 1)
-    except OSError as exc:
-        raise FetchError(f"{path}: cannot read the saved feed: {exc.strerror or exc}") from exc
-    if len(content) > MAX_RESPONSE_BYTES:
-        raise FetchError(
-            f"{path}: larger than {MAX_RESPONSE_BYTES:,} bytes; refused as not a saved feed"
-        )
-    return content
-
-
 def source_error(error: FetchError, name: str) -> FetchError:
     """The same kind of error, its message starting with the source's name (`source 'x': ...`)."""
     prefix = f"source {name!r}: "
@@ -207,3 +192,15 @@ def source_error(error: FetchError, name: str) -> FetchError:
         named = FetchError(prefix + str(error))
     named.__cause__ = error
     return named
+
+
+def entry_text(entry: Any, key: str, shown: str, limit: int) -> str:
+    """One string field of a feedparser entry ('' when absent); Reject when it is not text or is
+    over `limit` characters (`shown` names it as the feed writes it)."""
+    value = entry.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Reject(f"'{shown}' should be text")
+    check_length(value, limit, f"'{shown}'")
+    return value

@@ -32,14 +32,16 @@ from digestbot.sources.base import (
     MAX_AUTHORS,
     MAX_KEYWORD_CHARS,
     MAX_KEYWORDS,
-    MAX_RESPONSE_BYTES,
     MAX_TITLE_CHARS,
     MAX_URL_CHARS,
     DayFailure,
     FetchedPaper,
+    Reject,
     Validators,
     WindowResult,
+    check_length,
     locate_feed,
+    read_saved,
 )
 from digestbot.sources.http import get_bytes, make_client
 
@@ -56,10 +58,6 @@ _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 # ----------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------
-
-
-class _Reject(Exception):
-    """Internal: why one item is unusable; turned into a FetchError naming the URL."""
 
 
 def parse_daily_papers(content: bytes, *, url: str) -> list[FetchedPaper]:
@@ -82,7 +80,7 @@ def parse_daily_papers(content: bytes, *, url: str) -> list[FetchedPaper]:
     for index, item in enumerate(data):
         try:
             papers.append(_parse_item(item))
-        except _Reject as exc:
+        except Reject as exc:
             label = _item_label(index, item)
             raise FetchError(
                 f"{shown}: {label}: {exc}; the response was rejected and nothing from it was used"
@@ -145,10 +143,10 @@ def _item_label(index: int, item: Any) -> str:
 
 def _parse_item(item: Any) -> FetchedPaper:
     if not isinstance(item, dict):
-        raise _Reject(f"expected an object, got {_kind(item)}")
+        raise Reject(f"expected an object, got {_kind(item)}")
     paper = item.get("paper")
     if not isinstance(paper, dict):
-        raise _Reject(
+        raise Reject(
             "missing 'paper' object"
             if paper is None
             else f"'paper' should be an object, got {_kind(paper)}"
@@ -157,7 +155,7 @@ def _parse_item(item: Any) -> FetchedPaper:
     arxiv_id = _arxiv_id(f.required_str("id"))
     title = text.plain_text(f.required_str("title", limit=MAX_TITLE_CHARS))
     if not title:
-        raise _Reject("'paper.title' is empty")
+        raise Reject("'paper.title' is empty")
     featured_at = _datetime(f.required_str("submittedOnDailyAt"), "paper.submittedOnDailyAt")
     published_raw = f.optional_str("publishedAt")
     published_at = _datetime(published_raw, "paper.publishedAt") if published_raw else None
@@ -182,7 +180,7 @@ def _parse_item(item: Any) -> FetchedPaper:
 
 @dataclass(frozen=True)
 class _Fields:
-    """Typed access to one JSON object's fields; a wrong type raises _Reject naming the field."""
+    """Typed access to one JSON object's fields; a wrong type raises Reject naming the field."""
 
     obj: dict[str, Any]
     prefix: str
@@ -192,7 +190,7 @@ class _Fields:
 
     def required_str(self, key: str, *, limit: int | None = None) -> str:
         if key not in self.obj or self.obj[key] is None:
-            raise _Reject(f"missing {self._name(key)}")
+            raise Reject(f"missing {self._name(key)}")
         return self.optional_str(key, limit=limit) or ""
 
     def optional_str(self, key: str, *, limit: int | None = None) -> str | None:
@@ -200,8 +198,8 @@ class _Fields:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise _Reject(f"{self._name(key)} should be a string, got {_kind(value)}")
-        _check_length(value, limit, self._name(key), "characters")
+            raise Reject(f"{self._name(key)} should be a string, got {_kind(value)}")
+        check_length(value, limit, self._name(key), "characters")
         return value
 
     def optional_list(self, key: str, *, limit: int | None = None) -> list[Any]:
@@ -209,8 +207,8 @@ class _Fields:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise _Reject(f"{self._name(key)} should be a list, got {_kind(value)}")
-        _check_length(value, limit, self._name(key), "entries")
+            raise Reject(f"{self._name(key)} should be a list, got {_kind(value)}")
+        check_length(value, limit, self._name(key), "entries")
         return value
 
     def optional_count(self, key: str) -> int | None:
@@ -218,28 +216,22 @@ class _Fields:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Reject(f"{self._name(key)} should be a whole number, got {_kind(value)}")
+            raise Reject(f"{self._name(key)} should be a whole number, got {_kind(value)}")
         if not 0 <= value < 2**63:
-            raise _Reject(f"{self._name(key)} is out of range ({value})")
+            raise Reject(f"{self._name(key)} is out of range ({value})")
         return value
-
-
-def _check_length(value: str | list[Any], limit: int | None, name: str, unit: str) -> None:
-    """Reject a field over its documented limit (see digestbot.sources.base)."""
-    if limit is not None and len(value) > limit:
-        raise _Reject(f"{name} has {len(value):,} {unit}, over the limit of {limit:,}")
 
 
 def _arxiv_id(raw: str) -> str:
     found = text.arxiv_id(raw)
     if found is None:
-        raise _Reject(f"'paper.id' is not an arXiv id: {text.snippet(raw[:200], 40)!r}")
+        raise Reject(f"'paper.id' is not an arXiv id: {text.snippet(raw[:200], 40)!r}")
     return found  # without any version suffix
 
 
 def _datetime(raw: str, name: str) -> datetime:
     """An ISO 8601 date and time as timezone-aware UTC; a naive value is taken to be UTC."""
-    bad = _Reject(f"'{name}' is not an ISO 8601 date and time: {text.snippet(raw, 40)!r}")
+    bad = Reject(f"'{name}' is not an ISO 8601 date and time: {text.snippet(raw, 40)!r}")
     value = raw.strip()
     if not _ISO_DATETIME.match(value):
         raise bad
@@ -259,14 +251,14 @@ def _authors(raw: Iterable[Any]) -> tuple[str, ...]:
     names: list[str] = []
     for position, author in enumerate(raw):
         if not isinstance(author, dict):
-            raise _Reject(f"'paper.authors[{position}]' should be an object, got {_kind(author)}")
+            raise Reject(f"'paper.authors[{position}]' should be an object, got {_kind(author)}")
         name = author.get("name")
         if name is None:
             continue
         where = f"'paper.authors[{position}].name'"
         if not isinstance(name, str):
-            raise _Reject(f"{where} should be a string, got {_kind(name)}")
-        _check_length(name, MAX_AUTHOR_CHARS, where, "characters")
+            raise Reject(f"{where} should be a string, got {_kind(name)}")
+        check_length(name, MAX_AUTHOR_CHARS, where, "characters")
         cleaned = text.clean_line(name)
         if cleaned:
             names.append(cleaned)
@@ -277,10 +269,10 @@ def _keywords(raw: Iterable[Any]) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for position, keyword in enumerate(raw):
         if not isinstance(keyword, str):
-            raise _Reject(
+            raise Reject(
                 f"'paper.ai_keywords[{position}]' should be a string, got {_kind(keyword)}"
             )
-        _check_length(keyword, MAX_KEYWORD_CHARS, f"'paper.ai_keywords[{position}]'", "characters")
+        check_length(keyword, MAX_KEYWORD_CHARS, f"'paper.ai_keywords[{position}]'", "characters")
         cleaned = text.clean_line(keyword)
         if cleaned:
             seen.setdefault(cleaned, None)
@@ -450,17 +442,7 @@ class HFDailyPapers:
 
 
 def _read_saved(path: Path) -> list[FetchedPaper]:
-    shown = str(path)
-    try:
-        with path.open("rb") as handle:
-            content = handle.read(MAX_RESPONSE_BYTES + 1)
-    except OSError as exc:
-        raise FetchError(f"{shown}: cannot read the saved feed: {exc.strerror or exc}") from exc
-    if len(content) > MAX_RESPONSE_BYTES:
-        raise FetchError(
-            f"{shown}: larger than {MAX_RESPONSE_BYTES:,} bytes; refused as not a saved feed response"
-        )
-    return parse_daily_papers(content, url=shown)
+    return parse_daily_papers(read_saved(path), url=str(path))
 
 
 def _dedupe(papers: Iterable[FetchedPaper]) -> list[FetchedPaper]:
