@@ -119,6 +119,7 @@ class BenchPaper:
     upvotes: int
     featured_at: datetime = FEATURED
     sources: tuple[str, ...] = ("hf",)
+    has_upvotes: bool = True
 
 
 CATEGORIES = ["cs.CL", "cs.LG", "cs.AI", "cs.CV", "stat.ML", "cs.IR", "cs.DS", "math.OC", "cs.SD"]

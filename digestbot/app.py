@@ -70,11 +70,21 @@ def make_sources(
     pacer: Pacer | None = None,
 ) -> list[NamedSource]:
     """The configured sources, ready to fetch. Every arXiv source of a run shares one Pacer, so
-    requests to arXiv hosts stay 3 s apart whichever source makes them."""
+    requests to arXiv hosts stay 3 s apart whichever source makes them. A `url` naming a file
+    or folder that does not exist is a ConfigError (file, line, field), as for DIGESTBOT_FEED_URL."""
     pacer = pacer or Pacer()
     out: list[NamedSource] = []
-    for spec in specs:
+    for number, spec in enumerate(specs, start=1):
         where = source_location(settings, spec)
+        found = locate_feed(where)
+        if spec.url is not None and found.kind == "path" and not Path(found.value).exists():
+            raise ConfigError(
+                f"source {spec.name!r}: {found.value!r} is not an existing file or folder; "
+                "give a saved feed (a file, or a folder of YYYY-MM-DD files) or an http(s) URL",
+                file=str(settings.subscribers_path),
+                line=spec.line,
+                field=f"sources[{number}].url",
+            )
         source: Source
         if spec.kind == "hf":
             client = None
@@ -108,16 +118,18 @@ def make_sources(
 def choose_sources(
     specs: Sequence[SourceSpec], names: Sequence[str], *, file: str
 ) -> list[SourceSpec]:
-    """The sources named by `--source` (in the file's order); an unknown name is a ConfigError."""
-    known = {spec.name for spec in specs}
-    unknown = [n for n in names if n not in known]
+    """The sources named by `--source` (any case, as in `sources = [...]`), in the file's order;
+    an unknown name is a ConfigError."""
+    known = {spec.name.lower() for spec in specs}
+    unknown = [n for n in names if n.lower() not in known]
     if unknown:
         raise ConfigError(
             f"no source named {', '.join(unknown)} in {file} (configured: "
             f"{', '.join(spec.name for spec in specs)})",
             field="--source",
         )
-    return [spec for spec in specs if spec.name in names]
+    wanted = {n.lower() for n in names}
+    return [spec for spec in specs if spec.name.lower() in wanted]
 
 
 def make_backend(settings: Settings) -> Backend:

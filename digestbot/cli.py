@@ -162,7 +162,7 @@ def _fetch(
         what = (
             "not modified since the last fetch"
             if done.not_modified
-            else f"fetched {done.fetched} papers"
+            else f"fetched {_papers(done.fetched)}"
         )
         err.print(
             f"source {done.name}: {what} from {done.location}: "
@@ -170,6 +170,11 @@ def _fetch(
             markup=False,
         )
     return report  # the failed sources are named by report.error(), which the caller prints
+
+
+def _papers(n: int) -> str:
+    """ "1 paper", "3 papers"."""
+    return f"{n} paper{'' if n == 1 else 's'}"
 
 
 def _fetch_unstored(
@@ -362,7 +367,9 @@ def send(
             err.print(f"failed {email}: {reason}", markup=False)
         for email, reason in report.taken_over:
             err.print(f"taken over by another run {email}: {reason}", markup=False)
-        if fetch_error is not None:  # days outside the windows planned: still a failed run
+        if done.held is not None:  # some subscribers follow the failed source: not planned
+            err.print(f"digestbot: error: {done.held}", markup=False)
+        elif fetch_error is not None:  # days outside the windows planned: still a failed run
             err.print(f"digestbot: error: {fetch_error}", markup=False)
         if not report.ok or fetch_error is not None:
             raise typer.Exit(1)
@@ -451,7 +458,7 @@ class _Bar:
 def _print_dry_run(settings: Settings, result: pipeline.DryRun) -> None:
     if result.fetched is not None:
         err.print(
-            f"fetched {result.fetched} papers from the sources in {settings.subscribers_path} "
+            f"fetched {_papers(result.fetched)} from the sources in {settings.subscribers_path} "
             "(not stored)",
             markup=False,
         )
@@ -851,7 +858,8 @@ def check(
         )
         for sp in specs:
             out.print(f"  {sp.email}: {sp.describe()}", markup=False)
-        out.print(f"sources: {len(config.sources)}: ok", markup=False)
+        named = app.make_sources(settings, config.sources)  # what send builds: same checks
+        out.print(f"sources: {len(named)}: ok", markup=False)
         for spec in config.sources:
             where = app.source_location(settings, spec)
             out.print(f"  {spec.name}: {spec.kind} from {where}", markup=False)
@@ -864,20 +872,20 @@ def check(
             backend.close()
             return
         problems = 0
-        for named in app.make_sources(settings, config.sources):
+        for source in named:
             try:
-                result = named.source.fetch_days(today=_now().date(), lookback=0)
+                result = source.source.fetch_days(today=_now().date(), lookback=0)
                 failed = result.error()
                 if failed is not None:
                     raise failed
                 out.print(
-                    f"source {named.name}: ok ({len(result.papers)} papers today from "
-                    f"{named.location})",
+                    f"source {source.name}: ok ({_papers(len(result.papers))} today from "
+                    f"{source.location})",
                     markup=False,
                 )
             except FetchError as exc:
                 problems += 1
-                err.print(f"source {named.name}: FAILED: {exc}", markup=False)
+                err.print(f"source {source.name}: FAILED: {exc}", markup=False)
         if settings.mail_backend != "smtp":
             out.print(
                 f"mail: backend is {settings.mail_backend!r}, no SMTP server to check", markup=False

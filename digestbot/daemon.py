@@ -284,7 +284,7 @@ class Daemon:
             self.fetch()
         last = self._last_fetch
         note = None
-        bad: tuple[date, ...] = ()
+        bad: dict[str, tuple[date, ...]] = {}
         if last is not None and last.failed_days:
             try:
                 bad = pipeline.unread_days(
@@ -297,53 +297,65 @@ class Daemon:
             except DigestbotError as exc:
                 log.error("planning digests failed: %s", exc)
                 return None
+        held: list[pipeline.Recipient] = []
         if last is not None and bad:
             feed = last.failing
-            days = ", ".join(d.isoformat() for d in bad)
+            days = pipeline.days_of(bad)
             waited = now - min(self._due_since[k] for k in keys)
             if waited < FEED_WAIT:
-                # Planning now would use up the period's digest without those days' papers, or
-                # claim that nothing matched; the feed gets FEED_WAIT to recover (the fetch is
-                # retried every FRESH_FETCH) before we plan from what is stored. Said once per
-                # fetch attempt.
-                if not (retried or newly_due):
-                    return None
+                # Planning them now would use up the period's digest without those days'
+                # papers, or claim that nothing matched; the source gets FEED_WAIT to recover
+                # (the fetch is retried every FRESH_FETCH) before we plan from what is stored.
+                # The subscribers who do not follow it are planned now. Said once per fetch.
+                held = [r for r in due if address_key(r.spec.email) in bad]
+                if retried or newly_due:
+                    log.warning(
+                        "holding %d digests until the source(s) %s answer for %s "
+                        "(at most %s after their send time)",
+                        len(held),
+                        feed,
+                        days,
+                        FEED_WAIT,
+                        extra={"feed": feed, "held": len(held), "days": days, "error": last.error},
+                    )
+                due = [r for r in due if address_key(r.spec.email) not in bad]
+            else:
+                note = (
+                    f"planned from stored papers: the fetch for {days} from {feed} still "
+                    f"failed {FEED_WAIT} after send time: {last.error}"
+                )
                 log.warning(
-                    "holding %d digests until the source(s) %s answer for %s "
-                    "(at most %s after their send time)",
-                    len(due),
+                    "hold expired for %d digests: the source(s) %s still fail for %s (%s); "
+                    "planning them from the papers already stored, empty ones are skipped, "
+                    "not mailed",
+                    len(bad),
                     feed,
                     days,
-                    FEED_WAIT,
-                    extra={"feed": feed, "held": len(due), "days": days, "error": last.error},
+                    last.error,
+                    extra={"feed": feed, "error": last.error, "days": days, "digests": len(bad)},
                 )
+        noted = [r for r in due if note is not None and address_key(r.spec.email) in bad]
+        plain = [r for r in due if not (note is not None and address_key(r.spec.email) in bad)]
+        summary = None
+        for group, group_note in ((plain, None), (noted, note)):
+            if not group:
+                continue
+            try:
+                got = pipeline.plan_digests(
+                    self.engine,
+                    group,
+                    as_of=now,
+                    lookback=self.settings.lookback_days,
+                    from_addr=self.settings.mail_from,
+                    now=now,
+                    note=group_note,
+                )
+            except DigestbotError as exc:
+                log.error("planning digests failed: %s", exc)
                 return None
-            note = (
-                f"planned from stored papers: the fetch for {days} from {feed} still "
-                f"failed {FEED_WAIT} after send time: {last.error}"
-            )
-            log.warning(
-                "hold expired for %d digests: the source(s) %s still fail for %s (%s); planning "
-                "them from the papers already stored, empty ones are skipped, not mailed",
-                len(due),
-                feed,
-                days,
-                last.error,
-                extra={"feed": feed, "error": last.error, "days": days, "digests": len(due)},
-            )
-        try:
-            summary = pipeline.plan_digests(
-                self.engine,
-                due,
-                as_of=now,
-                lookback=self.settings.lookback_days,
-                from_addr=self.settings.mail_from,
-                now=now,
-                note=note,
-            )
-        except DigestbotError as exc:
-            log.error("planning digests failed: %s", exc)
-            return None
+            summary = got if summary is None else summary.plus(got)
+        if held:
+            return summary  # the groups stay due: their held digests are planned later
         self._done.update(keys)
         for key in keys:
             self._due_since.pop(key, None)

@@ -95,6 +95,8 @@ class Paper(SQLModel, table=True):
     ai_keywords: list[str] = Field(default_factory=list, sa_type=sa.JSON())
     categories: list[str] = Field(default_factory=list, sa_type=sa.JSON())
     link: str | None = Field(default=None, sa_type=sa.Text())  # a non-arXiv paper's page
+    # brought by a source that counts upvotes (Hugging Face): only then do upvotes mean anything
+    has_upvotes: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     version: int | None = None  # the arXiv version last seen
     sources: list[str] = Field(
         default_factory=list, sa_type=sa.JSON(), sa_column_kwargs={"server_default": "[]"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
@@ -98,12 +98,14 @@ def fetch_and_store(
     Each day's response is validated whole before anything is written: a broken day stores
     nothing, the other days are stored, and then PartialFetchError names the bad day(s). The
     attempt and its outcome (start and end read from `clock`) are recorded either way. The
-    source gets the start of its last good fetch (`since`, for catch-up) and the validators of
-    its conditional GET, which a good fetch stores for next time.
+    source gets the start of its last good fetch from the same location (`since`, for catch-up)
+    and the validators of its conditional GET, which a good fetch stores for next time.
     """
     started = clock()
     with session_scope(engine) as s:
         good = store.last_good_fetch(s, source=name)
+    if good is not None and good.feed_url != feed_url:
+        good = None  # the source now reads elsewhere (url or categories changed): start afresh
     since = good.started_at if good is not None else None
     before = Validators(good.etag, good.last_modified) if good is not None else None
     try:
@@ -173,7 +175,12 @@ class FetchReport:
         """One error naming every failed source and why, or None when all of them worked."""
         if not self.failed:
             return None
-        return FetchError("; ".join(f"source {f.name}: {f.error}" for f in self.failed))
+        return FetchError(
+            "; ".join(
+                f"source {f.name}: {str(f.error).removeprefix(f'source {f.name!r}: ')}"
+                for f in self.failed
+            )
+        )
 
 
 def fetch_sources(
@@ -342,6 +349,12 @@ class PlanSummary:
     off: int = 0  # subscribers with frequency = "off": nothing planned
     suppressed: int = 0  # subscribers who unsubscribed: nothing planned
 
+    def plus(self, other: PlanSummary) -> PlanSummary:
+        """Both runs' counts added up."""
+        return PlanSummary(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(PlanSummary))
+        )
+
 
 def unread_days(
     engine: Engine,
@@ -351,34 +364,41 @@ def unread_days(
     as_of: datetime,
     lookback: int,
     day: date | None = None,
-) -> tuple[date, ...]:
-    """THE feed rule (README "When a source fails"): the days a source failed to give
-    (`failed_days`, per source name) inside the windows of the digests these recipients would
-    get planned now, counting for each recipient only the sources they follow. Empty: plan
-    from what is stored.
+) -> dict[str, tuple[date, ...]]:
+    """THE feed rule (README "When a source fails"): for each recipient whose digest would be
+    planned now, the days a source they follow failed to give (`failed_days`, per source name)
+    that lie inside that digest's window; keyed by address_key, only recipients with such days.
+    The others are planned from what is stored, as usual.
 
-    Otherwise `send` exits 1 naming these days, and the daemon holds the digests up to FEED_WAIT,
-    then plans them with a note naming the days (an empty one is skipped, never mailed).
-    A day counts as inside a window when any of its UTC hours is.
+    `send` plans and sends the others and exits 1 naming these days; the daemon holds these
+    recipients' digests up to FEED_WAIT, then plans them with a note naming the days (an empty
+    one is skipped, never mailed). A day counts as inside a window when any of its UTC hours is.
     """
     failed = {name: frozenset(days) for name, days in failed_days.items() if days}
     if not failed:
-        return ()
+        return {}
     with session_scope(engine) as s:
         todo, freq, windows, prev = planning.to_plan(
             s, recipients, as_of=as_of, lookback=lookback, day=day, skip_existing=True
         )
-    unread: set[date] = set()
+    out: dict[str, tuple[date, ...]] = {}
     for r, _ in todo:
         follows = r.spec.sources
         days = set().union(*(d for name, d in failed.items() if not follows or name in follows))
         start = windows[freq[r.id]].start_of(prev.get(r.id))
-        unread.update(
+        inside = sorted(
             d
             for d in days
             if schedule.day_start(d) < as_of and start < schedule.day_start(d + timedelta(days=1))
         )
-    return tuple(sorted(unread))
+        if inside:
+            out[address_key(r.spec.email)] = tuple(inside)
+    return out
+
+
+def days_of(unread: Mapping[str, Sequence[date]]) -> str:
+    """The days of `unread_days`, once each, oldest first: "2026-03-02, 2026-03-03"."""
+    return ", ".join(d.isoformat() for d in sorted({d for days in unread.values() for d in days}))
 
 
 def plan_digests(
@@ -436,6 +456,7 @@ class SendSummary:
     plan: PlanSummary
     report: DeliveryReport
     waiting: outbox.Waiting  # deferred digests not due yet when the run ended
+    held: FetchError | None = None  # subscribers not planned: a source they follow failed
 
 
 def send(
@@ -463,29 +484,41 @@ def send(
     `on_start` gets the number of digests about to be delivered. `deliver` delivers them
     (workers.Pool: several processes); by default deliver_due here with `backend`. When a
     source failed (`fetch_error`; `failed_days` per source name) for a day inside the windows
-    to plan of subscribers who follow it (the rule: `unread_days`), FetchError names those
-    days and nothing is planned or delivered.
+    to plan of subscribers who follow it (the rule: `unread_days`), those subscribers are not
+    planned (`SendSummary.held` says why) and the others are; when that is everyone, FetchError
+    names the days and nothing is planned or delivered.
     """
     now = clock()
+    chosen = everyone if only is None else only
     bad = unread_days(
         engine,
-        known_recipients(engine, everyone if only is None else only),
+        known_recipients(engine, chosen),
         failed_days=failed_days or {},
         as_of=as_of,
         lookback=lookback,
         day=day,
     )
-    if bad:  # checked before the sync: a refused run writes nothing
-        days = ", ".join(d.isoformat() for d in bad)
-        raise FetchError(
-            f"nothing planned or sent: the digests due now cover {days}, which a source could "
-            f"not give ({fetch_error}); run again once it answers, or use --no-fetch to send "
-            "from the papers already stored"
+    held: FetchError | None = None
+    if bad:
+        days = days_of(bad)
+        if len(bad) == len({address_key(sp.email) for sp in chosen}):
+            # checked before the sync: a run refused for everyone writes nothing
+            raise FetchError(
+                f"nothing planned or sent: the digests due now cover {days}, which a source "
+                f"could not give ({fetch_error}); run again once it answers, or use --no-fetch "
+                "to send from the papers already stored"
+            )
+        held = FetchError(
+            f"{len(bad)} subscriber(s) not planned: their digests cover {days}, which a source "
+            f"they follow could not give ({fetch_error}); run again once it answers, or use "
+            "--no-fetch to send from the papers already stored"
         )
     recipients = sync_subscribers(engine, everyone, now=now)
     if only is not None:
-        chosen = {address_key(sp.email) for sp in only}
-        recipients = [r for r in recipients if address_key(r.spec.email) in chosen]
+        picked = {address_key(sp.email) for sp in only}
+        recipients = [r for r in recipients if address_key(r.spec.email) in picked]
+    ids = [r.id for r in recipients] if only is not None else None
+    recipients = [r for r in recipients if address_key(r.spec.email) not in bad]
     plan = plan_digests(
         engine,
         recipients,
@@ -495,7 +528,6 @@ def send(
         from_addr=mail.from_addr,
         now=now,
     )
-    ids = [r.id for r in recipients] if only is not None else None
     due = count_due(engine, now=clock(), subscriber_ids=ids)
     if on_start is not None:
         on_start(due)
@@ -515,7 +547,7 @@ def send(
     log_run_summary(plan, report, seconds=(clock() - now).total_seconds())
     with session_scope(engine) as s:
         waiting = outbox.waiting_for_retry(s, now=clock(), subscriber_ids=ids)
-    return SendSummary(plan=plan, report=report, waiting=waiting)
+    return SendSummary(plan=plan, report=report, waiting=waiting, held=held)
 
 
 def log_run_summary(
@@ -569,7 +601,7 @@ class DryRunRow:
 class DryRun:
     rows: tuple[DryRunRow, ...]
     existing: int  # subscribers that already have their digest for the period
-    fetched: int | None  # papers in the feed response (None: not fetched)
+    fetched: int | None  # distinct papers the sources gave (None: not fetched)
     off: int = 0  # subscribers with frequency = "off"
     suppressed: int = 0  # subscribers who unsubscribed: nothing would be planned
 
@@ -612,7 +644,9 @@ def dry_run(
         existing=len(recipients) - off - suppressed - len(rows),
         off=off,
         suppressed=suppressed,
-        fetched=None if fetched is None else sum(len(papers) for _, papers in fetched),
+        fetched=None
+        if fetched is None
+        else len({p.arxiv_id for _, papers in fetched for p in papers}),
     )
 
 

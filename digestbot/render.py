@@ -114,6 +114,9 @@ class PaperView:
     """The names of the sources that brought the paper (shown when a digest mixes sources)."""
     link: str | None = None
     """A non-arXiv paper's page. A paper whose key is an arXiv id links to arxiv.org instead."""
+    on_hf: bool = True
+    """Hugging Face featured it, so it has a Hugging Face paper page (the main link); else an
+    arXiv paper's main link is its arXiv abstract page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +481,7 @@ def paper_context(
     link_url = None
     if arxiv_id(shown_id) is not None:
         quoted = quote(shown_id, safe="./-")
-        paper_url: str | None = f"https://huggingface.co/papers/{quoted}"
+        paper_url: str | None = f"https://huggingface.co/papers/{quoted}" if paper.on_hf else None
         abs_url: str | None = f"https://arxiv.org/abs/{quoted}"
         pdf_url: str | None = f"https://arxiv.org/pdf/{quoted}"
     else:

@@ -36,7 +36,8 @@ from digestbot.sources.base import FetchedPaper, Validators
 CHUNK = 500
 # Fields a later sighting may change, when the source gives them (None or empty: it does not
 # have that field, and another source's value stays). Title, abstract and authors are kept as
-# first seen; a newer arXiv version replaces them (_REVISED).
+# first seen; a newer arXiv version replaces them (_REVISED). Categories are pooled (the first
+# source's first) and the first link is kept, so a journal feed cannot replace arXiv's.
 _MERGED = (
     "upvotes",
     "num_comments",
@@ -45,8 +46,6 @@ _MERGED = (
     "project_page",
     "ai_summary",
     "ai_keywords",
-    "categories",
-    "link",
 )
 _REVISED = ("title", "summary", "authors", "version")
 
@@ -152,8 +151,15 @@ def _merge(row: Paper, fetched: FetchedPaper, source: str) -> bool:
         if value is None or value == ():
             continue
         put(name, list(value) if isinstance(value, tuple) else value)
+    pooled = list(dict.fromkeys([*row.categories, *fetched.categories]))
+    if pooled != row.categories:
+        put("categories", pooled)
+    if fetched.link and not row.link:
+        put("link", fetched.link)
     if fetched.version is not None and (row.version or 0) < fetched.version:
         put("version", fetched.version)
+    if fetched.upvotes is not None and not row.has_upvotes:
+        put("has_upvotes", True)
     if fetched.featured_at < row.featured_at:
         put("featured_at", fetched.featured_at)
     if source not in row.sources:
@@ -179,6 +185,7 @@ def _paper_values(p: FetchedPaper, now: datetime, source: str) -> dict[str, Any]
         "categories": list(p.categories),
         "link": p.link,
         "version": p.version,
+        "has_upvotes": p.upvotes is not None,
         "sources": [source],
         "first_seen_at": now,
         "updated_at": now,

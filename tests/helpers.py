@@ -295,6 +295,7 @@ class Paper:
     categories: tuple[str, ...] = ()
     upvotes: int = 0
     sources: tuple[str, ...] = ()
+    has_upvotes: bool = True
 
 
 def fixture_dir() -> Path:

@@ -412,6 +412,7 @@ def test_evidence_names_matched_authors_and_feed_keywords() -> None:
 
     paper = SimpleNamespace(
         sources=(),
+        has_upvotes=True,
         arxiv_id="2305.10601",
         title="Complexity-Based Prompting",
         summary="Chain of thought.",
@@ -488,6 +489,7 @@ def test_a_paper_without_sources_matches_no_source_query() -> None:
 
     paper = SimpleNamespace(
         sources=(),
+        has_upvotes=True,
         arxiv_id="1",
         title="Diffusion",
         summary="",

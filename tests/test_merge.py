@@ -12,11 +12,29 @@ from datetime import UTC, date, datetime, time
 import sqlalchemy as sa
 from sqlmodel import select
 
-from digestbot import pipeline, store
+from digestbot import app, pipeline, store
 from digestbot.db import open_database, session_scope
+from digestbot.errors import FetchError
+from digestbot.mail.backends import Envelope
+from digestbot.mail.ratelimit import RateLimiter
 from digestbot.models import Paper, PaperSource
+from digestbot.outbox import RetryPolicy
+from digestbot.settings import load_settings
 from digestbot.sources.base import FetchedPaper
 from digestbot.subscribers import SubscriberSpec
+
+
+class Keep:
+    """A mail backend that keeps each recipient it is handed."""
+
+    def __init__(self) -> None:
+        self.to: list[str] = []
+
+    def send(self, envelope: Envelope) -> None:
+        self.to.append(envelope.recipient)
+
+    def close(self) -> None:
+        pass
 
 
 def at(day: str, hour: int = 12) -> datetime:
@@ -201,18 +219,102 @@ def test_trending_takes_only_papers_with_upvotes(db_url: str) -> None:
 
 
 def test_a_failed_source_holds_only_the_subscribers_who_follow_it(db_url: str) -> None:
-    """When arXiv failed today, the rule holds the digests of arXiv's followers (and of those who
-    follow every source) and not those of HF-only subscribers."""
+    """When arXiv failed today, the rule holds the digest of the subscriber who follows every
+    source (naming the day) and not that of the HF-only subscriber."""
     engine = open_database(db_url)
     now = at("2026-03-02", 23)
     specs = [person("hf@example.org", sources=("hf",)), person("all@example.org")]
     recipients = pipeline.known_recipients(engine, specs)
     failed = {"arxiv-ml": (date(2026, 3, 2),)}
-    assert (
-        pipeline.unread_days(engine, recipients[:1], failed_days=failed, as_of=now, lookback=0)
-        == ()
+    held = pipeline.unread_days(engine, recipients, failed_days=failed, as_of=now, lookback=0)
+    assert held == {"all@example.org": (date(2026, 3, 2),)}
+    engine.dispose()
+
+
+def test_a_feed_cannot_replace_arxiv_categories_or_link(db_url: str) -> None:
+    """A journal feed carrying an arXiv paper adds its categories after arXiv's and keeps the
+    first link, so `category:cs.LG` still matches and the stored link stays."""
+    engine = open_database(db_url)
+    put(engine, "arxiv-ml", [arxiv_paper("2303.00010", "2026-03-02")], "2026-03-02")
+    journal = arxiv_paper(
+        "2303.00010",
+        "2026-03-03",
+        categories=("Neuroscience",),
+        link="https://j.example/1",
+        version=None,
     )
-    assert pipeline.unread_days(
-        engine, recipients[1:], failed_days=failed, as_of=now, lookback=0
-    ) == (date(2026, 3, 2),)
+    put(engine, "journal", [journal], "2026-03-03")
+    later = arxiv_paper("2303.00010", "2026-03-04", link="https://j.example/2", version=None)
+    put(engine, "journal", [later], "2026-03-04")
+    with session_scope(engine) as s:
+        row = s.get(Paper, "2303.00010")
+        assert row is not None
+        assert row.categories == ["cs.LG", "cs.CV", "Neuroscience"]
+        assert row.link == "https://j.example/1"
+    engine.dispose()
+
+
+def test_min_upvotes_holds_back_only_papers_that_have_upvotes(db_url: str) -> None:
+    """With min_upvotes = 5, an arXiv-only paper (no upvotes) is still mailed, an HF paper with
+    2 upvotes is not, and one with 9 is."""
+    engine = open_database(db_url)
+    put(engine, "arxiv-ml", [arxiv_paper("2303.00020", "2026-03-02")], "2026-03-02")
+    put(
+        engine,
+        "hf",
+        [
+            hf_paper("2303.00021", "2026-03-02", upvotes=2),
+            hf_paper("2303.00022", "2026-03-02", upvotes=9),
+        ],
+        "2026-03-02",
+    )
+    got = plan(engine, [person("m@example.org", min_upvotes=5)], "2026-03-02")
+    assert sorted(got["m@example.org"]) == ["2303.00020", "2303.00022"]
+    engine.dispose()
+
+
+def test_an_hf_sighting_gives_an_arxiv_paper_its_upvotes(db_url: str) -> None:
+    """A paper arXiv brought first and HF featured later has upvotes from then on (min_upvotes
+    and trending apply to it)."""
+    engine = open_database(db_url)
+    put(engine, "arxiv-ml", [arxiv_paper("2303.00030", "2026-03-02")], "2026-03-02")
+    with session_scope(engine) as s:
+        assert s.get(Paper, "2303.00030").has_upvotes is False  # type: ignore[union-attr]
+    put(engine, "hf", [hf_paper("2303.00030", "2026-03-03", upvotes=3)], "2026-03-03")
+    with session_scope(engine) as s:
+        row = s.get(Paper, "2303.00030")
+        assert row is not None and row.has_upvotes and row.upvotes == 3
+    engine.dispose()
+
+
+def test_subscribers_of_working_sources_are_planned_when_another_source_fails(
+    db_url: str,
+) -> None:
+    """When arXiv failed today, `send` plans and mails the HF-only subscriber and holds the one
+    who follows every source, saying so (not a refusal for everyone)."""
+
+    engine = open_database(db_url)
+    put(engine, "hf", [hf_paper("2303.00040", "2026-03-02")], "2026-03-02")
+    settings = load_settings(environ={"DIGESTBOT_DATABASE_URL": db_url}, env_file=None)
+    backend = Keep()
+    people = [person("hf@example.org", sources=("hf",)), person("all@example.org")]
+    now = at("2026-03-02", 23)
+    done = pipeline.send(
+        engine,
+        people,
+        only=None,
+        backend=backend,
+        mail=app.mail_context(settings),
+        policy=RetryPolicy(initial=60, maximum=600, give_up=3600),
+        limiter=RateLimiter(None),
+        as_of=now,
+        day=date(2026, 3, 2),
+        lookback=0,
+        clock=lambda: now,
+        fetch_error=FetchError("source arxiv-ml: unreachable"),
+        failed_days={"arxiv-ml": (date(2026, 3, 2),)},
+    )
+    assert backend.to == ["hf@example.org"]
+    assert done.held is not None and "1 subscriber(s) not planned" in str(done.held)
+    assert "2026-03-02" in str(done.held)
     engine.dispose()

@@ -208,3 +208,35 @@ def test_send_mails_each_paper_once_whatever_brought_it(cli_dir) -> None:  # typ
     links = [line for line in text.splitlines() if "arxiv.org/abs/" in line]
     ids = [link.split("arxiv.org/abs/")[1].split()[0].strip("<>)") for link in links]
     assert ids and len(ids) == len(set(ids)), ids
+
+
+def test_a_moved_source_is_fetched_afresh_not_with_the_old_validators(setup) -> None:  # type: ignore[no-untyped-def]
+    """After a source's url changes (new categories), its first fetch sends no If-None-Match
+    from the old address, so the new listing is read whole."""
+    server, settings, engine = setup
+    server.route("/rss/" + CATS, rss("2026-03-02"))
+    fetch_all(server, settings, engine, "2026-03-02")
+    server.route("/rss/cs.CL", rss("2026-03-02"))
+    text = config_text(server).replace("/rss/" + CATS, "/rss/cs.CL")
+    config = parse_config(text, source="subscribers.toml")
+    clock = Clock()
+    pacer = Pacer(3.0, sleep=clock.sleep, monotonic=clock.monotonic)
+    [moved] = app.make_sources(settings, config.sources[1:], pacer=pacer)
+    when = datetime(2026, 3, 2, 7, tzinfo=UTC)
+    pipeline.fetch_sources(engine, [moved], today=date(2026, 3, 2), lookback=0, clock=lambda: when)
+    [asked] = [r for r in server.requests if r.path == "/rss/cs.CL"]
+    assert "if-none-match" not in asked.headers
+
+
+def test_check_refuses_a_source_path_that_does_not_exist(cli_dir) -> None:  # type: ignore[no-untyped-def]
+    """`digestbot check` exits 2 naming the file, line and field of a source whose saved
+    file is missing, as `send` would."""
+    _, folder = cli_dir
+    (folder / "subscribers.toml").write_text(
+        '[[sources]]\nname = "j"\nkind = "feed"\nurl = "missing/feed.xml"\n\n'
+        '[[subscribers]]\nemail = "ada@example.org"\nkeywords = ["x"]\n'
+    )
+    for command in (["check"], ["send", "--dry-run"]):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert "subscribers.toml:1" in result.output and "sources[1].url" in result.output

@@ -1168,6 +1168,19 @@ def test_a_paper_without_an_arxiv_id_links_to_its_own_page() -> None:
     assert "Paper:" not in bare.text and "<a href" not in bare.html.split("A title")[0][-300:]
 
 
+def test_an_arxiv_paper_hugging_face_never_featured_links_to_arxiv() -> None:
+    """A paper only arXiv (or a feed) brought has no Hugging Face page link: its title and
+    first link go to its arXiv abstract, with the PDF beside it."""
+    out = Renderer().render(_view(_paper(arxiv_id="2603.00901", on_hf=False)))
+    assert "huggingface.co" not in out.text and "huggingface.co" not in out.html
+    assert "arXiv:   https://arxiv.org/abs/2603.00901" in out.text
+    assert "PDF:     https://arxiv.org/pdf/2603.00901" in out.text
+    assert (
+        '<a href="https://arxiv.org/abs/2603.00901" style="color:#1d4ed8;text-decoration:none;">'
+        in out.html
+    )
+
+
 @given(
     st.text(alphabet=st.sampled_from(["a", "é", " ", "\t", "\n", "\r", "\x0c", "\u2028", "\xa0"]))
 )

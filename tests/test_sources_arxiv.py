@@ -605,3 +605,25 @@ def test_a_listing_is_a_weekday_within_five_days_after_submission(submitted: dat
     local = got.astimezone(ZoneInfo("America/New_York"))
     assert local.weekday() < 5 and local.hour == 0
     assert submitted < got <= submitted + LISTING_LAG
+
+
+def test_a_paper_announced_and_revised_in_one_window_is_one_new_paper_at_its_newest_version() -> (
+    None
+):
+    """2303.09730 is announced on 2026-03-02 (v1) and replaced on 2026-03-03 (v2): fetching both
+    days gives it once, as a new paper (so it is stored) dated by its announcement, at v2."""
+    arxiv = ArxivSource(
+        name="offline",
+        categories=("cs.CV",),
+        url=str(ARXIV / "rss"),
+        api_url=None,
+        client=None,
+        pacer=Pacer(0),
+    )
+    result = arxiv.fetch_days(today=date(2026, 3, 3), lookback=1)
+    [paper] = [p for p in result.papers if p.arxiv_id == "2303.09730"]
+    assert not paper.revision and paper.version == 2
+    assert paper.featured_at.date() == date(2026, 3, 2)
+    alone = arxiv.fetch_days(today=date(2026, 3, 3), lookback=0)
+    [again] = [p for p in alone.papers if p.arxiv_id == "2303.09730"]
+    assert again.revision and again.version == 2  # only the replacement: an update, not news

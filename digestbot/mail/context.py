@@ -120,6 +120,7 @@ def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
         # Paper.link, from the several-sources change; read this way until both branches meet).
         sources=tuple(paper.sources),
         link=paper.link,
+        on_hf=paper.has_upvotes,
     )
 
 

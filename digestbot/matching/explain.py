@@ -130,7 +130,7 @@ def explain(flt: CompiledFilter, paper: PaperDoc) -> Match | None:
     if not flt.positive:
         return None
     upvotes = paper.upvotes or 0
-    if upvotes < flt.min_upvotes:
+    if paper.has_upvotes and upvotes < flt.min_upvotes:
         return None
     a = _analyze_cached(
         paper.title,

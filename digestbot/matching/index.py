@@ -153,6 +153,7 @@ class PaperIndex:
         self.n = len(papers)
         self.all = (1 << self.n) - 1
         self.upvotes = [p.upvotes or 0 for p in papers]
+        self.rated = [p.has_upvotes for p in papers]
         self.arxiv_ids = [p.arxiv_id for p in papers]
         self.fields = {
             "title": _Field([list(tokenize(p.title or "")) for p in papers]),
@@ -268,7 +269,7 @@ class PaperIndex:
     def _upvote_mask_of(self, threshold: int) -> int:
         got = 0
         for i, u in enumerate(self.upvotes):
-            if u >= threshold:
+            if u >= threshold or not self.rated[i]:
                 got |= 1 << i
         return got
 

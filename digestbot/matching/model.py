@@ -12,7 +12,9 @@ class PaperDoc(Protocol):
     """What matching needs of a paper (a stored row satisfies it).
 
     Read-only members, so a row whose `authors` is a list satisfies `Sequence[str]` too.
-    `sources` are the names of the sources that brought the paper (what `source:NAME` matches).
+    `sources` are the names of the sources that brought the paper (what `source:NAME` matches);
+    `has_upvotes` says whether a source that counts upvotes (Hugging Face) brought it: a paper
+    without upvotes is never held back by a `min_upvotes` floor.
     """
 
     @property
@@ -31,6 +33,8 @@ class PaperDoc(Protocol):
     def upvotes(self) -> int: ...
     @property
     def sources(self) -> Sequence[str]: ...
+    @property
+    def has_upvotes(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as day_time
 from pathlib import Path
@@ -303,11 +303,29 @@ def _categories(entry: Any) -> tuple[str, ...]:
 
 
 def _dedupe(papers: Iterable[FetchedPaper]) -> list[FetchedPaper]:
-    """One paper per arXiv id; the first seen wins."""
+    """One paper per arXiv id, in first-seen order. When the same paper is both announced (new,
+    cross, or caught up through the API) and revised (replace) in one window, it is a new paper
+    (so it is stored) carrying the newest version's title, abstract, authors and version; its
+    featured time is the announcement's."""
     seen: dict[str, FetchedPaper] = {}
     for paper in papers:
-        seen.setdefault(paper.arxiv_id, paper)
+        have = seen.get(paper.arxiv_id)
+        seen[paper.arxiv_id] = paper if have is None else _combine(have, paper)
     return list(seen.values())
+
+
+def _combine(a: FetchedPaper, b: FetchedPaper) -> FetchedPaper:
+    announced = [p for p in (a, b) if not p.revision]
+    base = min(announced, key=lambda p: p.featured_at) if announced else a
+    newest = max((a, b), key=lambda p: p.version or 0)
+    return replace(
+        base,
+        title=newest.title,
+        summary=newest.summary,
+        authors=newest.authors,
+        version=newest.version,
+        categories=newest.categories or base.categories,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ def upgrade() -> None:
     # digest_items refers to it (foreign keys are on).
     op.add_column("papers", sa.Column("link", sa.Text(), nullable=True))
     op.add_column("papers", sa.Column("version", sa.Integer(), nullable=True))
+    op.add_column(
+        "papers",
+        sa.Column("has_upvotes", sa.Boolean(), server_default=sa.true(), nullable=False),
+    )
     op.add_column("papers", sa.Column("sources", sa.JSON(), server_default="[]", nullable=False))
     op.execute(sa.text("""UPDATE papers SET sources = '["hf"]'"""))
 
@@ -77,5 +81,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_paper_sources_featured_at"))
     op.drop_table("paper_sources")
     op.drop_column("papers", "sources")
+    op.drop_column("papers", "has_upvotes")
     op.drop_column("papers", "version")
     op.drop_column("papers", "link")
