@@ -225,7 +225,13 @@ def test_daemon_delivers_with_its_worker_processes(tmp_path: Path, slow_smtp: SM
     settings = load_settings(env, env_file=None)
     engine = app.database(settings)
     try:
-        daemon = Daemon(settings=settings, engine=engine, specs=[], delivery=app.delivery(settings))
+        daemon = Daemon(
+            settings=settings,
+            engine=engine,
+            specs=[],
+            delivery=app.delivery(settings),
+            sources=[],
+        )
         report = daemon.deliver()
     finally:
         engine.dispose()
