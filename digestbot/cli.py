@@ -560,7 +560,8 @@ def run() -> None:
     """Run the background daemon: fetch on an interval and send each digest at its local time.
 
     Each subscriber gets one digest a day at their send_at in their timezone; after downtime the
-    missed days are coalesced into one digest. Only one daemon runs per database. SIGTERM or
+    missed days are coalesced into one digest. Several daemons may share a database: one fetches
+    and plans, all deliver. SIGTERM or
     SIGINT stops it cleanly after the message in hand; SIGHUP reloads the subscribers file.
 
     Example: digestbot run

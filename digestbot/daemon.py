@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 
 from digestbot import app, pipeline, schedule, store, workers
 from digestbot.addresses import address_key
-from digestbot.db import daemon_lock, session_scope
+from digestbot.db import PlannerLock, session_scope
 from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
 from digestbot.settings import Settings
 from digestbot.subscribers import SubscriberSpec
@@ -98,6 +98,8 @@ class Daemon:
         self._due_since: dict[tuple[GroupKey, str], datetime] = {}  # held back by a feed outage
         self._scheduler: BlockingScheduler | None = None
         self._specs: Sequence[SubscriberSpec] | None = specs  # synced to the database on first use
+        # run_forever's lock: only its holder fetches and plans (None: this daemon always does)
+        self._planner: PlannerLock | None = None
         self._groups: dict[GroupKey, list[pipeline.Recipient]] = {}
 
     # -- subscribers ------------------------------------------------------------------------
@@ -167,13 +169,27 @@ class Daemon:
         )
 
     # -- jobs -------------------------------------------------------------------------------
+    def _leading(self) -> bool:
+        """Whether this daemon fetches and plans: it holds the planner lock, or takes it now
+        (the daemon that held it stopped). The others only deliver."""
+        planner = self._planner
+        if planner is None or planner.held:
+            return True
+        if not planner.try_acquire():
+            return False
+        log.info("this daemon now fetches and plans for the database (the one before it stopped)")
+        return True
+
     def fetch(self) -> bool:
         """Fetch and store every source; after downtime, every day since its last good fetch.
 
         Returns whether every source gave every day; a failure is logged with the source's name
         and location and remembered (which days failed, per source) for the hold in `tick`,
-        never raised. One source failing does not stop the others.
+        never raised. One source failing does not stop the others. A daemon that does not hold
+        the planner lock does not fetch (the one that does fetches for the database).
         """
+        if not self._leading():
+            return True
         now = self.clock()
         today = now.date()
         try:
@@ -246,11 +262,12 @@ class Daemon:
         return lookback
 
     def tick(self) -> None:
-        """Plan the digests that are due by local time, then deliver everything due."""
+        """Plan the digests that are due by local time (the planning daemon only), then deliver
+        everything due (every daemon: they share the outbox claims)."""
         now = self.clock()
         due: list[pipeline.Recipient] = []
         keys = []
-        groups = self._people()
+        groups = self._people() if self._leading() else []
         for group, recipients in groups:
             spec = recipients[0].spec
             key = (group, schedule.local_period(spec, now))
@@ -420,41 +437,54 @@ class Daemon:
             self._shutdown_scheduler()
 
     def run_forever(self) -> None:
-        """Hold the one-daemon lock and run the scheduler until SIGTERM or SIGINT."""
-        with daemon_lock(self.engine):
-            self._people()  # sync the subscribers only once this is the one daemon
-            executor = ThreadPoolExecutor(max_workers=1)
-            scheduler = BlockingScheduler(
-                timezone=UTC,
-                executors={"default": executor},
-                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            )
-            scheduler.add_listener(self._on_started, EVENT_SCHEDULER_STARTED)
-            self._scheduler = scheduler
-            now = self.clock()
-            scheduler.add_job(
-                self.fetch,
-                IntervalTrigger(minutes=self.settings.fetch_interval_minutes),
-                id="fetch",
-                next_run_time=now,
-            )
-            scheduler.add_job(self.tick, IntervalTrigger(seconds=60), id="tick", next_run_time=now)
-            previous = {
-                sig: signal.signal(sig, self._on_signal)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-            }
+        """Run the scheduler until SIGTERM or SIGINT; fetch and plan while holding the planner
+        lock (one daemon per database does), deliver in any case."""
+        self._planner = PlannerLock(self.engine)
+        try:
+            self._run()
+        finally:
+            self._planner.release()
+
+    def _run(self) -> None:
+        if self._leading():
+            self._people()  # sync the subscribers only in the daemon that plans
+        else:
             log.info(
-                "digestbot daemon started (fetch every %d min)",
-                self.settings.fetch_interval_minutes,
+                "another digestbot daemon fetches and plans for this database; this one "
+                "delivers with it and takes over if it stops"
             )
-            try:
-                if not self.stop_event.is_set():
-                    scheduler.start()
-            finally:
-                executor.shutdown(wait=True)
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-            log.info("digestbot daemon stopped")
+        executor = ThreadPoolExecutor(max_workers=1)
+        scheduler = BlockingScheduler(
+            timezone=UTC,
+            executors={"default": executor},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        scheduler.add_listener(self._on_started, EVENT_SCHEDULER_STARTED)
+        self._scheduler = scheduler
+        now = self.clock()
+        scheduler.add_job(
+            self.fetch,
+            IntervalTrigger(minutes=self.settings.fetch_interval_minutes),
+            id="fetch",
+            next_run_time=now,
+        )
+        scheduler.add_job(self.tick, IntervalTrigger(seconds=60), id="tick", next_run_time=now)
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        log.info(
+            "digestbot daemon started (fetch every %d min)",
+            self.settings.fetch_interval_minutes,
+        )
+        try:
+            if not self.stop_event.is_set():
+                scheduler.start()
+        finally:
+            executor.shutdown(wait=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("digestbot daemon stopped")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:

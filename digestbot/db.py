@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlmodel import Session
 
-from digestbot.errors import ConfigError, DatabaseError, LockError, NoDatabaseError
+from digestbot.errors import ConfigError, DatabaseError, NoDatabaseError
 from digestbot.resources import migrations_dir
 from digestbot.text import snippet
 
@@ -285,44 +285,70 @@ def _quiet_rollback(session: Session) -> None:
         pass  # the connection is already unusable; the original error is what matters
 
 
-@contextlib.contextmanager
-def daemon_lock(engine: Engine) -> Iterator[None]:
-    """Hold the one-daemon-per-database lock: a file lock beside SQLite, an advisory lock on PostgreSQL."""
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
+class PlannerLock:
+    """The one-planner-per-database lock of the daemon, taken without waiting and held until
+    released: a file lock beside SQLite, an advisory lock on PostgreSQL (which counts for every
+    host, and is dropped by the server when the holder's connection ends).
+
+    The daemon that holds it fetches and plans; every other daemon on the database only
+    delivers, and tries again to take it each minute, so it takes over when the holder stops.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: sa.Connection | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None or self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; whether this process holds it now."""
+        if self.held:
+            return True
+        if self.engine.dialect.name == "postgresql":
+            conn = self.engine.connect()
             got = conn.execute(
                 sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_DAEMON_LOCK}
             ).scalar()
             conn.commit()
-            if not got:
-                raise LockError("another digestbot daemon is already running against this database")
-            try:
-                yield
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_DAEMON_LOCK})
-                conn.commit()
-        return
-    database = engine.url.database or "digestbot"
-    lock_path = (
-        Path(f"{database}.daemon.lock") if database != ":memory:" else Path("digestbot.daemon.lock")
-    )
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise DatabaseError(
-            f"cannot create the daemon lock file {lock_path} beside the database: "
-            f"{_os_reason(exc)}; make its folder writable for this user, or set "
-            "DIGESTBOT_DATABASE_URL to a writable place"
-        ) from None
-    try:
+            if got:
+                self._conn = conn
+            else:
+                conn.close()
+            return bool(got)
+        database = self.engine.url.database or "digestbot"
+        lock_path = Path(
+            f"{database}.daemon.lock" if database != ":memory:" else "digestbot.daemon.lock"
+        )
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the daemon lock file {lock_path} beside the database: "
+                f"{_os_reason(exc)}; make its folder writable for this user, or set "
+                "DIGESTBOT_DATABASE_URL to a writable place"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise LockError(
-                f"another digestbot daemon is already running (lock held on {lock_path})"
-            ) from exc
+        except BlockingIOError:
+            os.close(fd)
+            return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give the lock back (nothing when not held)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_DAEMON_LOCK})
+                conn.commit()
+            finally:
+                conn.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

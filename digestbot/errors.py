@@ -114,7 +114,3 @@ class NoDatabaseError(DatabaseError):
 
 class TemplateError(ConfigError):
     """A digest template does not compile or fails to render; names the file and line (exit 2)."""
-
-
-class LockError(DigestbotError):
-    """Another digestbot daemon already holds the run lock."""
