@@ -308,10 +308,10 @@ def _pipelined_sendmail(conn: smtplib.SMTP, envelope: Envelope) -> None:
     mail_code, mail_text = conn.getreply()
     rcpt_code, rcpt_text = conn.getreply()
     data_code, data_text = conn.getreply()
-    if data_code == 354:  # accepted despite an earlier refusal: end it with an empty message
-        if mail_code != 250 or rcpt_code not in (250, 251):
-            conn.send(b".\r\n")
-            conn.getreply()
+    refused = mail_code != 250 or rcpt_code not in (250, 251)
+    if data_code == 354 and refused:  # DATA accepted after a refusal: end it with no message
+        conn.send(b".\r\n")
+        conn.getreply()
     if mail_code != 250:
         raise smtplib.SMTPSenderRefused(mail_code, mail_text, envelope.sender)
     if rcpt_code not in (250, 251):
