@@ -9,17 +9,21 @@ digest per (subscriber, period) and one item per (subscriber, paper).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
+from digestbot.db import database_error
 from digestbot.matching import Match
 from digestbot.models import (
     DeliveryHealth,
@@ -35,7 +39,6 @@ from digestbot.store import (
     chunks,
     dialect_insert,
     papers_by_id,
-    subscriber_records,
     suppressed_subscriber_ids,
 )
 
@@ -228,6 +231,19 @@ def already_held(
 
 
 @dataclass(frozen=True, slots=True)
+class StoredItem:
+    """One stored paper of a digest, as delivery reads it (what digest_view needs of a DigestItem)."""
+
+    arxiv_id: str
+    section: str
+    position: int
+    upvotes: int
+    matched: tuple[str, ...]
+    title_spans: tuple[tuple[int, int], ...]
+    summary_spans: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredDigest:
     """A stored digest with its recipient and items (in digest order), ready to render."""
 
@@ -238,47 +254,132 @@ class StoredDigest:
     message_id: str
     more_count: int
     attempts: int  # delivery attempts before this run's (more than 0: this send is a retry)
-    items: tuple[DigestItem, ...]  # the matched section
-    trending: tuple[DigestItem, ...] = ()  # the "Trending" section
+    items: tuple[StoredItem, ...]  # the matched section
+    trending: tuple[StoredItem, ...] = ()  # the "Trending" section
     frequency: str = "daily"
     window_start: datetime | None = None
     window_end: datetime | None = None
 
 
+def _spans(value: object) -> tuple[tuple[int, int], ...]:
+    return tuple((int(a), int(b)) for a, b in value or ())  # type: ignore[attr-defined]
+
+
 def load_digests(
-    session: Session, ids: Sequence[int]
+    db: Session | sa.Connection,
+    ids: Sequence[int],
+    *,
+    known: Mapping[str, Paper] | None = None,
 ) -> tuple[dict[int, StoredDigest], dict[str, Paper]]:
-    """The digests `ids` (by id) and every paper they hold (by arXiv id)."""
-    digests = list(session.exec(select(Digest).where(col(Digest.id).in_(list(ids)))))
-    people = subscriber_records(session, [d.subscriber_id for d in digests])
-    items: dict[int, list[DigestItem]] = {i: [] for i in ids}
-    stmt = (
-        select(DigestItem)
-        .where(col(DigestItem.digest_id).in_(list(ids)))
-        .order_by(col(DigestItem.digest_id), col(DigestItem.position))
-    )
-    for it in session.exec(stmt):
-        items[it.digest_id].append(it)
-    papers = papers_by_id(session, [it.arxiv_id for its in items.values() for it in its])
+    """The digests `ids` (by id) and the papers they hold (by arXiv id) that are not in `known`.
+
+    Three Core queries a batch (digests with their subscriber, items, missing papers): a delivery
+    run passes the papers it has read already as `known`, so each paper is read once a run.
+    """
+    digests, people, items_t = table_of(Digest), table_of(Subscriber), table_of(DigestItem)
+    wanted = list(ids)
+    rows = db.execute(
+        sa.select(
+            digests.c.id,
+            people.c.email,
+            people.c.name,
+            digests.c.period,
+            digests.c.message_id,
+            digests.c.more_count,
+            digests.c.attempts,
+            digests.c.frequency,
+            digests.c.window_start,
+            digests.c.window_end,
+        )
+        .join(people, people.c.id == digests.c.subscriber_id)
+        .where(digests.c.id.in_(wanted))
+    ).all()
+    items: dict[int, list[StoredItem]] = {i: [] for i in wanted}
+    for r in db.execute(
+        sa.select(
+            items_t.c.digest_id,
+            items_t.c.arxiv_id,
+            items_t.c.section,
+            items_t.c.position,
+            items_t.c.upvotes,
+            items_t.c.matched,
+            items_t.c.title_spans,
+            items_t.c.summary_spans,
+        )
+        .where(items_t.c.digest_id.in_(wanted))
+        .order_by(items_t.c.digest_id, items_t.c.position)
+    ):
+        items[r.digest_id].append(
+            StoredItem(
+                arxiv_id=r.arxiv_id,
+                section=r.section,
+                position=r.position,
+                upvotes=r.upvotes,
+                matched=tuple(r.matched or ()),
+                title_spans=_spans(r.title_spans),
+                summary_spans=_spans(r.summary_spans),
+            )
+        )
+    have = known or {}
+    missing = {it.arxiv_id for its in items.values() for it in its if it.arxiv_id not in have}
+    papers: dict[str, Paper] = {}
+    if missing:
+        if isinstance(db, Session):
+            papers = papers_by_id(db, missing)
+        else:
+            with Session(bind=db, expire_on_commit=False) as session:
+                papers = papers_by_id(session, missing)
+                session.expunge_all()
     out: dict[int, StoredDigest] = {}
-    for d in digests:
-        assert d.id is not None
-        person = people[d.subscriber_id]
-        out[d.id] = StoredDigest(
-            id=d.id,
-            email=person.email,
-            name=person.name,
-            period=d.period,
-            message_id=d.message_id,
-            more_count=d.more_count,
-            attempts=d.attempts,
-            items=tuple(it for it in items[d.id] if it.section != TRENDING),
-            trending=tuple(it for it in items[d.id] if it.section == TRENDING),
-            frequency=d.frequency,
-            window_start=d.window_start,
-            window_end=d.window_end,
+    for r in rows:
+        its = items[r.id]
+        out[r.id] = StoredDigest(
+            id=r.id,
+            email=r.email,
+            name=r.name,
+            period=r.period,
+            message_id=r.message_id,
+            more_count=r.more_count,
+            attempts=r.attempts,
+            items=tuple(it for it in its if it.section != TRENDING),
+            trending=tuple(it for it in its if it.section == TRENDING),
+            frequency=r.frequency,
+            window_start=r.window_start,
+            window_end=r.window_end,
         )
     return out, papers
+
+
+@contextlib.contextmanager
+def connect(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection kept for a delivery run (errors as db.session_scope's)."""
+    try:
+        conn = engine.connect()
+    except DBAPIError as exc:
+        raise database_error(engine, exc, doing="connect to") from None
+    with conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def session_on(conn: sa.Connection) -> Iterator[Session]:
+    """An ORM session inside the transaction open on `conn` (the rare outcomes that use the ORM);
+    the session's changes are flushed when the block ends, and committed with that transaction."""
+    with Session(bind=conn, expire_on_commit=False) as session:
+        yield session
+        session.flush()
+
+
+@contextlib.contextmanager
+def transaction(conn: sa.Connection) -> Iterator[sa.Connection]:
+    """One transaction on a delivery run's kept connection: committed when the block ends, rolled
+    back on error; a failure of the database itself becomes one DatabaseError line (as
+    db.session_scope). Between blocks the connection holds no transaction and no lock."""
+    try:
+        with conn.begin():
+            yield conn
+    except DBAPIError as exc:
+        raise database_error(conn.engine, exc, doing="read or write") from None
 
 
 def period_state(session: Session, *, subscriber_id: int, period: str) -> str | None:
@@ -390,7 +491,7 @@ def count_due(
 
 
 def claim(
-    session: Session,
+    db: Session | sa.Connection,
     *,
     now: datetime,
     me: str,
@@ -405,45 +506,53 @@ def claim(
     pick = sa.select(col(Digest.id)).where(_due(now)).order_by(col(Digest.id)).limit(limit)
     if subscriber_ids is not None:
         pick = pick.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
-    if session.get_bind().dialect.name == "postgresql":
+    bind = db.get_bind() if isinstance(db, Session) else db
+    if bind.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
-    stmt = (
-        sa.update(Digest)
-        .where(col(Digest.id).in_(pick.scalar_subquery()))
-        .values(state=DigestState.SENDING, claimed_by=me, lease_until=now + LEASE)
-        .returning(col(Digest.id))
-        .execution_options(synchronize_session=False)
-    )
-    return sorted(session.execute(stmt).scalars())
-
-
-def release(session: Session, *, ids: Sequence[int], me: str) -> None:
-    """Give back claimed digests untouched (the run stopped before attempting them)."""
-    for chunk in chunks(list(ids)):
-        for d in session.exec(
-            select(Digest).where(
-                col(Digest.id).in_(chunk),
-                col(Digest.state) == DigestState.SENDING,
-                col(Digest.claimed_by) == me,
-            )
-        ):
-            _release(d)
-            session.add(d)
-
-
-def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> Outcome:
-    """Record that the backend accepted the digest (a Core UPDATE: this runs once per message).
-
-    TAKEN_OVER when another run took the digest back meanwhile (our lease ran out): the row is
-    left to that run.
-    """
     table = table_of(Digest)
-    result = session.connection().execute(
+    stmt = (
+        table.update()
+        .where(table.c.id.in_(pick.scalar_subquery()))
+        .values(state=DigestState.SENDING, claimed_by=me, lease_until=now + LEASE)
+        .returning(table.c.id)
+    )
+    return sorted(db.execute(stmt).scalars())
+
+
+def release(db: Session | sa.Connection, *, ids: Sequence[int], me: str) -> None:
+    """Give back claimed digests untouched (the run stopped before attempting them): planned
+    again, or deferred when an earlier run had attempted them."""
+    table = table_of(Digest)
+    for chunk in chunks(list(ids)):
+        db.execute(
+            table.update()
+            .where(
+                table.c.id.in_(chunk),
+                table.c.state == DigestState.SENDING,
+                table.c.claimed_by == me,
+            )
+            .values(
+                state=sa.case(
+                    (table.c.attempts > 0, sa.literal(DigestState.DEFERRED.value)),
+                    else_=sa.literal(DigestState.PLANNED.value),
+                ),
+                claimed_by=None,
+                lease_until=None,
+            )
+        )
+
+
+@functools.cache
+def _mark_sent_statement() -> sa.Update:
+    """mark_sent's UPDATE, built once (it runs once per message) with bound parameters."""
+    table = table_of(Digest)
+    now = sa.bindparam("now", type_=UTCDateTime())
+    return (
         table.update()
         .where(
-            table.c.id == digest_id,
+            table.c.id == sa.bindparam("digest_id"),
             table.c.state == DigestState.SENDING,
-            table.c.claimed_by == me,
+            table.c.claimed_by == sa.bindparam("me"),
         )
         .values(
             state=DigestState.SENT,
@@ -456,6 +565,16 @@ def mark_sent(session: Session, *, digest_id: int, me: str, now: datetime) -> Ou
             next_attempt_at=None,
         )
     )
+
+
+def mark_sent(db: Session | sa.Connection, *, digest_id: int, me: str, now: datetime) -> Outcome:
+    """Record that the backend accepted the digest (one prepared Core UPDATE: it runs per message).
+
+    TAKEN_OVER when another run took the digest back meanwhile (our lease ran out): the row is
+    left to that run.
+    """
+    conn = db.connection() if isinstance(db, Session) else db
+    result = conn.execute(_mark_sent_statement(), {"digest_id": digest_id, "me": me, "now": now})
     return Outcome.SENT if result.rowcount else Outcome.TAKEN_OVER
 
 
@@ -523,11 +642,14 @@ def mark_failed(session: Session, *, digest_id: int, me: str, now: datetime, err
     return Outcome.FAILED
 
 
-def extend_lease(session: Session, *, ids: Sequence[int], me: str, now: datetime) -> None:
+def extend_lease(
+    db: Session | sa.Connection, *, ids: Sequence[int], me: str, now: datetime
+) -> None:
     """Keep holding digests still waiting in this run's batch (slow servers, low rate limits)."""
     table = table_of(Digest)
+    conn = db.connection() if isinstance(db, Session) else db
     for chunk in chunks(list(ids)):
-        session.connection().execute(
+        conn.execute(
             table.update()
             .where(
                 table.c.id.in_(chunk),

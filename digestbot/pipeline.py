@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from digestbot import outbox, planning, schedule, store
@@ -32,7 +32,7 @@ from digestbot.errors import (
     TemporaryDeliveryError,
 )
 from digestbot.mail.backends import Backend, Envelope
-from digestbot.mail.context import MailContext, compose, digest_view
+from digestbot.mail.context import MailContext, PaperViews, compose, digest_view
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.matching import Match, PaperIndex, compile_filter
 from digestbot.models import DigestState, Paper, UnsubscribeMethod
@@ -763,9 +763,13 @@ def _render_plan(
 
 
 def _stored_view(
-    d: outbox.StoredDigest, papers: dict[str, Paper], *, mail: MailContext
+    d: outbox.StoredDigest,
+    papers: dict[str, Paper],
+    *,
+    mail: MailContext,
+    views: PaperViews | None = None,
 ) -> DigestView:
-    return _view(d, papers, mail=mail, name=d.name)
+    return _view(d, papers, mail=mail, name=d.name, views=views)
 
 
 def _view(
@@ -774,6 +778,7 @@ def _view(
     *,
     mail: MailContext,
     name: str | None,
+    views: PaperViews | None = None,
 ) -> DigestView:
     """What one digest shows, from a plan or from a stored digest (the same fields)."""
     return digest_view(
@@ -789,6 +794,7 @@ def _view(
         window=(d.window_start, d.window_end)
         if d.window_start is not None and d.window_end is not None
         else None,
+        views=views,
     )
 
 
@@ -902,53 +908,60 @@ def deliver_due(
         log.warning(
             "took back %d digest(s) left mid-send by a stopped run; sending them again", reclaimed
         )
-    while True:
-        if stop is not None and stop.is_set():
-            report.stopped = True
-            break
-        with session_scope(engine) as s:
-            ids = outbox.claim(
-                s, now=clock(), me=me, limit=CLAIM_BATCH, subscriber_ids=subscriber_ids
-            )
-        if not ids:
-            break
-        with session_scope(engine) as s:
-            digests, papers = outbox.load_digests(s, ids)
-        pending = list(ids)
-        renew_at = clock() + outbox.LEASE / 2
-        try:
-            for digest_id in ids:
-                if stop is not None and stop.is_set():
-                    report.stopped = True
-                    break
-                if clock() >= renew_at:
-                    with session_scope(engine) as s:
-                        outbox.extend_lease(s, ids=pending, me=me, now=clock())
-                    renew_at = clock() + outbox.LEASE / 2
-                d = digests[digest_id]
-                outcome, reason = _send_one(
-                    engine,
-                    backend,
-                    mail,
-                    d,
-                    papers,
-                    me=me,
-                    clock=clock,
-                    limiter=limiter,
-                    policy=policy,
+    views = PaperViews()  # a paper's view per set of matched queries, once per run
+    papers: dict[str, Paper] = {}  # every paper read so far this run
+    # One connection for the run, one short transaction per step on it (claim, load, each
+    # outcome): no session or connection set up per message, no lock held between steps.
+    with outbox.connect(engine) as conn:
+        while True:
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                break
+            with outbox.transaction(conn):
+                ids = outbox.claim(
+                    conn, now=clock(), me=me, limit=CLAIM_BATCH, subscriber_ids=subscriber_ids
                 )
-                pending.remove(digest_id)
-                report.add(d.email, outcome, reason, retry=d.attempts > 0)
-                _log_outcome(d, outcome, reason)
-                if on_result is not None:
-                    on_result(d.email, outcome)
-        except (DeliverySetupError, ConfigError) as exc:
-            _record_health(engine, error=str(exc), now=clock())
-            raise
-        finally:
-            if pending:
-                with session_scope(engine) as s:
-                    outbox.release(s, ids=pending, me=me)
+            if not ids:
+                break
+            pending = list(ids)
+            try:
+                with outbox.transaction(conn):
+                    digests, more = outbox.load_digests(conn, ids, known=papers)
+                papers.update(more)
+                renew_at = clock() + outbox.LEASE / 2
+                for digest_id in ids:
+                    if stop is not None and stop.is_set():
+                        report.stopped = True
+                        break
+                    if clock() >= renew_at:
+                        with outbox.transaction(conn):
+                            outbox.extend_lease(conn, ids=pending, me=me, now=clock())
+                        renew_at = clock() + outbox.LEASE / 2
+                    d = digests[digest_id]
+                    outcome, reason = _send_one(
+                        conn,
+                        backend,
+                        mail,
+                        d,
+                        papers,
+                        me=me,
+                        clock=clock,
+                        limiter=limiter,
+                        policy=policy,
+                        views=views,
+                    )
+                    pending.remove(digest_id)
+                    report.add(d.email, outcome, reason, retry=d.attempts > 0)
+                    _log_outcome(d, outcome, reason)
+                    if on_result is not None:
+                        on_result(d.email, outcome)
+            except (DeliverySetupError, ConfigError) as exc:
+                _record_health(engine, error=str(exc), now=clock())
+                raise
+            finally:
+                if pending:
+                    with outbox.transaction(conn):
+                        outbox.release(conn, ids=pending, me=me)
     if report.sent or report.deferred or report.failed:
         _record_health(engine, error=None, now=clock())
     return report
@@ -997,7 +1010,7 @@ def _log_outcome(d: outbox.StoredDigest, outcome: outbox.Outcome, reason: str) -
 
 
 def _send_one(
-    engine: Engine,
+    conn: Connection,
     backend: Backend,
     mail: MailContext,
     d: outbox.StoredDigest,
@@ -1007,13 +1020,15 @@ def _send_one(
     clock: Clock,
     limiter: RateLimiter,
     policy: outbox.RetryPolicy,
+    views: PaperViews | None = None,
 ) -> tuple[outbox.Outcome, str]:
-    """Compose and hand over one digest, then record what came of it.
+    """Compose and hand over one digest, then record what came of it (committed at once, on the
+    run's connection).
 
     Errors that hit every message (ConfigError, DeliverySetupError) propagate before anything
     is recorded, so the caller gives the digest back untouched.
     """
-    view = _stored_view(d, papers, mail=mail)
+    view = _stored_view(d, papers, mail=mail, views=views)
     error = ""
     try:
         raw = compose(mail=mail, view=view, message_id=d.message_id, date_=clock())
@@ -1023,17 +1038,17 @@ def _send_one(
         backend.send(Envelope(sender=mail.envelope_from, recipient=rcpt, raw=raw, name=name))
     except TemporaryDeliveryError as exc:
         error = str(exc)
-        with session_scope(engine) as s:
+        with outbox.transaction(conn), outbox.session_on(conn) as s:
             outcome = outbox.mark_temporary_failure(
                 s, digest_id=d.id, me=me, now=clock(), error=error, policy=policy
             )
     except PermanentDeliveryError as exc:
         error = str(exc)
-        with session_scope(engine) as s:
+        with outbox.transaction(conn), outbox.session_on(conn) as s:
             outcome = outbox.mark_failed(s, digest_id=d.id, me=me, now=clock(), error=error)
     else:
-        with session_scope(engine) as s:
-            outcome = outbox.mark_sent(s, digest_id=d.id, me=me, now=clock())
+        with outbox.transaction(conn):
+            outcome = outbox.mark_sent(conn, digest_id=d.id, me=me, now=clock())
     if outcome == outbox.Outcome.TAKEN_OVER:
         done = "sent" if not error else f"not sent ({error})"
         error = f"{done}, but another run had taken the digest back; it decides what happens next"

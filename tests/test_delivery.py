@@ -628,6 +628,46 @@ def test_connection_closed_by_the_server_while_idle_is_reopened() -> None:
     assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]
 
 
+@dataclass
+class PipeliningHandler(SMTPHandler):
+    """Offers PIPELINING (RFC 2920) in its EHLO reply; aiosmtpd reads pipelined commands in order."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
+def test_pipelining_server_gets_the_same_messages_and_refusals() -> None:
+    """With a server that offers PIPELINING, messages (dot-leading lines included) arrive byte for byte, a refused or deferred recipient is classified as before, and the connection keeps working."""
+    from digestbot.errors import PermanentDeliveryError, TemporaryDeliveryError
+    from digestbot.mail.backends import Envelope, SMTPBackend
+
+    handler = PipeliningHandler(
+        reject_rcpt={"gone@example.org": "550 5.1.1 no such user"},
+        reject_data={"busy@example.org": "451 4.3.0 try later"},
+    )
+    raw = b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n.\r\n..two\r\n.end\r\n"
+    with serve(handler) as server:
+        backend = SMTPBackend(host=server.host, port=server.port, security="none")
+
+        def send(to: str, name: str) -> None:
+            backend.send(Envelope(sender="a@example.org", recipient=to, raw=raw, name=name))
+
+        send("b@example.org", "1")
+        assert backend._conn is not None and backend._conn.has_extn("pipelining")
+        with pytest.raises(PermanentDeliveryError, match="550"):
+            send("gone@example.org", "2")
+        with pytest.raises(TemporaryDeliveryError, match="451"):
+            send("busy@example.org", "3")
+        send("c@example.org", "4")
+        backend.close()
+    assert [(r.mail_from, r.rcpt_tos) for r in handler.received] == [
+        ("a@example.org", ["b@example.org"]),
+        ("a@example.org", ["c@example.org"]),
+    ]
+    assert all(r.raw == raw for r in handler.received)
+
+
 # -- one address rule, outcomes, run-wide errors ----------------------------------------------
 
 

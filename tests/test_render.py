@@ -1189,3 +1189,23 @@ def test_the_text_part_is_tidied_as_before(text: str) -> None:
     lines = [line.rstrip() for line in text.splitlines()]
     expected = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
     assert _tidy_text(text) == expected
+
+
+def test_a_runs_memoised_paper_views_equal_fresh_ones_and_follow_a_changed_paper() -> None:
+    """Within one delivery run every digest shows a paper exactly as a fresh view would, and a paper updated mid-run shows its new text."""
+    from datetime import UTC, datetime
+
+    from digestbot.mail.context import PaperViews
+
+    views = PaperViews(size=4)
+    flt = compile_filter(keywords=["diffusion", "agent*", "reasoning"], authors=())
+    found = [(p, m) for p in _fixture_papers() if (m := explain(flt, p)) is not None]
+    assert len(found) > 4  # more than the memo holds: some views are built again
+    for _ in range(2):
+        for paper, match in found:
+            assert views.view(paper, match) == paper_view(paper, match)
+    paper, match = found[0]
+    changed = paper.model_copy(
+        update={"title": paper.title + " (revised)", "updated_at": datetime.now(UTC)}
+    )
+    assert views.view(changed, match).title == changed.title

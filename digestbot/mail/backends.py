@@ -237,7 +237,10 @@ class SMTPBackend:
         self.open()
         assert self._conn is not None
         try:
-            self._conn.sendmail(envelope.sender, [envelope.recipient], envelope.raw)
+            if _can_pipeline(self._conn, envelope):
+                _pipelined_sendmail(self._conn, envelope)
+            else:
+                self._conn.sendmail(envelope.sender, [envelope.recipient], envelope.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()), (0, b""))
             self._after_reply(code)
@@ -282,6 +285,46 @@ class SMTPBackend:
             self._conn.rset()
         except (OSError, smtplib.SMTPException):
             self._drop()
+
+
+def _can_pipeline(conn: smtplib.SMTP, envelope: Envelope) -> bool:
+    """RFC 2920 PIPELINING: the server offers it and the envelope is plain ASCII (no SMTPUTF8)."""
+    plain = f"{envelope.sender}{envelope.recipient}"
+    return conn.has_extn("pipelining") and plain.isascii() and not any(c in plain for c in "\r\n")
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _pipelined_sendmail(conn: smtplib.SMTP, envelope: Envelope) -> None:
+    """smtplib's sendmail for one recipient in two round trips instead of four: MAIL, RCPT and
+    DATA go out in one write and their three replies are read in order, then the message.
+
+    Raises the exceptions sendmail raises (SMTPSenderRefused, SMTPRecipientsRefused,
+    SMTPDataError), so the caller sorts the replies the same way either way.
+    """
+    size = f" SIZE={len(envelope.raw)}" if conn.has_extn("size") else ""
+    conn.send(f"MAIL FROM:<{envelope.sender}>{size}\r\nRCPT TO:<{envelope.recipient}>\r\nDATA\r\n")
+    mail_code, mail_text = conn.getreply()
+    rcpt_code, rcpt_text = conn.getreply()
+    data_code, data_text = conn.getreply()
+    refused = mail_code != 250 or rcpt_code not in (250, 251)
+    if data_code == 354 and refused:  # DATA accepted after a refusal: end it with no message
+        conn.send(b".\r\n")
+        conn.getreply()
+    if mail_code != 250:
+        raise smtplib.SMTPSenderRefused(mail_code, mail_text, envelope.sender)
+    if rcpt_code not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({envelope.recipient: (rcpt_code, rcpt_text)})
+    if data_code != 354:
+        raise smtplib.SMTPDataError(data_code, data_text)
+    body = _LEADING_DOT.sub(b"..", envelope.raw)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    conn.send(body + b".\r\n")
+    code, text = conn.getreply()
+    if code != 250:
+        raise smtplib.SMTPDataError(code, text)
 
 
 def _classify(code: int, message: str) -> TemporaryDeliveryError | PermanentDeliveryError:

@@ -11,15 +11,17 @@ signing) is a ConfigError that stops the run.
 from __future__ import annotations
 
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 from digestbot import tokens
 from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.message import build_message, dkim_sign
-from digestbot.matching import Match, evidence
-from digestbot.models import DigestItem, Paper
+from digestbot.matching import Evidence, evidence
+from digestbot.models import Paper
 from digestbot.render import DigestView, PaperView, RenderedDigest, Renderer
 
 
@@ -58,22 +60,87 @@ class MailContext:
         return self.renderer.render(view)
 
 
+VIEW_CACHE_SIZE = 8192
+
+
+class ShownItem(Protocol):
+    """What a digest shows of one of its papers, fixed at planning: a stored item (DigestItem,
+    outbox.StoredItem) or a plan's Match."""
+
+    @property
+    def arxiv_id(self) -> str: ...
+    @property
+    def upvotes(self) -> int: ...
+    @property
+    def matched(self) -> Sequence[str]: ...
+    @property
+    def title_spans(self) -> Sequence[Sequence[int]]: ...
+    @property
+    def summary_spans(self) -> Sequence[Sequence[int]]: ...
+
+
+class PaperViews:
+    """A delivery run's memo of paper views: what a paper shows for one set of matched queries is
+    the same for every subscriber with that set, and finding its evidence (author and keyword
+    hits) costs more than rendering it. Keyed by the paper's id and last update, so a paper
+    changed mid-run is looked at again; bounded (least recently used goes first)."""
+
+    def __init__(self, size: int = VIEW_CACHE_SIZE) -> None:
+        self.size = size
+        self._views: OrderedDict[tuple[object, ...], PaperView] = OrderedDict()
+        self._evidence: OrderedDict[tuple[object, ...], Evidence] = OrderedDict()
+
+    def view(self, paper: Paper, item: ShownItem) -> PaperView:
+        """The paper as shown with this item's queries, spans and upvotes (paper_view, memoised)."""
+        key = (
+            paper.arxiv_id,
+            getattr(paper, "updated_at", None),
+            tuple(item.matched),
+            tuple(tuple(s) for s in item.title_spans),
+            tuple(tuple(s) for s in item.summary_spans),
+            item.upvotes,
+        )
+        found = self._views.get(key)
+        if found is None:
+            found = paper_view(paper, item, found=self._find(paper, tuple(item.matched)))
+            self._views[key] = found
+            if len(self._views) > self.size:
+                self._views.popitem(last=False)
+        else:
+            self._views.move_to_end(key)
+        return found
+
+    def _find(self, paper: Paper, matched: tuple[str, ...]) -> Evidence:
+        key = (paper.arxiv_id, getattr(paper, "updated_at", None), matched)
+        found = self._evidence.get(key)
+        if found is None:
+            found = evidence(matched, paper)
+            self._evidence[key] = found
+            if len(self._evidence) > self.size:
+                self._evidence.popitem(last=False)
+        else:
+            self._evidence.move_to_end(key)
+        return found
+
+
 def digest_view(
     *,
     mail: MailContext,
     email: str,
     name: str | None,
     period: str,
-    items: Sequence[DigestItem | Match],
+    items: Sequence[ShownItem],
     papers: Mapping[str, Paper],
     more_count: int,
-    trending: Sequence[DigestItem | Match] = (),
+    trending: Sequence[ShownItem] = (),
     frequency: str = "daily",
     window: tuple[datetime, datetime] | None = None,
+    views: PaperViews | None = None,
 ) -> DigestView:
     """What one digest shows; `items` (matched) and `trending` in digest order (stored items or
     a plan's matches). `window` is the [start, end) the digest covers; its UTC days are shown
-    as the period's dates."""
+    as the period's dates. `views` (a delivery run's) reuses paper views across digests."""
+    show = views.view if views is not None else paper_view
     mailto, url = mail.unsubscribe_for(email)
     first = last = None
     if window is not None:
@@ -83,23 +150,24 @@ def digest_view(
         subscriber_email=email,
         subscriber_name=name,
         digest_date=date.fromisoformat(period),
-        papers=tuple(paper_view(papers[it.arxiv_id], it) for it in items),
+        papers=tuple(show(papers[it.arxiv_id], it) for it in items),
         more_count=more_count,
         list_name=mail.list_name,
         unsubscribe_mailto=mailto,
         unsubscribe_url=url,
-        trending=tuple(paper_view(papers[it.arxiv_id], it) for it in trending),
+        trending=tuple(show(papers[it.arxiv_id], it) for it in trending),
         frequency=frequency,
         first_day=first,
         last_day=last,
     )
 
 
-def paper_view(paper: Paper, item: DigestItem | Match) -> PaperView:
+def paper_view(paper: Paper, item: ShownItem, *, found: Evidence | None = None) -> PaperView:
     """One paper as shown, with why it matched: the queries and title/abstract spans were fixed
     when the digest was planned; the named authors and matching feed keywords are found again
-    here from those queries (matching.evidence)."""
-    found = evidence(tuple(item.matched), paper)
+    here from those queries (matching.evidence), unless `found` already holds them."""
+    if found is None:
+        found = evidence(tuple(item.matched), paper)
     keywords = tuple(paper.ai_keywords or ())
     return PaperView(
         arxiv_id=paper.arxiv_id,
