@@ -145,6 +145,11 @@ class Daemon:
         specs = config.subscribers
         with self._lock:
             self.sources = sources
+            if self._planner is not None and not self._planner.held:
+                # not the planning daemon: it syncs the file; this one keeps it for a takeover
+                self._specs = specs
+                log.info("subscribers file reloaded (synced by the daemon that plans)")
+                return
         with self._lock:
             pending, self._specs = self._specs, None
         if pending is not None:  # never synced yet: compare with the list given at start
