@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from digestbot.db import alembic_config, make_engine, open_database, session_scope
+from digestbot.db import PlannerLock, alembic_config, make_engine, open_database, session_scope
 from digestbot.errors import DatabaseError, NoDatabaseError
 from digestbot.models import FetchRun
 
@@ -120,3 +120,23 @@ def test_a_database_path_under_a_regular_file_is_one_clear_error(
     message = str(caught.value)
     assert str(target) in message and "a file is in the way" in message
     assert "DIGESTBOT_DATABASE_URL" in message
+
+
+def test_one_planner_at_a_time_and_the_next_takes_over(db_url: str) -> None:
+    """Of two daemons' planner locks on one database only the first is taken; once it is
+    released (its daemon stopped) the other takes it."""
+    first_engine = open_database(db_url)
+    second_engine = open_database(db_url)
+    first, second = PlannerLock(first_engine), PlannerLock(second_engine)
+    try:
+        assert first.try_acquire() and first.held
+        assert not second.try_acquire() and not second.held
+        assert first.try_acquire()  # holding it already
+        first.release()
+        assert second.try_acquire() and second.held
+        assert not first.try_acquire()
+    finally:
+        first.release()
+        second.release()
+        first_engine.dispose()
+        second_engine.dispose()
