@@ -523,21 +523,34 @@ def wire_send(port: int, size: int, count: int, sessions: int) -> tuple[float, l
 # -- planning alone ---------------------------------------------------------------------------
 
 
-def plan_only(env: dict[str, str]) -> None:
-    """Time sync and planning (pipeline.plan_digests) through the library, as `send` calls them."""
+def plan_only(env: dict[str, str], profile: str | None = None) -> None:
+    """Time loading, sync and planning (pipeline.plan_digests) through the library, as `send` calls
+    them: wall and CPU seconds of each stage and the peak RSS of this process."""
+    import resource
+
     from digestbot import app, pipeline, schedule
     from digestbot.settings import load_settings
 
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     settings = load_settings(env, env_file=None)
-    t0 = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
+    marks: list[tuple[float, float]] = []
+
+    def mark() -> None:
+        marks.append((time.perf_counter() - wall, time.process_time() - cpu))
+
     people = app.load_people(settings)
-    t1 = time.perf_counter()
+    mark()
     engine = app.database(settings)
     now = datetime.now(UTC)
-    t2 = time.perf_counter()
+    mark()
     recipients = pipeline.sync_subscribers(engine, people, now=now)
-    t3 = time.perf_counter()
-    cpu = time.process_time()
+    mark()
     plan = pipeline.plan_digests(
         engine,
         recipients,
@@ -547,16 +560,21 @@ def plan_only(env: dict[str, str]) -> None:
         from_addr=settings.mail_from,
         now=now,
     )
-    t4 = time.perf_counter()
-    cpu = time.process_time() - cpu
+    mark()
     engine.dispose()
-    print(f"load subscribers file: {len(people)} in {t1 - t0:.2f} s")
-    print(f"sync subscribers: {len(recipients)} in {t3 - t2:.2f} s")
+    if prof is not None and profile:
+        prof.disable()
+        prof.dump_stats(profile)
+    (w1, c1), (w2, c2), (w3, c3), (w4, c4) = marks
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"load subscribers file: {len(people)} in {w1:.2f} s ({c1:.2f} s CPU)")
+    print(f"sync subscribers: {len(recipients)} in {w3 - w2:.2f} s ({c3 - c2:.2f} s CPU)")
     print(
         f"plan: {len(people)} subscribers, {plan.planned} planned, {plan.skipped} skipped "
-        f"in {t4 - t3:.2f} s ({len(people) / (t4 - t3):.0f} subscribers/s; "
-        f"{cpu:.2f} s CPU in this process)"
+        f"in {w4 - w3:.2f} s ({len(people) / (w4 - w3):.0f} subscribers/s; "
+        f"{c4 - c3:.2f} s CPU in this process)"
     )
+    print(f"plan-only: load+sync+plan {w4:.2f} s ({c4:.2f} s CPU); peak RSS {rss:.0f} MB")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -577,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--plan-only", action="store_true", help="time planning alone (library), no mail"
+    )
+    ap.add_argument(
+        "--profile", default=None, help="with --plan-only: write a cProfile of it to this file"
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
@@ -629,7 +650,7 @@ def measure(args: argparse.Namespace, tmp: Path, url: str) -> None:
     fetched = run_cli(["fetch", "--date", DAY.isoformat()], env, tmp).strip()
     print(f"setup: {n} subscribers written, fetch {fetched} ({time.perf_counter() - t0:.1f} s)")
     if args.plan_only:
-        plan_only(env)
+        plan_only(env, args.profile)
         return
 
     # A sample of the same people's digests, rendered by the file backend on a separate database:

@@ -24,6 +24,7 @@ from email.headerregistry import HeaderRegistry
 
 import idna
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 from digestbot.text import clean_line, has_unsafe, header_uri_problem
 
@@ -97,9 +98,59 @@ def _key_non_ascii(text: str) -> str:
     return f"{local.lower()}@{domain.lower()}"
 
 
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_NOT_IN_PLAIN_DOMAIN = re.compile(r"[@<>\"()\s,;:\[\]\\]")
+_SAFE_LENGTH = 200  # bytes; email-validator's limits (64 local, 254 whole) are checked above it
+
+
 def _validate(addr_spec: str) -> Mailbox:
+    """Validate with email-validator; a plain dot-atom local part reuses its domain's verdict.
+
+    Thousands of subscribers share a few domains, and the domain is most of email-validator's
+    work, so an address whose local part is a short ASCII dot-atom (which email-validator keeps as
+    written) is checked as `local@<domain already validated>`. Anything else, and any failure,
+    takes the full path, so the result and the error text are email-validator's own.
+    """
     if has_unsafe(addr_spec):
         raise AddressError("contains a control character (CR, LF, ...)")
+    local, _, domain = addr_spec.partition("@")
+    if (
+        len(local) <= 64
+        and _PLAIN_LOCAL.fullmatch(local)
+        and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES
+        and not _NOT_IN_PLAIN_DOMAIN.search(domain)
+    ):
+        checked = _checked_domain(domain)
+        if checked is not None and all(
+            len(f"{local}@{d}".encode()) <= _SAFE_LENGTH for d in (domain, *checked)
+        ):
+            return Mailbox(
+                display_name="",
+                local_part=local,
+                domain=checked[0].lower(),
+                ascii_domain=checked[1].lower(),
+            )
+    return _validate_fully(addr_spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_domain(domain: str) -> tuple[str, str] | None:
+    """email-validator's (domain, ascii_domain) for `domain`, or None when it refuses it."""
+    try:
+        result = validate_email(
+            f"a@{domain}",
+            check_deliverability=False,
+            allow_smtputf8=False,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            test_environment=True,
+        )
+    except EmailNotValidError:
+        return None
+    return result.domain, result.ascii_domain or result.domain
+
+
+def _validate_fully(addr_spec: str) -> Mailbox:
     try:
         result = validate_email(
             addr_spec,

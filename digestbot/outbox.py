@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -94,9 +96,8 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
         .returning(digests.c.id, digests.c.subscriber_id)
     )
-    insert_item = dialect_insert(session, table_of(DigestItem)).on_conflict_do_nothing(
-        index_elements=["subscriber_id", "arxiv_id"]
-    )
+    item_sql, item_order = _item_insert(session)
+    as_json = _JsonCache()
     inserted = 0
     for batch in chunks(list(plans)):
         rows = [
@@ -120,18 +121,18 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
         ids = {sid: did for did, sid in conn.execute(insert_digest, rows)}
         inserted += len(ids)
         items = [
-            {
-                "digest_id": ids[p.subscriber_id],
-                "subscriber_id": p.subscriber_id,
-                "arxiv_id": it.arxiv_id,
-                "position": pos,
-                "section": section,
-                "score": it.score,
-                "upvotes": it.upvotes,
-                "matched": list(it.matched),
-                "title_spans": [list(s) for s in it.title_spans],
-                "summary_spans": [list(s) for s in it.summary_spans],
-            }
+            (
+                ids[p.subscriber_id],
+                p.subscriber_id,
+                it.arxiv_id,
+                pos,
+                section,
+                it.score,
+                it.upvotes,
+                as_json(it.matched),
+                as_json(it.title_spans),
+                as_json(it.summary_spans),
+            )
             for p in batch
             if p.subscriber_id in ids
             for pos, (section, it) in enumerate(
@@ -139,7 +140,10 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             )
         ]
         if items:
-            conn.execute(insert_item, items)
+            if item_order is not None:
+                conn.exec_driver_sql(item_sql, [tuple(row[i] for i in item_order) for row in items])
+            else:
+                conn.exec_driver_sql(item_sql, [dict(zip(_ITEM_COLUMNS, row)) for row in items])
         resumed = sorted(ids)
         if resumed:
             subscribers = table_of(Subscriber)
@@ -149,6 +153,60 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
                 .values(paused_at=None)
             )
     return inserted
+
+
+_ITEM_COLUMNS = (
+    "digest_id",
+    "subscriber_id",
+    "arxiv_id",
+    "position",
+    "section",
+    "score",
+    "upvotes",
+    "matched",
+    "title_spans",
+    "summary_spans",
+)
+_ITEM_JSON = frozenset({"matched", "title_spans", "summary_spans"})
+
+
+def _item_insert(session: Session) -> tuple[str, tuple[int, ...] | None]:
+    """The digest-item INSERT (conflicts ignored) as the driver's SQL, and the order of the row
+    values for a positional paramstyle (None: named). Items are the bulk of a plan's rows, so they
+    go straight to the driver's executemany, with JSON already serialized (see _JsonCache)."""
+    conn = session.connection()
+    postgres = conn.dialect.name == "postgresql"
+    values: dict[str, Any] = {}
+    for name in _ITEM_COLUMNS:
+        if name in _ITEM_JSON:
+            param = sa.bindparam(name, type_=sa.Text())
+            values[name] = sa.cast(param, sa.JSON()) if postgres else param
+        else:
+            values[name] = sa.bindparam(name)
+    stmt = (
+        dialect_insert(session, table_of(DigestItem))
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "arxiv_id"])
+    )
+    compiled = stmt.compile(dialect=conn.dialect)
+    if compiled.positional:
+        order = tuple(_ITEM_COLUMNS.index(name) for name in compiled.positiontup or ())
+        return compiled.string, order
+    return compiled.string, None
+
+
+class _JsonCache:
+    """The JSON text of the matched terms and spans as the JSON column stores it (json.dumps of a
+    list), computed once per distinct value: many subscribers share terms and spans."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Any, str] = {}
+
+    def __call__(self, value: tuple[Any, ...]) -> str:
+        text = self._seen.get(value)
+        if text is None:
+            text = self._seen[value] = json.dumps(value)
+        return text
 
 
 def mark_paused(session: Session, *, subscriber_ids: Sequence[int], now: datetime) -> None:

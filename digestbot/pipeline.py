@@ -420,25 +420,34 @@ def plan_digests(
     Subscribers with frequency "off" get nothing; they are noted as paused, so their first
     digest once back on covers the normal window.
     """
-    planned = skipped = 0
+    planned = skipped = total = 0
     off = [r.id for r in recipients if r.spec.frequency == schedule.OFF]
+    batch: list[outbox.DigestPlan] = []
     with session_scope(engine) as s:
-        plans = [
-            replace(p, note=note) if note is not None else p
-            for p in compute_plans(
-                s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=from_addr
-            )
-        ]
+
+        def store_batch() -> None:
+            # Each batch is stored and committed as soon as it is decided, so a run never holds
+            # every plan (memory stays flat) and a crash keeps the batches already stored.
+            nonlocal planned, skipped
+            outbox.store_plans(s, plans=batch, now=now)
+            s.commit()
+            planned += sum(1 for p in batch if p.state == DigestState.PLANNED)
+            skipped += sum(1 for p in batch if p.state == DigestState.SKIPPED)
+            batch.clear()
+
+        for plan in compute_plans(
+            s, recipients, as_of=as_of, lookback=lookback, day=day, from_addr=from_addr
+        ):
+            batch.append(replace(plan, note=note) if note is not None else plan)
+            total += 1
+            if len(batch) >= PLAN_BATCH:
+                store_batch()
+        if batch:
+            store_batch()
         if off:
             outbox.mark_paused(s, subscriber_ids=off, now=now)
         suppressed = _suppressed_count(s, recipients)
-    existing = len(recipients) - len(off) - suppressed - len(plans)
-    for offset in range(0, len(plans), PLAN_BATCH):
-        batch = plans[offset : offset + PLAN_BATCH]
-        with session_scope(engine) as s:
-            outbox.store_plans(s, plans=batch, now=now)
-        planned += sum(1 for p in batch if p.state == DigestState.PLANNED)
-        skipped += sum(1 for p in batch if p.state == DigestState.SKIPPED)
+    existing = len(recipients) - len(off) - suppressed - total
     return PlanSummary(
         planned=planned, skipped=skipped, existing=existing, off=len(off), suppressed=suppressed
     )

@@ -22,6 +22,7 @@ from digestbot.models import Paper
 from digestbot.subscribers import SubscriberSpec
 
 PLAN_BATCH = 1000  # subscribers matched, and plans stored, per batch
+MEMO_LIMIT = 1000  # distinct (window, previous digest, sources) whose is-new verdicts are kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,9 @@ def compute_plans(
     index = PaperIndex.build(papers)
     database_id = store.database_id(session)
 
+    # Whether a paper is new to a subscriber depends only on their window, previous digest and
+    # sources, which most subscribers share: decided once per such combination and paper.
+    verdicts: dict[tuple[object, ...], Callable[[Paper], bool]] = {}
     for offset in range(0, len(todo), PLAN_BATCH):
         batch = todo[offset : offset + PLAN_BATCH]
         found: dict[int, list[Match]] = {}
@@ -83,9 +87,12 @@ def compute_plans(
         with bulk_matching():
             for r, _ in batch:
                 sp = r.spec
-                is_new = functools.partial(
-                    _is_new, windows[freq[r.id]], prev.get(r.id), seen, frozenset(sp.sources)
-                )
+                key = (freq[r.id], prev.get(r.id), frozenset(sp.sources))
+                is_new = verdicts.get(key)
+                if is_new is None:
+                    is_new = functools.partial(_is_new, windows[key[0]], key[1], seen, key[2])
+                    if len(verdicts) < MEMO_LIMIT:  # past it, each their own (bounded memory)
+                        is_new = verdicts[key] = _memo(is_new)
                 found[r.id] = []
                 if sp.keywords or sp.authors:
                     flt = compile_filter(
@@ -182,6 +189,19 @@ def to_plan(
         if sid not in resumed
     }
     return todo, freq, windows, prev
+
+
+def _memo(is_new: Callable[[Paper], bool]) -> Callable[[Paper], bool]:
+    """`is_new` remembered per paper (by arXiv id) for the rest of the run."""
+    known: dict[str, bool] = {}
+
+    def cached(paper: Paper) -> bool:
+        verdict = known.get(paper.arxiv_id)
+        if verdict is None:
+            verdict = known[paper.arxiv_id] = is_new(paper)
+        return verdict
+
+    return cached
 
 
 def _is_new(

@@ -506,12 +506,12 @@ class _Validator:
                 field_name="subscribers",
             )
         specs: list[SubscriberSpec] = []
-        seen: dict[str, tuple[int, int | None]] = {}
+        seen: dict[str, int] = {}  # address_key → index of its first subscriber
         for index, entry in enumerate(raw):
             spec = self.subscriber(index, entry, defaults)
             key = address_key(spec.email)
             if key in seen:
-                first_n, first_line = seen[key]
+                first_n, first_line = seen[key] + 1, self.lines.sub(seen[key], "email")
                 where = f" (line {first_line})" if first_line else ""
                 raise self.error(
                     f"duplicate email {spec.email!r}: subscriber #{first_n}{where} already uses it "
@@ -520,7 +520,7 @@ class _Validator:
                     subscriber=spec.email,
                     field_name="email",
                 )
-            seen[key] = (index + 1, self.lines.sub(index, "email"))
+            seen[key] = index
             specs.append(spec)
         return Config(specs, self.configured)
 
@@ -888,14 +888,13 @@ class _Validator:
         if not queries:
             return
         for position, query in enumerate(queries):
-            line = self.lines.item(index, key, position)
             try:
                 parse_query(query)
             except QueryError as exc:
                 at = f" at column {exc.column}" if exc.column is not None else ""
                 raise self.error(
                     f"{exc.reason}{at} in query {query!r}",
-                    line=line,
+                    line=self.lines.item(index, key, position),
                     subscriber=who,
                     field_name=key,
                 ) from exc

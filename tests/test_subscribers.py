@@ -1197,3 +1197,60 @@ def test_the_readme_and_example_configurations_load_without_warnings() -> None:
     for got in (config(readme.group(1)), load_config(EXAMPLE)):
         assert got.subscribers and unmatchable(got) == []
     assert [s.name for s in config(readme.group(1)).sources] == ["hf", "arxiv-ml"]
+
+
+# -- large files: lines found lazily, addresses checked per domain (issue 12) -------------------
+
+_QUERY_FORMS = st.sampled_from(
+    [
+        ('keywords = ["diffusion", "{bad}"]', 0),  # one-line array: the fast path
+        ('keywords = [\n  "diffusion",\n  "{bad}",\n]', 2),  # multi-line array: the lexer
+        ('keywords = ["\\"flow matching\\"", "{bad}"]  # a comment', 0),  # escapes and a comment
+        ("keywords = ['diffusion', '{bad}']", 0),  # literal strings: the lexer
+    ]
+)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.integers(min_value=0, max_value=30),
+    form=_QUERY_FORMS,
+    commented=st.booleans(),
+)
+def test_bad_query_deep_in_a_file_names_its_line(
+    before: int, form: tuple[str, int], commented: bool
+) -> None:
+    """A bad query in any subscriber of a long file, however its keywords are written, is reported at its own line."""
+    name = 'name = "Ada"  # [[subscribers]]\n# [[subscribers]]' if commented else 'name = "Ada"'
+    blocks = [
+        f'[[subscribers]]\nemail = "u{i}@example.org"\n{name}\nkeywords = ["x{i}"]\n'
+        for i in range(before)
+    ]
+    keywords, offset = form
+    bad = f'[[subscribers]]\nemail = "bad@example.org"\n{keywords.format(bad="(unclosed")}\n'
+    text = "\n".join([*blocks, bad])
+    bad_start = text.count("\n", 0, text.index('email = "bad@example.org"')) + 1
+    err = fails(text)
+    assert where(err) == (bad_start + 1 + offset, "bad@example.org", "keywords")
+
+
+def test_duplicate_far_down_names_the_first_line() -> None:
+    """A duplicate address in subscriber #2000 names the line of the first subscriber that used it."""
+    blocks = [
+        f'[[subscribers]]\nemail = "u{i}@example.org"\nkeywords = ["x"]\n' for i in range(2000)
+    ]
+    blocks.append('[[subscribers]]\nemail = "U7@Example.org"\nkeywords = ["x"]\n')
+    err = fails("\n".join(blocks))
+    assert "subscriber #8 (line 30) already uses it" in err.message
+    assert err.line == 2000 * 4 + 2
+
+
+def test_addresses_sharing_a_domain_keep_their_own_verdict() -> None:
+    """Many addresses on one domain are each checked: a bad local part is refused, the domain is kept in lower case."""
+    blocks = [f'[[subscribers]]\nemail = "u{i}@Example.ORG"\nkeywords = ["x"]\n' for i in range(50)]
+    assert {sp.email for sp in parse("\n".join(blocks))} == {f"u{i}@example.org" for i in range(50)}
+    err = fails(
+        "\n".join([*blocks, '[[subscribers]]\nemail = "a..b@Example.ORG"\nkeywords = ["x"]\n'])
+    )
+    assert where(err) == (50 * 4 + 2, "#51", "email")
+    assert "is not valid" in err.message
