@@ -140,7 +140,9 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             )
         ]
         if items:
-            if item_order is not None:
+            if item_order == _IN_ORDER:  # the driver takes the rows as they are
+                conn.exec_driver_sql(item_sql, items)
+            elif item_order is not None:
                 conn.exec_driver_sql(item_sql, [tuple(row[i] for i in item_order) for row in items])
             else:
                 conn.exec_driver_sql(item_sql, [dict(zip(_ITEM_COLUMNS, row)) for row in items])
@@ -168,6 +170,7 @@ _ITEM_COLUMNS = (
     "summary_spans",
 )
 _ITEM_JSON = frozenset({"matched", "title_spans", "summary_spans"})
+_IN_ORDER = tuple(range(len(_ITEM_COLUMNS)))
 
 
 def _item_insert(session: Session) -> tuple[str, tuple[int, ...] | None]:

@@ -98,6 +98,12 @@ def parse_address(
         raise ConfigError(f"{what}: not a single email address: {value!r}", field=field) from exc
 
 
+@functools.lru_cache(maxsize=16)
+def _from_domain(from_addr: str) -> str:
+    """The From address's domain (a run plans every digest with the same From: parsed once)."""
+    return parse_address(from_addr, what="From address", allow_display_name=True).domain
+
+
 def make_message_id(*, digest_key: str, from_addr: str, database_id: str) -> str:
     """A stable Message-ID: the same key in the same database always gives the same ``<...@domain>``.
 
@@ -108,7 +114,7 @@ def make_message_id(*, digest_key: str, from_addr: str, database_id: str) -> str
     """
     if not database_id:
         raise ValueError("a Message-ID needs the database id")
-    domain = parse_address(from_addr, what="From address", allow_display_name=True).domain
+    domain = _from_domain(from_addr)
     digest = hashlib.sha256(f"{database_id}\0{digest_key}".encode()).hexdigest()[:40]
     return f"<digest.{digest}@{domain}>"
 
