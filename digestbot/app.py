@@ -28,7 +28,7 @@ from digestbot.sources.arxiv import DEFAULT_RSS_URL, ArxivSource
 from digestbot.sources.base import SourceSpec, locate_feed
 from digestbot.sources.feed import FeedSource
 from digestbot.sources.hf_daily import HFDailyPapers
-from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client
+from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client, on_arxiv_host
 from digestbot.subscribers import Config, SubscriberSpec
 from digestbot.subscribers import load_config as load_config_file
 
@@ -69,8 +69,9 @@ def make_sources(
     transport: httpx.BaseTransport | None = None,
     pacer: Pacer | None = None,
 ) -> list[NamedSource]:
-    """The configured sources, ready to fetch. Every arXiv source of a run shares one Pacer, so
-    requests to arXiv hosts stay 3 s apart whichever source makes them. A `url` naming a file
+    """The configured sources, ready to fetch. Every arXiv source of a run, and any feed on an
+    arXiv host, shares one Pacer, so requests to arXiv hosts stay 3 s apart whichever source
+    makes them. A `url` naming a file
     or folder that does not exist is a ConfigError (file, line, field), as for DIGESTBOT_FEED_URL."""
     pacer = pacer or Pacer()
     out: list[NamedSource] = []
@@ -109,7 +110,11 @@ def make_sources(
                 )
             else:
                 source = FeedSource(
-                    name=spec.name, url=where, client=client, retries=settings.fetch_retries
+                    name=spec.name,
+                    url=where,
+                    client=client,
+                    retries=settings.fetch_retries,
+                    pacer=pacer if on_arxiv_host(where) else None,
                 )
         out.append(NamedSource(name=spec.name, location=where, source=source))
     return out

@@ -1,4 +1,5 @@
-"""`digestbot check` warnings: queries that can never match with the configured sources.
+"""`digestbot check` warnings: queries that can never match with the configured sources, and a
+`trending` section that none of a subscriber's sources can fill (only Hugging Face has upvotes).
 
 A query is unmatchable when every way of satisfying it needs a term whose field no source of the
 subscriber fills (sources.base.KIND_FIELDS), or a `source:` term naming none of its sources.
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from digestbot.matching import compile_filter
 from digestbot.matching.query import Node, Term
 from digestbot.matching.text import source_matches, words
-from digestbot.sources.base import KIND_FIELDS, KINDS, SourceSpec
+from digestbot.sources.base import KIND_FIELDS, KINDS, UPVOTED_KINDS, SourceSpec
 from digestbot.subscribers import Config, SubscriberSpec
 
 __all__ = ["unmatchable"]
@@ -23,11 +24,19 @@ _WHAT = {"category": "categories", "keyword": "feed keywords", "author": "author
 
 
 def unmatchable(config: Config) -> list[str]:
-    """One warning per subscriber query that no paper of the subscriber's sources can match."""
+    """One warning per subscriber query that no paper of the subscriber's sources can match, and
+    one per subscriber whose `trending` no source of theirs can fill."""
     out: list[str] = []
     by_name = {sp.name: sp for sp in config.sources}
     for sub in config.subscribers:
         mine = tuple(by_name[n] for n in sub.sources) if sub.sources else config.sources
+        if sub.trending and not any(sp.kind in UPVOTED_KINDS for sp in mine):
+            names = ", ".join(sp.name for sp in mine)
+            out.append(
+                f"subscriber {sub.email}: trending = {sub.trending} can never add a paper: only "
+                f"papers with upvotes trend, and none of their sources ({names}) has upvotes; "
+                'add a kind = "hf" source'
+            )
         for query in compile_filter(keywords=sub.keywords, authors=sub.authors).positive:
             blocked = _blocked(query.node, mine)
             if blocked:

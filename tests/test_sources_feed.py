@@ -20,7 +20,7 @@ from digestbot.errors import FetchError
 from digestbot.sources.base import FetchedPaper, Validators
 from digestbot.sources.feed import FeedSource, parse_feed_entries
 from digestbot.sources.feedxml import BadDate, feed_datetime
-from digestbot.sources.http import FEED_ACCEPT, make_client
+from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client, on_arxiv_host
 from tests.helpers import FeedServer, Reply
 
 NOW = datetime(2026, 3, 6, 12, tzinfo=UTC)
@@ -360,3 +360,45 @@ def test_feedparser_never_reads_a_path_given_as_content(tmp_path: Path) -> None:
     secret.write_bytes(rss(entry("<link>https://j.example/secret</link>")))
     with pytest.raises(FetchError, match="malformed XML"):
         parse(str(secret).encode())
+
+
+@pytest.mark.parametrize(
+    ("url", "paced"),
+    [
+        ("https://export.arxiv.org/api/query?search_query=cat:cs.CL", True),
+        ("http://rss.arxiv.org/rss/cs.CL", True),
+        ("https://arxiv.org/rss/cs.CL", True),
+        ("https://notarxiv.org/feed", False),
+        ("https://arxiv.org.example.com/feed", False),
+        ("feeds/arxiv.org.xml", False),
+    ],
+)
+def test_only_arxiv_hosts_count_as_arxiv(url: str, paced: bool) -> None:
+    """A feed on arxiv.org or one of its subdomains keeps arXiv's pause; look-alike hosts and
+    saved files do not."""
+    assert on_arxiv_host(url) is paced
+
+
+def test_a_feed_with_a_pacer_waits_its_turn(server: FeedServer, client: httpx.Client) -> None:
+    """A feed given the run's arXiv pacer (as a feed on an arXiv host is) asks at most once every
+    3 s, measured on the pacer's injected clock."""
+    server.route("/feed.xml", Reply(WINDOWED))
+    clock = {"t": 100.0}
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock["t"] += seconds
+
+    pacer = Pacer(3.0, sleep=sleep, monotonic=lambda: clock["t"])
+    journal = FeedSource(
+        name="arxiv-feed",
+        url=server.url("/feed.xml"),
+        client=client,
+        retries=0,
+        now=lambda: NOW,
+        pacer=pacer,
+    )
+    journal.fetch_days(today=date(2026, 3, 6), lookback=0)
+    journal.fetch_days(today=date(2026, 3, 6), lookback=0)
+    assert sleeps == [3.0] and len(server.requests) == 2

@@ -1101,6 +1101,25 @@ def warnings_for(text: str) -> list[str]:
     return unmatchable(config(text))
 
 
+def test_trending_with_no_source_that_has_upvotes_warns() -> None:
+    """`trending` for a subscriber limited to arXiv gets a warning (nothing there has upvotes);
+    the same subscriber on the HF source gets none."""
+    sources = (
+        '[[sources]]\nname = "hf"\nkind = "hf"\n\n'
+        '[[sources]]\nname = "arxiv"\nkind = "arxiv"\ncategories = ["cs.CL"]\n\n'
+    )
+    got = warnings_for(
+        sources + '[[subscribers]]\nemail = "t@example.org"\ntrending = 5\nsources = ["arxiv"]\n'
+    )
+    assert got == [
+        (
+            "subscriber t@example.org: trending = 5 can never add a paper: only papers with "
+            'upvotes trend, and none of their sources (arxiv) has upvotes; add a kind = "hf" source'
+        )
+    ]
+    assert warnings_for(sources + '[[subscribers]]\nemail = "t@example.org"\ntrending = 5\n') == []
+
+
 def test_category_queries_with_only_hf_warn() -> None:
     """A category: query with only the Hugging Face source gets a warning saying to add an arxiv source."""
     got = warnings_for(

@@ -104,6 +104,10 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
 a query field that no configured source fills, since it can never match."""
 
 
+UPVOTED_KINDS = frozenset({"hf"})
+"""The kinds of source whose papers have upvotes (what `trending` and `min_upvotes` read)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
     """One validated `[[sources]]` entry of the configuration file (or the default HF source)."""

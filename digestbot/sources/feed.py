@@ -45,7 +45,7 @@ from digestbot.sources.feedxml import (
     parse_feed,
     source_error,
 )
-from digestbot.sources.http import get_conditional
+from digestbot.sources.http import Pacer, get_conditional
 
 __all__ = ["FeedSource", "paper_key", "parse_feed_entries"]
 
@@ -231,7 +231,9 @@ class FeedSource:
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], datetime] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
+        """`pacer`: the run's arXiv pacer, for a feed on an arXiv host (see app.make_sources)."""
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         if backoff < 0:
@@ -242,6 +244,7 @@ class FeedSource:
         if self._where.kind == "http" and client is None:
             raise ValueError("an http(s) feed needs a client (see make_client)")
         self._client = client
+        self._pacer = pacer
         self._retries = retries
         self._backoff = backoff
         self._sleep = sleep
@@ -277,6 +280,7 @@ class FeedSource:
                     backoff=self._backoff,
                     sleep=self._sleep,
                     now=self._now,
+                    pacer=self._pacer,
                     setting=f"the url of source {self.name!r}",
                 )
                 if body is None:

@@ -118,6 +118,18 @@ def _status_line(status: int) -> str:
         return f"HTTP {status}"
 
 
+def on_arxiv_host(url: str) -> bool:
+    """Whether `url` is on an arXiv host (arxiv.org and its subdomains), whose requests keep the
+    3 s pause arXiv asks for, whichever kind of source makes them."""
+    if not url.startswith(("http://", "https://")):
+        return False
+    try:
+        host = (httpx.URL(url).host or "").lower()
+    except httpx.InvalidURL:
+        return False
+    return host == "arxiv.org" or host.endswith(".arxiv.org")
+
+
 class Pacer:
     """Keeps at least `min_interval` seconds between the requests it guards (arXiv asks for 3 s).
 
