@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import FIXTURES, PG_URL, SMTPHandler, SMTPServer, serve
+from digestbot.sources.http import FEED_ACCEPT, make_client
+from tests.helpers import FIXTURES, PG_URL, FeedServer, SMTPHandler, SMTPServer, serve
 
 # -- databases ------------------------------------------------------------------------------
 
@@ -118,3 +120,20 @@ def workdir(tmp_path: Path, feed_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DIGESTBOT_FEED_URL", str(feed_dir))
     monkeypatch.setenv("DIGESTBOT_DATABASE_URL", f"sqlite:///{tmp_path / 'digestbot.db'}")
     return tmp_path
+
+
+# -- feed HTTP server -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[FeedServer]:
+    """A real HTTP server on 127.0.0.1 answering from a script (helpers.FeedServer)."""
+    with FeedServer() as running:
+        yield running
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    """The feed sources' HTTP client, asking for XML feeds."""
+    with make_client(timeout=5, token=None, accept=FEED_ACCEPT) as c:
+        yield c

@@ -376,7 +376,38 @@ def make_rsa_key() -> tuple[bytes, bytes]:
     return pem, der
 
 
+MESSAGE_HEADERS = [  # a digest's headers, in order, as written here independently of mail.message
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Auto-Submitted",
+    "Precedence",
+    "MIME-Version",
+    "Content-Type",
+]
+
+
 # -- HTTP feed server ------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock that only moves when slept on; records every sleep."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
 
 
 @dataclass

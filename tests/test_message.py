@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from digestbot.errors import ConfigError
 from digestbot.mail import build_message, dkim_sign, make_message_id
 from digestbot.render import RenderedDigest
-from tests.helpers import make_rsa_key
+from tests.helpers import MESSAGE_HEADERS, make_rsa_key
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("DIGESTBOT_REGEN_GOLDEN") == "1"
@@ -47,20 +47,7 @@ RENDERED = RenderedDigest(
     ),
 )
 
-EXPECTED_HEADERS = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "Auto-Submitted",
-    "Precedence",
-    "MIME-Version",
-    "Content-Type",
-]
+EXPECTED_HEADERS = MESSAGE_HEADERS
 
 
 def _build(**changes: Any) -> bytes:

@@ -22,25 +22,12 @@ from hypothesis import strategies as st
 from digestbot.mail import build_message, dkim_sign, make_message_id, mime
 from digestbot.render import RenderedDigest
 from digestbot.text import clean_block, clean_line
-from tests.helpers import make_rsa_key
+from tests.helpers import MESSAGE_HEADERS, make_rsa_key
 
 FROM = "Paper Digest <digest@example.org>"
 MAILTO = "mailto:unsubscribe@example.org?subject=unsubscribe"
 UNSUB_URL = "https://digest.example.org/unsubscribe?token=abc123"
-HEADERS = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "Auto-Submitted",
-    "Precedence",
-    "MIME-Version",
-    "Content-Type",
-]
+HEADERS = MESSAGE_HEADERS
 _EW = re.compile(r"=\?utf-8\?([qb])\?([^?\s]*)\?=")
 _FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -20,7 +20,7 @@ from digestbot.models import FetchRun, Paper
 from digestbot.settings import load_settings
 from digestbot.sources.http import Pacer
 from digestbot.subscribers import parse_config
-from tests.helpers import FIXTURES, FeedServer, Reply, Seen
+from tests.helpers import FIXTURES, FakeClock, FeedServer, Reply, Seen
 
 TESTS = Path(__file__).resolve().parent / "fixtures"
 ARXIV = TESTS / "arxiv" / "rss"
@@ -51,21 +51,6 @@ def config_text(server: FeedServer, *, people: str = "") -> str:
     )
 
 
-class Clock:
-    """A monotonic clock that only sleeping moves, and the sleeps asked of it."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-
-
 @pytest.fixture
 def setup(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
     with FeedServer() as server:
@@ -79,9 +64,9 @@ def setup(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
         engine.dispose()
 
 
-def fetch_all(server, settings, engine, day: str, clock: Clock | None = None):  # type: ignore[no-untyped-def]
+def fetch_all(server, settings, engine, day: str, clock: FakeClock | None = None):  # type: ignore[no-untyped-def]
     config = parse_config(config_text(server), source="subscribers.toml")
-    clock = clock or Clock()
+    clock = clock or FakeClock()
     pacer = Pacer(3.0, sleep=clock.sleep, monotonic=clock.monotonic)
     sources = app.make_sources(settings, config.sources, pacer=pacer)
     when = datetime.fromisoformat(day).replace(hour=6, tzinfo=UTC)
@@ -144,7 +129,7 @@ def test_requests_to_arxiv_hosts_are_3_seconds_apart(setup) -> None:  # type: ig
     api = (TESTS / "arxiv" / "api_query_seed.xml").read_bytes()
     server.route("/api/query", Reply(api, 200))
     config = parse_config(config_text(server), source="subscribers.toml")
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(3.0, sleep=clock.sleep, monotonic=clock.monotonic)
     [arxiv] = app.make_sources(settings, config.sources[1:], pacer=pacer)
     when = datetime(2026, 3, 4, 6, tzinfo=UTC)
@@ -219,7 +204,7 @@ def test_a_moved_source_is_fetched_afresh_not_with_the_old_validators(setup) -> 
     server.route("/rss/cs.CL", rss("2026-03-02"))
     text = config_text(server).replace("/rss/" + CATS, "/rss/cs.CL")
     config = parse_config(text, source="subscribers.toml")
-    clock = Clock()
+    clock = FakeClock()
     pacer = Pacer(3.0, sleep=clock.sleep, monotonic=clock.monotonic)
     [moved] = app.make_sources(settings, config.sources[1:], pacer=pacer)
     when = datetime(2026, 3, 2, 7, tzinfo=UTC)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -30,7 +29,7 @@ from digestbot.sources.arxiv import (
 )
 from digestbot.sources.base import MAX_TITLE_CHARS, Validators
 from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client
-from tests.helpers import FeedServer, Reply, Seen
+from tests.helpers import FakeClock, FeedServer, Reply, Seen
 
 ARXIV = Path(__file__).parent / "fixtures" / "arxiv"
 HF = Path(__file__).parent / "fixtures" / "hf_daily_papers"
@@ -102,33 +101,6 @@ def api_feed(entries: list[str], *, total: int, start: int) -> bytes:
         f"<opensearch:itemsPerPage>{len(entries)}</opensearch:itemsPerPage>"
         f"{''.join(entries)}</feed>"
     ).encode()
-
-
-class FakeClock:
-    """A monotonic clock that only moves when slept on; records every sleep."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-
-
-@pytest.fixture
-def server() -> Iterator[FeedServer]:
-    with FeedServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with make_client(timeout=5, token=None, accept=FEED_ACCEPT) as c:
-        yield c
 
 
 def source(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -20,8 +19,8 @@ from digestbot.errors import FetchError
 from digestbot.sources.base import FetchedPaper, Validators
 from digestbot.sources.feed import FeedSource, parse_feed_entries
 from digestbot.sources.feedxml import BadDate, feed_datetime
-from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client, on_arxiv_host
-from tests.helpers import FeedServer, Reply
+from digestbot.sources.http import Pacer, on_arxiv_host
+from tests.helpers import FakeClock, FeedServer, Reply
 
 NOW = datetime(2026, 3, 6, 12, tzinfo=UTC)
 NS = (
@@ -264,18 +263,6 @@ def test_arbitrary_entry_text_yields_no_control_characters_or_tags(
 # -- fetching -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server() -> Iterator[FeedServer]:
-    with FeedServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with make_client(timeout=5, token=None, accept=FEED_ACCEPT) as c:
-        yield c
-
-
 WINDOWED = rss(
     entry("<link>https://j.example/old</link>", date="2026-03-01T23:59:59Z"),
     entry("<link>https://j.example/start</link>", date="2026-03-04T00:00:00Z"),
@@ -383,14 +370,8 @@ def test_a_feed_with_a_pacer_waits_its_turn(server: FeedServer, client: httpx.Cl
     """A feed given the run's arXiv pacer (as a feed on an arXiv host is) asks at most once every
     3 s, measured on the pacer's injected clock."""
     server.route("/feed.xml", Reply(WINDOWED))
-    clock = {"t": 100.0}
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        clock["t"] += seconds
-
-    pacer = Pacer(3.0, sleep=sleep, monotonic=lambda: clock["t"])
+    clock = FakeClock()
+    pacer = Pacer(3.0, sleep=clock.sleep, monotonic=clock.monotonic)
     journal = FeedSource(
         name="arxiv-feed",
         url=server.url("/feed.xml"),
@@ -401,4 +382,4 @@ def test_a_feed_with_a_pacer_waits_its_turn(server: FeedServer, client: httpx.Cl
     )
     journal.fetch_days(today=date(2026, 3, 6), lookback=0)
     journal.fetch_days(today=date(2026, 3, 6), lookback=0)
-    assert sleeps == [3.0] and len(server.requests) == 2
+    assert clock.sleeps == [3.0] and len(server.requests) == 2
