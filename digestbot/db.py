@@ -28,6 +28,9 @@ from digestbot.resources import migrations_dir
 from digestbot.text import snippet
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "digestbot_read_only"
+"""Execution option: this connection's next transactions only read (SQLite: a plain BEGIN, which
+takes no write lock; see outbox.transaction)."""
 _PG_MIGRATION_LOCK = 0x6469676573  # "diges": advisory lock id held while migrating
 _PG_DAEMON_LOCK = 0x6461656D6E  # "daemn": advisory lock id held by the running daemon
 
@@ -108,8 +111,10 @@ def _configure_sqlite(engine: Engine, *, create: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Take the write lock up front: a deferred transaction that reads then writes can fail
-        # with SQLITE_BUSY without waiting when another process wrote in between.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # with SQLITE_BUSY without waiting when another process wrote in between. A connection
+        # marked READ_ONLY reads a snapshot without the lock (WAL), so writers need not wait.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _enable_wal(cur: Any) -> None:

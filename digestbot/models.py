@@ -164,6 +164,7 @@ class Digest(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("subscriber_id", "period", name="uq_digests_subscriber_period"),
         sa.Index("ix_digests_state_next_attempt", "state", "next_attempt_at"),
+        sa.Index("ix_digests_state_id", "state", "id"),  # claims: due digests in id order
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
-from digestbot.db import database_error
+from digestbot.db import READ_ONLY, database_error
 from digestbot.matching import Match
 from digestbot.models import (
     DeliveryHealth,
@@ -37,12 +37,7 @@ from digestbot.models import (
     UTCDateTime,
     table_of,
 )
-from digestbot.store import (
-    chunks,
-    dialect_insert,
-    papers_by_id,
-    suppressed_subscriber_ids,
-)
+from digestbot.store import address_suppressed, chunks, dialect_insert, papers_by_id
 
 LEASE = timedelta(minutes=30)
 MATCHED = "matched"  # DigestItem.section of a paper a query matched
@@ -432,13 +427,23 @@ def session_on(conn: sa.Connection) -> Iterator[Session]:
 
 
 @contextlib.contextmanager
-def transaction(conn: sa.Connection) -> Iterator[sa.Connection]:
+def transaction(conn: sa.Connection, *, read_only: bool = False) -> Iterator[sa.Connection]:
     """One transaction on a delivery run's kept connection: committed when the block ends, rolled
     back on error; a failure of the database itself becomes one DatabaseError line (as
-    db.session_scope). Between blocks the connection holds no transaction and no lock."""
+    db.session_scope). Between blocks the connection holds no transaction and no lock.
+
+    `read_only`: the block only reads; on SQLite it then takes no write lock, so the other
+    workers' claims and outcomes go on meanwhile.
+    """
     try:
-        with conn.begin():
-            yield conn
+        if read_only:
+            conn.execution_options(**{READ_ONLY: True})
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            if read_only:
+                conn.execution_options(**{READ_ONLY: False})
     except DBAPIError as exc:
         raise database_error(conn.engine, exc, doing="read or write") from None
 
@@ -526,19 +531,37 @@ def _release(d: Digest) -> None:
     d.lease_until = None
 
 
-def _due(now: datetime) -> sa.ColumnElement[bool]:
-    """Digests to deliver now: planned, or deferred with their retry time come; of active subscribers
-    only (someone removed from the subscribers file gets nothing more, even a digest planned before)
-    whose address is not on the suppression list."""
-    active = sa.select(col(Subscriber.id)).where(col(Subscriber.active).is_(True))
-    return sa.and_(
-        sa.or_(
-            col(Digest.state) == DigestState.PLANNED,
-            sa.and_(col(Digest.state) == DigestState.DEFERRED, col(Digest.next_attempt_at) <= now),
-        ),
-        col(Digest.subscriber_id).in_(active),
-        col(Digest.subscriber_id).not_in(suppressed_subscriber_ids()),
+def _due_states(now: datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """Digests to deliver now, by state: deferred with their retry time come, and planned."""
+    table = table_of(Digest)
+    return (
+        sa.and_(table.c.state == DigestState.DEFERRED, table.c.next_attempt_at <= now),
+        table.c.state == DigestState.PLANNED,
     )
+
+
+def _deliverable() -> sa.ColumnElement[bool]:
+    """The digest's subscriber is active (someone removed from the subscribers file gets nothing
+    more, even a digest planned before) and their address is not on the suppression list.
+
+    Tested per digest row (a primary-key and a unique-index lookup), so a claim that reads 20 rows
+    does not first list every active or suppressed subscriber.
+    """
+    digests, people = table_of(Digest), table_of(Subscriber)
+    return (
+        sa.select(people.c.id)
+        .where(
+            people.c.id == digests.c.subscriber_id,
+            people.c.active.is_(True),
+            ~address_suppressed(),
+        )
+        .exists()
+    )
+
+
+def _due(now: datetime) -> sa.ColumnElement[bool]:
+    """Digests to deliver now: due by state (_due_states) and deliverable (_deliverable)."""
+    return sa.and_(sa.or_(*_due_states(now)), _deliverable())
 
 
 def count_due(
@@ -561,23 +584,36 @@ def claim(
 ) -> list[int]:
     """Atomically mark up to `limit` due digests as sending by `me`; returns their ids.
 
-    One UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING id: on SQLite the
-    statement runs inside a BEGIN IMMEDIATE write transaction, on PostgreSQL locked rows are skipped.
+    Deferred digests whose retry time has come go first, then planned ones, each in id order. Per
+    state, one UPDATE ... WHERE id IN (SELECT ... LIMIT [FOR UPDATE SKIP LOCKED]) RETURNING id: on
+    SQLite it runs inside a BEGIN IMMEDIATE write transaction, on PostgreSQL rows another run holds
+    are skipped. The pick walks ix_digests_state_id in id order and stops at `limit`: a claim costs
+    the same with 100 or 100,000 digests due.
     """
-    pick = sa.select(col(Digest.id)).where(_due(now)).order_by(col(Digest.id)).limit(limit)
-    if subscriber_ids is not None:
-        pick = pick.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
-    bind = db.get_bind() if isinstance(db, Session) else db
-    if bind.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
     table = table_of(Digest)
-    stmt = (
-        table.update()
-        .where(table.c.id.in_(pick.scalar_subquery()))
-        .values(state=DigestState.SENDING, claimed_by=me, lease_until=now + LEASE)
-        .returning(table.c.id)
-    )
-    return sorted(db.execute(stmt).scalars())
+    bind = db.get_bind() if isinstance(db, Session) else db
+    claimed: list[int] = []
+    for state in _due_states(now):
+        if len(claimed) >= limit:
+            break
+        pick = (
+            sa.select(table.c.id)
+            .where(state, _deliverable())
+            .order_by(table.c.id)
+            .limit(limit - len(claimed))
+        )
+        if subscriber_ids is not None:
+            pick = pick.where(table.c.subscriber_id.in_(list(subscriber_ids)))
+        if bind.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True, of=table)
+        stmt = (
+            table.update()
+            .where(table.c.id.in_(pick.scalar_subquery()))
+            .values(state=DigestState.SENDING, claimed_by=me, lease_until=now + LEASE)
+            .returning(table.c.id)
+        )
+        claimed.extend(db.execute(stmt).scalars())
+    return sorted(claimed)
 
 
 def release(db: Session | sa.Connection, *, ids: Sequence[int], me: str) -> None:

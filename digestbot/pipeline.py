@@ -934,7 +934,7 @@ def deliver_due(
                 break
             pending = list(ids)
             try:
-                with outbox.transaction(conn):
+                with outbox.transaction(conn, read_only=True):
                     digests, more = outbox.load_digests(conn, ids, known=papers)
                 papers.update(more)
                 renew_at = clock() + outbox.LEASE / 2

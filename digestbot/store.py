@@ -459,11 +459,16 @@ def suppressed_keys(session: Session, emails: Iterable[str]) -> set[str]:
     return out
 
 
+def address_suppressed() -> sa.ColumnElement[bool]:
+    """True for a `subscribers` row whose address is on the suppression list (a correlated
+    EXISTS: one unique-index lookup per row)."""
+    people, suppressed = table_of(Subscriber), table_of(Suppression)
+    return sa.exists().where(suppressed.c.address_key == people.c.address_key)
+
+
 def suppressed_subscriber_ids() -> sa.Select[Any]:
     """A subquery: ids of subscribers whose address is on the suppression list."""
-    return sa.select(col(Subscriber.id)).where(
-        col(Subscriber.address_key).in_(sa.select(col(Suppression.address_key)))
-    )
+    return sa.select(col(Subscriber.id)).where(address_suppressed())
 
 
 def mark_suppressed_digests(session: Session, *, keys: Sequence[str] | None = None) -> int:
