@@ -293,7 +293,11 @@ def _can_pipeline(conn: smtplib.SMTP, envelope: Envelope) -> bool:
     return conn.has_extn("pipelining") and plain.isascii() and not any(c in plain for c in "\r\n")
 
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
+def _dot_stuffed(raw: bytes) -> bytes:
+    """RFC 5321 §4.5.2: a line that starts with "." gets another in front. (bytes.replace, not
+    a multi-line regex: this runs over every message's 40 KB.)"""
+    body = raw.replace(b"\n.", b"\n..")
+    return b"." + body if body.startswith(b".") else body
 
 
 def _pipelined_sendmail(conn: smtplib.SMTP, envelope: Envelope) -> None:
@@ -318,7 +322,7 @@ def _pipelined_sendmail(conn: smtplib.SMTP, envelope: Envelope) -> None:
         raise smtplib.SMTPRecipientsRefused({envelope.recipient: (rcpt_code, rcpt_text)})
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_text)
-    body = _LEADING_DOT.sub(b"..", envelope.raw)
+    body = _dot_stuffed(envelope.raw)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     conn.send(body + b".\r\n")
