@@ -4,12 +4,20 @@ bulk index gives exactly what evaluating each filter on each paper alone gives."
 from __future__ import annotations
 
 from dataclasses import replace
+from random import Random
 
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from digestbot.errors import QueryError
-from digestbot.matching import PaperIndex, compile_filter, explain, normalize, parse_query
+from digestbot.matching import (
+    PaperIndex,
+    compile_filter,
+    evidence,
+    explain,
+    normalize,
+    parse_query,
+)
 from tests.helpers import Paper, papers
 
 SYNTAX = " ()\"-*:ANDORNOTtitleabstractauthorkeywordcategory\\$_{}'.,éß"
@@ -264,3 +272,25 @@ def test_a_source_query_matches_exactly_the_papers_of_that_name(
     expected = {p.arxiv_id for p in docs if name in p.sources}
     assert {m.arxiv_id for m in PaperIndex.build(docs).match(flt)} == expected
     assert {p.arxiv_id for p in docs if explain(flt, p)} == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(QUERIES, min_size=1, max_size=4), _paper(), st.randoms(use_true_random=False))
+def test_evidence_of_several_queries_is_the_union_of_each_querys(
+    queries: list[str], paper: Paper, rng: Random
+) -> None:
+    """What a digest shows as the reason for a paper does not depend on the order of the matched
+    queries, and is exactly what each query shows on its own, put together (delivery looks each
+    query up once per paper and merges)."""
+    whole = evidence(queries, paper)
+    shuffled = list(queries)
+    rng.shuffle(shuffled)
+    assert evidence(shuffled + queries, paper) == whole
+    singles = [evidence([q], paper) for q in queries]
+    assert set(whole.authors) == {a for one in singles for a in one.authors}
+    assert {i for i, _ in whole.keywords} == {i for one in singles for i, _ in one.keywords}
+    covered = dict(whole.keywords)
+    for one in singles:
+        for i, spans in one.keywords:
+            for start, end in spans:
+                assert any(s <= start and end <= e for s, e in covered[i]), (i, start, end)

@@ -20,7 +20,7 @@ from typing import Protocol
 from digestbot import tokens
 from digestbot.errors import ConfigError, PermanentDeliveryError
 from digestbot.mail.message import build_message, dkim_sign
-from digestbot.matching import Evidence, evidence
+from digestbot.matching import Evidence, evidence, merge_evidence, query_evidence
 from digestbot.models import Paper
 from digestbot.render import DigestView, PaperView, RenderedDigest, Renderer
 
@@ -111,16 +111,22 @@ class PaperViews:
         return found
 
     def _find(self, paper: Paper, matched: tuple[str, ...]) -> Evidence:
-        key = (paper.arxiv_id, getattr(paper, "updated_at", None), matched)
-        found = self._evidence.get(key)
-        if found is None:
-            found = evidence(matched, paper)
-            self._evidence[key] = found
-            if len(self._evidence) > self.size:
-                self._evidence.popitem(last=False)
-        else:
-            self._evidence.move_to_end(key)
-        return found
+        """The evidence of `matched` on `paper`: each query's looked up once per paper and run
+        (subscribers share single queries far more often than whole sets), then merged."""
+        version = getattr(paper, "updated_at", None)
+        parts = []
+        for text in matched:
+            key = (paper.arxiv_id, version, text)
+            found = self._evidence.get(key)
+            if found is None:
+                found = query_evidence(text, paper)
+                self._evidence[key] = found
+                if len(self._evidence) > self.size:
+                    self._evidence.popitem(last=False)
+            else:
+                self._evidence.move_to_end(key)
+            parts.append(found)
+        return merge_evidence(parts)
 
 
 def digest_view(

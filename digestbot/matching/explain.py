@@ -196,37 +196,60 @@ class Evidence:
 
 
 def evidence(queries: Sequence[str], paper: PaperDoc) -> Evidence:
-    """The authors and feed keywords that `queries` (a Match's ``matched`` texts) hit in `paper`.
+    """The authors and feed keywords that `queries` (a Match's ``matched`` texts) hit in `paper`:
+    the union of each query's evidence (query_evidence).
 
     Only the terms that make each query true count (not its negated ones). A query text that no
     longer parses is skipped: evidence is shown, never required.
     """
+    return merge_evidence([query_evidence(text, paper) for text in queries])
+
+
+NO_EVIDENCE = Evidence((), ())
+
+
+def query_evidence(text: str, paper: PaperDoc) -> Evidence:
+    """The authors and feed keywords that one query `text` hits in `paper` (see evidence)."""
+    try:
+        node = parse_query(text).node
+    except QueryError:
+        return NO_EVIDENCE
     authors = tuple(paper.authors or ())
-    keywords = tuple(paper.ai_keywords or ())
     a = _analyze_cached(
         paper.title,
         paper.summary,
         authors,
-        keywords,
+        tuple(paper.ai_keywords or ()),
         tuple(paper.categories or ()),
         tuple(paper.sources or ()),
     )
-    names = [words(n) for n in authors]
+    names = [words(n) for n in authors]  # by the paper's author index (Analyzed drops blanks)
     hit_authors: set[int] = set()
     hit_keywords: dict[int, list[tuple[int, int]]] = {}
-    for text in queries:
-        try:
-            node = parse_query(text).node
-        except QueryError:
-            continue
-        for field, items in satisfying_terms(node, lambda t: term_holds(t, a)) or ():
-            if field == "author":
-                hit_authors.update(i for i, n in enumerate(names) if name_matches(items, n))
-            elif field in ("keyword", "any"):
-                k = len(items)
-                for i, seg in enumerate(a.fields["keyword"]):
-                    for j in occurrences(seg, items):
-                        hit_keywords.setdefault(i, []).append((seg[j].start, seg[j + k - 1].end))
+    for field, items in satisfying_terms(node, lambda t: term_holds(t, a)) or ():
+        if field == "author":
+            hit_authors.update(i for i, n in enumerate(names) if name_matches(items, n))
+        elif field in ("keyword", "any"):
+            k = len(items)
+            for i, seg in enumerate(a.fields["keyword"]):
+                for j in occurrences(seg, items):
+                    hit_keywords.setdefault(i, []).append((seg[j].start, seg[j + k - 1].end))
+    return Evidence(
+        tuple(sorted(hit_authors)),
+        tuple((i, merge_spans(spans)) for i, spans in sorted(hit_keywords.items())),
+    )
+
+
+def merge_evidence(parts: Sequence[Evidence]) -> Evidence:
+    """One Evidence holding every author and keyword span of `parts`."""
+    if len(parts) == 1:
+        return parts[0]
+    hit_authors: set[int] = set()
+    hit_keywords: dict[int, list[tuple[int, int]]] = {}
+    for part in parts:
+        hit_authors.update(part.authors)
+        for i, spans in part.keywords:
+            hit_keywords.setdefault(i, []).extend(spans)
     return Evidence(
         tuple(sorted(hit_authors)),
         tuple((i, merge_spans(spans)) for i, spans in sorted(hit_keywords.items())),
