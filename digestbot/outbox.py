@@ -531,12 +531,20 @@ def _release(d: Digest) -> None:
     d.lease_until = None
 
 
-def _due_states(now: datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
-    """Digests to deliver now, by state: deferred with their retry time come, and planned."""
+def _due_states(
+    now: datetime,
+) -> tuple[tuple[sa.ColumnElement[bool], tuple[sa.ColumnElement[Any], ...]], ...]:
+    """Digests to deliver now, by state, each with the order claims take them in (an order its
+    index holds, so a claim reads only the rows it takes): deferred with their retry time come,
+    longest waiting first (ix_digests_state_next_attempt), then planned by id (ix_digests_state_id).
+    """
     table = table_of(Digest)
     return (
-        sa.and_(table.c.state == DigestState.DEFERRED, table.c.next_attempt_at <= now),
-        table.c.state == DigestState.PLANNED,
+        (
+            sa.and_(table.c.state == DigestState.DEFERRED, table.c.next_attempt_at <= now),
+            (table.c.next_attempt_at, table.c.id),
+        ),
+        (table.c.state == DigestState.PLANNED, (table.c.id,)),
     )
 
 
@@ -561,7 +569,7 @@ def _deliverable() -> sa.ColumnElement[bool]:
 
 def _due(now: datetime) -> sa.ColumnElement[bool]:
     """Digests to deliver now: due by state (_due_states) and deliverable (_deliverable)."""
-    return sa.and_(sa.or_(*_due_states(now)), _deliverable())
+    return sa.and_(sa.or_(*(state for state, _ in _due_states(now))), _deliverable())
 
 
 def count_due(
@@ -584,22 +592,22 @@ def claim(
 ) -> list[int]:
     """Atomically mark up to `limit` due digests as sending by `me`; returns their ids.
 
-    Deferred digests whose retry time has come go first, then planned ones, each in id order. Per
-    state, one UPDATE ... WHERE id IN (SELECT ... LIMIT [FOR UPDATE SKIP LOCKED]) RETURNING id: on
+    Deferred digests whose retry time has come go first (longest waiting first), then planned
+    ones in id order. Per state, one UPDATE ... WHERE id IN (SELECT ... LIMIT [FOR UPDATE SKIP LOCKED]) RETURNING id: on
     SQLite it runs inside a BEGIN IMMEDIATE write transaction, on PostgreSQL rows another run holds
-    are skipped. The pick walks ix_digests_state_id in id order and stops at `limit`: a claim costs
-    the same with 100 or 100,000 digests due.
+    are skipped. The pick walks an index in that order and stops at `limit`: a claim costs the
+    same with 100 or 100,000 digests due.
     """
     table = table_of(Digest)
     bind = db.get_bind() if isinstance(db, Session) else db
     claimed: list[int] = []
-    for state in _due_states(now):
+    for state, order in _due_states(now):
         if len(claimed) >= limit:
             break
         pick = (
             sa.select(table.c.id)
             .where(state, _deliverable())
-            .order_by(table.c.id)
+            .order_by(*order)
             .limit(limit - len(claimed))
         )
         if subscriber_ids is not None:

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from digestbot import outbox
 from digestbot.db import PlannerLock, alembic_config, make_engine, open_database, session_scope
 from digestbot.errors import DatabaseError, NoDatabaseError
 from digestbot.models import FetchRun
@@ -140,3 +141,29 @@ def test_one_planner_at_a_time_and_the_next_takes_over(db_url: str) -> None:
         second.release()
         first_engine.dispose()
         second_engine.dispose()
+
+
+def test_a_claim_reads_only_the_rows_it_takes(sqlite_url: str) -> None:
+    """A claim walks the due digests in id order along an index and stops at its limit: it never
+    gathers and sorts every due digest, nor lists every active or suppressed subscriber, on each
+    claim (that made a 100,000-digest run quadratic)."""
+    engine = open_database(sqlite_url)
+    seen: list[tuple[str, object]] = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        seen.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    with engine.begin() as conn:
+        assert outbox.claim(conn, now=datetime.now(UTC), me="test", limit=20) == []
+    sa.event.remove(engine, "before_cursor_execute", grab)
+    claims = [(sql, p) for sql, p in seen if sql.lstrip().upper().startswith("UPDATE DIGESTS")]
+    assert len(claims) == 2  # deferred and due, then planned
+    with engine.connect() as conn:
+        for sql, params in claims:
+            plan = " | ".join(
+                row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)
+            )
+            assert "ix_digests_state_id" in plan or "ix_digests_state_next_attempt" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+            assert "SCAN " not in plan, plan  # no table read whole (before: SCAN subscribers)
