@@ -5,7 +5,7 @@ small to be worth another process) it runs pipeline.deliver_due in this process,
 Otherwise it starts worker processes (forkserver: each is forked from a server that imported
 digestbot once). Each builds its own engine, mail context and backend (so its own SMTP
 connection) from the Settings, runs pipeline.deliver_due against the shared outbox claims and
-sends every digest's outcome back for the progress bar, then its DeliveryReport.
+sends the outcomes back for the progress bar (a few at a time), then its DeliveryReport.
 
 The workers share DIGESTBOT_SMTP_RATE: each paces at rate/N, staggered (RateLimiter.shared).
 A setup error in any worker (login refused, DKIM) stops the others after the message in hand
@@ -46,6 +46,11 @@ MIN_PER_WORKER = 100
 by fewer processes (starting one costs about what sending a hundred digests does)."""
 
 OnResult = Callable[[str, outbox.Outcome], None]
+
+RESULT_BATCH = 20
+RESULT_EVERY = 0.25
+"""A worker tells the parent its outcomes (for the progress bar) in messages of up to
+RESULT_BATCH, at least every RESULT_EVERY seconds while it sends."""
 
 
 def workers_for(configured: int | None, due: int) -> int:
@@ -204,8 +209,9 @@ def _collect(
                     )
                     _stop_all(controls)
                 continue
-            if kind == "result" and on_result is not None:
-                on_result(payload[0], outbox.Outcome(payload[1]))
+            if kind == "results" and on_result is not None:
+                for email, outcome in payload[0]:
+                    on_result(email, outbox.Outcome(outcome))
             elif kind == "done":
                 finished.add(index)
                 reports.append(payload[0])
@@ -270,8 +276,23 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
         except OSError:  # the parent is gone: stop after the message in hand
             stop.set()
 
+    outcomes: list[tuple[str, str]] = []
+    sent_at = time.monotonic()
+
     def report(email: str, outcome: outbox.Outcome) -> None:
-        tell("result", email, str(outcome))
+        # a message per RESULT_BATCH outcomes or RESULT_EVERY seconds, not per digest: the
+        # parent only moves the progress bar, and waking it per digest cost a fifth of a core
+        nonlocal sent_at
+        outcomes.append((email, str(outcome)))
+        if len(outcomes) >= RESULT_BATCH or time.monotonic() - sent_at >= RESULT_EVERY:
+            flush()
+
+    def flush() -> None:
+        nonlocal sent_at
+        if outcomes:
+            tell("results", list(outcomes))
+            outcomes.clear()
+        sent_at = time.monotonic()
 
     try:
         engine = make_engine(job.settings.database_url, create=False)
@@ -290,8 +311,10 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
             on_result=report,
             stop=stop,
         )
+        flush()
         tell("done", done)
     except DigestbotError as exc:
+        flush()
         tell("error", _kind(exc), str(exc))
     finally:
         if delivery is not None:
