@@ -314,7 +314,7 @@ class SendRun:
     sent: int
     summary: str
     peak_rss_mb: float  # the process tree's (all workers), sampled
-    cpu_seconds: float  # user + system, the process and its workers
+    cpu_seconds: float  # user + system of the process tree (the workers as last sampled)
     first_sent_after: float | None  # seconds from start to the first digest sent (planning ends)
     logged_seconds: float | None  # `seconds` of the run's log line
 
@@ -332,8 +332,10 @@ def timed_send(
         proc = subprocess.Popen([*digestbot_cmd(), *args], env=env, cwd=cwd, stdout=out, stderr=err)
         peak = 0
         ps = psutil.Process(proc.pid)
+        # CPU seconds by process, as last seen: the workers are children of multiprocessing's
+        # fork server, so wait4's rusage of `digestbot send` does not hold them
+        cpu: dict[int, float] = {}
         while True:
-            # wait4, not poll: the rusage of the process and the workers it waited for
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
@@ -344,12 +346,15 @@ def timed_send(
                 for p in tree:
                     try:
                         rss += p.memory_info().rss
+                        times = p.cpu_times()
+                        cpu[p.pid] = times.user + times.system
                     except psutil.Error:
                         pass
                 peak = max(peak, rss)
             except psutil.Error:
                 pass
             time.sleep(interval)
+        cpu[proc.pid] = usage.ru_utime + usage.ru_stime  # the main process, to its end
         seconds = time.perf_counter() - t0
     summary = stdout_path.read_text().strip()
     if proc.returncode != 0:
@@ -366,7 +371,7 @@ def timed_send(
         sent=int(m.group(1)),
         summary=summary,
         peak_rss_mb=peak / 2**20,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        cpu_seconds=sum(cpu.values()),
         first_sent_after=first,
         logged_seconds=logged,
     )
