@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -167,3 +170,21 @@ def test_a_claim_reads_only_the_rows_it_takes(sqlite_url: str) -> None:
             assert "ix_digests_state_id" in plan or "ix_digests_state_next_attempt" in plan, plan
             assert "TEMP B-TREE" not in plan, plan
             assert "SCAN " not in plan, plan  # no table read whole (before: SCAN subscribers)
+
+
+def test_a_writer_waits_for_another_writer_then_goes_on(sqlite_url: str, tmp_path: Path) -> None:
+    """A transaction that finds another process writing waits for it (in short steps, not
+    SQLite's millisecond sleeps) and then runs; the connection keeps its 30 s busy_timeout."""
+    engine = open_database(sqlite_url)
+    other = sqlite3.connect(
+        tmp_path / "digestbot.db", isolation_level=None, check_same_thread=False
+    )
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+    started = time.monotonic()
+    with engine.begin() as conn:
+        conn.execute(sa.update(FetchRun).values(ok=True))  # a write, under the lock
+    assert time.monotonic() - started >= 0.25
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    other.close()
