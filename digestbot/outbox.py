@@ -37,7 +37,13 @@ from digestbot.models import (
     UTCDateTime,
     table_of,
 )
-from digestbot.store import address_suppressed, chunks, dialect_insert, papers_by_id
+from digestbot.store import (
+    address_suppressed,
+    chunks,
+    copy_insert,
+    dialect_insert,
+    papers_by_id,
+)
 
 LEASE = timedelta(minutes=30)
 MATCHED = "matched"  # DigestItem.section of a paper a query matched
@@ -91,29 +97,42 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
         .returning(digests.c.id, digests.c.subscriber_id)
     )
+    postgres = conn.dialect.name == "postgresql"
     item_sql, item_order = _item_insert(session)
     as_json = _JsonCache()
     inserted = 0
     for batch in chunks(list(plans)):
-        rows = [
-            {
-                "subscriber_id": p.subscriber_id,
-                "period": p.period,
-                "frequency": p.frequency,
-                "state": p.state,
-                "window_start": p.window_start,
-                "window_end": p.window_end,
-                "paper_count": len(p.items) + len(p.trending),
-                "more_count": p.more_count,
-                "message_id": p.message_id,
-                "note": p.note,
-                "attempts": 0,
-                "planned_at": now,
-                "next_attempt_at": now,
-            }
+        values = [
+            (
+                p.subscriber_id,
+                p.period,
+                p.frequency,
+                p.state,
+                p.window_start,
+                p.window_end,
+                len(p.items) + len(p.trending),
+                p.more_count,
+                p.message_id,
+                p.note,
+                0,
+                now,
+                now,
+            )
             for p in batch
         ]
-        ids = {sid: did for did, sid in conn.execute(insert_digest, rows)}
+        if postgres:
+            returned = copy_insert(
+                conn,
+                digests,
+                _DIGEST_COLUMNS,
+                values,
+                conflict=("subscriber_id", "period"),
+                returning=("id", "subscriber_id"),
+            )
+        else:
+            rows = [dict(zip(_DIGEST_COLUMNS, v)) for v in values]
+            returned = [tuple(r) for r in conn.execute(insert_digest, rows)]
+        ids = {sid: did for did, sid in returned}
         inserted += len(ids)
         items = [
             (
@@ -134,7 +153,15 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
                 [(MATCHED, it) for it in p.items] + [(TRENDING, it) for it in p.trending]
             )
         ]
-        if items:
+        if items and postgres:
+            copy_insert(
+                conn,
+                table_of(DigestItem),
+                _ITEM_COLUMNS,
+                items,
+                conflict=("subscriber_id", "arxiv_id"),
+            )
+        elif items:
             if item_order == _IN_ORDER:  # the driver takes the rows as they are
                 conn.exec_driver_sql(item_sql, items)
             elif item_order is not None:
@@ -152,6 +179,21 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
     return inserted
 
 
+_DIGEST_COLUMNS = (
+    "subscriber_id",
+    "period",
+    "frequency",
+    "state",
+    "window_start",
+    "window_end",
+    "paper_count",
+    "more_count",
+    "message_id",
+    "note",
+    "attempts",
+    "planned_at",
+    "next_attempt_at",
+)
 _ITEM_COLUMNS = (
     "digest_id",
     "subscriber_id",

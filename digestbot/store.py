@@ -60,6 +60,47 @@ def dialect_insert(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"unsupported database dialect {name!r}")
 
 
+def copy_insert(
+    conn: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    conflict: Sequence[str],
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """PostgreSQL: INSERT `rows` (values in `columns` order) into `table`, a row whose `conflict`
+    key exists already left out; the `returning` columns of the rows inserted.
+
+    The rows go through COPY into a temporary table of the same columns (dropped at commit),
+    then one INSERT ... SELECT ... ON CONFLICT DO NOTHING. A planning run stores a hundred
+    thousand digests and many more items: COPY streams them, where a multi-row INSERT made the
+    driver parse a statement of thousands of placeholders per page. Names come from the models,
+    never from data.
+    """
+    raw: Any = conn.connection.dbapi_connection  # psycopg's Connection: its cursor has copy()
+    temp = f"incoming_{table.name}"
+    cols = ", ".join(columns)
+    insert = (
+        f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {temp} "
+        f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    )
+    if returning:
+        insert += f" RETURNING {', '.join(returning)}"
+    with raw.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
+            f"SELECT {cols} FROM {table.name} WITH NO DATA"
+        )
+        with cur.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(insert)
+        out = [tuple(r) for r in cur.fetchall()] if returning else []
+        cur.execute(f"TRUNCATE {temp}")
+    return out
+
+
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
