@@ -45,7 +45,7 @@ _HEADER_URI_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\U0010ffff<>\"\\`{}|^,]")
 HEADER_URI_MAX = 900
 
 # Control characters dropped from a multi-line body (tab and newline stay).
-_BLOCK_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BLOCK_UNSAFE_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 def has_unsafe(value: str) -> bool:
@@ -62,9 +62,17 @@ def clean_line(value: object) -> str:
 
 def clean_block(value: str) -> str:
     """Multi-line text (a message body): CRLF and CR become LF, control characters other than
-    tab and newline are dropped, and the text ends with one newline."""
-    text = value.replace("\r\n", "\n").replace("\r", "\n")
-    text = _BLOCK_UNSAFE.sub("", text)
+    tab and newline are dropped, and the text ends with one newline.
+
+    The controls are dropped from the UTF-8 bytes (bytes.translate, C): a multi-byte UTF-8
+    sequence holds no byte below 0x80, so this is the same as dropping the characters, and
+    several times faster than a regex over a 40 KB body.
+    """
+    text = value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
+    data = text.encode("utf-8", "surrogatepass")
+    kept = data.translate(None, _BLOCK_UNSAFE_BYTES)
+    if len(kept) != len(data):
+        text = kept.decode("utf-8", "surrogatepass")
     return text if text.endswith("\n") else text + "\n"
 
 

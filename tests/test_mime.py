@@ -204,6 +204,23 @@ def test_quoted_printable_is_short_crlf_ascii_and_decodes_back(body: str) -> Non
     assert binascii.a2b_qp(encoded).decode("utf-8") == text.replace("\n", "\r\n")
 
 
+@_FAST
+@given(
+    bodies=st.lists(
+        st.one_of(_ANY_TEXT, st.text(alphabet="ab. \t=\n\u00e9\u2026", max_size=300)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_quoted_printable_line_by_line_is_the_whole_encoded_at_once(bodies: list[str]) -> None:
+    """Encoding reuses lines seen before and changes no byte: each body is what binascii makes
+    of the whole of it, whatever bodies came before."""
+    for body in bodies + bodies:
+        text = clean_block(body)
+        whole = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+        assert mime.quoted_printable(text) == whole
+
+
 def test_body_with_carriage_returns_is_refused() -> None:
     """A body not cleaned to LF line ends is a ValueError rather than a bare CR on the wire."""
     with pytest.raises(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from digestbot.matching import compile_filter, explain
 from digestbot.models import Paper
 from digestbot.render import PaperView, Renderer
 from digestbot.sources.hf_daily import parse_daily_papers
-from digestbot.text import UNSAFE, latex_to_text, plain_text
+from digestbot.text import UNSAFE, clean_block, latex_to_text, plain_text
 
 FEED = "https://huggingface.co/api/daily_papers"
 
@@ -101,3 +102,13 @@ def test_fetched_latex_is_matched_and_highlighted_as_read() -> None:
     assert "Sparse *Attention* under ℓp Constraints" in text
     assert "We bound *attention* error in ℓp for 5% of heads." in " ".join(text.split())
     assert ">Attention</mark> under ℓp" in html
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", max_codepoint=0x2100)) | st.text())
+def test_clean_block_drops_exactly_the_control_characters(value: str) -> None:
+    """A body keeps every character but the controls other than tab and newline; CR and CRLF
+    become LF; it ends with one newline (as the regex it replaced did)."""
+    text = re.sub(
+        r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", value.replace("\r\n", "\n").replace("\r", "\n")
+    )
+    assert clean_block(value) == (text if text.endswith("\n") else text + "\n")
