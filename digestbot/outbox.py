@@ -490,6 +490,21 @@ def transaction(conn: sa.Connection, *, read_only: bool = False) -> Iterator[sa.
         raise database_error(conn.engine, exc, doing="read or write") from None
 
 
+ANALYZE_AFTER = 1000
+"""A planning run that stores at least this many digests refreshes PostgreSQL's statistics of
+the outbox (refresh_statistics)."""
+
+
+def refresh_statistics(session: Session) -> None:
+    """PostgreSQL: ANALYZE the outbox after a large planning run. With statistics from before it
+    (autovacuum waits for a tenth of the table to change), the planner takes the new planned
+    digests for a handful and answers each claim by sorting all of them: 27 ms a claim at
+    14,000 due, a 100,000-digest run quadratic. SQLite plans claims from the indexes alone."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE digests")
+
+
 def period_state(session: Session, *, subscriber_id: int, period: str) -> str | None:
     """The state of the subscriber's digest for `period`, or None when there is none."""
     state = session.execute(

@@ -444,6 +444,9 @@ def plan_digests(
                 store_batch()
         if batch:
             store_batch()
+        if planned >= outbox.ANALYZE_AFTER:
+            outbox.refresh_statistics(s)
+            s.commit()
         if off:
             outbox.mark_paused(s, subscriber_ids=off, now=now)
         suppressed = _suppressed_count(s, recipients)
