@@ -646,8 +646,13 @@ def claim(
     me: str,
     limit: int,
     subscriber_ids: Sequence[int] | None = None,
+    after: int | None = None,
 ) -> list[int]:
     """Atomically mark up to `limit` due digests as sending by `me`; returns their ids.
+
+    `after`: planned digests are taken only past this id (a delivery run's position). The rows
+    before it are mostly sent already; PostgreSQL keeps their old versions until vacuum and,
+    with statistics from planning time, walked past every one of them on each claim.
 
     Deferred digests whose retry time has come go first (longest waiting first), then planned
     ones in id order. Per state, one UPDATE ... WHERE id IN (SELECT ... LIMIT [FOR UPDATE SKIP LOCKED]) RETURNING id: on
@@ -658,9 +663,12 @@ def claim(
     table = table_of(Digest)
     bind = db.get_bind() if isinstance(db, Session) else db
     claimed: list[int] = []
-    for state, order in _due_states(now):
+    due = _due_states(now)  # deferred, then planned
+    for state, order in due:
         if len(claimed) >= limit:
             break
+        if after is not None and state is due[-1][0]:  # planned: past the run's position
+            state = sa.and_(state, table.c.id > after)
         pick = (
             sa.select(table.c.id)
             .where(state, _deliverable())

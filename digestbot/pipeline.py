@@ -924,6 +924,9 @@ def deliver_due(
     papers: dict[str, Paper] = {}  # every paper read so far this run
     # One connection for the run, one short transaction per step on it (claim, load, each
     # outcome): no session or connection set up per message, no lock held between steps.
+    # The run claims planned digests past the last one it took (outbox.claim's `after`); when
+    # none is left there, one claim from the start finds any given back or passed over meanwhile.
+    after: int | None = None
     with outbox.connect(engine) as conn:
         while True:
             if stop is not None and stop.is_set():
@@ -931,10 +934,19 @@ def deliver_due(
                 break
             with outbox.transaction(conn):
                 ids = outbox.claim(
-                    conn, now=clock(), me=me, limit=CLAIM_BATCH, subscriber_ids=subscriber_ids
+                    conn,
+                    now=clock(),
+                    me=me,
+                    limit=CLAIM_BATCH,
+                    subscriber_ids=subscriber_ids,
+                    after=after,
                 )
+            if not ids and after is not None:
+                after = None
+                continue
             if not ids:
                 break
+            after = max(ids)
             pending = list(ids)
             try:
                 with outbox.transaction(conn, read_only=True):

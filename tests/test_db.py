@@ -211,3 +211,23 @@ def test_after_a_large_plan_postgresql_knows_the_planned_digests(
     engine.dispose()
     assert rows >= outbox.ANALYZE_AFTER
     assert planned is not None and "planned" in planned
+
+
+def test_a_claim_past_a_position_leaves_earlier_digests_to_a_claim_from_the_start(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A run claims planned digests past the last one it took; one given back before that point
+    is not lost: a claim from the start (what a run does when none is left past it) takes it."""
+    planned_outbox(tmp_path, sqlite_url, 50)
+    engine = open_database(sqlite_url)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        first = outbox.claim(conn, now=now, me="run", limit=20)
+        outbox.release(conn, ids=first[:5], me="run")
+        after = outbox.claim(conn, now=now, me="run", limit=20, after=max(first))
+        assert min(after) > max(first) and len(after) == 20
+        rest = outbox.claim(conn, now=now, me="run", limit=20, after=max(after))
+        assert len(rest) == 10
+        assert outbox.claim(conn, now=now, me="run", limit=20, after=max(rest)) == []
+        assert outbox.claim(conn, now=now, me="run", limit=20) == first[:5]
+    engine.dispose()
