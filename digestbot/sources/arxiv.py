@@ -40,9 +40,9 @@ from digestbot.sources.base import (
     Reject,
     Validators,
     WindowResult,
-    locate_feed,
     over_limit,
     read_saved,
+    source_location,
 )
 from digestbot.sources.feedxml import BadDate, entry_text, feed_datetime, parse_feed, source_error
 from digestbot.sources.http import Pacer, get_bytes, get_conditional
@@ -387,10 +387,6 @@ class ArxivSource:
         now: Callable[[], datetime] | None = None,
         api_page_size: int = API_PAGE_SIZE,
     ) -> None:
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
-        if backoff < 0:
-            raise ValueError("backoff must be 0 or more")
         if not 1 <= api_page_size <= 2000:
             raise ValueError("api_page_size must be between 1 and 2000")
         self.name = name
@@ -401,9 +397,9 @@ class ArxivSource:
             os.fspath(url) if url is not None else DEFAULT_RSS_URL + "+".join(self.categories)
         )
         self.api_url = api_url or DEFAULT_API_URL
-        self._where = locate_feed(self.url)
-        if self._where.kind == "http" and client is None:
-            raise ValueError("an http(s) arXiv source needs a client (see make_client)")
+        self._where = source_location(
+            self.url, client, retries=retries, backoff=backoff, what="arXiv source"
+        )
         self._client = client
         self._pacer = pacer
         self._retries = retries

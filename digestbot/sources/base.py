@@ -188,6 +188,27 @@ class FeedLocation:
     reason: str = ""
 
 
+def source_location(
+    url: str | os.PathLike[str],
+    client: object | None,
+    *,
+    retries: int,
+    backoff: float,
+    what: str,
+) -> FeedLocation:
+    """The checks every source's constructor makes, as ValueError: retries and backoff are not
+    negative, the location is one locate_feed understands, and an http(s) one comes with an
+    HTTP client. `what` names the source in the message ("feed", "arXiv source")."""
+    if retries < 0:
+        raise ValueError("retries must be 0 or more")
+    if backoff < 0:
+        raise ValueError("backoff must be 0 or more")
+    where = locate_feed(url)
+    if where.kind == "http" and client is None:
+        raise ValueError(f"an http(s) {what} needs a client (see make_client)")
+    return where
+
+
 def locate_feed(feed_url: str | os.PathLike[str]) -> FeedLocation:
     """The one decision of what a feed location is; settings and the feed source both call it.
 

@@ -34,8 +34,8 @@ from digestbot.sources.base import (
     Reject,
     Validators,
     WindowResult,
-    locate_feed,
     read_saved,
+    source_location,
 )
 from digestbot.sources.feedxml import (
     BadDate,
@@ -234,15 +234,11 @@ class FeedSource:
         pacer: Pacer | None = None,
     ) -> None:
         """`pacer`: the run's arXiv pacer, for a feed on an arXiv host (see app.make_sources)."""
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
-        if backoff < 0:
-            raise ValueError("backoff must be 0 or more")
         self.name = name
         self.url = os.fspath(url)
-        self._where = locate_feed(self.url)
-        if self._where.kind == "http" and client is None:
-            raise ValueError("an http(s) feed needs a client (see make_client)")
+        self._where = source_location(
+            self.url, client, retries=retries, backoff=backoff, what="feed"
+        )
         self._client = client
         self._pacer = pacer
         self._retries = retries

@@ -40,8 +40,8 @@ from digestbot.sources.base import (
     Validators,
     WindowResult,
     check_length,
-    locate_feed,
     read_saved,
+    source_location,
 )
 from digestbot.sources.http import get_bytes, make_client
 
@@ -298,16 +298,12 @@ class HFDailyPapers:
         backoff: float = 1.0,
         now: Callable[[], datetime] | None = None,
     ) -> None:
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        if backoff < 0:
-            raise ValueError("backoff must be 0 or more")
         self.feed_url = os.fspath(feed_url)
-        self._where = locate_feed(feed_url)
-        if self._where.kind == "http" and client is None:
-            raise ValueError("an http(s) feed needs a client (see make_client)")
+        self._where = source_location(
+            feed_url, client, retries=retries, backoff=backoff, what="feed"
+        )
         self._client = client
         self._retries = retries
         self._sleep = sleep
