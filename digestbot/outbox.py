@@ -87,18 +87,20 @@ class DigestPlan:
 def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
     """Insert digests and their items; a (subscriber, period) that already has a digest is left alone.
 
-    Rows go in as executemany batches (one statement compiled, many parameter sets). Returns how
-    many digests were inserted by this call.
+    Rows go in as executemany batches on SQLite (one statement compiled, many parameter sets),
+    through COPY on PostgreSQL (store.copy_insert). Returns how many digests were inserted by
+    this call.
     """
     conn = session.connection()
     digests = table_of(Digest)
-    insert_digest = (
-        dialect_insert(session, digests)
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
-        .returning(digests.c.id, digests.c.subscriber_id)
-    )
     postgres = conn.dialect.name == "postgresql"
-    item_sql, item_order = _item_insert(session)
+    if not postgres:  # PostgreSQL stores both through COPY (store.copy_insert)
+        insert_digest = (
+            dialect_insert(session, digests)
+            .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
+            .returning(digests.c.id, digests.c.subscriber_id)
+        )
+        item_sql, item_order = _item_insert(session)
     as_json = _JsonCache()
     inserted = 0
     for batch in chunks(list(plans)):
@@ -211,18 +213,14 @@ _IN_ORDER = tuple(range(len(_ITEM_COLUMNS)))
 
 
 def _item_insert(session: Session) -> tuple[str, tuple[int, ...] | None]:
-    """The digest-item INSERT (conflicts ignored) as the driver's SQL, and the order of the row
+    """SQLite: the digest-item INSERT (conflicts ignored) as the driver's SQL, and the order of the row
     values for a positional paramstyle (None: named). Items are the bulk of a plan's rows, so they
     go straight to the driver's executemany, with JSON already serialized (see _JsonCache)."""
     conn = session.connection()
-    postgres = conn.dialect.name == "postgresql"
-    values: dict[str, Any] = {}
-    for name in _ITEM_COLUMNS:
-        if name in _ITEM_JSON:
-            param = sa.bindparam(name, type_=sa.Text())
-            values[name] = sa.cast(param, sa.JSON()) if postgres else param
-        else:
-            values[name] = sa.bindparam(name)
+    values: dict[str, Any] = {
+        name: sa.bindparam(name, type_=sa.Text()) if name in _ITEM_JSON else sa.bindparam(name)
+        for name in _ITEM_COLUMNS
+    }
     stmt = (
         dialect_insert(session, table_of(DigestItem))
         .values(values)
