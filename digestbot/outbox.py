@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -587,20 +587,27 @@ def _release(d: Digest) -> None:
     d.lease_until = None
 
 
-def _due_states(
-    now: datetime,
-) -> tuple[tuple[sa.ColumnElement[bool], tuple[sa.ColumnElement[Any], ...]], ...]:
-    """Digests to deliver now, by state, each with the order claims take them in (an order its
-    index holds, so a claim reads only the rows it takes): deferred with their retry time come,
-    longest waiting first (ix_digests_state_next_attempt), then planned by id (ix_digests_state_id).
-    """
+class _DueState(NamedTuple):
+    """One kind of due digest: which rows, the order claims take them in (an order an index
+    holds, so a claim reads only the rows it takes), and whether that order is by id alone (a
+    run's position then applies: claim's `after`)."""
+
+    where: sa.ColumnElement[bool]
+    order: tuple[sa.ColumnElement[Any], ...]
+    by_id: bool
+
+
+def _due_states(now: datetime) -> tuple[_DueState, ...]:
+    """Digests to deliver now, in claim order: deferred with their retry time come, longest
+    waiting first (ix_digests_state_next_attempt), then planned by id (ix_digests_state_id)."""
     table = table_of(Digest)
     return (
-        (
+        _DueState(
             sa.and_(table.c.state == DigestState.DEFERRED, table.c.next_attempt_at <= now),
             (table.c.next_attempt_at, table.c.id),
+            by_id=False,
         ),
-        (table.c.state == DigestState.PLANNED, (table.c.id,)),
+        _DueState(table.c.state == DigestState.PLANNED, (table.c.id,), by_id=True),
     )
 
 
@@ -625,7 +632,7 @@ def _deliverable() -> sa.ColumnElement[bool]:
 
 def _due(now: datetime) -> sa.ColumnElement[bool]:
     """Digests to deliver now: due by state (_due_states) and deliverable (_deliverable)."""
-    return sa.and_(sa.or_(*(state for state, _ in _due_states(now))), _deliverable())
+    return sa.and_(sa.or_(*(due.where for due in _due_states(now))), _deliverable())
 
 
 def count_due(
@@ -662,16 +669,16 @@ def claim(
     table = table_of(Digest)
     bind = db.get_bind() if isinstance(db, Session) else db
     claimed: list[int] = []
-    due = _due_states(now)  # deferred, then planned
-    for state, order in due:
+    for due in _due_states(now):
         if len(claimed) >= limit:
             break
-        if after is not None and state is due[-1][0]:  # planned: past the run's position
-            state = sa.and_(state, table.c.id > after)
+        where = due.where
+        if after is not None and due.by_id:
+            where = sa.and_(where, table.c.id > after)
         pick = (
             sa.select(table.c.id)
-            .where(state, _deliverable())
-            .order_by(*order)
+            .where(where, _deliverable())
+            .order_by(*due.order)
             .limit(limit - len(claimed))
         )
         if subscriber_ids is not None:
