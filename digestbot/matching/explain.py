@@ -234,10 +234,7 @@ def query_evidence(text: str, paper: PaperDoc) -> Evidence:
             for i, seg in enumerate(a.fields["keyword"]):
                 for j in occurrences(seg, items):
                     hit_keywords.setdefault(i, []).append((seg[j].start, seg[j + k - 1].end))
-    return Evidence(
-        tuple(sorted(hit_authors)),
-        tuple((i, merge_spans(spans)) for i, spans in sorted(hit_keywords.items())),
-    )
+    return _collected(hit_authors, hit_keywords)
 
 
 def merge_evidence(parts: Sequence[Evidence]) -> Evidence:
@@ -250,7 +247,12 @@ def merge_evidence(parts: Sequence[Evidence]) -> Evidence:
         hit_authors.update(part.authors)
         for i, spans in part.keywords:
             hit_keywords.setdefault(i, []).extend(spans)
+    return _collected(hit_authors, hit_keywords)
+
+
+def _collected(authors: set[int], keywords: dict[int, list[tuple[int, int]]]) -> Evidence:
+    """Evidence from the author indices and keyword spans found (spans sorted and joined)."""
     return Evidence(
-        tuple(sorted(hit_authors)),
-        tuple((i, merge_spans(spans)) for i, spans in sorted(hit_keywords.items())),
+        tuple(sorted(authors)),
+        tuple((i, merge_spans(spans)) for i, spans in sorted(keywords.items())),
     )
