@@ -6,12 +6,14 @@ functions take (engine, source, backend, mail context, retry policy).
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from sqlalchemy.engine import Engine
 
 from digestbot import logs, outbox
@@ -24,18 +26,35 @@ from digestbot.mail.ratelimit import RateLimiter
 from digestbot.pipeline import NamedSource, Source
 from digestbot.render import Renderer
 from digestbot.settings import Settings
-from digestbot.sources.arxiv import DEFAULT_RSS_URL, ArxivSource
 from digestbot.sources.base import SourceSpec, locate_feed
-from digestbot.sources.feed import FeedSource
-from digestbot.sources.hf_daily import HFDailyPapers
-from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client, on_arxiv_host
 from digestbot.subscribers import Config, SubscriberSpec
 from digestbot.subscribers import load_config as load_config_file
+
+if TYPE_CHECKING:
+    import httpx
+
+    from digestbot.sources.http import Pacer
+
+# The source modules (with httpx, which brings click, rich and pygments for its own command line)
+# are imported by the functions that build sources, not with this module: the delivery worker
+# processes import this module and fetch nothing, and are 15 MB smaller without them.
 
 
 def configure_logging(settings: Settings) -> None:
     """Log to stderr at DIGESTBOT_LOG_LEVEL in DIGESTBOT_LOG_FORMAT (digestbot.logs)."""
     logs.configure(level=settings.log_level, kind=settings.log_format)
+
+
+def release_memory() -> None:
+    """Give back to the system the memory of what is no longer referenced (the subscribers file
+    and the planning, before delivery): a collection, then glibc's malloc_trim, without which
+    freed heap pages mostly stay with the process. Elsewhere than glibc only the collection."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def load_people(settings: Settings) -> list[SubscriberSpec]:
@@ -55,6 +74,8 @@ def database(settings: Settings, *, create: bool = True) -> Engine:
 
 def source_location(settings: Settings, spec: SourceSpec) -> str:
     """Where a source reads, as messages and `status` show it."""
+    from digestbot.sources.arxiv import DEFAULT_RSS_URL
+
     if spec.kind == "hf":
         return spec.url or settings.feed_url
     if spec.kind == "arxiv":
@@ -73,6 +94,11 @@ def make_sources(
     arXiv host, shares one Pacer, so requests to arXiv hosts stay 3 s apart whichever source
     makes them. A `url` naming a file
     or folder that does not exist is a ConfigError (file, line, field), as for DIGESTBOT_FEED_URL."""
+    from digestbot.sources.arxiv import ArxivSource
+    from digestbot.sources.feed import FeedSource
+    from digestbot.sources.hf_daily import HFDailyPapers
+    from digestbot.sources.http import FEED_ACCEPT, Pacer, make_client, on_arxiv_host
+
     pacer = pacer or Pacer()
     out: list[NamedSource] = []
     for number, spec in enumerate(specs, start=1):

@@ -336,22 +336,32 @@ def send(
             fetch_error, failed_days = fetched_report.error(), fetched_report.failed_days()
         bar = _Bar()
         try:
-            done = pipeline.send(
+            prepared = pipeline.prepare_send(
                 engine,
                 everyone,
                 only=only,
-                backend=delivery.backend,
-                mail=delivery.mail,
-                policy=delivery.policy,
-                limiter=delivery.limiter,
+                from_addr=delivery.mail.from_addr,
                 as_of=schedule.as_of(day, _now()),
                 day=day,
                 lookback=settings.lookback_days,
                 clock=_now,
-                on_start=bar.start,
-                on_result=bar.advance,
                 fetch_error=fetch_error,
                 failed_days=failed_days,
+            )
+            # Delivery needs nothing of the subscribers file or of the planning: their memory
+            # (a hundred MB at 100,000 subscribers) goes back before the workers start.
+            del config, everyone, only
+            app.release_memory()
+            done = pipeline.finish_send(
+                engine,
+                prepared,
+                backend=delivery.backend,
+                mail=delivery.mail,
+                policy=delivery.policy,
+                limiter=delivery.limiter,
+                clock=_now,
+                on_start=bar.start,
+                on_result=bar.advance,
                 deliver=_pool(settings, engine, delivery, workers),
             )
         except DeliverySetupError as exc:

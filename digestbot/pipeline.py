@@ -471,34 +471,38 @@ class SendSummary:
     held: FetchError | None = None  # subscribers not planned: a source they follow failed
 
 
-def send(
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What `prepare_send` did, and all `finish_send` needs: nothing of the subscribers file, so
+    the caller can let go of it (at 100,000 subscribers, a hundred MB) before delivery."""
+
+    plan: PlanSummary
+    held: FetchError | None  # subscribers not planned: a source they follow failed
+    subscriber_ids: list[int] | None  # with `only`: the chosen subscribers' ids
+    started: datetime
+
+
+def prepare_send(
     engine: Engine,
     everyone: Sequence[SubscriberSpec],
     *,
     only: Sequence[SubscriberSpec] | None,
-    backend: Backend,
-    mail: MailContext,
-    policy: outbox.RetryPolicy,
-    limiter: RateLimiter,
+    from_addr: str,
     as_of: datetime,
     day: date | None,
     lookback: int,
     clock: Clock,
-    on_start: Callable[[int], None] | None = None,
-    on_result: Callable[[str, outbox.Outcome], None] | None = None,
     fetch_error: FetchError | None = None,
     failed_days: Mapping[str, Sequence[date]] | None = None,
-    deliver: Deliver | None = None,
-) -> SendSummary:
-    """`digestbot send` after the fetch: sync the file, plan the period's digests, deliver what is due.
+) -> Prepared:
+    """`digestbot send` after the fetch, up to delivery: sync the file and plan the period's
+    digests. `finish_send` then delivers what is due.
 
-    With `only`, just those subscribers are planned and delivered (everyone stays subscribed).
-    `on_start` gets the number of digests about to be delivered. `deliver` delivers them
-    (workers.Pool: several processes); by default deliver_due here with `backend`. When a
-    source failed (`fetch_error`; `failed_days` per source name) for a day inside the windows
-    to plan of subscribers who follow it (the rule: `unread_days`), those subscribers are not
-    planned (`SendSummary.held` says why) and the others are; when that is everyone, FetchError
-    names the days and nothing is planned or delivered.
+    With `only`, just those subscribers are planned (and then delivered; everyone stays
+    subscribed). When a source failed (`fetch_error`; `failed_days` per source name) for a day
+    inside the windows to plan of subscribers who follow it (the rule: `unread_days`), those
+    subscribers are not planned (`Prepared.held` says why) and the others are; when that is
+    everyone, FetchError names the days and nothing is planned.
     """
     now = clock()
     chosen = everyone if only is None else only
@@ -537,9 +541,31 @@ def send(
         as_of=as_of,
         lookback=lookback,
         day=day,
-        from_addr=mail.from_addr,
+        from_addr=from_addr,
         now=now,
     )
+    return Prepared(plan=plan, held=held, subscriber_ids=ids, started=now)
+
+
+def finish_send(
+    engine: Engine,
+    prepared: Prepared,
+    *,
+    backend: Backend,
+    mail: MailContext,
+    policy: outbox.RetryPolicy,
+    limiter: RateLimiter,
+    clock: Clock,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[str, outbox.Outcome], None] | None = None,
+    deliver: Deliver | None = None,
+) -> SendSummary:
+    """`digestbot send` after `prepare_send`: deliver what is due, then log the run's line.
+
+    `on_start` gets the number of digests about to be delivered. `deliver` delivers them
+    (workers.Pool: several processes); by default deliver_due here with `backend`.
+    """
+    ids = prepared.subscriber_ids
     due = count_due(engine, now=clock(), subscriber_ids=ids)
     if on_start is not None:
         on_start(due)
@@ -556,10 +582,10 @@ def send(
             subscriber_ids=ids,
             on_result=on_result,
         )
-    log_run_summary(plan, report, seconds=(clock() - now).total_seconds())
+    log_run_summary(prepared.plan, report, seconds=(clock() - prepared.started).total_seconds())
     with session_scope(engine) as s:
         waiting = outbox.waiting_for_retry(s, now=clock(), subscriber_ids=ids)
-    return SendSummary(plan=plan, report=report, waiting=waiting, held=held)
+    return SendSummary(plan=prepared.plan, report=report, waiting=waiting, held=prepared.held)
 
 
 def log_run_summary(

@@ -299,20 +299,27 @@ def test_subscribers_of_working_sources_are_planned_when_another_source_fails(
     backend = Keep()
     people = [person("hf@example.org", sources=("hf",)), person("all@example.org")]
     now = at("2026-03-02", 23)
-    done = pipeline.send(
+    mail = app.mail_context(settings)
+    prepared = pipeline.prepare_send(
         engine,
         people,
         only=None,
-        backend=backend,
-        mail=app.mail_context(settings),
-        policy=RetryPolicy(initial=60, maximum=600, give_up=3600),
-        limiter=RateLimiter(None),
+        from_addr=mail.from_addr,
         as_of=now,
         day=date(2026, 3, 2),
         lookback=0,
         clock=lambda: now,
         fetch_error=FetchError("source arxiv-ml: unreachable"),
         failed_days={"arxiv-ml": (date(2026, 3, 2),)},
+    )
+    done = pipeline.finish_send(
+        engine,
+        prepared,
+        backend=backend,
+        mail=mail,
+        policy=RetryPolicy(initial=60, maximum=600, give_up=3600),
+        limiter=RateLimiter(None),
+        clock=lambda: now,
     )
     assert backend.to == ["hf@example.org"]
     assert done.held is not None and "1 subscriber(s) not planned" in str(done.held)
