@@ -68,10 +68,12 @@ AUTHORS_FULL_MAX = 4
 BLOCK_CACHE_SIZE = 4096
 """Distinct paper blocks kept per Renderer (each is a (text, html) pair, a few KB)."""
 
-HIGHLIGHT_CACHE_SIZE = 4096
+HIGHLIGHT_CACHE_SIZE = 512
 """Distinct (paper, highlights) kept per Renderer: the title, excerpt, authors and keywords
 already cut, escaped and marked, a few KB each. Subscribers whose queries differ but hit the
-same words of a paper share one entry."""
+same words of a paper share one entry. It is only asked when a block is not in the block
+cache: at 100,000 subscribers, one block in six found its highlights here with 4,096 entries
+(20 MB a worker), so it keeps the recent few."""
 
 TEXT_CACHE_SIZE = 2048
 """Distinct texts (titles, abstracts, feed keywords) whose clean form and offset map are kept

@@ -160,8 +160,8 @@ def header(name: str, tokens: Sequence[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-QP_CACHE_LINES = 50_000
-"""Encoded lines kept for reuse (a few MB): a run's digests share most of their lines."""
+QP_CACHE_LINES = 20_000
+"""Encoded lines kept for reuse (about 5 MB): a run's digests share most of their lines."""
 
 _qp_lines: dict[bytes, bytes] = {}
 
