@@ -6,8 +6,10 @@ writes a subscribers file of N subscribers, each with their own distinct 1-4 que
 phrases of the feed's titles). Then, in one run and on one smtp-sink that the bench starts on a
 free loopback port and stops at the end, it measures:
 
-- digestbot: the real CLI in a subprocess (its wall time, from start to exit), and the peak RSS of
-  its process tree;
+- digestbot: the real CLI in a subprocess (its wall time, from start to exit), and the peak memory
+  of its process tree: RSS summed over its processes (the issue's measure, which counts the pages
+  the workers share with the fork server once per process) and PSS (each shared page divided
+  among the processes sharing it: what the tree takes from the machine);
 - the naive path: stdlib EmailMessage + set_content(text) + add_alternative(html) + smtplib
   send_message on one connection, with the text and HTML of real digests (rendered beforehand by
   the file backend; rendering is not counted);
@@ -314,6 +316,7 @@ class SendRun:
     sent: int
     summary: str
     peak_rss_mb: float  # the process tree's (all workers), sampled
+    peak_pss_mb: float  # the same as PSS: shared pages divided among their processes
     cpu_seconds: float  # user + system of the process tree (the workers as last sampled)
     first_sent_after: float | None  # seconds from start to the first digest sent (planning ends)
     logged_seconds: float | None  # `seconds` of the run's log line
@@ -330,7 +333,8 @@ def timed_send(
         started_wall = time.time()
         t0 = time.perf_counter()
         proc = subprocess.Popen([*digestbot_cmd(), *args], env=env, cwd=cwd, stdout=out, stderr=err)
-        peak = 0
+        peak = peak_pss = 0
+        samples = 0
         ps = psutil.Process(proc.pid)
         # CPU seconds by process, as last seen: the workers are children of multiprocessing's
         # fork server, so wait4's rusage of `digestbot send` does not hold them
@@ -342,15 +346,20 @@ def timed_send(
                 break
             try:
                 tree = [ps, *ps.children(recursive=True)]
-                rss = 0
+                rss = pss = 0
+                with_pss = samples % 4 == 0  # PSS reads smaps_rollup: every 0.2 s is enough
+                samples += 1
                 for p in tree:
                     try:
                         rss += p.memory_info().rss
+                        if with_pss:
+                            pss += p.memory_full_info().pss
                         times = p.cpu_times()
                         cpu[p.pid] = times.user + times.system
                     except psutil.Error:
                         pass
                 peak = max(peak, rss)
+                peak_pss = max(peak_pss, pss)
             except psutil.Error:
                 pass
             time.sleep(interval)
@@ -371,6 +380,7 @@ def timed_send(
         sent=int(m.group(1)),
         summary=summary,
         peak_rss_mb=peak / 2**20,
+        peak_pss_mb=peak_pss / 2**20,
         cpu_seconds=sum(cpu.values()),
         first_sent_after=first,
         logged_seconds=logged,
@@ -699,6 +709,10 @@ def measure(args: argparse.Namespace, tmp: Path, url: str) -> None:
         print(f"until the first digest sent (start, sync, plan): {done.first_sent_after:.1f} s")
     if done.logged_seconds is not None:
         print(f"run log line: {done.logged_seconds:.1f} s")
+    print(
+        f"memory: peak RSS summed over the processes {done.peak_rss_mb:.0f} MB; peak PSS "
+        f"(shared pages counted once) {done.peak_pss_mb:.0f} MB"
+    )
     print(f"naive: {args.naive_count} messages on one connection, {naive:.0f}/s")
     print(
         f"wire: {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(wire_cmd))}: {wire:.0f}/s"
