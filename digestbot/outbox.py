@@ -357,8 +357,21 @@ class StoredDigest:
     window_end: datetime | None = None
 
 
-def _spans(value: object) -> tuple[tuple[int, int], ...]:
-    return tuple((int(a), int(b)) for a, b in value or ())  # type: ignore[attr-defined]
+JSON_READ_CACHE = 8192
+"""Distinct JSON texts of the item columns kept decoded (matched terms, spans; a few MB)."""
+
+
+@functools.lru_cache(maxsize=JSON_READ_CACHE)
+def _terms(text: str | None) -> tuple[str, ...]:
+    """The `matched` column's JSON text, decoded: once per distinct text, as many subscribers'
+    items share terms (the reverse of _JsonCache)."""
+    return tuple(json.loads(text) or ()) if text else ()
+
+
+@functools.lru_cache(maxsize=JSON_READ_CACHE)
+def _spans(text: str | None) -> tuple[tuple[int, int], ...]:
+    """A spans column's JSON text, decoded into (start, end) pairs: once per distinct text."""
+    return tuple((int(a), int(b)) for a, b in json.loads(text) or ()) if text else ()
 
 
 def load_digests(
@@ -398,9 +411,10 @@ def load_digests(
             items_t.c.section,
             items_t.c.position,
             items_t.c.upvotes,
-            items_t.c.matched,
-            items_t.c.title_spans,
-            items_t.c.summary_spans,
+            # as text, decoded by _terms and _spans: once per distinct value, not per item
+            sa.cast(items_t.c.matched, sa.Text).label("matched"),
+            sa.cast(items_t.c.title_spans, sa.Text).label("title_spans"),
+            sa.cast(items_t.c.summary_spans, sa.Text).label("summary_spans"),
         )
         .where(items_t.c.digest_id.in_(wanted))
         .order_by(items_t.c.digest_id, items_t.c.position)
@@ -411,7 +425,7 @@ def load_digests(
                 section=r.section,
                 position=r.position,
                 upvotes=r.upvotes,
-                matched=tuple(r.matched or ()),
+                matched=_terms(r.matched),
                 title_spans=_spans(r.title_spans),
                 summary_spans=_spans(r.summary_spans),
             )
