@@ -97,10 +97,16 @@ def old_build(*, rendered: RenderedDigest, to_addr: str, to_name: str, message_i
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
     msg.set_content(
-        clean_block(rendered.text), subtype="plain", charset="utf-8", cte="quoted-printable"
+        clean_block(rendered.text).decode("utf-8"),
+        subtype="plain",
+        charset="utf-8",
+        cte="quoted-printable",
     )
     msg.add_alternative(
-        clean_block(rendered.html), subtype="html", charset="utf-8", cte="quoted-printable"
+        clean_block(rendered.html).decode("utf-8"),
+        subtype="html",
+        charset="utf-8",
+        cte="quoted-printable",
     )
     for part in msg.iter_parts():
         del part["MIME-Version"]

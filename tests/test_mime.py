@@ -201,7 +201,7 @@ def test_quoted_printable_is_short_crlf_ascii_and_decodes_back(body: str) -> Non
     assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
     assert b"=_" not in encoded
     assert all(line != b"." for line in encoded.split(b"\r\n"))  # never ends an SMTP DATA
-    assert binascii.a2b_qp(encoded).decode("utf-8") == text.replace("\n", "\r\n")
+    assert binascii.a2b_qp(encoded) == text.replace(b"\n", b"\r\n")
 
 
 @_FAST
@@ -217,14 +217,14 @@ def test_quoted_printable_line_by_line_is_the_whole_encoded_at_once(bodies: list
     of the whole of it, whatever bodies came before."""
     for body in bodies + bodies:
         text = clean_block(body)
-        whole = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+        whole = binascii.b2a_qp(text, istext=True).replace(b"\n", b"\r\n")
         assert mime.quoted_printable(text) == whole
 
 
 def test_body_with_carriage_returns_is_refused() -> None:
     """A body not cleaned to LF line ends is a ValueError rather than a bare CR on the wire."""
     with pytest.raises(ValueError):
-        mime.quoted_printable("a\rb\n")
+        mime.quoted_printable(b"a\rb\n")
 
 
 @pytest.mark.parametrize("boundary", ["abc", "==x", "=_", "=_a b", "=_" + "a" * 69, "=_é"])
@@ -232,7 +232,7 @@ def test_boundary_that_could_occur_in_a_body_is_refused(boundary: str) -> None:
     """Only a boundary starting '=_' (which quoted-printable never writes) and within RFC 2046's
     grammar and 70 characters is accepted."""
     with pytest.raises(ValueError):
-        mime.multipart_alternative("", text="t\n", html="h\n", boundary=boundary)
+        mime.multipart_alternative("", text=b"t\n", html=b"h\n", boundary=boundary)
 
 
 # --------------------------------------------------------------------------- whole messages
@@ -274,7 +274,7 @@ def test_any_subject_name_and_bodies_survive_a_parse_back(
         assert part["Content-Transfer-Encoding"] == "quoted-printable"
         assert part.get_content_charset() == "utf-8"
         assert list(part.keys()) == ["Content-Type", "Content-Transfer-Encoding"]
-        assert part.get_content().replace("\r\n", "\n") == clean_block(source)
+        assert part.get_content().replace("\r\n", "\n") == clean_block(source).decode("utf-8")
     for part in msg.walk():
         assert not part.defects
     for key in msg:

@@ -111,4 +111,4 @@ def test_clean_block_drops_exactly_the_control_characters(value: str) -> None:
     text = re.sub(
         r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", value.replace("\r\n", "\n").replace("\r", "\n")
     )
-    assert clean_block(value) == (text if text.endswith("\n") else text + "\n")
+    assert clean_block(value) == (text if text.endswith("\n") else text + "\n").encode("utf-8")

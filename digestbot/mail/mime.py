@@ -166,8 +166,8 @@ QP_CACHE_LINES = 20_000
 _qp_lines: dict[bytes, bytes] = {}
 
 
-def quoted_printable(text: str) -> bytes:
-    """UTF-8 ``text`` (LF line ends) as a quoted-printable body with CRLF line ends.
+def quoted_printable(body: bytes) -> bytes:
+    """A UTF-8 ``body`` (LF line ends; text.clean_block) as quoted-printable with CRLF line ends.
 
     binascii's encoder (C): lines of at most 76 characters with soft breaks (RFC 2045 §6.7),
     ``=`` always escaped, trailing space or tab escaped, a lone ``.`` escaped (SMTP).
@@ -177,11 +177,11 @@ def quoted_printable(text: str) -> bytes:
     of digests of a run, and the encoder costs ten nanoseconds a byte. The reuse is bounded
     (QP_CACHE_LINES) and changes no byte (tests/test_mime.py checks it against the whole).
     """
-    if "\r" in text:
+    if b"\r" in body:
         raise ValueError("a body must have LF line ends (text.clean_block) before encoding")
     cache = _qp_lines
     out = []
-    for line in text.encode("utf-8").split(b"\n"):
+    for line in body.split(b"\n"):
         encoded = cache.get(line)
         if encoded is None:
             encoded = binascii.b2a_qp(line, istext=True).replace(b"\n", b"\r\n")  # soft breaks
@@ -200,10 +200,10 @@ _PLAIN_HEAD = _PART_HEAD.format("plain").encode("ascii")
 _HTML_HEAD = _PART_HEAD.format("html").encode("ascii")
 
 
-def multipart_alternative(head: str, *, text: str, html: str, boundary: str) -> bytes:
+def multipart_alternative(head: str, *, text: bytes, html: bytes, boundary: str) -> bytes:
     """The whole message: ``head`` (header fields, CRLF-ended), MIME-Version, then a
-    multipart/alternative of ``text`` (text/plain) and ``html`` (text/html), both UTF-8
-    quoted-printable.
+    multipart/alternative of ``text`` (text/plain) and ``html`` (text/html), both UTF-8 (as
+    text.clean_block gives them), quoted-printable.
 
     ``boundary`` must start with ``=_``: quoted-printable writes ``=`` only before two hex
     digits or a line end, so such a boundary can never occur in either body (RFC 2046 §5.1.1).
