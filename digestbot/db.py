@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,7 +170,9 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     # which never migrates, is 8 MB smaller without them.
     from alembic.config import Config
 
-    cfg = Config()
+    # Config's default stdout is sys.stdout as it was when Alembic was imported (a stream since
+    # replaced and closed, perhaps): the current one is given
+    cfg = Config(stdout=sys.stdout)
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
         cfg.attributes["connection"] = connection
