@@ -585,3 +585,18 @@ def test_syncing_an_off_subscriber_marks_them_paused_without_planning(env) -> No
         paused_at = s.execute(sa.select(Subscriber.paused_at)).scalar_one()  # type: ignore[call-overload]
         assert s.execute(sa.text("SELECT COUNT(*) FROM digests")).scalar_one() == 0
     assert paused_at == at("2026-03-04")
+
+
+def test_release_memory_empties_the_memo_caches_and_changes_no_result() -> None:
+    """Before delivery `send` gives back the memory of the subscribers file: the memo caches
+    reading it filled (parsed queries and addresses, which pin its freed pages) are emptied, and
+    what they compute is the same afterwards."""
+    from digestbot.addresses import parse_addr_spec
+    from digestbot.matching.query import parse_query
+
+    before = parse_query('"sparse attention" -survey'), parse_addr_spec("Ada@Example.org")
+    assert parse_query.cache_info().currsize and parse_addr_spec.cache_info().currsize
+    app.release_memory()
+    assert parse_query.cache_info().currsize == 0
+    assert parse_addr_spec.cache_info().currsize == 0
+    assert (parse_query('"sparse attention" -survey'), parse_addr_spec("Ada@Example.org")) == before
