@@ -53,7 +53,7 @@ def release_memory() -> None:
     First digestbot's memo caches (functools.lru_cache of pure functions: parsed addresses and
     queries, stems) are emptied: filled while the file was read, their entries sit among its
     freed objects and keep Python's allocator from returning those pages (at 100,000
-    subscribers, 40 MB). Then a collection, then glibc's malloc_trim, without which freed heap
+    subscribers, about 20 MB more given back). Then a collection, then glibc's malloc_trim, without which freed heap
     pages mostly stay with the process (elsewhere than glibc, the collection alone)."""
     for found in gc.get_objects():
         if isinstance(found, functools._lru_cache_wrapper) and getattr(
