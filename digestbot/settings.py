@@ -274,6 +274,14 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
         )
     if "token" not in placeholders:
         raise r.error(name, f"must contain the {{token}} placeholder; {example}")
+    if any(brace in value.replace("{token}", "").replace("{email}", "") for brace in "{}"):
+        # "{{" passes the format parser as an escaped brace, but the placeholders are filled
+        # in by replacement and a brace may not stand in a List-Unsubscribe URI
+        raise r.error(
+            name,
+            f"{_show(value)} has a brace outside the {{token}} and {{email}} placeholders, "
+            f"which a List-Unsubscribe URI may not hold; {example}",
+        )
     if not is_endpoint_url(value):
         raise r.error(
             name,
