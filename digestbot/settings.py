@@ -249,16 +249,6 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
     if value is None:
         return None
     example = "expected e.g. https://example.org/unsubscribe?token={token}"
-    _check_header_uri(r, name, value, example)
-    try:
-        scheme_ok = is_public_url_scheme_ok(value)
-    except ValueError as exc:
-        raise r.error(name, f"{_show(value)} is not a URL ({exc}); {example}") from None
-    if not scheme_ok:
-        raise r.error(
-            name,
-            f"{_show(value)} is not an https URL (plain http only for a loopback host); {example}",
-        )
     try:
         placeholders = {
             fname for _, fname, _, _ in string.Formatter().parse(value) if fname is not None
@@ -274,13 +264,15 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
         )
     if "token" not in placeholders:
         raise r.error(name, f"must contain the {{token}} placeholder; {example}")
-    if any(brace in value.replace("{token}", "").replace("{email}", "") for brace in "{}"):
-        # "{{" passes the format parser as an escaped brace, but the placeholders are filled
-        # in by replacement and a brace may not stand in a List-Unsubscribe URI
+    _check_header_uri(r, name, value, example)
+    try:
+        scheme_ok = is_public_url_scheme_ok(value)
+    except ValueError as exc:
+        raise r.error(name, f"{_show(value)} is not a URL ({exc}); {example}") from None
+    if not scheme_ok:
         raise r.error(
             name,
-            f"{_show(value)} has a brace outside the {{token}} and {{email}} placeholders, "
-            f"which a List-Unsubscribe URI may not hold; {example}",
+            f"{_show(value)} is not an https URL (plain http only for a loopback host); {example}",
         )
     if not is_endpoint_url(value):
         raise r.error(
@@ -293,9 +285,10 @@ def _unsubscribe_url(r: _Reader, name: str) -> str | None:
 
 
 def _check_header_uri(r: _Reader, name: str, value: str, example: str) -> None:
-    """The List-Unsubscribe URI rule (text.header_uri_problem), with placeholders filled in."""
-    # braces are left to the placeholder checks that follow (unbalanced, unknown names)
-    problem = header_uri_problem(value.replace("{", "").replace("}", ""))
+    """The List-Unsubscribe URI rule (text.header_uri_problem) on the URL as a message carries
+    it: the placeholders are filled in by replacement (MailContext.unsubscribe_for), so any other
+    brace, "{{" included, stays in the URI and is refused here."""
+    problem = header_uri_problem(value.replace("{token}", "").replace("{email}", ""))
     if problem:
         raise r.error(name, f"{_show(value)} {problem}; {example}")
 
