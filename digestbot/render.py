@@ -73,7 +73,7 @@ HIGHLIGHT_CACHE_SIZE = 512
 already cut, escaped and marked, a few KB each. Subscribers whose queries differ but hit the
 same words of a paper share one entry. It is only asked when a block is not in the block
 cache: at 100,000 subscribers, one block in six found its highlights here with 4,096 entries
-(20 MB a worker), so it keeps the recent few."""
+(tens of MB a worker at a few KB each), so it keeps the recent few."""
 
 TEXT_CACHE_SIZE = 2048
 """Distinct texts (titles, abstracts, feed keywords) whose clean form and offset map are kept
