@@ -502,6 +502,30 @@ def transaction(conn: sa.Connection, *, read_only: bool = False) -> Iterator[sa.
         raise database_error(conn.engine, exc, doing="read or write") from None
 
 
+@contextlib.contextmanager
+def statement(conn: sa.Connection) -> Iterator[sa.Connection]:
+    """One write statement committed on its own (a digest's sent mark: it runs per message).
+
+    On PostgreSQL the statement runs in autocommit: one round trip to the server instead of
+    three (BEGIN, the statement, COMMIT), and a single statement is atomic by itself. Elsewhere
+    it is transaction(): on SQLite, BEGIN IMMEDIATE takes the write lock up front (db.py).
+    Errors as transaction()'s.
+    """
+    if conn.dialect.name != "postgresql":
+        with transaction(conn):
+            yield conn
+        return
+    try:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with conn.begin():  # in autocommit the driver sends no BEGIN and no COMMIT
+                yield conn
+        finally:
+            conn.execution_options(isolation_level=conn.default_isolation_level or "READ COMMITTED")
+    except DBAPIError as exc:
+        raise database_error(conn.engine, exc, doing="write") from None
+
+
 ANALYZE_AFTER = 1000
 """A planning run that stores at least this many digests refreshes PostgreSQL's statistics of
 the outbox (refresh_statistics)."""
