@@ -979,7 +979,7 @@ def deliver_due(
                     digests, more = outbox.load_digests(conn, ids, known=papers)
                 papers.update(more)
                 renew_at = clock() + outbox.LEASE / 2
-                for digest_id in ids:
+                for i, digest_id in enumerate(ids):
                     if stop is not None and stop.is_set():
                         report.stopped = True
                         break
@@ -999,6 +999,7 @@ def deliver_due(
                         limiter=limiter,
                         policy=policy,
                         views=views,
+                        then=_next_recipient(digests, ids, i, limiter),
                     )
                     pending.remove(digest_id)
                     report.add(d.email, outcome, reason, retry=d.attempts > 0)
@@ -1059,6 +1060,25 @@ def _log_outcome(d: outbox.StoredDigest, outcome: outbox.Outcome, reason: str) -
     )
 
 
+ANNOUNCE_WITHIN = 5.0
+"""Seconds: the next message's envelope goes out with a message's content (SMTPBackend) only
+when the rate limit lets that next message follow within this time, as a server holds the
+announced message's open DATA meanwhile (and the backend probes a connection idle for 10 s)."""
+
+
+def _next_recipient(
+    digests: dict[int, outbox.StoredDigest], ids: Sequence[int], i: int, limiter: RateLimiter
+) -> str | None:
+    """The SMTP recipient of the digest sent after ids[i] in this batch, for the backend to
+    announce early (Backend.send's `then`); None at the batch's end or under a slow rate."""
+    if i + 1 >= len(ids) or limiter.interval >= ANNOUNCE_WITHIN:
+        return None
+    try:
+        return smtp_address(digests[ids[i + 1]].email)
+    except ValueError:  # AddressError: that digest meets it on its own turn, with its reason
+        return None
+
+
 def _send_one(
     conn: Connection,
     backend: Backend,
@@ -1071,9 +1091,10 @@ def _send_one(
     limiter: RateLimiter,
     policy: outbox.RetryPolicy,
     views: PaperViews | None = None,
+    then: str | None = None,
 ) -> tuple[outbox.Outcome, str]:
     """Compose and hand over one digest, then record what came of it (committed at once, on the
-    run's connection).
+    run's connection). `then`: the recipient sent to next (Backend.send).
 
     Errors that hit every message (ConfigError, DeliverySetupError) propagate before anything
     is recorded, so the caller gives the digest back untouched.
@@ -1085,7 +1106,9 @@ def _send_one(
         limiter.wait()
         name = f"{d.period}_{d.id:08d}"
         rcpt = smtp_address(d.email)  # the domain in ASCII (IDNA)
-        backend.send(Envelope(sender=mail.envelope_from, recipient=rcpt, raw=raw, name=name))
+        backend.send(
+            Envelope(sender=mail.envelope_from, recipient=rcpt, raw=raw, name=name), then=then
+        )
     except TemporaryDeliveryError as exc:
         error = str(exc)
         with outbox.transaction(conn), outbox.session_on(conn) as s:

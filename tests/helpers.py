@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -71,12 +71,25 @@ class Received:
 
 @dataclass
 class SMTPHandler:
-    """Records what it accepts; `reject_rcpt` / `reject_data` map an address to an SMTP reply."""
+    """Records what it accepts; `reject_rcpt` / `reject_data` map an address to an SMTP reply.
+
+    It offers PIPELINING (RFC 2920), as Postfix, Exim and the big mail services do (aiosmtpd
+    reads pipelined commands in order); `pipelining=False` makes a server without it.
+    `on_data` is called with each message's envelope as its content arrives.
+    """
 
     received: list[Received] = field(default_factory=list)
     reject_rcpt: dict[str, str] = field(default_factory=dict)
     reject_data: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pipelining: bool = True
+    on_data: Callable[[Any], None] | None = None
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         if address in self.reject_rcpt:
@@ -85,6 +98,8 @@ class SMTPHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.on_data is not None:
+            self.on_data(envelope)
         for rcpt in envelope.rcpt_tos:
             if rcpt in self.reject_data:
                 return self.reject_data[rcpt]

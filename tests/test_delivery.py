@@ -628,44 +628,106 @@ def test_connection_closed_by_the_server_while_idle_is_reopened() -> None:
     assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]
 
 
-@dataclass
-class PipeliningHandler(SMTPHandler):
-    """Offers PIPELINING (RFC 2920) in its EHLO reply; aiosmtpd reads pipelined commands in order."""
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-
-def test_pipelining_server_gets_the_same_messages_and_refusals() -> None:
-    """With a server that offers PIPELINING, messages (dot-leading lines included) arrive byte for byte, a refused or deferred recipient is classified as before, and the connection keeps working."""
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
+def test_messages_and_refusals_are_the_same_with_or_without_pipelining(pipelining: bool) -> None:
+    """With a server that offers PIPELINING and with one that does not, messages (dot-leading lines included) arrive byte for byte, a refused or deferred recipient is classified the same, and the connection keeps working."""
     from digestbot.errors import PermanentDeliveryError, TemporaryDeliveryError
     from digestbot.mail.backends import Envelope, SMTPBackend
 
-    handler = PipeliningHandler(
+    handler = SMTPHandler(
         reject_rcpt={"gone@example.org": "550 5.1.1 no such user"},
         reject_data={"busy@example.org": "451 4.3.0 try later"},
+        pipelining=pipelining,
     )
     raw = b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n.\r\n..two\r\n.end\r\n"
+    order = ["b@example.org", "gone@example.org", "busy@example.org", "c@example.org"]
     with serve(handler) as server:
         backend = SMTPBackend(host=server.host, port=server.port, security="none")
 
-        def send(to: str, name: str) -> None:
-            backend.send(Envelope(sender="a@example.org", recipient=to, raw=raw, name=name))
+        def send(i: int) -> None:
+            then = order[i + 1] if i + 1 < len(order) else None
+            backend.send(
+                Envelope(sender="a@example.org", recipient=order[i], raw=raw, name=str(i)),
+                then=then,
+            )
 
-        send("b@example.org", "1")
-        assert backend._conn is not None and backend._conn.has_extn("pipelining")
+        send(0)
+        assert backend._conn is not None and backend._conn.has_extn("pipelining") == pipelining
         with pytest.raises(PermanentDeliveryError, match="550"):
-            send("gone@example.org", "2")
+            send(1)
         with pytest.raises(TemporaryDeliveryError, match="451"):
-            send("busy@example.org", "3")
-        send("c@example.org", "4")
+            send(2)
+        send(3)
         backend.close()
     assert [(r.mail_from, r.rcpt_tos) for r in handler.received] == [
         ("a@example.org", ["b@example.org"]),
         ("a@example.org", ["c@example.org"]),
     ]
     assert all(r.raw == raw for r in handler.received)
+
+
+def test_pipelining_takes_one_round_trip_a_message_and_an_unused_announcement_delivers_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With PIPELINING, each message after the first needs one write and one wait: its envelope went out with the previous content. An announced recipient that is not sent next (the run stopped, the next digest failed to compose) gets nothing: no empty message, and the message sent instead arrives once."""
+    import smtplib
+
+    from digestbot.mail.backends import Envelope, SMTPBackend
+
+    writes: list[bytes] = []
+    real_send = smtplib.SMTP.send
+
+    def counting_send(self: smtplib.SMTP, s: str | bytes) -> None:
+        writes.append(s.encode("ascii") if isinstance(s, str) else s)
+        real_send(self, s)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", counting_send)
+    handler = SMTPHandler()
+    raw = b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n"
+    people = [f"p{i}@example.org" for i in range(5)]
+
+    def envelope(to: str) -> Envelope:
+        return Envelope(sender="a@example.org", recipient=to, raw=raw, name=to)
+
+    with serve(handler) as server:
+        backend = SMTPBackend(host=server.host, port=server.port, security="none")
+        backend.open()
+        writes.clear()  # EHLO is not a message's
+        for i, to in enumerate(people):
+            backend.send(envelope(to), then=people[i + 1] if i + 1 < len(people) else None)
+        # the first message: its envelope, then its content; every other: its content only
+        assert len(writes) == 1 + len(people)
+        assert writes[1].endswith(
+            b"\r\n.\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<p1@example.org>\r\nDATA\r\n"
+        )
+        backend.send(envelope("x@example.org"), then="never@example.org")
+        backend.send(envelope("y@example.org"), then="also-never@example.org")  # not announced
+        backend.close()  # with "also-never" announced: no QUIT, which would be its content
+    assert [r.rcpt_tos for r in handler.received] == [
+        [p] for p in [*people, "x@example.org", "y@example.org"]
+    ]
+    assert all(r.raw == raw for r in handler.received)
+
+
+def test_each_digest_is_recorded_sent_before_the_next_message_reaches_the_server(
+    bot: Bot, db_url: str
+) -> None:
+    """With PIPELINING the next digest's envelope travels with a message's content, but the next content goes out only once the message before it is recorded as sent: a crash leaves at most the message in hand unrecorded."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
+    handler = bot.server.handler
+    snapshots: list[dict[str, str]] = []
+
+    def on_data(envelope: object) -> None:
+        rows = bot.rows()  # what the database says as this message's content arrives
+        earlier = [r for m in handler.received for r in m.rcpt_tos]
+        snapshots.append({e: rows[e].state for e in earlier})
+
+    handler.on_data = on_data
+    result = bot.cli("send", "--date", DAY)
+    assert result.exit_code == 0, result.output
+    assert sorted(r for m in handler.received for r in m.rcpt_tos) == sorted(PEOPLE)
+    assert [len(s) for s in snapshots] == [0, 1, 2]
+    assert all(state == "sent" for s in snapshots for state in s.values()), snapshots
 
 
 # -- one address rule, outcomes, run-wide errors ----------------------------------------------

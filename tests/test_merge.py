@@ -30,7 +30,7 @@ class Keep:
     def __init__(self) -> None:
         self.to: list[str] = []
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, *, then: str | None = None) -> None:
         self.to.append(envelope.recipient)
 
     def close(self) -> None:

@@ -39,9 +39,14 @@ class Envelope:
 
 
 class Backend(Protocol):
-    """Deliver messages one at a time; `close` is safe to call whether or not anything was sent."""
+    """Deliver messages one at a time; `close` is safe to call whether or not anything was sent.
 
-    def send(self, envelope: Envelope) -> None: ...
+    `then` names the recipient of the message the caller sends next, from the same sender, when
+    it knows one: a backend may start that message's envelope early (SMTPBackend does). A caller
+    that names one and then sends another message loses nothing but that head start.
+    """
+
+    def send(self, envelope: Envelope, *, then: str | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -53,7 +58,7 @@ class FileBackend:
         self.directory = directory
         _check_mail_folder(directory)
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, *, then: str | None = None) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             target = self.directory / f"{envelope.name}.eml"
@@ -103,7 +108,7 @@ class ConsoleBackend:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, *, then: str | None = None) -> None:
         out = self.stream or sys.stdout
         msg = message_from_bytes(envelope.raw, policy=default_policy)
         out.write(f"{'=' * 72}\n")
@@ -124,7 +129,14 @@ IDLE_PROBE_AFTER = 10.0  # seconds a connection may sit unused before it is chec
 
 
 class SMTPBackend:
-    """One SMTP connection reused for a run; STARTTLS or SSL with verified certificates; login when configured."""
+    """One SMTP connection reused for a run; STARTTLS or SSL with verified certificates; login when configured.
+
+    With a server that offers PIPELINING (RFC 2920) a message takes one round trip: its MAIL,
+    RCPT and DATA went out with the previous message's content (`send`'s `then`; RFC 2920 §3.1
+    lets message content open a group), so only the reply to the content is waited for before
+    the caller records the outcome. The content of the next message goes out only after that,
+    so a crash still leaves at most the message in hand unrecorded.
+    """
 
     def __init__(
         self,
@@ -153,6 +165,9 @@ class SMTPBackend:
         self.idle_probe_after = idle_probe_after
         self._conn: smtplib.SMTP | None = None
         self._used_at = 0.0
+        # (sender, recipient) whose MAIL, RCPT and DATA went out with the last message: their
+        # replies are unread, and once DATA is answered whatever is written next is content
+        self._announced: tuple[str, str] | None = None
 
     # -- connection -------------------------------------------------------------------------
     def open(self) -> None:
@@ -219,6 +234,9 @@ class SMTPBackend:
         self._used_at = time.monotonic()
 
     def close(self) -> None:
+        if self._announced is not None:  # a QUIT would be read as message content: just hang up
+            self._drop()  # (a transaction ended without its final "." delivers nothing)
+            return
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -228,19 +246,32 @@ class SMTPBackend:
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self._announced = None
         if conn is not None:
             _quietly_close(conn)
 
     # -- sending ----------------------------------------------------------------------------
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, *, then: str | None = None) -> None:
         self._check_idle()
+        if self._announced not in (None, (envelope.sender, envelope.recipient)):
+            self._drop()  # another message was announced: its DATA is open, only a new connection ends it
         self.open()
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
+        announced, self._announced = self._announced is not None, None
         try:
-            if _can_pipeline(self._conn, envelope):
-                _pipelined_sendmail(self._conn, envelope)
+            if announced or _can_pipeline(conn, envelope.sender, envelope.recipient):
+                _open_transaction(conn, envelope, announced=announced)
+                ahead = (
+                    (envelope.sender, then)
+                    if then is not None and _can_pipeline(conn, envelope.sender, then)
+                    else None
+                )
+                _send_content(conn, envelope, ahead=ahead)
+                self._announced = ahead
+                _final_reply(conn)
             else:
-                self._conn.sendmail(envelope.sender, [envelope.recipient], envelope.raw)
+                conn.sendmail(envelope.sender, [envelope.recipient], envelope.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()), (0, b""))
             self._after_reply(code)
@@ -268,6 +299,9 @@ class SMTPBackend:
         reconnect instead of deferring the next digest over a connection that is already gone."""
         if self._conn is None or time.monotonic() - self._used_at < self.idle_probe_after:
             return
+        if self._announced is not None:  # in DATA, a NOOP would be content: start afresh
+            self._drop()
+            return
         try:
             code, _ = self._conn.noop()
         except (OSError, smtplib.SMTPException):
@@ -276,9 +310,14 @@ class SMTPBackend:
             self._drop()
 
     def _after_reply(self, code: int) -> None:
-        """Reset the transaction so the next message can use the connection; drop it on 421."""
+        """Reset the transaction so the next message can use the connection; drop it on 421.
+
+        After a refused content the transaction is over already; with the next message's envelope
+        sent behind it, a RSET would be read as that message's content, so none is sent."""
         if code == 421:
             self._drop()
+            return
+        if self._announced is not None:
             return
         try:
             assert self._conn is not None
@@ -287,9 +326,9 @@ class SMTPBackend:
             self._drop()
 
 
-def _can_pipeline(conn: smtplib.SMTP, envelope: Envelope) -> bool:
+def _can_pipeline(conn: smtplib.SMTP, sender: str, recipient: str) -> bool:
     """RFC 2920 PIPELINING: the server offers it and the envelope is plain ASCII (no SMTPUTF8)."""
-    plain = f"{envelope.sender}{envelope.recipient}"
+    plain = f"{sender}{recipient}"
     return conn.has_extn("pipelining") and plain.isascii() and not any(c in plain for c in "\r\n")
 
 
@@ -300,15 +339,23 @@ def _dot_stuffed(raw: bytes) -> bytes:
     return b"." + body if body.startswith(b".") else body
 
 
-def _pipelined_sendmail(conn: smtplib.SMTP, envelope: Envelope) -> None:
-    """smtplib's sendmail for one recipient in two round trips instead of four: MAIL, RCPT and
-    DATA go out in one write and their three replies are read in order, then the message.
+def _envelope_commands(sender: str, recipient: str, size: int | None) -> bytes:
+    """MAIL, RCPT and DATA for one recipient, in one write (RFC 2920: DATA ends a group)."""
+    extra = f" SIZE={size}" if size is not None else ""
+    return f"MAIL FROM:<{sender}>{extra}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
+
+
+def _open_transaction(conn: smtplib.SMTP, envelope: Envelope, *, announced: bool) -> None:
+    """smtplib's sendmail up to the content, in one round trip instead of three: MAIL, RCPT and
+    DATA go out in one write (unless `announced`: they went out with the previous message) and
+    their three replies are read in order.
 
     Raises the exceptions sendmail raises (SMTPSenderRefused, SMTPRecipientsRefused,
     SMTPDataError), so the caller sorts the replies the same way either way.
     """
-    size = f" SIZE={len(envelope.raw)}" if conn.has_extn("size") else ""
-    conn.send(f"MAIL FROM:<{envelope.sender}>{size}\r\nRCPT TO:<{envelope.recipient}>\r\nDATA\r\n")
+    if not announced:
+        size = len(envelope.raw) if conn.has_extn("size") else None
+        conn.send(_envelope_commands(envelope.sender, envelope.recipient, size))
     mail_code, mail_text = conn.getreply()
     rcpt_code, rcpt_text = conn.getreply()
     data_code, data_text = conn.getreply()
@@ -322,10 +369,20 @@ def _pipelined_sendmail(conn: smtplib.SMTP, envelope: Envelope) -> None:
         raise smtplib.SMTPRecipientsRefused({envelope.recipient: (rcpt_code, rcpt_text)})
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_text)
+
+
+def _send_content(conn: smtplib.SMTP, envelope: Envelope, *, ahead: tuple[str, str] | None) -> None:
+    """The message (dot-stuffed, ended by "."), and behind it in the same write the envelope of
+    the next message (`ahead`: sender and recipient; without SIZE, its size is not known yet)."""
     body = _dot_stuffed(envelope.raw)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    conn.send(body + b".\r\n")
+    following = _envelope_commands(*ahead, None) if ahead is not None else b""
+    conn.send(body + b".\r\n" + following)
+
+
+def _final_reply(conn: smtplib.SMTP) -> None:
+    """The server's answer to the content: 250, or SMTPDataError."""
     code, text = conn.getreply()
     if code != 250:
         raise smtplib.SMTPDataError(code, text)
