@@ -2,10 +2,13 @@
 
 `Pool` is what `digestbot send` and the daemon call to deliver: with one worker (or a run too
 small to be worth another process) it runs pipeline.deliver_due in this process, as before.
-Otherwise it starts worker processes (forkserver: each is forked from a server that imported
-digestbot once). Each builds its own engine, mail context and backend (so its own SMTP
-connection) from the Settings, runs pipeline.deliver_due against the shared outbox claims and
-sends the outcomes back for the progress bar (a few at a time), then its DeliveryReport.
+With N, this process is one of them (worker 0, with the caller's backend) and starts N - 1
+worker processes (forkserver: each is forked from a server that imported digestbot once): a
+process fewer, and its memory, than N workers beside an idle parent. Each worker process builds
+its own engine, mail context and backend (so its own SMTP connection) from the Settings, runs
+pipeline.deliver_due against the shared outbox claims and sends the outcomes back for the
+progress bar (a few at a time), then its DeliveryReport. This process reads them between its
+own messages, and waits for the rest once it has nothing more to send.
 
 The workers share DIGESTBOT_SMTP_RATE: each paces at rate/N, staggered (RateLimiter.shared).
 A setup error in any worker (login refused, DKIM) stops the others after the message in hand
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -46,6 +49,16 @@ MIN_PER_WORKER = 100
 by fewer processes (starting one costs about what sending a hundred digests does)."""
 
 OnResult = Callable[[str, outbox.Outcome], None]
+
+
+class Here(Protocol):
+    """This process's share of a run of several workers: deliver as worker 0 of `workers`, pacing
+    from `start` (RateLimiter.shared), until nothing is due or `stop` is set."""
+
+    def __call__(
+        self, *, workers: int, start: float, stop: threading.Event, on_result: OnResult
+    ) -> pipeline.DeliveryReport: ...
+
 
 RESULT_BATCH = 20
 RESULT_EVERY = 0.25
@@ -119,8 +132,25 @@ class Pool:
                 stop=stop,
             )
         ids = tuple(subscriber_ids) if subscriber_ids is not None else None
+
+        def here(
+            *, workers: int, start: float, stop: threading.Event, on_result: OnResult
+        ) -> pipeline.DeliveryReport:
+            d = self.delivery
+            return pipeline.deliver_due(
+                self.engine,
+                backend=d.backend,
+                mail=d.mail,
+                policy=d.policy,
+                limiter=RateLimiter.shared(d.limiter.rate, workers=workers, index=0, start=start),
+                clock=self.clock,
+                subscriber_ids=ids,
+                on_result=on_result,
+                stop=stop,
+            )
+
         return run_workers(
-            self.settings, workers=n, subscriber_ids=ids, on_result=on_result, stop=stop
+            self.settings, workers=n, subscriber_ids=ids, on_result=on_result, stop=stop, here=here
         )
 
 
@@ -131,9 +161,12 @@ def run_workers(
     subscriber_ids: tuple[int, ...] | None = None,
     on_result: OnResult | None = None,
     stop: threading.Event | None = None,
+    here: Here | None = None,
 ) -> pipeline.DeliveryReport:
     """Deliver every due digest with `workers` processes and return their merged report.
 
+    With `here`, this process is worker 0 (it calls `here`, reading the others' messages between
+    its own) and `workers - 1` processes are started; without it, `workers` processes.
     `stop` (the daemon's SIGTERM) makes every worker stop after the message in hand. The first
     error a worker reports is raised (DeliverySetupError, ConfigError or DigestbotError), after
     the others were stopped; so is a worker that died without a word.
@@ -141,11 +174,9 @@ def run_workers(
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["digestbot.workers"])
     start = time.monotonic()
-    controls: list[Connection] = []
-    results: dict[Connection, int] = {}
-    procs: list[Any] = []
+    board = _Board(on_result)
     try:
-        for i in range(workers):
+        for i in range(1 if here is not None else 0, workers):
             job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd())
             ctl_read, ctl_write = ctx.Pipe(duplex=False)
             res_read, res_write = ctx.Pipe(duplex=False)
@@ -158,69 +189,112 @@ def run_workers(
             proc.start()
             ctl_read.close()  # the worker holds its ends; the parent's copies would hide an EOF
             res_write.close()
-            controls.append(ctl_write)
-            results[res_read] = i
-            procs.append(proc)
-        reports, error = _collect(results, controls, procs, on_result=on_result, stop=stop)
+            board.add(proc, ctl_write, res_read)
+        if here is not None:
+            board.reports.append(_deliver_here(here, board, workers, start, on_result, stop))
+        board.wait(stop)
     finally:
-        _stop_all(controls)
-        for proc in procs:
+        board.stop_all()
+        for proc in board.procs:
             proc.join(timeout=60)
             if proc.is_alive():  # stuck past the message in hand: nothing more to wait for
                 proc.kill()
                 proc.join()
-    if error is not None:
-        raise error
-    return pipeline.DeliveryReport.merged(reports, workers=workers)
+    if board.error is not None:
+        raise board.error
+    return pipeline.DeliveryReport.merged(board.reports, workers=workers)
 
 
-def _collect(
-    results: dict[Connection, int],
-    controls: list[Connection],
-    procs: list[Any],
-    *,
+def _deliver_here(
+    here: Here,
+    board: _Board,
+    workers: int,
+    start: float,
     on_result: OnResult | None,
     stop: threading.Event | None,
-) -> tuple[list[pipeline.DeliveryReport], DigestbotError | None]:
-    """Read the workers' messages until every one has ended; pass outcomes to `on_result`."""
-    reports: list[pipeline.DeliveryReport] = []
-    error: DigestbotError | None = None
-    live = dict(results)
-    finished: set[int] = set()
-    stopping = False
-    while live:
-        if stop is not None and stop.is_set() and not stopping:
-            stopping = True
-            _stop_all(controls)
-        for conn in multiprocessing.connection.wait(list(live), timeout=0.2):
+) -> pipeline.DeliveryReport:
+    """This process's own share; after each of its messages it reads what the worker processes
+    said, and stops after the message in hand when one of them failed or `stop` is set."""
+    halt = threading.Event()
+
+    def check() -> None:
+        if board.error is not None or (stop is not None and stop.is_set()):
+            halt.set()
+
+    def own(email: str, outcome: outbox.Outcome) -> None:
+        if on_result is not None:
+            on_result(email, outcome)
+        board.read(timeout=0)
+        check()
+
+    check()
+    try:
+        return here(workers=workers, start=start, stop=halt, on_result=own)
+    except DigestbotError:
+        board.stop_all()  # the workers stop after their message in hand; this error is raised
+        raise
+
+
+class _Board:
+    """The worker processes of a run: their pipes, and what they reported."""
+
+    def __init__(self, on_result: OnResult | None) -> None:
+        self.on_result = on_result
+        self.procs: list[Any] = []
+        self.controls: list[Connection] = []
+        self.live: dict[Connection, int] = {}
+        self.finished: set[int] = set()
+        self.reports: list[pipeline.DeliveryReport] = []
+        self.error: DigestbotError | None = None
+
+    def add(self, proc: Any, control: Connection, results: Connection) -> None:
+        self.live[results] = len(self.procs)
+        self.procs.append(proc)
+        self.controls.append(control)
+
+    def stop_all(self) -> None:
+        _stop_all(self.controls)
+
+    def wait(self, stop: threading.Event | None) -> None:
+        """Read the workers' messages until every one has ended."""
+        stopping = False
+        while self.live:
+            if stop is not None and stop.is_set() and not stopping:
+                stopping = True
+                self.stop_all()
+            self.read(timeout=0.2)
+
+    def read(self, *, timeout: float) -> None:
+        """Handle the messages waiting (or arriving within `timeout`): outcomes go to
+        `on_result`, reports and errors are kept; the first error stops every worker."""
+        for conn in multiprocessing.connection.wait(list(self.live), timeout=timeout):
             assert isinstance(conn, Connection)
-            index = live[conn]
+            index = self.live[conn]
             try:
                 kind, *payload = conn.recv()
             except EOFError:
-                del live[conn]
+                del self.live[conn]
                 conn.close()
-                if index not in finished and error is None:
-                    procs[index].join(timeout=5)
-                    error = DigestbotError(
-                        f"delivery worker {index} (pid {procs[index].pid}) stopped unexpectedly "
-                        f"(exit code {procs[index].exitcode}); the digests it held are sent by "
-                        "the next run"
+                if index not in self.finished and self.error is None:
+                    proc = self.procs[index]
+                    proc.join(timeout=5)
+                    self.error = DigestbotError(
+                        f"delivery worker {proc.name} (pid {proc.pid}) stopped unexpectedly "
+                        f"(exit code {proc.exitcode}); the digests it held are sent by the next run"
                     )
-                    _stop_all(controls)
+                    self.stop_all()
                 continue
-            if kind == "results" and on_result is not None:
+            if kind == "results" and self.on_result is not None:
                 for email, outcome in payload[0]:
-                    on_result(email, outbox.Outcome(outcome))
+                    self.on_result(email, outbox.Outcome(outcome))
             elif kind == "done":
-                finished.add(index)
-                reports.append(payload[0])
+                self.finished.add(index)
+                self.reports.append(payload[0])
             elif kind == "error":
-                finished.add(index)
-                if error is None:
-                    error = _error(*payload)
-                    _stop_all(controls)
-    return reports, error
+                self.finished.add(index)
+                if self.error is None:
+                    self.error = _error(*payload)
+                    self.stop_all()
 
 
 def _stop_all(controls: list[Connection]) -> None:

@@ -163,6 +163,50 @@ def test_send_with_two_workers_delivers_each_digest_once_and_logs_its_speed(
     assert f"{run['digests_per_second']:.1f} digests/s" in run["event"]
 
 
+def test_send_process_is_one_of_its_workers(workdir: Path) -> None:
+    """`send --workers 2` delivers from its own process and one worker process (not two beside an idle parent): of the two SMTP connections, one is the send process's own; every digest goes out once."""
+    import psutil
+
+    def smtp_pids(pids: list[int], port: int) -> set[int]:
+        found = set()
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                conns = (
+                    proc.net_connections(kind="tcp")
+                    if hasattr(proc, "net_connections")
+                    else proc.connections(kind="tcp")
+                )
+            except psutil.Error:
+                continue
+            if any(c.raddr and c.raddr.port == port for c in conns):
+                found.add(pid)
+        return found
+
+    with serve_slow(0.02) as server:
+        url = os.environ["DIGESTBOT_DATABASE_URL"]
+        emails = planned_outbox(workdir, url, 200)
+        args = ["send", "--no-fetch", "--date", DAY, "--workers", "2"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "digestbot", *args],
+            env=bot_env(server),
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        seen: set[int] = set()
+
+        def both_sending() -> bool:
+            seen.update(smtp_pids([proc.pid, *_children_quiet(proc.pid)], server.port))
+            return len(seen) >= 2
+
+        _wait_for(both_sending, proc)
+        assert proc.wait(timeout=120) == 0
+    assert proc.pid in seen and len(seen) == 2, seen
+    assert len(set(server.handler.peers)) == 2
+    assert_exactly_one_digest_each(server.handler, emails, url, kills=0)
+
+
 @pytest.mark.slow
 def test_worker_that_cannot_reach_the_server_stops_the_run_like_one_process(
     workdir: Path,
