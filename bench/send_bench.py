@@ -7,9 +7,9 @@ phrases of the feed's titles). Then, in one run and on one smtp-sink that the be
 free loopback port and stops at the end, it measures:
 
 - digestbot: the real CLI in a subprocess (its wall time, from start to exit), and the peak memory
-  of its process tree: RSS summed over its processes (the issue's measure, which counts the pages
-  the workers share with the fork server once per process) and PSS (each shared page divided
-  among the processes sharing it: what the tree takes from the machine);
+  of its process tree: RSS summed over its processes (the issue's measure, which counts a page
+  two processes share, such as a shared library's, once per process) and PSS (each shared page
+  divided among the processes sharing it: what the tree takes from the machine);
 - the naive path: stdlib EmailMessage + set_content(text) + add_alternative(html) + smtplib
   send_message on one connection, with the text and HTML of real digests (rendered beforehand by
   the file backend; rendering is not counted);
@@ -317,7 +317,7 @@ class SendRun:
     summary: str
     peak_rss_mb: float  # the process tree's (all workers), sampled
     peak_pss_mb: float  # the same as PSS: shared pages divided among their processes
-    cpu_seconds: float  # user + system of the process tree (the workers as last sampled)
+    cpu_seconds: float  # user + system of the process tree
     first_sent_after: float | None  # seconds from start to the first digest sent (planning ends)
     logged_seconds: float | None  # `seconds` of the run's log line
 
@@ -336,9 +336,12 @@ def timed_send(
         peak = peak_pss = 0
         samples = 0
         ps = psutil.Process(proc.pid)
-        # CPU seconds by process, as last seen: the workers are children of multiprocessing's
-        # fork server, so wait4's rusage of `digestbot send` does not hold them
+        # CPU seconds by process, as last seen. At the end, wait4's rusage of `digestbot send`
+        # holds its own and its reaped children's (its workers: it joins them), so the samples of
+        # its direct children are dropped then (multiprocessing's resource tracker, which it
+        # does not reap, uses next to nothing)
         cpu: dict[int, float] = {}
+        direct: set[int] = set()
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -346,6 +349,7 @@ def timed_send(
                 break
             try:
                 tree = [ps, *ps.children(recursive=True)]
+                direct.update(c.pid for c in ps.children())
                 rss = pss = 0
                 with_pss = samples % 4 == 0  # PSS reads smaps_rollup: every 0.2 s is enough
                 samples += 1
@@ -363,7 +367,9 @@ def timed_send(
             except psutil.Error:
                 pass
             time.sleep(interval)
-        cpu[proc.pid] = usage.ru_utime + usage.ru_stime  # the main process, to its end
+        for pid in direct:
+            cpu.pop(pid, None)
+        cpu[proc.pid] = usage.ru_utime + usage.ru_stime  # the main process and its workers
         seconds = time.perf_counter() - t0
     summary = stdout_path.read_text().strip()
     if proc.returncode != 0:

@@ -3,8 +3,9 @@
 `Pool` is what `digestbot send` and the daemon call to deliver: with one worker (or a run too
 small to be worth another process) it runs pipeline.deliver_due in this process, as before.
 With N, this process is one of them (worker 0, with the caller's backend) and starts N - 1
-worker processes (forkserver: each is forked from a server that imported digestbot once): a
-process fewer, and its memory, than N workers beside an idle parent. Each worker process builds
+worker processes: a process fewer, and its memory, than N workers beside an idle parent. They
+are spawned (a fresh interpreter that imports digestbot.workers, not a fork of this process and
+its planning's memory, nor a fork server that would stay beside them). Each worker process builds
 its own engine, mail context and backend (so its own SMTP connection) from the Settings, runs
 pipeline.deliver_due against the shared outbox claims and sends the outcomes back for the
 progress bar (a few at a time), then its DeliveryReport. This process reads them between its
@@ -171,8 +172,7 @@ def run_workers(
     error a worker reports is raised (DeliverySetupError, ConfigError or DigestbotError), after
     the others were stopped; so is a worker that died without a word.
     """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["digestbot.workers"])
+    ctx = multiprocessing.get_context("spawn")  # about a second to start; no process kept beside
     start = time.monotonic()
     board = _Board(on_result)
     try:
@@ -335,7 +335,7 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
     """A worker process: deliver with its own engine and backend until nothing is due or asked
     to stop; send each outcome, then its report or its error, to the parent. A bug ends the
     process with its traceback on stderr, and the parent reports the worker as stopped."""
-    os.chdir(job.cwd)  # the forkserver keeps the folder its first user was in
+    os.chdir(job.cwd)  # relative paths in the settings are relative to the caller's folder
     app.configure_logging(job.settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C and systemd reach every process

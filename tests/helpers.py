@@ -195,19 +195,33 @@ def many_subscribers(folder: Path, n: int, *, send_at: str = "07:00") -> list[st
 
 @dataclass
 class SlowHandler(SMTPHandler):
-    """Accepts every message after `delay` seconds (a wide window to kill the sender in), noting the connection."""
+    """Accepts every message after `delay` seconds (a wide window to kill the sender in), noting the connection.
+
+    With `wait_for_peers`, no message is accepted before that many connections were opened (or
+    a minute passed): a run meant to use that many is not over before its last process starts.
+    """
 
     delay: float = 0.02
     peers: list[Any] = field(default_factory=list)
+    wait_for_peers: int = 0
+    connected: set[Any] = field(default_factory=set)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        self.connected.add(session.peer)
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(self.connected) < self.wait_for_peers and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         await asyncio.sleep(self.delay)
         self.peers.append(session.peer)
         return await super().handle_DATA(server, session, envelope)
 
 
-def slow_server(delay: float) -> Iterator[SMTPServer]:
-    with serve(SlowHandler(delay=delay)) as server:
+def slow_server(delay: float, *, wait_for_peers: int = 0) -> Iterator[SMTPServer]:
+    with serve(SlowHandler(delay=delay, wait_for_peers=wait_for_peers)) as server:
         yield server
 
 
