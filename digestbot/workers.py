@@ -120,38 +120,39 @@ class Pool:
     ) -> pipeline.DeliveryReport:
         n = workers_for(self.workers, due)
         if n == 1:
-            d = self.delivery
-            return pipeline.deliver_due(
-                self.engine,
-                backend=d.backend,
-                mail=d.mail,
-                policy=d.policy,
-                limiter=d.limiter,
-                clock=self.clock,
-                subscriber_ids=subscriber_ids,
-                on_result=on_result,
-                stop=stop,
-            )
+            return self._deliver(self.delivery.limiter, subscriber_ids, on_result, stop)
         ids = tuple(subscriber_ids) if subscriber_ids is not None else None
 
         def here(
             *, workers: int, start: float, stop: threading.Event, on_result: OnResult
         ) -> pipeline.DeliveryReport:
-            d = self.delivery
-            return pipeline.deliver_due(
-                self.engine,
-                backend=d.backend,
-                mail=d.mail,
-                policy=d.policy,
-                limiter=RateLimiter.shared(d.limiter.rate, workers=workers, index=0, start=start),
-                clock=self.clock,
-                subscriber_ids=ids,
-                on_result=on_result,
-                stop=stop,
-            )
+            rate = self.delivery.limiter.rate
+            limiter = RateLimiter.shared(rate, workers=workers, index=0, start=start)
+            return self._deliver(limiter, ids, on_result, stop)
 
         return run_workers(
             self.settings, workers=n, subscriber_ids=ids, on_result=on_result, stop=stop, here=here
+        )
+
+    def _deliver(
+        self,
+        limiter: RateLimiter,
+        subscriber_ids: Sequence[int] | None,
+        on_result: OnResult | None,
+        stop: threading.Event | None,
+    ) -> pipeline.DeliveryReport:
+        """Delivery in this process, with the caller's backend, mail context and policy."""
+        d = self.delivery
+        return pipeline.deliver_due(
+            self.engine,
+            backend=d.backend,
+            mail=d.mail,
+            policy=d.policy,
+            limiter=limiter,
+            clock=self.clock,
+            subscriber_ids=subscriber_ids,
+            on_result=on_result,
+            stop=stop,
         )
 
 
