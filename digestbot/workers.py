@@ -163,12 +163,12 @@ def run_workers(
     subscriber_ids: tuple[int, ...] | None = None,
     on_result: OnResult | None = None,
     stop: threading.Event | None = None,
-    here: Here | None = None,
+    here: Here,
 ) -> pipeline.DeliveryReport:
     """Deliver every due digest with `workers` processes and return their merged report.
 
-    With `here`, this process is worker 0 (it calls `here`, reading the others' messages between
-    its own) and `workers - 1` processes are started; without it, `workers` processes.
+    This process is worker 0 (it calls `here`, reading the others' messages between its own);
+    `workers - 1` processes are started.
     `stop` (the daemon's SIGTERM) makes every worker stop after the message in hand. The first
     error a worker reports is raised (DeliverySetupError, ConfigError or DigestbotError), after
     the others were stopped; so is a worker that died without a word.
@@ -177,7 +177,7 @@ def run_workers(
     start = time.monotonic()
     board = _Board(on_result)
     try:
-        for i in range(1 if here is not None else 0, workers):
+        for i in range(1, workers):
             job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd())
             ctl_read, ctl_write = ctx.Pipe(duplex=False)
             res_read, res_write = ctx.Pipe(duplex=False)
@@ -191,8 +191,7 @@ def run_workers(
             ctl_read.close()  # the worker holds its ends; the parent's copies would hide an EOF
             res_write.close()
             board.add(proc, ctl_write, res_read)
-        if here is not None:
-            board.reports.append(_deliver_here(here, board, workers, start, on_result, stop))
+        board.reports.append(_deliver_here(here, board, workers, start, on_result, stop))
         board.wait(stop)
     finally:
         board.stop_all()

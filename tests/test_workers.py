@@ -242,7 +242,14 @@ def test_stop_asked_of_the_workers_leaves_the_rest_for_the_next_run(
         if len(outcomes) == 5:
             stop.set()
 
-    first = workers.run_workers(settings, workers=2, on_result=on_result, stop=stop)
+    engine = app.database(settings)
+    delivery = app.delivery(settings)
+    try:
+        pool = workers.Pool(settings, engine=engine, delivery=delivery, workers=2)
+        first = pool(due=60, subscriber_ids=None, on_result=on_result, stop=stop)
+    finally:
+        delivery.backend.close()
+        engine.dispose()
     assert first.stopped and 5 <= len(first.sent) < 60, len(first.sent)
     assert sorted(outcomes) == sorted(first.sent)
     states = Counter(state for *_, state, _, _ in digest_rows(url))
