@@ -402,9 +402,7 @@ def _send_summary(done: pipeline.SendSummary) -> str:
     )
     if plan.suppressed:
         line += f", {plan.suppressed} unsubscribed (not sent)"
-    line += (
-        f"; sent {len(report.sent)}, deferred {len(report.deferred)}, failed {len(report.failed)}"
-    )
+    line += f"; sent {report.sent}, deferred {len(report.deferred)}, failed {len(report.failed)}"
     if report.taken_over:
         line += f", taken over by another run {len(report.taken_over)}"
     if report.retries:

@@ -605,7 +605,7 @@ def log_run_summary(
     counts = {
         "planned": plan.planned,
         "skipped": plan.skipped,
-        "sent": len(report.sent),
+        "sent": report.sent,
         "deferred": len(report.deferred),
         "failed": len(report.failed),
         "taken_over": len(report.taken_over),
@@ -848,9 +848,12 @@ def _view(
 
 @dataclass
 class DeliveryReport:
-    """What a delivery run did, subscriber by subscriber (email, and the reason when not sent)."""
+    """What a delivery run did: how many digests went out, and who was not sent and why.
 
-    sent: list[str] = field(default_factory=list)
+    Sent digests are counted, not listed: a report of a run of 100,000 then takes the same
+    memory as one of 100 (who got what is in the outbox and the log)."""
+
+    sent: int = 0
     deferred: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     taken_over: list[tuple[str, str]] = field(default_factory=list)
@@ -880,7 +883,7 @@ class DeliveryReport:
         if retry and outcome != outbox.Outcome.TAKEN_OVER:
             self.retries += 1
         if outcome == outbox.Outcome.SENT:
-            self.sent.append(email)
+            self.sent += 1
         else:
             {
                 outbox.Outcome.DEFERRED: self.deferred,

@@ -192,13 +192,13 @@ def test_deliver_sends_each_planned_digest_once(env, tmp_path: Path) -> None:  #
     report = pipeline.deliver_due(
         engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
     )
-    assert sorted(report.sent) == ["ada@example.org", "cy@example.org"] and report.ok
+    assert report.sent == 2 and report.ok
     files = sorted((tmp_path / "out").glob("*.eml"))
     assert len(files) == 2
     again = pipeline.deliver_due(
         engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
     )
-    assert again.sent == [] and len(list((tmp_path / "out").glob("*.eml"))) == 2
+    assert again.sent == 0 and len(list((tmp_path / "out").glob("*.eml"))) == 2
     with session_scope(engine) as s:
         digests = (
             s.execute(sa.select(Digest).where(Digest.state == DigestState.SENT)).scalars().all()
@@ -567,7 +567,7 @@ def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> No
     report = pipeline.deliver_due(
         engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
     )
-    assert report.sent == ["w@example.org"]
+    assert report.sent == 1
     [eml] = (tmp_path / "out").glob("*.eml")
     raw = eml.read_bytes().decode("utf-8", "replace")
     assert "this week" in raw and "2026-03-02 to 2026-03-04" in raw
