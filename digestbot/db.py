@@ -118,10 +118,10 @@ def _configure_sqlite(engine: Engine, *, create: bool) -> None:
         if conn.get_execution_options().get(READ_ONLY, False):
             conn.exec_driver_sql("BEGIN")
         else:
-            _begin_immediate(conn.connection.dbapi_connection)
+            begin_immediate(conn.connection.dbapi_connection)
 
 
-def _begin_immediate(dbapi_conn: Any) -> None:
+def begin_immediate(dbapi_conn: Any) -> None:
     """BEGIN IMMEDIATE, waiting for another writer in steps of 0.1 ms growing to 2 ms.
 
     SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ms... while the write transactions of

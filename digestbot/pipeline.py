@@ -1130,8 +1130,7 @@ def _send_one(
         with outbox.transaction(conn), outbox.session_on(conn) as s:
             outcome = outbox.mark_failed(s, digest_id=d.id, me=me, now=clock(), error=error)
     else:
-        with outbox.statement(conn):
-            outcome = outbox.mark_sent(conn, digest_id=d.id, me=me, now=clock())
+        outcome = outbox.record_sent(conn, digest_id=d.id, me=me, now=clock())
     if outcome == outbox.Outcome.TAKEN_OVER:
         done = "sent" if not error else f"not sent ({error})"
         error = f"{done}, but another run had taken the digest back; it decides what happens next"

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from sqlmodel import col, select
 
 from digestbot import outbox
 from digestbot.db import PlannerLock, alembic_config, make_engine, open_database, session_scope
 from digestbot.errors import DatabaseError, NoDatabaseError
-from digestbot.models import FetchRun
+from digestbot.models import Digest, FetchRun
 from tests.helpers import planned_outbox
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -234,4 +235,46 @@ def test_a_claim_past_a_position_leaves_earlier_digests_to_a_claim_from_the_star
         assert len(rest) == 10
         assert outbox.claim(conn, now=now, me="run", limit=20, after=max(rest)) == []
         assert outbox.claim(conn, now=now, me="run", limit=20) == first[:5]
+    engine.dispose()
+
+
+def test_a_sent_mark_is_stored_as_the_models_read_it_and_only_by_the_claimant(
+    db_url: str, tmp_path: Path
+) -> None:
+    """record_sent (on SQLite straight through the driver, on PostgreSQL in autocommit) stores
+    what the models read back: the state, the time to the microsecond in UTC, the attempt
+    counted, a first attempt kept; a digest another run holds is left alone (TAKEN_OVER)."""
+    planned_outbox(tmp_path, db_url, 3)
+    engine = open_database(db_url)
+    now = datetime(2026, 3, 5, 7, 0, 1, 123456, tzinfo=UTC)
+    earlier = now - timedelta(hours=2)
+    with engine.connect() as conn:
+        with conn.begin():
+            first, second, third = outbox.claim(conn, now=now, me="run", limit=3)
+            conn.execute(
+                sa.update(Digest)
+                .where(col(Digest.id) == second)
+                .values(attempts=2, first_attempt_at=earlier)
+            )
+            # the same time written by SQLAlchemy, to compare the stored values (text on SQLite)
+            conn.execute(sa.update(Digest).where(col(Digest.id) == third).values(lease_until=now))
+        # the sent mark commits on its own: another connection sees it at once
+        assert outbox.record_sent(conn, digest_id=first, me="run", now=now) == outbox.Outcome.SENT
+        assert outbox.record_sent(conn, digest_id=second, me="run", now=now) == outbox.Outcome.SENT
+        taken = outbox.record_sent(conn, digest_id=third, me="another", now=now)
+        assert taken == outbox.Outcome.TAKEN_OVER
+        with session_scope(engine) as s:
+            rows = {d.id: d for d in s.exec(select(Digest))}
+        stored = sa.text(
+            "SELECT sent_at FROM digests WHERE id = :a UNION ALL "
+            "SELECT lease_until FROM digests WHERE id = :c"
+        )
+        as_sent, as_written = conn.execute(stored, {"a": first, "c": third}).scalars()
+        assert as_sent == as_written, (as_sent, as_written)
+    a, b, c = rows[first], rows[second], rows[third]
+    assert (a.state, a.sent_at, a.first_attempt_at, a.attempts) == ("sent", now, now, 1)
+    assert a.claimed_by is None and a.lease_until is None and a.last_error is None
+    assert (b.state, b.sent_at, b.first_attempt_at, b.attempts) == ("sent", now, earlier, 3)
+    assert (c.state, c.claimed_by, c.sent_at, c.attempts) == ("sending", "run", None, 0)
+    assert c.lease_until == now
     engine.dispose()
