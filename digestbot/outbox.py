@@ -44,6 +44,7 @@ from digestbot.store import (
     copy_insert,
     dialect_insert,
     papers_by_id,
+    within,
 )
 
 LEASE = timedelta(minutes=30)
@@ -176,7 +177,9 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             subscribers = table_of(Subscriber)
             conn.execute(
                 subscribers.update()
-                .where(subscribers.c.id.in_(resumed), subscribers.c.paused_at.is_not(None))
+                .where(
+                    within(conn, subscribers.c.id, resumed), subscribers.c.paused_at.is_not(None)
+                )
                 .values(paused_at=None)
             )
     return inserted
@@ -255,7 +258,7 @@ def mark_paused(session: Session, *, subscriber_ids: Sequence[int], now: datetim
     for chunk in chunks(list(subscriber_ids)):
         session.connection().execute(
             table.update()
-            .where(table.c.id.in_(chunk), table.c.paused_at.is_(None))
+            .where(within(session, table.c.id, chunk), table.c.paused_at.is_(None))
             .values(paused_at=now)
         )
 
@@ -267,7 +270,8 @@ def paused(session: Session, subscriber_ids: Sequence[int]) -> set[int]:
         out.update(
             session.execute(
                 sa.select(col(Subscriber.id)).where(
-                    col(Subscriber.id).in_(chunk), col(Subscriber.paused_at).is_not(None)
+                    within(session, col(Subscriber.id), chunk),
+                    col(Subscriber.paused_at).is_not(None),
                 )
             ).scalars()
         )
@@ -284,7 +288,7 @@ def last_windows(
     for chunk in chunks(list(subscriber_ids)):
         stmt = (
             sa.select(col(Digest.subscriber_id), end, planned)
-            .where(col(Digest.subscriber_id).in_(chunk))
+            .where(within(session, col(Digest.subscriber_id), chunk))
             .group_by(col(Digest.subscriber_id))
         )
         out.update((sid, (e, p)) for sid, e, p in session.execute(stmt))
@@ -298,7 +302,8 @@ def existing_periods(session: Session, pairs: Sequence[tuple[int, str]]) -> set[
         sids = sorted({sid for sid, _ in chunk})
         periods = sorted({p for _, p in chunk})
         stmt = sa.select(col(Digest.subscriber_id), col(Digest.period)).where(
-            col(Digest.subscriber_id).in_(sids), col(Digest.period).in_(periods)
+            within(session, col(Digest.subscriber_id), sids),
+            within(session, col(Digest.period), periods),
         )
         found.update((sid, p) for sid, p in session.execute(stmt))
     return found & set(pairs)
@@ -318,7 +323,8 @@ def already_held(
     for people in chunks(list(subscriber_ids)):
         for ids in chunks(papers):
             stmt = sa.select(col(DigestItem.subscriber_id), col(DigestItem.arxiv_id)).where(
-                col(DigestItem.subscriber_id).in_(people), col(DigestItem.arxiv_id).in_(ids)
+                within(session, col(DigestItem.subscriber_id), people),
+                within(session, col(DigestItem.arxiv_id), ids),
             )
             held.update((sid, aid) for sid, aid in session.execute(stmt))
     return held
@@ -402,7 +408,7 @@ def load_digests(
             digests.c.window_end,
         )
         .join(people, people.c.id == digests.c.subscriber_id)
-        .where(digests.c.id.in_(wanted))
+        .where(within(db, digests.c.id, wanted))
     ).all()
     items: dict[int, list[StoredItem]] = {i: [] for i in wanted}
     for r in db.execute(
@@ -417,7 +423,7 @@ def load_digests(
             sa.cast(items_t.c.title_spans, sa.Text).label("title_spans"),
             sa.cast(items_t.c.summary_spans, sa.Text).label("summary_spans"),
         )
-        .where(items_t.c.digest_id.in_(wanted))
+        .where(within(db, items_t.c.digest_id, wanted))
         .order_by(items_t.c.digest_id, items_t.c.position)
     ):
         items[r.digest_id].append(
@@ -718,7 +724,7 @@ def release(db: Session | sa.Connection, *, ids: Sequence[int], me: str) -> None
         db.execute(
             table.update()
             .where(
-                table.c.id.in_(chunk),
+                within(db, table.c.id, chunk),
                 table.c.state == DigestState.SENDING,
                 table.c.claimed_by == me,
             )
@@ -907,7 +913,7 @@ def extend_lease(
         conn.execute(
             table.update()
             .where(
-                table.c.id.in_(chunk),
+                within(conn, table.c.id, chunk),
                 table.c.state == DigestState.SENDING,
                 table.c.claimed_by == me,
             )

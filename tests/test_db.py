@@ -13,10 +13,11 @@ import sqlalchemy as sa
 from alembic import command
 from sqlmodel import col, select
 
-from digestbot import outbox
+from digestbot import outbox, store
+from digestbot.addresses import address_key
 from digestbot.db import PlannerLock, alembic_config, make_engine, open_database, session_scope
 from digestbot.errors import DatabaseError, NoDatabaseError
-from digestbot.models import Digest, FetchRun
+from digestbot.models import Digest, FetchRun, Subscriber
 from tests.helpers import planned_outbox
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -278,3 +279,26 @@ def test_a_sent_mark_is_stored_as_the_models_read_it_and_only_by_the_claimant(
     assert (c.state, c.claimed_by, c.sent_at, c.attempts) == ("sending", "run", None, 0)
     assert c.lease_until == now
     engine.dispose()
+
+
+def test_a_chunked_look_up_finds_the_same_rows_and_on_postgresql_keeps_one_statement_text(
+    db_url: str, tmp_path: Path
+) -> None:
+    """store.within is IN on SQLite and `= ANY(array)` on PostgreSQL: the same rows either way,
+    and on PostgreSQL one statement text reaches the driver whatever the number of values, so
+    it can prepare it once for the thousand look-ups of a large plan."""
+    emails = planned_outbox(tmp_path, db_url, 30)
+    engine = open_database(db_url)
+    table = Subscriber.__table__
+    sent: list[str] = []
+    with engine.connect() as conn:
+        by_key = dict(conn.execute(sa.select(table.c.address_key, table.c.id)).all())
+        sa.event.listen(conn, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        for wanted in (emails[:1], emails[3:20], [*emails[20:], "nobody@example.org"]):
+            keys = [address_key(e) for e in wanted]
+            stmt = sa.select(table.c.id).where(store.within(conn, table.c.address_key, keys))
+            found = set(conn.execute(stmt).scalars())
+            assert found == {by_key[k] for k in keys if k in by_key}
+    engine.dispose()
+    assert len(sent) == 3
+    assert len(set(sent)) == (1 if db_url.startswith("postgresql") else 3), sent
