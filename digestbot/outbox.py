@@ -43,6 +43,7 @@ from digestbot.store import (
     chunks,
     copy_insert,
     dialect_insert,
+    dialect_of,
     papers_by_id,
     within,
 )
@@ -688,7 +689,7 @@ def claim(
     same with 100 or 100,000 digests due.
     """
     table = table_of(Digest)
-    bind = db.get_bind() if isinstance(db, Session) else db
+    postgres = dialect_of(db) == "postgresql"
     claimed: list[int] = []
     for due in _due_states(now):
         if len(claimed) >= limit:
@@ -704,7 +705,7 @@ def claim(
         )
         if subscriber_ids is not None:
             pick = pick.where(table.c.subscriber_id.in_(list(subscriber_ids)))
-        if bind.dialect.name == "postgresql":
+        if postgres:
             pick = pick.with_for_update(skip_locked=True, of=table)
         stmt = (
             table.update()
@@ -797,33 +798,44 @@ def record_sent(conn: sa.Connection, *, digest_id: int, me: str, now: datetime) 
 @dataclass(frozen=True, slots=True)
 class _SentOnSQLite:
     """record_sent's UPDATE for the sqlite3 driver: the SQL and the order of its parameters as
-    SQLAlchemy compiled _mark_sent_statement, and each parameter's conversion (the column types'
-    own bind processors), so the values stored are the ones SQLAlchemy would have stored."""
+    SQLAlchemy compiled _mark_sent_statement, its constants already converted, and the
+    conversion of each value a call gives (the column types' own bind processors), so the values
+    stored are the ones SQLAlchemy would have stored."""
 
     sql: str
-    names: tuple[str, ...]
-    convert: tuple[Any, ...]  # per parameter: its type's bind processor, or None
-    fixed: Mapping[str, Any]  # the values written into the statement (the states, None...)
+    names: tuple[str, ...]  # the parameters in the statement's order (a name can recur)
+    fixed: Mapping[str, Any]  # the statement's constants (the states, None...), converted
+    convert: Mapping[str, Any]  # per value a call gives: its type's bind processor, or None
 
     @staticmethod
     @functools.cache
     def of(dialect: sa.Dialect) -> _SentOnSQLite:
         compiled = _mark_sent_statement().compile(dialect=dialect)
         names = tuple(compiled.positiontup or ())
+        fixed: dict[str, Any] = {}
+        convert: dict[str, Any] = {}
+        for name in set(names):
+            bind = compiled.binds[name]
+            processor = bind.type.bind_processor(dialect)
+            if bind.required:  # given by each call
+                convert[name] = processor
+            else:
+                value = bind.effective_value
+                fixed[name] = value if processor is None else processor(value)
         return _SentOnSQLite(
             sql=str(compiled),
             names=names,
-            convert=tuple(compiled.binds[n].type.bind_processor(dialect) for n in names),
-            fixed={n: b.effective_value for n, b in compiled.binds.items()},
+            fixed=fixed,
+            convert=convert,
         )
 
     def run(self, conn: sa.Connection, values: Mapping[str, Any]) -> int:
         """Execute in a write transaction of its own; the number of rows changed (0 or 1)."""
-        given = {**self.fixed, **values}
-        args = [
-            given[n] if convert is None else convert(given[n])
-            for n, convert in zip(self.names, self.convert, strict=True)
-        ]
+        given = dict(self.fixed)
+        for name, value in values.items():
+            convert = self.convert[name]
+            given[name] = value if convert is None else convert(value)
+        args = [given[n] for n in self.names]
         raw: Any = conn.connection.dbapi_connection
         try:
             begin_immediate(raw)

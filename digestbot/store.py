@@ -50,6 +50,12 @@ _MERGED = (
 _REVISED = ("title", "summary", "authors", "version")
 
 
+def dialect_of(db: Session | sa.Connection) -> str:
+    """The name of the database's dialect ("sqlite", "postgresql") behind a session or connection."""
+    bind = db.get_bind() if isinstance(db, Session) else db
+    return bind.dialect.name
+
+
 def within(db: Session | sa.Connection, column: Any, values: Sequence[Any]) -> Any:
     """`column IN values`, for a chunk of values (chunks()).
 
@@ -58,8 +64,7 @@ def within(db: Session | sa.Connection, column: Any, values: Sequence[Any]) -> A
     run of 100,000 subscribers sends over a thousand such look-ups, and each IN of 500
     placeholders was parsed anew (psycopg prepares no statement of more than 50 parameters).
     """
-    bind = db.get_bind() if isinstance(db, Session) else db
-    if bind.dialect.name == "postgresql":
+    if dialect_of(db) == "postgresql":
         array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
         return column == sa.any_(array)
     return column.in_(values)
@@ -67,7 +72,7 @@ def within(db: Session | sa.Connection, column: Any, values: Sequence[Any]) -> A
 
 def dialect_insert(session: Session, table: Any) -> Any:
     """An INSERT that supports ON CONFLICT for the session's dialect (SQLite or PostgreSQL)."""
-    name = session.get_bind().dialect.name
+    name = dialect_of(session)
     if name == "postgresql":
         return postgresql.insert(table)
     if name == "sqlite":
@@ -147,7 +152,7 @@ def upsert_papers(
         by_id.setdefault(p.arxiv_id, p)
     existing: dict[str, Paper] = {}
     for ids in chunks(sorted(by_id)):
-        for row in session.exec(select(Paper).where(col(Paper.arxiv_id).in_(ids))):
+        for row in session.exec(select(Paper).where(within(session, col(Paper.arxiv_id), ids))):
             existing[row.arxiv_id] = row
     new_rows = [
         _paper_values(p, now, source)
