@@ -114,3 +114,33 @@ class NoDatabaseError(DatabaseError):
 
 class TemplateError(ConfigError):
     """A digest template does not compile or fails to render; names the file and line (exit 2)."""
+
+
+# -- across processes -------------------------------------------------------------------------
+# A worker or planning process reports its error as (kind, message); the caller raises it again
+# as the same kind, so its exit code and handling are those of the error in this process.
+
+
+def portable(exc: DigestbotError) -> tuple[str, str]:
+    """`exc` as (kind, message) for another process: `restored` raises it again there."""
+    if isinstance(exc, DeliverySetupError):
+        return "setup", str(exc)
+    if isinstance(exc, ConfigError):
+        return "config", str(exc)
+    if isinstance(exc, FetchError):
+        return "fetch", str(exc)
+    if isinstance(exc, DatabaseError):
+        return "database", str(exc)
+    return "error", str(exc)
+
+
+def restored(kind: str, message: str) -> DigestbotError:
+    """The error another process reported with `portable`, as the same kind (its message
+    already says everything)."""
+    kinds: dict[str, type[DigestbotError]] = {
+        "setup": DeliverySetupError,
+        "config": ConfigError,
+        "fetch": FetchError,
+        "database": DatabaseError,
+    }
+    return kinds.get(kind, DigestbotError)(message)

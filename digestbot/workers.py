@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 
 from digestbot import app, outbox, pipeline
 from digestbot.db import make_engine
-from digestbot.errors import ConfigError, DeliverySetupError, DigestbotError
+from digestbot.errors import DigestbotError, portable, restored
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.settings import Settings
 
@@ -170,7 +170,7 @@ def run_workers(
     This process is worker 0 (it calls `here`, reading the others' messages between its own);
     `workers - 1` processes are started.
     `stop` (the daemon's SIGTERM) makes every worker stop after the message in hand. The first
-    error a worker reports is raised (DeliverySetupError, ConfigError or DigestbotError), after
+    error a worker reports is raised as the same kind (errors.restored), after
     the others were stopped; so is a worker that died without a word.
     """
     ctx = multiprocessing.get_context("spawn")  # about a second to start; no process kept beside
@@ -293,7 +293,7 @@ class _Board:
             elif kind == "error":
                 self.finished.add(index)
                 if self.error is None:
-                    self.error = _error(*payload)
+                    self.error = restored(*payload)
                     self.stop_all()
 
 
@@ -306,26 +306,6 @@ def _stop_all(controls: list[Connection]) -> None:
             except OSError:
                 pass  # that worker has ended already
             conn.close()
-
-
-_KINDS: dict[str, type[DigestbotError]] = {
-    "setup": DeliverySetupError,
-    "config": ConfigError,
-    "error": DigestbotError,
-}
-
-
-def _error(kind: str, message: str) -> DigestbotError:
-    """The error a worker reported, as the same type (its message already says everything)."""
-    return _KINDS.get(kind, DigestbotError)(message)
-
-
-def _kind(exc: DigestbotError) -> str:
-    if isinstance(exc, DeliverySetupError):
-        return "setup"
-    if isinstance(exc, ConfigError):
-        return "config"
-    return "error"
 
 
 # -- in the worker process ---------------------------------------------------------------------
@@ -389,7 +369,7 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
         tell("done", done)
     except DigestbotError as exc:
         flush()
-        tell("error", _kind(exc), str(exc))
+        tell("error", *portable(exc))
     finally:
         if delivery is not None:
             delivery.backend.close()
