@@ -34,7 +34,11 @@ def test_the_step_runs_in_another_process_and_its_result_comes_back() -> None:
 @pytest.mark.parametrize(
     ("error", "kind", "code"),
     [
-        (ConfigError("bad query", file="subscribers.toml", line=7, field="keywords"), ConfigError, 2),
+        (
+            ConfigError("bad query", file="subscribers.toml", line=7, field="keywords"),
+            ConfigError,
+            2,
+        ),
         (FetchError("source hf: 503 after 3 tries"), FetchError, 1),
         (DigestbotError("something else"), DigestbotError, 1),
     ],
