@@ -121,26 +121,21 @@ class TemplateError(ConfigError):
 # as the same kind, so its exit code and handling are those of the error in this process.
 
 
+_KINDS: tuple[tuple[str, type[DigestbotError]], ...] = (
+    ("setup", DeliverySetupError),  # before its base class: the first match names the kind
+    ("config", ConfigError),
+    ("fetch", FetchError),
+    ("database", DatabaseError),
+)
+
+
 def portable(exc: DigestbotError) -> tuple[str, str]:
     """`exc` as (kind, message) for another process: `restored` raises it again there."""
-    if isinstance(exc, DeliverySetupError):
-        return "setup", str(exc)
-    if isinstance(exc, ConfigError):
-        return "config", str(exc)
-    if isinstance(exc, FetchError):
-        return "fetch", str(exc)
-    if isinstance(exc, DatabaseError):
-        return "database", str(exc)
-    return "error", str(exc)
+    kind = next((name for name, cls in _KINDS if isinstance(exc, cls)), "error")
+    return kind, str(exc)
 
 
 def restored(kind: str, message: str) -> DigestbotError:
     """The error another process reported with `portable`, as the same kind (its message
     already says everything)."""
-    kinds: dict[str, type[DigestbotError]] = {
-        "setup": DeliverySetupError,
-        "config": ConfigError,
-        "fetch": FetchError,
-        "database": DatabaseError,
-    }
-    return kinds.get(kind, DigestbotError)(message)
+    return dict(_KINDS).get(kind, DigestbotError)(message)

@@ -20,8 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
-    if not apart.can_fork():
-        pytest.skip("another thread runs in this test process: call_apart would not fork")
+    assert apart.can_fork(), "a thread left running by another test: call_apart would not fork"
 
 
 def test_the_step_runs_in_another_process_and_its_result_comes_back() -> None:
