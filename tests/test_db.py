@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -279,6 +280,33 @@ def test_a_sent_mark_is_stored_as_the_models_read_it_and_only_by_the_claimant(
     assert (c.state, c.claimed_by, c.sent_at, c.attempts) == ("sending", "run", None, 0)
     assert c.lease_until == now
     engine.dispose()
+
+
+def test_sent_marks_leave_nothing_behind_on_the_run_connection(db_url: str, tmp_path: Path) -> None:
+    """A delivery run keeps one connection for all its messages, so a sent mark must leave
+    nothing on it: on PostgreSQL, switching it to autocommit and back kept about 1 KB a message
+    until the run ended (100 MB at 100,000 subscribers)."""
+    planned_outbox(tmp_path, db_url, 1)
+    engine = open_database(db_url)
+    with engine.connect() as conn:
+        with conn.begin():
+            (digest,) = outbox.claim(conn, now=NOW, me="run", limit=1)
+
+        def marks(n: int) -> None:  # another run's marks: the same statement, nothing changed
+            for _ in range(n):
+                taken = outbox.record_sent(conn, digest_id=digest, me="another", now=NOW)
+                assert taken == outbox.Outcome.TAKEN_OVER
+
+        marks(100)  # statement caches, prepared statements
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            marks(2000)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    engine.dispose()
+    assert grown < 50_000, f"{grown} bytes kept by 2,000 sent marks"
 
 
 def test_a_chunked_look_up_finds_the_same_rows_and_on_postgresql_keeps_one_statement_text(
