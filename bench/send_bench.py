@@ -318,6 +318,7 @@ class SendRun:
     peak_rss_mb: float  # the process tree's (all workers), sampled
     peak_pss_mb: float  # the same as PSS: shared pages divided among their processes
     cpu_seconds: float  # user + system of the process tree
+    at_peak: dict[str, float]  # MB of RSS by process (its role) when the summed RSS peaked
     first_sent_after: float | None  # seconds from start to the first digest sent (planning ends)
     logged_seconds: float | None  # `seconds` of the run's log line
 
@@ -335,6 +336,7 @@ def timed_send(
         proc = subprocess.Popen([*digestbot_cmd(), *args], env=env, cwd=cwd, stdout=out, stderr=err)
         peak = peak_pss = 0
         samples = 0
+        at_peak: dict[str, float] = {}
         ps = psutil.Process(proc.pid)
         # CPU seconds by process, as last seen. At the end, wait4's rusage of `digestbot send`
         # holds its own and its reaped children's (its workers: it joins them), so the samples of
@@ -353,16 +355,21 @@ def timed_send(
                 rss = pss = 0
                 with_pss = samples % 4 == 0  # PSS reads smaps_rollup: every 0.2 s is enough
                 samples += 1
+                each: dict[str, float] = {}
                 for p in tree:
                     try:
-                        rss += p.memory_info().rss
+                        own = p.memory_info().rss
+                        rss += own
+                        role = _role(p, proc.pid)
+                        each[role] = each.get(role, 0) + own / 2**20
                         if with_pss:
                             pss += p.memory_full_info().pss
                         times = p.cpu_times()
                         cpu[p.pid] = times.user + times.system
                     except psutil.Error:
                         pass
-                peak = max(peak, rss)
+                if rss > peak:
+                    peak, at_peak = rss, each
                 peak_pss = max(peak_pss, pss)
             except psutil.Error:
                 pass
@@ -388,9 +395,25 @@ def timed_send(
         peak_rss_mb=peak / 2**20,
         peak_pss_mb=peak_pss / 2**20,
         cpu_seconds=sum(cpu.values()),
+        at_peak=at_peak,
         first_sent_after=first,
         logged_seconds=logged,
     )
+
+
+def _role(p: object, send_pid: int) -> str:
+    """What a process of `digestbot send`'s tree is, from its command line."""
+    import psutil
+
+    assert isinstance(p, psutil.Process)
+    if p.pid == send_pid:
+        return "digestbot send"
+    line = " ".join(p.cmdline())
+    if "resource_tracker" in line:
+        return "resource tracker"
+    if "multiprocessing" in line:
+        return "worker processes"
+    return "planning (forked)"  # apart.call_apart's child: the same command line as its parent
 
 
 def _read_log(path: Path, started: float) -> tuple[float | None, float | None]:
@@ -718,6 +741,10 @@ def measure(args: argparse.Namespace, tmp: Path, url: str) -> None:
     print(
         f"memory: peak RSS summed over the processes {done.peak_rss_mb:.0f} MB; peak PSS "
         f"(shared pages counted once) {done.peak_pss_mb:.0f} MB"
+    )
+    print(
+        "memory at the peak, by process: "
+        + ", ".join(f"{role} {mb:.0f} MB" for role, mb in done.at_peak.items())
     )
     print(f"naive: {args.naive_count} messages on one connection, {naive:.0f}/s")
     print(
