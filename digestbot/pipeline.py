@@ -43,7 +43,10 @@ from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
 
-CLAIM_BATCH = 20
+CLAIM_BATCH = 50
+"""Digests a delivery run claims (and loads) at a time. Each claim and load costs a few
+milliseconds whatever its size, about 5% of a digest's time at 20; a worker that stops (kill -9,
+a host down) holds at most this many until they are taken back."""
 Clock = Callable[[], datetime]
 
 
