@@ -5,7 +5,9 @@ small to be worth another process) it runs pipeline.deliver_due in this process,
 With N, this process is one of them (worker 0, with the caller's backend) and starts N - 1
 worker processes: a process fewer, and its memory, than N workers beside an idle parent. They
 are spawned (a fresh interpreter that imports digestbot.workers, not a fork of this process and
-its planning's memory, nor a fork server that would stay beside them). Each worker process builds
+its planning's memory, nor a fork server that would stay beside them), as plain subprocesses:
+multiprocessing's own spawning would also start its resource tracker (a 12 MB process this module
+has no use for) and import the caller's main module (the CLI) in each worker. Each worker process builds
 its own engine, mail context and backend (so its own SMTP connection) from the Settings, runs
 pipeline.deliver_due against the shared outbox claims and sends the outcomes back for the
 progress bar (a few at a time), then its DeliveryReport. This process reads them between its
@@ -21,19 +23,22 @@ of the group) make a worker do the same.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -173,24 +178,13 @@ def run_workers(
     error a worker reports is raised as the same kind (errors.restored), after
     the others were stopped; so is a worker that died without a word.
     """
-    ctx = multiprocessing.get_context("spawn")  # about a second to start; no process kept beside
     start = time.monotonic()
     board = _Board(on_result)
     try:
         for i in range(1, workers):
             job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd())
-            ctl_read, ctl_write = ctx.Pipe(duplex=False)
-            res_read, res_write = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(job, ctl_read, res_write),
-                name=f"digestbot-worker-{i}",
-                daemon=True,
-            )
-            proc.start()
-            ctl_read.close()  # the worker holds its ends; the parent's copies would hide an EOF
-            res_write.close()
-            board.add(proc, ctl_write, res_read)
+            proc, control, results = _Process.start(job, name=f"digestbot-worker-{i}")
+            board.add(proc, control, results)
         board.reports.append(_deliver_here(here, board, workers, start, on_result, stop))
         board.wait(stop)
     finally:
@@ -240,14 +234,14 @@ class _Board:
 
     def __init__(self, on_result: OnResult | None) -> None:
         self.on_result = on_result
-        self.procs: list[Any] = []
+        self.procs: list[_Process] = []
         self.controls: list[Connection] = []
         self.live: dict[Connection, int] = {}
         self.finished: set[int] = set()
         self.reports: list[pipeline.DeliveryReport] = []
         self.error: DigestbotError | None = None
 
-    def add(self, proc: Any, control: Connection, results: Connection) -> None:
+    def add(self, proc: _Process, control: Connection, results: Connection) -> None:
         self.live[results] = len(self.procs)
         self.procs.append(proc)
         self.controls.append(control)
@@ -308,7 +302,74 @@ def _stop_all(controls: list[Connection]) -> None:
             conn.close()
 
 
+class _Process:
+    """A worker process: a fresh interpreter (``sys.executable``) that reads its _Job from its
+    control pipe, then runs _worker_main. Its two pipes are multiprocessing Connections over
+    os.pipe, handed down by file descriptor; its stderr is this process's."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], name: str) -> None:
+        self.popen = popen
+        self.name = name
+        self.pid = popen.pid
+
+    @classmethod
+    def start(cls, job: _Job, *, name: str) -> tuple[_Process, Connection, Connection]:
+        """Start a worker for `job`; the process, and this side's control and results pipes."""
+        ctl_read, ctl_write = multiprocessing.Pipe(duplex=False)
+        res_read, res_write = multiprocessing.Pipe(duplex=False)
+        fds = (ctl_read.fileno(), res_write.fileno())
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, *map(str, fds), json.dumps(sys.path)],
+                pass_fds=fds,
+            )
+        except OSError:
+            for conn in (ctl_read, ctl_write, res_read, res_write):
+                conn.close()
+            raise
+        ctl_read.close()  # the worker holds its ends; the parent's copies would hide an EOF
+        res_write.close()
+        ctl_write.send(job)
+        return cls(popen, name), ctl_write, res_read
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+
+# The worker's interpreter: the caller's import path (as multiprocessing gives its children), then
+# the job from the control pipe.
+_WORKER_CODE = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[3]); "
+    "from digestbot.workers import _worker_entry; _worker_entry(int(sys.argv[1]), int(sys.argv[2]))"
+)
+
+
 # -- in the worker process ---------------------------------------------------------------------
+
+
+def _worker_entry(control_fd: int, results_fd: int) -> None:
+    """A worker process's start (_Process): its pipes from their descriptors, its job from the
+    control pipe; a parent gone before sending it ends the process quietly."""
+    control = Connection(control_fd, writable=False)
+    results = Connection(results_fd, readable=False)
+    try:
+        job = control.recv()
+    except (EOFError, OSError):
+        return
+    _worker_main(job, control, results)
 
 
 def _worker_main(job: _Job, control: Connection, results: Connection) -> None:

@@ -311,7 +311,7 @@ def test_send_killed_leaves_no_worker_sending(workdir: Path) -> None:
         )
         _wait_for(lambda: len(server.handler.received) >= 10, proc)
         children = _children(proc.pid)
-        assert len(children) >= 2, children  # the worker and multiprocessing's resource tracker
+        assert children, children  # the worker process
         proc.kill()
         proc.wait()
         _wait_for(lambda: not [pid for pid in children if _running(pid)], None, timeout=20)
