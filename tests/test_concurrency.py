@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from digestbot import pipeline
 from digestbot.cli import cli
 from tests.helpers import (
     DAY,
@@ -57,7 +58,7 @@ def test_two_sends_at_once_deliver_each_digest_once(
     workdir: Path, slower_smtp: SMTPServer, db_url: str, fresh: bool
 ) -> None:
     """Two `digestbot send` started together (on a fetched or a brand-new database) send every subscriber exactly one digest."""
-    emails = many_subscribers(workdir, 40)
+    emails = many_subscribers(workdir, 3 * pipeline.CLAIM_BATCH)  # a claim each, and some
     env = bot_env(slower_smtp, DIGESTBOT_DATABASE_URL=db_url)
     args = ["send", "--date", DAY]
     if not fresh:
