@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from digestbot import app, outbox, pipeline, store
 from digestbot.db import open_database, session_scope
+from digestbot.errors import DatabaseError
 from digestbot.models import Digest, DigestItem, DigestState, FetchRun, Paper, Subscriber
 from digestbot.settings import load_settings
 from digestbot.sources.hf_daily import HFDailyPapers
@@ -600,3 +602,47 @@ def test_release_memory_empties_the_memo_caches_and_changes_no_result() -> None:
     assert parse_query.cache_info().currsize == 0
     assert parse_addr_spec.cache_info().currsize == 0
     assert (parse_query('"sparse attention" -survey'), parse_addr_spec("Ada@Example.org")) == before
+
+
+def test_plans_are_stored_batch_by_batch_and_a_failed_batch_stops_planning(
+    env, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Planning stores and commits each batch (on PostgreSQL in writer threads while the next is
+    matched): every plan is stored in batches; a batch the database refuses stops planning with
+    that error, the batches before it stay stored (on PostgreSQL, another writer may also have
+    stored the one after it), and no thread is left behind."""
+    settings, engine = env
+    fetch(settings, engine, "2026-03-04")
+    people = "".join(
+        f'[[subscribers]]\nemail = "reader{i:02d}@example.org"\nkeywords = ["model"]\n\n'
+        for i in range(10)
+    )
+    specs = parse_subscribers(people, source="t.toml")
+    monkeypatch.setattr(pipeline, "PLAN_BATCH", 3)
+    threads = threading.active_count()
+
+    def digests() -> int:
+        with session_scope(engine) as s:
+            return int(s.execute(sa.text("SELECT count(*) FROM digests")).scalar_one())
+
+    stored = outbox.store_plans
+    calls: list[int] = []
+
+    def refusing(session, *, plans, now):  # type: ignore[no-untyped-def]
+        calls.append(len(plans))
+        if len(calls) == 3:
+            raise DatabaseError("cannot write the database: disk full (test)")
+        return stored(session, plans=plans, now=now)
+
+    monkeypatch.setattr(outbox, "store_plans", refusing)
+    with pytest.raises(DatabaseError, match="disk full"):
+        plan(settings, engine, specs, "2026-03-04")
+    before = digests()
+    assert before == 6 or (before == 9 and "postgresql" in str(engine.url)), before
+    assert threading.active_count() == threads
+
+    monkeypatch.setattr(outbox, "store_plans", stored)
+    done = plan(settings, engine, specs, "2026-03-04")
+    assert (done.planned + done.skipped, done.existing) == (10 - before, before)
+    assert digests() == 10
+    assert threading.active_count() == threads
