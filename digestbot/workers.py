@@ -329,7 +329,10 @@ class _Process:
             raise
         ctl_read.close()  # the worker holds its ends; the parent's copies would hide an EOF
         res_write.close()
-        ctl_write.send(job)
+        try:
+            ctl_write.send(job)
+        except OSError:  # it ended already: the caller reads the end of its results, and says so
+            pass
         return cls(popen, name), ctl_write, res_read
 
     @property
