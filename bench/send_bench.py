@@ -409,9 +409,9 @@ def _role(p: object, send_pid: int) -> str:
     if p.pid == send_pid:
         return "digestbot send"
     line = " ".join(p.cmdline())
-    if "resource_tracker" in line:
+    if "resource_tracker" in line:  # multiprocessing's, before the workers were subprocesses
         return "resource tracker"
-    if "multiprocessing" in line:
+    if "digestbot.workers" in line or "multiprocessing" in line:
         return "worker processes"
     return "planning (forked)"  # apart.call_apart's child: the same command line as its parent
 
