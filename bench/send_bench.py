@@ -340,8 +340,7 @@ def timed_send(
         ps = psutil.Process(proc.pid)
         # CPU seconds by process, as last seen. At the end, wait4's rusage of `digestbot send`
         # holds its own and its reaped children's (its workers: it joins them), so the samples of
-        # its direct children are dropped then (multiprocessing's resource tracker, which it
-        # does not reap, uses next to nothing)
+        # its direct children (its planning fork and its workers, all reaped) are dropped then
         cpu: dict[int, float] = {}
         direct: set[int] = set()
         while True:
@@ -408,10 +407,7 @@ def _role(p: object, send_pid: int) -> str:
     assert isinstance(p, psutil.Process)
     if p.pid == send_pid:
         return "digestbot send"
-    line = " ".join(p.cmdline())
-    if "resource_tracker" in line:  # multiprocessing's, before the workers were subprocesses
-        return "resource tracker"
-    if "digestbot.workers" in line or "multiprocessing" in line:
+    if "digestbot.workers" in " ".join(p.cmdline()):
         return "worker processes"
     return "planning (forked)"  # apart.call_apart's child: the same command line as its parent
 

@@ -837,7 +837,8 @@ class _SentByDriver:
                 return _run_sqlite(raw, self.sql, args)
             raw.autocommit = True  # between the run's transactions: none is open here
             try:
-                return int(raw.execute(self.sql, args).rowcount)
+                with raw.execute(self.sql, args) as cursor:
+                    return int(cursor.rowcount)
             finally:
                 raw.autocommit = False
         except conn.dialect.loaded_dbapi.Error as exc:
