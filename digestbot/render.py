@@ -164,6 +164,12 @@ class RenderedDigest:
     subject: str
     text: str
     html: str
+    text_pieces: tuple[str, ...] = ()
+    """The paper blocks as the text template inserted them (through its ``indent`` filter):
+    mime.encode_body encodes each once per run. A hint only: a piece the text does not hold
+    changes nothing."""
+    html_pieces: tuple[str, ...] = ()
+    """The same for the HTML part: the paper blocks, which the HTML template inserts as they are."""
 
 
 # --------------------------------------------------------------------------- text hygiene
@@ -597,8 +603,11 @@ class Renderer:
         )
         """The Jinja2 environment; add filters or globals here before the first render."""
         # The text template indents each paper block in every digest, the same way each time:
-        # memoised per run, the filter's output is unchanged.
-        self.environment.filters["indent"] = _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
+        # memoised per run, the filter's output is unchanged. What it gives is noted for the
+        # render (RenderedDigest.text_pieces).
+        self.environment.filters["indent"] = _noted(
+            _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
+        )
         self._normalized: Callable[[str], Normalized] = functools.lru_cache(
             maxsize=TEXT_CACHE_SIZE
         )(_normalize_with_map)
@@ -792,12 +801,14 @@ class Renderer:
             preheader = f"No new papers matched your filters {ctx['period']}."
         if len(preheader) > 140:
             preheader = preheader[:139].rstrip() + "\u2026"
+        inserted: list[str] = []
         text = self._run(
             TEMPLATE_TEXT,
             **ctx,
             subject=subject,
             blocks=[b[0] for b in blocks],
             trending_blocks=[b[0] for b in hot],
+            **{_NOTED: inserted},
         )
         html = self._run(
             TEMPLATE_HTML,
@@ -807,7 +818,13 @@ class Renderer:
             blocks=[b[1] for b in blocks],
             trending_blocks=[b[1] for b in hot],
         )
-        return RenderedDigest(subject=subject, text=_tidy_text(text), html=html)
+        return RenderedDigest(
+            subject=subject,
+            text=_tidy_text(text),
+            html=html,
+            text_pieces=tuple(inserted),
+            html_pieces=tuple(b[1] for b in blocks + hot),
+        )
 
 
 _SAMPLE_PAPER = PaperView(
@@ -851,6 +868,26 @@ def _memoised(func: Callable[..., Any], maxsize: int) -> Callable[..., Any]:
             return cached(*args, **kwargs)
         except TypeError:  # unhashable arguments (or a wrong call, which fails again below)
             return func(*args, **kwargs)
+
+    return call
+
+
+_NOTED = "_digestbot_inserted"
+"""The render's context variable where _noted puts what its filter gave (a list)."""
+
+
+def _noted(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The filter `func`, its results also appended to the render's list under _NOTED (when the
+    render has one): each render has its own context, so renders in two threads never mix."""
+
+    @jinja2.pass_context
+    @functools.wraps(func)
+    def call(context: jinja2.runtime.Context, *args: Any, **kwargs: Any) -> Any:
+        out = func(*args, **kwargs)
+        noted = context.get(_NOTED)
+        if noted is not None:
+            noted.append(out)
+        return out
 
     return call
 

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit
 __all__ = [
     "UNSAFE",
     "arxiv_id",
+    "block_bytes",
     "clean_block",
     "clean_line",
     "has_unsafe",
@@ -71,8 +72,16 @@ def clean_block(value: str) -> bytes:
     reads, so a body is encoded to UTF-8 once.
     """
     text = value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
-    data = text.encode("utf-8").translate(None, _BLOCK_UNSAFE_BYTES)
+    data = block_bytes(text)
     return data if data.endswith(b"\n") else data + b"\n"
+
+
+def block_bytes(value: str) -> bytes:
+    """The UTF-8 bytes of `value` without the control characters clean_block drops (CR stays:
+    clean_block turns it into LF first). Dropping a character never joins or splits a line, so
+    the bytes of a text are those of its parts, one after another (mime.encode_body cuts a
+    body so)."""
+    return value.encode("utf-8").translate(None, _BLOCK_UNSAFE_BYTES)
 
 
 def header_uri_problem(value: str) -> str | None:

@@ -221,6 +221,52 @@ def test_quoted_printable_line_by_line_is_the_whole_encoded_at_once(bodies: list
         assert mime.quoted_printable(text) == whole
 
 
+_LINES = st.text(alphabet="ab .=\t\u00e9\u2026\x01", max_size=90)
+_BLOCK = st.one_of(
+    st.lists(_LINES, min_size=2, max_size=8).map("\n".join),  # a paper block: several lines
+    _ANY_TEXT,
+)
+
+
+@_FAST
+@given(
+    frame=st.lists(st.one_of(_ANY_TEXT, _LINES), min_size=1, max_size=5),
+    blocks=st.lists(_BLOCK, max_size=4),
+    stray=st.lists(_BLOCK, max_size=2),
+    data=st.data(),
+)
+def test_encode_body_with_pieces_is_the_whole_body_encoded(
+    frame: list[str], blocks: list[str], stray: list[str], data: st.DataObject
+) -> None:
+    """A body encoded with its pieces (the paper blocks it holds, found and encoded once per
+    run) is byte for byte the body encoded whole: whatever the frame around the blocks (CR,
+    controls, text on the blocks' first and last lines), pieces the body does not hold, and
+    pieces in another order."""
+    text = frame[0]
+    for i, block in enumerate(blocks):
+        text += block + (frame[(i + 1) % len(frame)] if data.draw(st.booleans()) else "\n")
+    pieces = data.draw(st.permutations(blocks + stray)) if data.draw(st.booleans()) else blocks
+    whole = mime.quoted_printable(clean_block(text))
+    for _ in range(2):  # the second time from the cache
+        assert mime.encode_body(text, pieces) == whole
+
+
+def test_encode_body_encodes_a_block_once_for_every_body_holding_it() -> None:
+    """The lines of a block after its first are encoded once and reused in each body that
+    holds it, with different text before and after it on its first and last lines."""
+    block = (
+        "Title line\n"
+        + "".join(f"    abstract line {i} = caf\u00e9\n" for i in range(5))
+        + "    end"
+    )
+    mime._inner_lines.cache_clear()
+    for name in ("Ann", "Bob", "Chi"):
+        text = f"Hello {name},\n\n1.  {block} [{name}]\n\nBye {name}\n"
+        assert mime.encode_body(text, [block]) == mime.quoted_printable(clean_block(text))
+    info = mime._inner_lines.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+
+
 def test_body_with_carriage_returns_is_refused() -> None:
     """A body not cleaned to LF line ends is a ValueError rather than a bare CR on the wire."""
     with pytest.raises(ValueError):
@@ -232,7 +278,7 @@ def test_boundary_that_could_occur_in_a_body_is_refused(boundary: str) -> None:
     """Only a boundary starting '=_' (which quoted-printable never writes) and within RFC 2046's
     grammar and 70 characters is accepted."""
     with pytest.raises(ValueError):
-        mime.multipart_alternative("", text=b"t\n", html=b"h\n", boundary=boundary)
+        mime.multipart_alternative("", text="t\n", html="h\n", boundary=boundary)
 
 
 # --------------------------------------------------------------------------- whole messages

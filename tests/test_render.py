@@ -6,7 +6,7 @@ import functools
 import os
 import re
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digestbot.errors import ConfigError, TemplateError
+from digestbot.mail import build_message
 from digestbot.mail.context import paper_view
 from digestbot.matching import compile_filter, explain, parse_query
 from digestbot.matching.text import tokenize, words
@@ -25,6 +26,7 @@ from digestbot.render import (
     SUMMARY_LIMIT,
     DigestView,
     PaperView,
+    RenderedDigest,
     Renderer,
     _tidy_text,
 )
@@ -238,6 +240,36 @@ def test_golden_text() -> None:
 def test_golden_html() -> None:
     """The HTML part of a fixed three-paper digest matches tests/golden/digest.html exactly."""
     _check_golden("digest.html", Renderer().render(golden_view()).html)
+
+
+def test_rendered_digest_names_the_blocks_it_inserted() -> None:
+    """Each part lists the paper blocks as it holds them, in order (what the message builder
+    encodes once per run), and the message built from them is the one built without."""
+    view = golden_view()
+    out = Renderer().render(view)
+    blocks = len(view.papers) + len(view.trending)
+    assert len(out.text_pieces) == len(out.html_pieces) == blocks > 0
+    for part, pieces in ((out.text, out.text_pieces), (out.html, out.html_pieces)):
+        at = 0
+        for piece in pieces:
+            assert "\n" in piece
+            at = part.index(piece, at) + len(piece)
+    bare = replace(out, text_pieces=(), html_pieces=())
+    assert _message(out) == _message(bare)
+
+
+def _message(rendered: RenderedDigest) -> bytes:
+    return build_message(
+        rendered=rendered,
+        from_addr="Paper Digest <digest@example.org>",
+        to_addr="reader@example.org",
+        to_name="Reader",
+        message_id="<digest.1@example.org>",
+        date=datetime(2026, 3, 6, 7, 0, tzinfo=UTC),
+        list_id="Paper Digest <digest.example.org>",
+        unsubscribe_mailto="mailto:unsubscribe@example.org",
+        unsubscribe_url=None,
+    )
 
 
 def test_golden_content() -> None:

@@ -30,7 +30,7 @@ from digestbot.addresses import (
 from digestbot.addresses import parse_mailbox as _parse_mailbox
 from digestbot.errors import ConfigError
 from digestbot.mail import mime
-from digestbot.text import clean_block, clean_line, header_uri_problem
+from digestbot.text import clean_line, header_uri_problem
 
 if TYPE_CHECKING:
     from digestbot.render import RenderedDigest
@@ -231,7 +231,12 @@ def build_message(
     # derived from the Message-ID, the same digest is the same bytes every time it is built
     boundary = "=_" + hashlib.sha256(message_id.encode("ascii")).hexdigest()[:32]
     return mime.multipart_alternative(
-        text, text=clean_block(rendered.text), html=clean_block(rendered.html), boundary=boundary
+        text,
+        text=rendered.text,
+        html=rendered.html,
+        boundary=boundary,
+        text_pieces=rendered.text_pieces,
+        html_pieces=rendered.html_pieces,
     )
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Sequence
+
+from digestbot.text import block_bytes, clean_block
 
 __all__ = [
     "LINE_LIMIT",
     "WORD_LIMIT",
+    "encode_body",
     "encoded_words",
     "header",
     "multipart_alternative",
@@ -160,8 +164,9 @@ def header(name: str, tokens: Sequence[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-QP_CACHE_LINES = 20_000
-"""Encoded lines kept for reuse (about 5 MB): a run's digests share most of their lines."""
+QP_CACHE_LINES = 4096
+"""Encoded lines kept for reuse (about 2 MB): the lines of the frame around the paper blocks
+(encode_body keeps the blocks' own lines) recur in many digests of a run."""
 
 _qp_lines: dict[bytes, bytes] = {}
 
@@ -173,8 +178,8 @@ def quoted_printable(body: bytes) -> bytes:
     ``=`` always escaped, trailing space or tab escaped, a lone ``.`` escaped (SMTP).
 
     It encodes each line on its own, which is what it does over the whole text, so a line is
-    encoded once and reused: the lines of a paper's block and of the frame recur in thousands
-    of digests of a run, and the encoder costs ten nanoseconds a byte. The reuse is bounded
+    encoded once and reused: lines of the frame recur in thousands of digests of a run, and the
+    encoder costs ten nanoseconds a byte. The reuse is bounded
     (QP_CACHE_LINES) and changes no byte (tests/test_mime.py checks it against the whole).
     """
     if b"\r" in body:
@@ -192,6 +197,68 @@ def quoted_printable(body: bytes) -> bytes:
     return b"\r\n".join(out)
 
 
+PIECE_CACHE = 4096
+"""Pieces (paper blocks as a template inserted them) whose inner lines are kept encoded."""
+
+PIECE_MIN = 64
+"""Characters: a piece's inner lines shorter than this are encoded with the rest of the body."""
+
+_HEAD = 32
+
+
+def encode_body(text: str, pieces: Sequence[str] = ()) -> bytes:
+    """``text`` as a body: ``quoted_printable(clean_block(text))``, byte for byte.
+
+    ``pieces`` are strings the text may hold verbatim, in this order: the paper blocks as the
+    templates inserted them. The same block is in thousands of digests of a run, so the lines
+    of each piece after its first and up to its last (those of the piece alone, whatever stands
+    before or after it on the first and last lines) are encoded once and reused (PIECE_CACHE
+    pieces kept). A piece is used only where it is found, from a line start to a line end;
+    one that is not found, or text with a CR (clean_block rewrites line ends), changes
+    nothing but the speed: quoted-printable encodes each line on its own, so the encoding of
+    a body is that of its runs of whole lines, one after another.
+    """
+    if not pieces or "\r" in text:
+        return quoted_printable(clean_block(text))
+    out: list[bytes] = []
+    at = 0
+    for piece in pieces:
+        inner = _inner_lines(piece)
+        if inner is None:
+            continue
+        start, end, head, encoded = inner
+        # find its head, then compare the rest: several times faster than finding the piece
+        found = text.find(head, at)
+        while found >= 0 and not text.startswith(piece, found):
+            found = text.find(head, found + 1)
+        if found < 0:
+            continue
+        if found + start > at:  # whole lines, ending with the LF before the piece's second line
+            out.append(quoted_printable(block_bytes(text[at : found + start])))
+        out.append(encoded)
+        at = found + end
+    rest = block_bytes(text[at:])
+    if rest or not out:
+        out.append(quoted_printable(rest if rest.endswith(b"\n") else rest + b"\n"))
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=PIECE_CACHE)
+def _inner_lines(piece: str) -> tuple[int, int, str, bytes] | None:
+    """Where the whole lines of ``piece`` after its first start and end, its first characters
+    (what encode_body looks for) and the lines' encoding; None when they are too short to be
+    worth it or cannot be encoded."""
+    start = piece.find("\n") + 1
+    end = piece.rfind("\n") + 1
+    if end - start < PIECE_MIN:
+        return None
+    try:
+        data = block_bytes(piece[start:end])
+    except UnicodeEncodeError:  # a lone surrogate: the body fails to encode where it holds it
+        return None
+    return start, end, piece[:_HEAD], quoted_printable(data)
+
+
 _BOUNDARY = re.compile(r"=_[0-9A-Za-z'()+_,./:=?-]{1,68}")
 _PART_HEAD = (
     'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
@@ -200,10 +267,18 @@ _PLAIN_HEAD = _PART_HEAD.format("plain").encode("ascii")
 _HTML_HEAD = _PART_HEAD.format("html").encode("ascii")
 
 
-def multipart_alternative(head: str, *, text: bytes, html: bytes, boundary: str) -> bytes:
+def multipart_alternative(
+    head: str,
+    *,
+    text: str,
+    html: str,
+    boundary: str,
+    text_pieces: Sequence[str] = (),
+    html_pieces: Sequence[str] = (),
+) -> bytes:
     """The whole message: ``head`` (header fields, CRLF-ended), MIME-Version, then a
-    multipart/alternative of ``text`` (text/plain) and ``html`` (text/html), both UTF-8 (as
-    text.clean_block gives them), quoted-printable.
+    multipart/alternative of ``text`` (text/plain) and ``html`` (text/html), both cleaned
+    (text.clean_block) and UTF-8 quoted-printable (encode_body, with each part's pieces).
 
     ``boundary`` must start with ``=_``: quoted-printable writes ``=`` only before two hex
     digits or a line end, so such a boundary can never occur in either body (RFC 2046 §5.1.1).
@@ -220,12 +295,12 @@ def multipart_alternative(head: str, *, text: bytes, html: bytes, boundary: str)
             mark,
             b"\r\n",
             _PLAIN_HEAD,
-            quoted_printable(text),
+            encode_body(text, text_pieces),
             b"\r\n--",
             mark,
             b"\r\n",
             _HTML_HEAD,
-            quoted_printable(html),
+            encode_body(html, html_pieces),
             b"\r\n--",
             mark,
             b"--\r\n",
