@@ -724,8 +724,11 @@ class Renderer:
             paper, show_sources=show_sources, highlights=self._highlights(_highlight_key(paper))
         )
         text = self._run(TEMPLATE_PAPER_TEXT, paper=ctx)
-        html = self._run(TEMPLATE_PAPER_HTML, paper=ctx)
-        return text.strip("\n"), Markup(html.strip("\n"))
+        html = self._run(TEMPLATE_PAPER_HTML, paper=ctx).strip("\n")
+        # The ellipsis of a shortened abstract or author list as the entity, which every mail
+        # client shows as the character: a block without a character past Latin-1 is a Python
+        # string of a byte a character, not two, and a run keeps thousands (BLOCK_CACHE_SIZE).
+        return text.strip("\n"), Markup(html.replace("\u2026", "&hellip;"))
 
     def paper_block(self, paper: PaperView, *, show_sources: bool = False) -> tuple[str, Markup]:
         """The (text, HTML) block of one paper, from the cache when already rendered.

@@ -278,7 +278,7 @@ def test_golden_content() -> None:
     assert out.subject == "Paper Digest — 3 new papers for 2026-03-02"
     flat = " ".join(out.text.split())  # the text part is word-wrapped
     assert "Sourya Basu, Govardana Sachitanandam Ramachandran, \u2026 *Zoë Łukasiewicz*" in flat
-    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, \u2026 <mark" in out.html
+    assert "Sourya Basu, Govardana Sachitanandam Ramachandran, &hellip; <mark" in out.html
     assert "TL;DR: Mirostat keeps perplexity" in flat
     assert "Keywords: neural *text decoding*, nucleus *sampling*, *perplexity*" in flat
     assert "Jürgen Schmidhuber, *François Chollet*, 李飞飞" in out.text
@@ -416,7 +416,7 @@ def test_trimmed_abstract_keeps_spans_consistent() -> None:
     out = Renderer().render(_view(_paper(summary=words, summary_spans=spans)))
     body = re.search(r'padding-top:10px;">(.*?)</div>', out.html, re.DOTALL)
     assert body is not None
-    shown = re.sub(r"<[^>]+>", "", body.group(1))
+    shown = unescape(re.sub(r"<[^>]+>", "", body.group(1)))
     assert shown.endswith("\u2026")
     main, *more = shown.split(" \u2026 ")
     assert len(main) <= SUMMARY_LIMIT
@@ -865,7 +865,7 @@ def test_a_named_author_is_never_hidden_behind_and_n_more() -> None:
     assert "Yao Fu, Hao Peng, \u2026 *Ashish Sabharwal*" in " ".join(out.text.split())
     assert "and 2 more" not in out.text
     assert (
-        f'Yao Fu, Hao Peng, \u2026 <mark style="{MARK_STYLE}">Ashish Sabharwal</mark>' in out.html
+        f'Yao Fu, Hao Peng, &hellip; <mark style="{MARK_STYLE}">Ashish Sabharwal</mark>' in out.html
     )
     ten = tuple(f"Author {i}" for i in range(10))
     middle = Renderer().render(_view(_paper(authors=ten, author_hits=(5,)))).text
