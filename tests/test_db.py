@@ -330,3 +330,35 @@ def test_a_chunked_look_up_finds_the_same_rows_and_on_postgresql_keeps_one_state
     engine.dispose()
     assert len(sent) == 3
     assert len(set(sent)) == (1 if db_url.startswith("postgresql") else 3), sent
+
+
+def test_digest_items_keep_their_rows_and_lose_only_the_subscriber_foreign_key(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Migration 0011 drops the item's own foreign key to its subscriber (its digest holds one)
+    and keeps every item, the other two foreign keys and the unique key that stops a paper going
+    to one person twice; undone, the key is back."""
+    planned_outbox(tmp_path, db_url, 3)
+    engine = make_engine(db_url)
+
+    def state() -> tuple[int, list[list[str]], list[list[str]]]:
+        with engine.connect() as conn:
+            count = conn.execute(sa.text("SELECT count(*) FROM digest_items")).scalar_one()
+            found = sa.inspect(conn)
+            fks = sorted(fk["constrained_columns"] for fk in found.get_foreign_keys("digest_items"))
+            uniques = [u["column_names"] for u in found.get_unique_constraints("digest_items")]
+        return count, fks, uniques
+
+    items, fks, uniques = state()
+    assert items > 0
+    assert fks == [["arxiv_id"], ["digest_id"]]
+    assert uniques == [["subscriber_id", "arxiv_id"]]
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0010")
+    assert state() == (items, [["arxiv_id"], ["digest_id"], ["subscriber_id"]], uniques)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+    assert state() == (items, fks, uniques)
+    with engine.connect() as conn:
+        command.check(alembic_config(conn))  # the upgraded tables are the models' (indexes too)
+    engine.dispose()
