@@ -237,9 +237,9 @@ def encode_body(text: str, pieces: Sequence[str] = ()) -> bytes:
             out.append(quoted_printable(block_bytes(text[at : found + start])))
         out.append(encoded)
         at = found + end
-    rest = block_bytes(text[at:])
-    if rest or not out:
-        out.append(quoted_printable(rest if rest.endswith(b"\n") else rest + b"\n"))
+    rest = text[at:]  # the frame after the last piece (or the whole text): a few lines
+    if not out or block_bytes(rest):  # nothing but dropped characters adds no line after a piece
+        out.append(quoted_printable(clean_block(rest)))
     return b"".join(out)
 
 
