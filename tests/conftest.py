@@ -14,9 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from digestbot.sources.http import FEED_ACCEPT, make_client
 from tests.helpers import FIXTURES, PG_URL, FeedServer, SMTPHandler, SMTPServer, serve
+
+# Property tests run on a shared 2-core machine, beside subprocesses and servers: how long one
+# example took says nothing about digestbot, and Hypothesis's default 200 ms deadline made a
+# slow example fail a run now and then. DIGESTBOT_HYPOTHESIS_PROFILE=thorough runs 2,000
+# examples of each property test that does not set its own count.
+settings.register_profile("digestbot", deadline=None)
+settings.register_profile("thorough", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("DIGESTBOT_HYPOTHESIS_PROFILE", "digestbot"))
 
 # -- databases ------------------------------------------------------------------------------
 

@@ -197,7 +197,8 @@ ADDRESSES = st.builds(
     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,20}[A-Za-z0-9]", fullmatch=True).filter(
         lambda s: ".." not in s
     ),
-    st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
+    # "--" in a label's third and fourth places is kept for Punycode ("xn--"): not an address
+    st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True).filter(lambda s: s[2:4] != "--"),
 )
 
 
