@@ -40,6 +40,7 @@ from digestbot.models import (
 )
 from digestbot.store import (
     address_suppressed,
+    bind_processor,
     chunks,
     copy_insert,
     dialect_insert,
@@ -794,8 +795,8 @@ class _SentByDriver:
     """record_sent's UPDATE for the driver (sqlite3 or psycopg): the SQL as SQLAlchemy compiled
     _mark_sent_statement for the dialect, the order of its parameters (None: the driver takes
     them by name), its constants already converted, and the conversion of each value a call
-    gives (the column types' own bind processors), so the values stored are the ones SQLAlchemy
-    would have stored."""
+    gives (the column types' own bind processors, store.bind_processor), so the values stored
+    are the ones SQLAlchemy would have stored."""
 
     sqlite: bool
     sql: str
@@ -810,7 +811,7 @@ class _SentByDriver:
         fixed: dict[str, Any] = {}
         convert: dict[str, Any] = {}
         for name, bind in compiled.binds.items():
-            processor = bind.type.bind_processor(dialect)
+            processor = bind_processor(bind.type, dialect)
             if bind.required:  # given by each call
                 convert[name] = processor
             else:

@@ -121,6 +121,16 @@ def copy_insert(
     return out
 
 
+def bind_processor(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Any:
+    """What SQLAlchemy does to a value of `type_` before the driver gets it (None: nothing), for
+    statements sent to the driver directly. The dialect's own implementation of the type: the
+    generic one's (`type_.bind_processor`) skips SQLite's DATETIME, which writes every time as
+    'YYYY-MM-DD HH:MM:SS.ffffff', and leaves a datetime to sqlite3's own adapter, whose text
+    drops the microseconds when they are 0 (so it sorts before the same time written by
+    SQLAlchemy), and which Python 3.12 deprecates."""
+    return type_.dialect_impl(dialect).bind_processor(dialect)
+
+
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -240,15 +240,17 @@ def test_a_claim_past_a_position_leaves_earlier_digests_to_a_claim_from_the_star
     engine.dispose()
 
 
+@pytest.mark.parametrize("microsecond", [123456, 0])
 def test_a_sent_mark_is_stored_as_the_models_read_it_and_only_by_the_claimant(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, microsecond: int
 ) -> None:
     """record_sent (on SQLite straight through the driver, on PostgreSQL in autocommit) stores
-    what the models read back: the state, the time to the microsecond in UTC, the attempt
-    counted, a first attempt kept; a digest another run holds is left alone (TAKEN_OVER)."""
+    what the models read back: the state, the time to the microsecond in UTC (as SQLAlchemy
+    writes it, also on a whole second), the attempt counted, a first attempt kept; a digest
+    another run holds is left alone (TAKEN_OVER)."""
     planned_outbox(tmp_path, db_url, 3)
     engine = open_database(db_url)
-    now = datetime(2026, 3, 5, 7, 0, 1, 123456, tzinfo=UTC)
+    now = datetime(2026, 3, 5, 7, 0, 1, microsecond, tzinfo=UTC)
     earlier = now - timedelta(hours=2)
     with engine.connect() as conn:
         with conn.begin():
