@@ -46,6 +46,7 @@ from digestbot.store import (
     dialect_insert,
     dialect_of,
     papers_by_id,
+    sqlite_insert,
     within,
 )
 
@@ -91,19 +92,15 @@ class DigestPlan:
 def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
     """Insert digests and their items; a (subscriber, period) that already has a digest is left alone.
 
-    Rows go in as executemany batches on SQLite (one statement compiled, many parameter sets),
-    through COPY on PostgreSQL (store.copy_insert). Returns how many digests were inserted by
-    this call.
+    Rows go straight to the driver: on SQLite as multi-row INSERTs (store.sqlite_insert) and
+    executemany batches of items, on PostgreSQL through COPY (store.copy_insert). Returns how
+    many digests were inserted by this call.
     """
     conn = session.connection()
     digests = table_of(Digest)
     postgres = conn.dialect.name == "postgresql"
-    if not postgres:  # PostgreSQL stores both through COPY (store.copy_insert)
-        insert_digest = (
-            dialect_insert(session, digests)
-            .on_conflict_do_nothing(index_elements=["subscriber_id", "period"])
-            .returning(digests.c.id, digests.c.subscriber_id)
-        )
+    insert = copy_insert if postgres else sqlite_insert
+    if not postgres:  # PostgreSQL stores the items through COPY too
         item_sql, item_order = _item_insert(session)
     as_json = _JsonCache()
     inserted = 0
@@ -126,18 +123,14 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             )
             for p in batch
         ]
-        if postgres:
-            returned = copy_insert(
-                conn,
-                digests,
-                _DIGEST_COLUMNS,
-                values,
-                conflict=("subscriber_id", "period"),
-                returning=("id", "subscriber_id"),
-            )
-        else:
-            rows = [dict(zip(_DIGEST_COLUMNS, v)) for v in values]
-            returned = [tuple(r) for r in conn.execute(insert_digest, rows)]
+        returned = insert(
+            conn,
+            digests,
+            _DIGEST_COLUMNS,
+            values,
+            conflict=("subscriber_id", "period"),
+            returning=("id", "subscriber_id"),
+        )
         ids = {sid: did for did, sid in returned}
         inserted += len(ids)
         items = [

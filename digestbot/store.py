@@ -7,7 +7,7 @@ Plain keyword-only functions over a Session. Addresses are compared by
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -129,6 +129,57 @@ def bind_processor(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Any:
     drops the microseconds when they are 0 (so it sorts before the same time written by
     SQLAlchemy), and which Python 3.12 deprecates."""
     return type_.dialect_impl(dialect).bind_processor(dialect)
+
+
+SQLITE_PARAMETERS = 999
+"""Host parameters in one SQLite statement: the limit of SQLite before 3.32, so any build takes it."""
+
+
+def sqlite_insert(
+    conn: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    conflict: Sequence[str],
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """SQLite: copy_insert's contract (INSERT `rows`, a row whose `conflict` key exists left out,
+    the `returning` columns of the rows inserted), as multi-row INSERTs straight to the driver.
+
+    Each value goes through its column type's bind processor, as through SQLAlchemy's own
+    INSERT (an aware datetime becomes SQLite's UTC text), but each distinct value only once: a
+    plan's digests share the window of their period and the run's time (SQLAlchemy's INSERT of
+    many rows binds every value of every row in Python). Names come from the models, never from
+    data.
+    """
+    convert: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
+        (i, fn, {})
+        for i, name in enumerate(columns)
+        if (fn := bind_processor(table.c[name].type, conn.dialect)) is not None
+    ]
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+    tail = f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    if returning:
+        tail += f" RETURNING {', '.join(returning)}"
+    out: list[tuple[Any, ...]] = []
+    for group in chunks(list(rows), max(1, SQLITE_PARAMETERS // len(columns))):
+        params: list[Any] = []
+        for row in group:
+            values = list(row)
+            for i, process, done in convert:
+                value = values[i]
+                if value is not None:
+                    stored = done.get(value)
+                    if stored is None:
+                        stored = done[value] = process(value)
+                    values[i] = stored
+            params.extend(values)
+        result = conn.exec_driver_sql(head + ", ".join([one] * len(group)) + tail, tuple(params))
+        if returning:
+            out.extend(tuple(r) for r in result)
+    return out
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:

@@ -284,6 +284,42 @@ def test_a_sent_mark_is_stored_as_the_models_read_it_and_only_by_the_claimant(
     engine.dispose()
 
 
+def test_planned_digests_are_stored_as_sqlalchemy_stores_them_over_several_statements(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Planning stores digests straight through the driver (multi-row INSERTs of at most 999
+    parameters on SQLite, COPY on PostgreSQL); every digest is there, and each time holds what
+    SQLAlchemy itself writes for it (on SQLite the same text), so the models read it back and
+    the claims compare it as before."""
+    planned_outbox(tmp_path, db_url, 120)  # 120 digests of 13 values: several INSERTs on SQLite
+    engine = open_database(db_url)
+    with session_scope(engine) as s:
+        digests = list(s.exec(select(Digest)))
+    assert len(digests) == 120
+    assert len({d.subscriber_id for d in digests}) == 120
+    times = ("window_start", "window_end", "planned_at", "next_attempt_at")
+    for d in digests:
+        assert all(getattr(d, name).tzinfo == UTC for name in times), d
+    with engine.begin() as conn:
+        # the same times written by SQLAlchemy, each into a column the plan left empty
+        for d in digests:
+            for name, other in zip(times, ("lease_until", "sent_at", "first_attempt_at")):
+                conn.execute(
+                    sa.update(Digest)
+                    .where(col(Digest.id) == d.id)
+                    .values({other: getattr(d, name)})
+                )
+        same = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM digests WHERE window_start = lease_until "
+                "AND window_end = sent_at AND planned_at = first_attempt_at "
+                "AND next_attempt_at = planned_at"
+            )
+        ).scalar_one()
+    assert same == 120
+    engine.dispose()
+
+
 def test_sent_marks_leave_nothing_behind_on_the_run_connection(db_url: str, tmp_path: Path) -> None:
     """A delivery run keeps one connection for all its messages, so a sent mark must leave
     nothing on it: on PostgreSQL, switching it to autocommit and back kept about 1 KB a message
