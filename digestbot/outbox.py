@@ -42,11 +42,10 @@ from digestbot.store import (
     address_suppressed,
     bind_processor,
     chunks,
-    copy_insert,
     dialect_insert,
     dialect_of,
+    insert_rows,
     papers_by_id,
-    sqlite_insert,
     within,
 )
 
@@ -92,14 +91,13 @@ class DigestPlan:
 def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime) -> int:
     """Insert digests and their items; a (subscriber, period) that already has a digest is left alone.
 
-    Rows go straight to the driver: on SQLite as multi-row INSERTs (store.sqlite_insert) and
-    executemany batches of items, on PostgreSQL through COPY (store.copy_insert). Returns how
-    many digests were inserted by this call.
+    Rows go straight to the driver (store.insert_rows: COPY on PostgreSQL, multi-row INSERTs on
+    SQLite), and on SQLite the items as executemany batches. Returns how many digests were
+    inserted by this call.
     """
     conn = session.connection()
     digests = table_of(Digest)
     postgres = conn.dialect.name == "postgresql"
-    insert = copy_insert if postgres else sqlite_insert
     if not postgres:  # PostgreSQL stores the items through COPY too
         item_sql, item_order = _item_insert(session)
     as_json = _JsonCache()
@@ -123,7 +121,7 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             )
             for p in batch
         ]
-        returned = insert(
+        returned = insert_rows(
             conn,
             digests,
             _DIGEST_COLUMNS,
@@ -153,7 +151,7 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
             )
         ]
         if items and postgres:
-            copy_insert(
+            insert_rows(
                 conn,
                 table_of(DigestItem),
                 _ITEM_COLUMNS,

@@ -80,7 +80,7 @@ def dialect_insert(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"unsupported database dialect {name!r}")
 
 
-def copy_insert(
+def insert_rows(
     conn: sa.Connection,
     table: sa.Table,
     columns: Sequence[str],
@@ -89,24 +89,36 @@ def copy_insert(
     conflict: Sequence[str],
     returning: Sequence[str] = (),
 ) -> list[tuple[Any, ...]]:
-    """PostgreSQL: INSERT `rows` (values in `columns` order) into `table`, a row whose `conflict`
-    key exists already left out; the `returning` columns of the rows inserted.
+    """INSERT `rows` (values in `columns` order) into `table` straight through the driver, a row
+    whose `conflict` key exists already left out; the `returning` columns of the rows inserted.
 
-    The rows go through COPY into a temporary table of the same columns (dropped at commit),
-    then one INSERT ... SELECT ... ON CONFLICT DO NOTHING. A planning run stores a hundred
-    thousand digests and many more items: COPY streams them, where a multi-row INSERT made the
-    driver parse a statement of thousands of placeholders per page. Names come from the models,
-    never from data.
+    A planning run stores a hundred thousand digests: on PostgreSQL they go through COPY
+    (_copy_rows), on SQLite as multi-row INSERTs (_sqlite_rows), each faster than SQLAlchemy's
+    INSERT of many rows. Names come from the models, never from data.
     """
+    tail = f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    if returning:
+        tail += f" RETURNING {', '.join(returning)}"
+    if conn.dialect.name == "postgresql":
+        return _copy_rows(conn, table, columns, rows, tail, returns=bool(returning))
+    return _sqlite_rows(conn, table, columns, rows, tail, returns=bool(returning))
+
+
+def _copy_rows(
+    conn: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    tail: str,
+    *,
+    returns: bool,
+) -> list[tuple[Any, ...]]:
+    """PostgreSQL: the rows go through COPY into a temporary table of the same columns (dropped
+    at commit), then one INSERT ... SELECT ... `tail`. A multi-row INSERT made the driver parse a
+    statement of thousands of placeholders per page."""
     raw: Any = conn.connection.dbapi_connection  # psycopg's Connection: its cursor has copy()
     temp = f"incoming_{table.name}"
     cols = ", ".join(columns)
-    insert = (
-        f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {temp} "
-        f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-    )
-    if returning:
-        insert += f" RETURNING {', '.join(returning)}"
     with raw.cursor() as cur:
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "
@@ -115,8 +127,8 @@ def copy_insert(
         with cur.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cur.execute(insert)
-        out = [tuple(r) for r in cur.fetchall()] if returning else []
+        cur.execute(f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {temp}{tail}")
+        out = [tuple(r) for r in cur.fetchall()] if returns else []
         cur.execute(f"TRUNCATE {temp}")
     return out
 
@@ -135,23 +147,21 @@ SQLITE_PARAMETERS = 999
 """Host parameters in one SQLite statement: the limit of SQLite before 3.32, so any build takes it."""
 
 
-def sqlite_insert(
+def _sqlite_rows(
     conn: sa.Connection,
     table: sa.Table,
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
+    tail: str,
     *,
-    conflict: Sequence[str],
-    returning: Sequence[str] = (),
+    returns: bool,
 ) -> list[tuple[Any, ...]]:
-    """SQLite: copy_insert's contract (INSERT `rows`, a row whose `conflict` key exists left out,
-    the `returning` columns of the rows inserted), as multi-row INSERTs straight to the driver.
+    """SQLite: INSERT ... VALUES of as many rows as SQLITE_PARAMETERS allows, then `tail`.
 
     Each value goes through its column type's bind processor, as through SQLAlchemy's own
     INSERT (an aware datetime becomes SQLite's UTC text), but each distinct value only once: a
     plan's digests share the window of their period and the run's time (SQLAlchemy's INSERT of
-    many rows binds every value of every row in Python). Names come from the models, never from
-    data.
+    many rows binds every value of every row in Python).
     """
     convert: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
         (i, fn, {})
@@ -160,9 +170,6 @@ def sqlite_insert(
     ]
     one = "(" + ", ".join("?" * len(columns)) + ")"
     head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
-    tail = f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-    if returning:
-        tail += f" RETURNING {', '.join(returning)}"
     out: list[tuple[Any, ...]] = []
     for group in chunks(list(rows), max(1, SQLITE_PARAMETERS // len(columns))):
         params: list[Any] = []
@@ -177,7 +184,7 @@ def sqlite_insert(
                     values[i] = stored
             params.extend(values)
         result = conn.exec_driver_sql(head + ", ".join([one] * len(group)) + tail, tuple(params))
-        if returning:
+        if returns:
             out.extend(tuple(r) for r in result)
     return out
 
