@@ -347,6 +347,40 @@ def test_sent_marks_leave_nothing_behind_on_the_run_connection(db_url: str, tmp_
     assert grown < 50_000, f"{grown} bytes kept by 2,000 sent marks"
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("ends", ["normally", "with an error"])
+def test_a_delivery_run_on_postgresql_commits_without_waiting_for_the_disk_then_gives_its_connection_back_as_it_was(
+    pg_url: str, ends: str
+) -> None:
+    """A delivery run's commits do not wait for the server's disk (synchronous_commit off on its
+    connection: SQLite's WAL durability); once the run ends, however it ends, the pool gets the
+    connection back with the server's own setting, which the unsubscribe endpoint's commits keep."""
+    engine = open_database(pg_url)
+
+    def setting(conn: sa.Connection) -> tuple[str, int]:
+        return (
+            conn.exec_driver_sql("SHOW synchronous_commit").scalar_one(),
+            conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one(),
+        )
+
+    with engine.connect() as conn:
+        server, pid = setting(conn)
+    assert server != "off"
+    try:
+        with outbox.connect(engine) as conn:
+            with outbox.transaction(conn):
+                assert setting(conn) == ("off", pid)  # the pool's one connection
+            if ends == "with an error":
+                with outbox.transaction(conn):
+                    conn.exec_driver_sql("SELECT 1")
+                    raise RuntimeError("the run stopped")
+    except RuntimeError:
+        assert ends == "with an error"
+    with engine.connect() as conn:
+        assert setting(conn) == (server, pid)
+    engine.dispose()
+
+
 def test_a_chunked_look_up_finds_the_same_rows_and_on_postgresql_keeps_one_statement_text(
     db_url: str, tmp_path: Path
 ) -> None:
