@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a runtime failure (feed unusable, a delivery failed or 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -38,7 +39,7 @@ from digestbot import __version__, apart, app, matching, pipeline, schedule, sto
 from digestbot import workers as pool
 from digestbot.addresses import AddressError, address_key, check_address
 from digestbot.configcheck import unmatchable
-from digestbot.db import make_engine
+from digestbot.db import close_all, make_engine
 from digestbot.errors import (
     ConfigError,
     DeliverySetupError,
@@ -67,7 +68,17 @@ T = TypeVar("T")
 
 def main() -> None:
     """Console-script entry point."""
-    cli()
+    try:
+        cli()
+    finally:
+        close_all()
+        # While it exits, Python collects the whole heap's reference cycles once more: after a
+        # large send, 0.5 s of the run for memory the system takes back with the process
+        # anyway. Frozen objects are left out of that collection. What must happen at exit is
+        # done by then or still happens: the database connections are closed just above, the
+        # commands close their files and SMTP connections, and atexit handlers (logging's
+        # flush) and the flush of stdout and stderr run as before.
+        gc.freeze()
 
 
 class _Argument(TyperArgument):

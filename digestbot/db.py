@@ -12,6 +12,7 @@ import os
 import sqlite3
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ READ_ONLY = "digestbot_read_only"
 takes no write lock; see outbox.transaction)."""
 _PG_MIGRATION_LOCK = 0x6469676573  # "diges": advisory lock id held while migrating
 _PG_DAEMON_LOCK = 0x6461656D6E  # "daemn": advisory lock id held by the running daemon
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # made by make_engine, for close_all
 
 
 def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
@@ -62,7 +64,17 @@ def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
         ) from exc
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, create=create)
+    _ENGINES.add(engine)
     return engine
+
+
+def close_all() -> None:
+    """Close the pooled connections of every engine this process made (the command line does at
+    exit). A SQLite file's last connection to close folds the write-ahead log back into the
+    file, so that the file alone (a copy of it) holds every commit. Python's teardown closes
+    them only in its last garbage collection, which the command line skips (cli.main)."""
+    for engine in list(_ENGINES):
+        engine.dispose()
 
 
 def sqlite_path(engine: Engine) -> Path | None:

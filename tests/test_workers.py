@@ -10,7 +10,9 @@ import pickle
 import pty
 import re
 import select
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from sqlalchemy import make_url
 
 from digestbot import app, pipeline, workers
 from digestbot.errors import ConfigError
@@ -161,6 +164,30 @@ def test_send_with_two_workers_delivers_each_digest_once_and_logs_its_speed(
     assert run["workers"] == 2 and run["seconds"] > 0
     assert run["digests_per_second"] == pytest.approx(80 / run["seconds"], rel=0.01)
     assert f"{run['digests_per_second']:.1f} digests/s" in run["event"]
+
+
+@pytest.mark.slow
+def test_send_leaves_every_outcome_in_the_database_file_itself(
+    workdir: Path, slow_smtp: SMTPServer
+) -> None:
+    """After `digestbot send`, its processes have closed the SQLite database: no write-ahead log
+    is left beside the file, and a copy of the file alone (as a backup takes) holds every sent
+    digest."""
+    url = os.environ["DIGESTBOT_DATABASE_URL"]
+    planned_outbox(workdir, url, 80)
+    done = run_digestbot(
+        ["send", "--no-fetch", "--date", DAY, "--workers", "2"], env=bot_env(slow_smtp), cwd=workdir
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _sent_counts(done.stdout) == 80
+    database = Path(make_url(url).database or "")
+    assert database.is_file()
+    assert not database.with_name(f"{database.name}-wal").exists()
+    copy = workdir / "copy.db"
+    shutil.copyfile(database, copy)
+    with sqlite3.connect(copy) as conn:
+        sent = conn.execute("SELECT count(*) FROM digests WHERE state = 'sent'").fetchone()
+    assert sent == (80,)
 
 
 def test_send_process_is_one_of_its_workers(workdir: Path) -> None:
