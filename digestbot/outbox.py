@@ -92,14 +92,11 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
     """Insert digests and their items; a (subscriber, period) that already has a digest is left alone.
 
     Rows go straight to the driver (store.insert_rows: COPY on PostgreSQL, multi-row INSERTs on
-    SQLite), and on SQLite the items as executemany batches. Returns how many digests were
+    SQLite), the items' JSON already serialized (_JsonCache). Returns how many digests were
     inserted by this call.
     """
     conn = session.connection()
     digests = table_of(Digest)
-    postgres = conn.dialect.name == "postgresql"
-    if not postgres:  # PostgreSQL stores the items through COPY too
-        item_sql, item_order = _item_insert(session)
     as_json = _JsonCache()
     inserted = 0
     for batch in chunks(list(plans)):
@@ -150,21 +147,15 @@ def store_plans(session: Session, *, plans: Sequence[DigestPlan], now: datetime)
                 [(MATCHED, it) for it in p.items] + [(TRENDING, it) for it in p.trending]
             )
         ]
-        if items and postgres:
+        if items:
             insert_rows(
                 conn,
                 table_of(DigestItem),
                 _ITEM_COLUMNS,
                 items,
                 conflict=("subscriber_id", "arxiv_id"),
+                stored=_ITEM_JSON,
             )
-        elif items:
-            if item_order == _IN_ORDER:  # the driver takes the rows as they are
-                conn.exec_driver_sql(item_sql, items)
-            elif item_order is not None:
-                conn.exec_driver_sql(item_sql, [tuple(row[i] for i in item_order) for row in items])
-            else:
-                conn.exec_driver_sql(item_sql, [dict(zip(_ITEM_COLUMNS, row)) for row in items])
         resumed = sorted(ids)
         if resumed:
             subscribers = table_of(Subscriber)
@@ -205,29 +196,7 @@ _ITEM_COLUMNS = (
     "title_spans",
     "summary_spans",
 )
-_ITEM_JSON = frozenset({"matched", "title_spans", "summary_spans"})
-_IN_ORDER = tuple(range(len(_ITEM_COLUMNS)))
-
-
-def _item_insert(session: Session) -> tuple[str, tuple[int, ...] | None]:
-    """SQLite: the digest-item INSERT (conflicts ignored) as the driver's SQL, and the order of the row
-    values for a positional paramstyle (None: named). Items are the bulk of a plan's rows, so they
-    go straight to the driver's executemany, with JSON already serialized (see _JsonCache)."""
-    conn = session.connection()
-    values: dict[str, Any] = {
-        name: sa.bindparam(name, type_=sa.Text()) if name in _ITEM_JSON else sa.bindparam(name)
-        for name in _ITEM_COLUMNS
-    }
-    stmt = (
-        dialect_insert(session, table_of(DigestItem))
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "arxiv_id"])
-    )
-    compiled = stmt.compile(dialect=conn.dialect)
-    if compiled.positional:
-        order = tuple(_ITEM_COLUMNS.index(name) for name in compiled.positiontup or ())
-        return compiled.string, order
-    return compiled.string, None
+_ITEM_JSON = frozenset({"matched", "title_spans", "summary_spans"})  # given as JSON text
 
 
 class _JsonCache:

@@ -88,20 +88,24 @@ def insert_rows(
     *,
     conflict: Sequence[str],
     returning: Sequence[str] = (),
+    stored: Collection[str] = (),
 ) -> list[tuple[Any, ...]]:
     """INSERT `rows` (values in `columns` order) into `table` straight through the driver, a row
     whose `conflict` key exists already left out; the `returning` columns of the rows inserted.
+    The values of the `stored` columns are given as the database stores them (JSON text, say),
+    the others as SQLAlchemy takes them.
 
-    A planning run stores a hundred thousand digests: on PostgreSQL they go through COPY
-    (_copy_rows), on SQLite as multi-row INSERTs (_sqlite_rows), each faster than SQLAlchemy's
-    INSERT of many rows. Names come from the models, never from data.
+    A planning run stores a hundred thousand digests and several times as many items: on
+    PostgreSQL they go through COPY (_copy_rows), on SQLite as multi-row INSERTs (_sqlite_rows),
+    each faster than SQLAlchemy's INSERT of many rows. Names come from the models, never from
+    data.
     """
     tail = f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
     if returning:
         tail += f" RETURNING {', '.join(returning)}"
     if conn.dialect.name == "postgresql":
         return _copy_rows(conn, table, columns, rows, tail, returns=bool(returning))
-    return _sqlite_rows(conn, table, columns, rows, tail, returns=bool(returning))
+    return _sqlite_rows(conn, table, columns, rows, tail, returns=bool(returning), stored=stored)
 
 
 def _copy_rows(
@@ -155,18 +159,20 @@ def _sqlite_rows(
     tail: str,
     *,
     returns: bool,
+    stored: Collection[str],
 ) -> list[tuple[Any, ...]]:
     """SQLite: INSERT ... VALUES of as many rows as SQLITE_PARAMETERS allows, then `tail`.
 
-    Each value goes through its column type's bind processor, as through SQLAlchemy's own
-    INSERT (an aware datetime becomes SQLite's UTC text), but each distinct value only once: a
-    plan's digests share the window of their period and the run's time (SQLAlchemy's INSERT of
-    many rows binds every value of every row in Python).
+    Each value but those of the `stored` columns goes through its column type's bind processor,
+    as through SQLAlchemy's own INSERT (an aware datetime becomes SQLite's UTC text), but each
+    distinct value only once: a plan's digests share the window of their period and the run's
+    time (SQLAlchemy's INSERT of many rows binds every value of every row in Python).
     """
     convert: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
         (i, fn, {})
         for i, name in enumerate(columns)
-        if (fn := bind_processor(table.c[name].type, conn.dialect)) is not None
+        if name not in stored
+        and (fn := bind_processor(table.c[name].type, conn.dialect)) is not None
     ]
     one = "(" + ", ".join("?" * len(columns)) + ")"
     head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
@@ -178,10 +184,10 @@ def _sqlite_rows(
             for i, process, done in convert:
                 value = values[i]
                 if value is not None:
-                    stored = done.get(value)
-                    if stored is None:
-                        stored = done[value] = process(value)
-                    values[i] = stored
+                    bound = done.get(value)
+                    if bound is None:
+                        bound = done[value] = process(value)
+                    values[i] = bound
             params.extend(values)
         result = conn.exec_driver_sql(head + ", ".join([one] * len(group)) + tail, tuple(params))
         if returns:
