@@ -45,12 +45,18 @@ def write_day(folder: Path, day: str, items: list[dict[str, Any]]) -> None:
     (folder / f"{day}.json").write_text(json.dumps(items))
 
 
-def shift_items(items: list[dict[str, Any]], to_day: date) -> list[dict[str, Any]]:
-    """The same items, featured on another day (for tests that need papers near the real clock)."""
+def shift_items(
+    items: list[dict[str, Any]], to_day: date, *, not_after: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The same items, featured on another day (for tests that need papers near the real clock);
+    with `not_after`, none later than it (today's papers, but never in the future: the fixture's
+    times of day, 03:00 to 10:00 UTC, are still to come in the first hours of a day)."""
     out = json.loads(json.dumps(items))
     for it in out:
         old = datetime.fromisoformat(it["paper"]["submittedOnDailyAt"])
         new = datetime.combine(to_day, old.timetz())
+        if not_after is not None:
+            new = min(new, not_after)
         it["paper"]["submittedOnDailyAt"] = new.astimezone(UTC).isoformat().replace("+00:00", "Z")
     return out
 

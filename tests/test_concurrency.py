@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -77,8 +77,10 @@ def test_send_while_daemon_runs_delivers_each_digest_once(
     workdir: Path, feed_dir: Path, slower_smtp: SMTPServer
 ) -> None:
     """A `digestbot send` started while the daemon plans and sends the same day gives every subscriber exactly one digest."""
-    today = datetime.now(UTC).date()
-    write_day(feed_dir, today.isoformat(), shift_items(fixture_day(DAY), today))
+    now = datetime.now(UTC)
+    today = now.date()
+    items = shift_items(fixture_day(DAY), today, not_after=now - timedelta(minutes=5))
+    write_day(feed_dir, today.isoformat(), items)
     emails = many_subscribers(workdir, 40, send_at="00:00")  # the send time has passed
     url = os.environ["DIGESTBOT_DATABASE_URL"]
     env = bot_env(slower_smtp)
