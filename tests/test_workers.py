@@ -348,7 +348,9 @@ def test_send_killed_leaves_no_worker_sending(workdir: Path) -> None:
         assert stopped_at < 80
         rerun = run_digestbot(args, env=env, cwd=workdir)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert_exactly_one_digest_each(server.handler, emails, url, kills=0)
+        # The killed process delivered too: its message in flight (accepted by the server, not
+        # yet marked sent when the kill landed) may arrive twice, as the README says.
+        assert_exactly_one_digest_each(server.handler, emails, url, kills=1)
 
 
 # -- many hosts on PostgreSQL ----------------------------------------------------------------------
