@@ -23,6 +23,7 @@ of the group) make a worker do the same.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -424,6 +425,9 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
     try:
         engine = make_engine(job.settings.database_url, create=False)
         delivery = app.delivery(job.settings)
+        # Modules, settings, templates: alive until the process ends. Left out of the cyclic
+        # collections that delivery's allocations trigger (cli.main does the same).
+        gc.freeze()
         limiter = RateLimiter.shared(
             delivery.limiter.rate, workers=job.workers, index=job.index, start=job.start
         )
