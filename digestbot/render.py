@@ -7,8 +7,10 @@ ever become links.
 
 What is the same for many digests is done once per run, inside one :class:`Renderer`: a text's
 clean-up and offset map once per distinct text, a paper's highlighted pieces once per
-(paper, highlights), a paper's rendered block once per distinct :class:`PaperView`. All three
-caches are bounded (LRU), so memory stays flat however many digests a run renders.
+(paper, highlights), a paper's rendered block once per distinct :class:`PaperView`, and the
+built-in digest templates' output around a subscriber's own values once per shape of digest
+(a frame, filled in for each digest: Renderer._frame). Every cache is bounded, so memory stays
+flat however many digests a run renders.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ cache: at 100,000 subscribers, one block in six found its highlights here with 4
 TEXT_CACHE_SIZE = 2048
 """Distinct texts (titles, abstracts, feed keywords) whose clean form and offset map are kept
 per Renderer; a map costs 4 bytes per character of the original."""
+
+FRAME_CACHE_SIZE = 512
+"""Digest frames kept per Renderer (see Renderer._frame): one per template and shape (the count
+of papers, the period, whether the subscriber has a name...), a few KB each."""
 
 MARK_STYLE = "background-color:#fff3a3;color:inherit;padding:0 1px;"
 
@@ -567,6 +573,14 @@ class RenderStats:
     texts_reused: int
     template_renders: dict[str, int] = field(default_factory=dict)
     """Renders per template name (a copy)."""
+    frames_built: int = 0
+    """Digest frames made (each from a template render with placeholders, checked against a
+    real render)."""
+    frames_used: int = 0
+    """Digest parts filled in from a frame instead of rendered."""
+    frames_refused: int = 0
+    """Frames of a built-in template not made: its render with placeholders was not a frame,
+    or the frame filled in was not the real render (that shape is rendered each time)."""
 
 
 class _Environment(jinja2.Environment):
@@ -588,8 +602,8 @@ class Renderer:
     Templates are looked up first in ``templates_dir`` (when given), then in the built-in
     folder; autoescape is on for ``*.html.j2``; undefined names are errors. Build one Renderer
     per run and reuse it: each distinct text is cleaned once, each paper's highlighted pieces
-    are built once per set of highlights, and each distinct paper block is rendered once (all
-    three caches bounded, see :meth:`stats`). Any template failure is a
+    are built once per set of highlights, each distinct paper block is rendered once, and each
+    built-in digest template once per shape of digest (all caches bounded, see :meth:`stats`). Any template failure is a
     :class:`~digestbot.errors.TemplateError` (a ConfigError) naming the template file and line;
     call :meth:`check` before a run to find it before anything is sent.
     """
@@ -618,9 +632,8 @@ class Renderer:
         # The text template indents each paper block in every digest, the same way each time:
         # memoised per run, the filter's output is unchanged. What it gives is noted for the
         # render (RenderedDigest.text_pieces).
-        self.environment.filters["indent"] = _noted(
-            _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
-        )
+        self._indent = _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
+        self.environment.filters["indent"] = _noted(self._indent)
         self._normalized: Callable[[str], Normalized] = functools.lru_cache(
             maxsize=TEXT_CACHE_SIZE
         )(_normalize_with_map)
@@ -635,6 +648,9 @@ class Renderer:
         self._mailto = functools.lru_cache(maxsize=64)(_mailto_parts)
         self._renders: Counter[str] = Counter()
         self._digests = 0
+        self._frames: dict[tuple[Any, ...], _Frame | None] = {}
+        self._builtin: dict[str, bool] = {}
+        self._frames_built = self._frames_used = self._frames_refused = 0
 
     def check(self) -> None:
         """Compile every template (overrides and built-ins) and render a sample digest with and
@@ -757,7 +773,68 @@ class Renderer:
             texts_normalized=texts.misses,
             texts_reused=texts.hits,
             template_renders=dict(self._renders),
+            frames_built=self._frames_built,
+            frames_used=self._frames_used,
+            frames_refused=self._frames_refused,
         )
+
+    def _part(self, name: str, context: dict[str, Any], inserted: list[str] | None = None) -> str:
+        """Template `name` rendered with `context`: filled in from its frame when it has one
+        (see _frame), else rendered. `inserted` gets the paper blocks as the template inserted
+        them (RenderedDigest.text_pieces)."""
+        key = _frame_key(name, context)
+        frame = self._frames.get(key, _NO_FRAME)
+        if frame is _NO_FRAME:
+            frame = self._frame(key, name, context)
+        if frame is None:
+            noted = {_NOTED: inserted} if inserted is not None else {}
+            return self._run(name, **context, **noted)
+        self._frames_used += 1
+        return frame.fill(context, self._indent, inserted)
+
+    def _frame(self, key: tuple[Any, ...], name: str, context: dict[str, Any]) -> _Frame | None:
+        """The frame of a built-in digest template for this shape of digest, or None (rendered
+        each time).
+
+        A frame is the template's output for a shape, cut where the subscriber's own values go:
+        the name, address, unsubscribe URL and preheader, each paper block. Every value of the
+        context but those is the shape (the frame's key); of those, only whether each is empty
+        and how many blocks there are. It is made by rendering the template once with
+        placeholders in their place, which also shows what the template does with each (HTML
+        escaping, an indent); filling it in does the same to the real values. That is exactly
+        the render only for a template that never looks into those values beyond "is it empty":
+        so only the built-in templates get frames (an override is rendered each time), and each
+        frame is checked against a real render of the digest that made it (tests/test_render.py
+        checks many more).
+        """
+        if len(self._frames) >= FRAME_CACHE_SIZE:
+            self._frames.clear()
+        frame: _Frame | None = None
+        if self._is_builtin(name):
+            probe = {k: _placeholder(k, v) for k, v in context.items()}
+            frame = _Frame.parse(self._run(name, **probe))
+            if frame is not None:
+                real: list[str] = []
+                filled: list[str] = []
+                if frame.fill(context, self._indent, filled) != self._run(
+                    name, **context, **{_NOTED: real}
+                ) or (filled != real):
+                    frame = None
+            if frame is None:
+                self._frames_refused += 1
+            else:
+                self._frames_built += 1
+        self._frames[key] = frame
+        return frame
+
+    def _is_builtin(self, name: str) -> bool:
+        found = self._builtin.get(name)
+        if found is None:
+            file = self._template(name).filename
+            builtin = builtin_templates_dir().resolve()
+            found = file is not None and Path(file).resolve().parent == builtin
+            self._builtin[name] = found
+        return found
 
     def render(self, view: DigestView) -> RenderedDigest:
         """Render the subject, text and HTML of one digest."""
@@ -807,7 +884,7 @@ class Renderer:
             "dates": dates,
             "trending_count": len(hot),
         }
-        subject = clean_line(self._run(TEMPLATE_SUBJECT, **ctx))
+        subject = clean_line(self._part(TEMPLATE_SUBJECT, ctx))
         titles = "; ".join(self._line(p.title) for p in (view.papers + view.trending)[:3])
         if count:
             preheader = f"{count} new paper{'s' if count != 1 else ''}: {titles}"
@@ -818,21 +895,16 @@ class Renderer:
         if len(preheader) > 140:
             preheader = preheader[:139].rstrip() + "\u2026"
         inserted: list[str] = []
-        text = self._run(
+        ctx["subject"] = subject
+        text = self._part(
             TEMPLATE_TEXT,
-            **ctx,
-            subject=subject,
-            blocks=[b[0] for b in blocks],
-            trending_blocks=[b[0] for b in hot],
-            **{_NOTED: inserted},
+            {**ctx, "blocks": [b[0] for b in blocks], "trending_blocks": [b[0] for b in hot]},
+            inserted,
         )
-        html = self._run(
+        ctx["preheader"] = preheader
+        html = self._part(
             TEMPLATE_HTML,
-            **ctx,
-            subject=subject,
-            preheader=preheader,
-            blocks=[b[1] for b in blocks],
-            trending_blocks=[b[1] for b in hot],
+            {**ctx, "blocks": [b[1] for b in blocks], "trending_blocks": [b[1] for b in hot]},
         )
         return RenderedDigest(
             subject=subject,
@@ -886,6 +958,101 @@ def _memoised(func: Callable[..., Any], maxsize: int) -> Callable[..., Any]:
             return func(*args, **kwargs)
 
     return call
+
+
+_FRAME_VALUES = frozenset({"name", "email", "unsubscribe_url", "preheader"})
+"""A digest's own strings: a frame has a place for each (the rest of the context is its shape)."""
+_FRAME_LISTS = frozenset({"blocks", "trending_blocks"})
+"""A digest's paper blocks: a frame has a place for each block."""
+_PLACE = re.compile(r"\x00([a-z_]+)(\d*)(&amp;|&)\x00(?:\n([ ]*)\x00\1\2\.\x00)?")
+"""A placeholder in a frame's render (see _placeholder): the value's name, its index in a list,
+its "&" escaped or not, and for a block the indent given to its second line."""
+
+
+def _frame_key(name: str, context: dict[str, Any]) -> tuple[Any, ...]:
+    """A frame's key: the template, every value of the context but a digest's own, and of those
+    whether each is empty (strings) and how many there are (blocks)."""
+    return (
+        name,
+        *(
+            bool(v) if k in _FRAME_VALUES else len(v) if k in _FRAME_LISTS else v
+            for k, v in context.items()
+        ),
+    )
+
+
+def _placeholder(key: str, value: Any) -> Any:
+    """What stands in for a digest's own value when its frame is made. Control characters never
+    reach a template from data (text.clean_line, clean_block), so NUL marks the places; the "&"
+    shows whether the template escapes the value, the line break whether it indents a block."""
+    if key in _FRAME_VALUES:
+        return f"\x00{key}&\x00" if value else value
+    if key in _FRAME_LISTS:
+        return [
+            type(block)(f"\x00{key}{i}&\x00\n\x00{key}{i}.\x00")
+            if isinstance(block, str)
+            else block
+            for i, block in enumerate(value)
+        ]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """A template's output for one shape of digest: text, then a place, then text... Each place
+    is (name, index in its list or None, escaped for HTML, indent of a block or None)."""
+
+    texts: tuple[str, ...]
+    places: tuple[tuple[str, int | None, bool, int | None], ...]
+
+    @staticmethod
+    def parse(output: str) -> _Frame | None:
+        """The frame in a render with placeholders, or None where a placeholder is not found
+        whole (the template changed it: it must be rendered each time)."""
+        texts: list[str] = []
+        places: list[tuple[str, int | None, bool, int | None]] = []
+        at = 0
+        for found in _PLACE.finditer(output):
+            key, index, amp, indent = found.groups()
+            block = key in _FRAME_LISTS
+            if (
+                block != bool(index)
+                or block == (indent is None)
+                or key not in _FRAME_VALUES | _FRAME_LISTS
+            ):
+                return None
+            texts.append(output[at : found.start()])
+            places.append(
+                (
+                    key,
+                    int(index) if index else None,
+                    amp == "&amp;",
+                    len(indent) if indent is not None else None,
+                )
+            )
+            at = found.end()
+        texts.append(output[at:])
+        if any("\x00" in text for text in texts):
+            return None
+        return _Frame(tuple(texts), tuple(places))
+
+    def fill(
+        self, context: dict[str, Any], indent: Callable[..., str], inserted: list[str] | None
+    ) -> str:
+        """The frame with this digest's values in their places, as the template puts them."""
+        out = [self.texts[0]]
+        for (key, index, escaped, width), text in zip(self.places, self.texts[1:], strict=True):
+            value = context[key] if index is None else context[key][index]
+            if width:  # through the template's indent filter, which notes what it gives
+                value = indent(value, width)
+                if inserted is not None:
+                    inserted.append(value)
+            out.append(str(escape(value)) if escaped else value)
+            out.append(text)
+        return "".join(out)
+
+
+_NO_FRAME: Any = object()
 
 
 _NOTED = "_digestbot_inserted"

@@ -6,7 +6,7 @@ import functools
 import os
 import re
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -1011,7 +1011,10 @@ def test_a_block_shared_by_many_subscribers_is_rendered_once() -> None:
     assert stats.digests == 50
     assert stats.template_renders["_paper.txt.j2"] == 1
     assert stats.template_renders["_paper.html.j2"] == 1
-    assert stats.template_renders["digest.html.j2"] == 50
+    # the digest around the block: one frame per template (a render with placeholders and a
+    # real render of the first digest to check it), filled in for every digest
+    assert stats.template_renders["digest.html.j2"] == 2
+    assert (stats.frames_built, stats.frames_used) == (3, 3 * 50)
     assert (stats.blocks_rendered, stats.blocks_reused) == (1, 49)
     assert all("*Bandits* with Knapsacks" in out.text for out in outs)
     for n, out in enumerate(outs):
@@ -1241,3 +1244,90 @@ def test_a_runs_memoised_paper_views_equal_fresh_ones_and_follow_a_changed_paper
         update={"title": paper.title + " (revised)", "updated_at": datetime.now(UTC)}
     )
     assert views.view(changed, match).title == changed.title
+
+
+# -- digest frames: the built-in digest templates filled in, not rendered, per digest ----------
+
+_PAPER_POOL = (
+    _bandits(matched=("bandit*",), title_spans=(_span(BANDITS_TITLE, "Bandits"),)),
+    _bandits(matched=("regret",), summary_spans=(_span(BANDITS_SUMMARY, "Regret"),)),
+    _paper(title="Données & <diffusion>\n", summary="Line one.\n\n   Line   two  ", upvotes=0),
+    _paper(arxiv_id="doi:10.1/x", link="https://example.org/p?a=1&b=2", matched=()),
+    _paper(authors=(), tldr="Short & sweet.", sources=("hf", "arxiv"), upvotes=7),
+)
+
+
+@pytest.fixture(scope="module")
+def frames_and_reference(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Renderer, Renderer]:
+    """A Renderer whose built-in digest templates get frames, and one that renders them each
+    time: the same templates, copied to an override folder (overrides get no frames). Both last
+    the whole module, so frames made by one example are filled in by the next ones."""
+    copies = tmp_path_factory.mktemp("templates")
+    for name in ("subject.txt.j2", "digest.txt.j2", "digest.html.j2"):
+        (copies / name).write_bytes((templates_dir() / name).read_bytes())
+    return Renderer(), Renderer(templates_dir=copies)
+
+
+_names = st.one_of(st.none(), st.text(max_size=40), st.sampled_from(["", "Zoë <b>&amp;", "Ann"]))
+_urls = st.one_of(
+    st.none(),
+    st.builds(
+        lambda t: f"https://digest.example.org/u?token={t}&x=<y>",
+        st.text("abcXYZ09-_&<>\"'", max_size=30),
+    ),
+)
+_views = st.builds(
+    lambda email, name, url, papers, trending, more, weekly, first, span, list_name: _view(
+        *papers,
+        subscriber_email=email,
+        subscriber_name=name,
+        unsubscribe_url=url,
+        trending=tuple(trending),
+        more_count=more,
+        frequency="weekly" if weekly else "daily",
+        first_day=date(2026, 3, 2) - timedelta(days=first) if first is not None else None,
+        last_day=date(2026, 3, 2) - timedelta(days=span) if span is not None else None,
+        list_name=list_name,
+    ),
+    email=st.emails().map(str) | st.sampled_from(["a&b@example.org", "<x>@example.org"]),
+    name=_names,
+    url=_urls,
+    papers=st.lists(st.sampled_from(_PAPER_POOL), max_size=4),
+    trending=st.lists(st.sampled_from(_PAPER_POOL), max_size=2),
+    more=st.sampled_from([0, 1, 5]),
+    weekly=st.booleans(),
+    first=st.none() | st.integers(0, 9),
+    span=st.none() | st.integers(0, 3),
+    list_name=st.sampled_from(["Paper Digest", "Lab & <Co>", ""]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(views=st.lists(_views, min_size=1, max_size=4))
+def test_a_digest_filled_in_from_its_frame_is_the_digest_rendered(
+    frames_and_reference: tuple[Renderer, Renderer], views: list[DigestView]
+) -> None:
+    """Whatever the subscriber's name, address and unsubscribe URL hold (HTML, "&", non-ASCII,
+    nothing), and however many papers, trending papers and days a digest has, its subject,
+    text and HTML filled in from frames are the bytes the templates render; so are the pieces
+    the MIME encoder reuses."""
+    framed, reference = frames_and_reference
+    for view in views:
+        assert framed.render(view) == reference.render(view)
+    made, reused = framed.stats(), reference.stats()
+    assert made.frames_used > 0 and made.frames_refused == 0
+    assert reused.frames_used == reused.frames_built == reused.frames_refused == 0
+
+
+def test_an_overridden_digest_template_is_rendered_for_every_digest(tmp_path: Path) -> None:
+    """An override may use the subscriber's values any way it likes, so it gets no frame: a
+    template that shortens the name shows each subscriber's own."""
+    (tmp_path / "subject.txt.j2").write_text("{{ name[:3] }}: {{ count }} papers\n")
+    renderer = Renderer(templates_dir=tmp_path)
+    subjects = [
+        renderer.render(_view(subscriber_name=name)).subject for name in ("Ada L.", "Bob K.")
+    ]
+    assert subjects == ["Ada: 0 papers", "Bob: 0 papers"]
+    assert renderer.stats().template_renders["subject.txt.j2"] == 2
