@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from array import array
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -81,9 +81,14 @@ TEXT_CACHE_SIZE = 2048
 """Distinct texts (titles, abstracts, feed keywords) whose clean form and offset map are kept
 per Renderer; a map costs 4 bytes per character of the original."""
 
-FRAME_CACHE_SIZE = 512
+FRAME_CACHE_SIZE = 1024
 """Digest frames kept per Renderer (see Renderer._frame): one per template and shape (the count
-of papers, the period, whether the subscriber has a name...), a few KB each."""
+of papers, the period, whether the subscriber has a name...), a few KB each; the least recently
+used goes first."""
+
+FRAME_TRIAL = 256
+"""Frames a template gets before they must pay: from then on it gets no more while it has had
+fewer than four digests filled in per frame made."""
 
 MARK_STYLE = "background-color:#fff3a3;color:inherit;padding:0 1px;"
 
@@ -648,7 +653,11 @@ class Renderer:
         self._mailto = functools.lru_cache(maxsize=64)(_mailto_parts)
         self._renders: Counter[str] = Counter()
         self._digests = 0
-        self._frames: dict[tuple[Any, ...], _Frame | None] = {}
+        self._frames: OrderedDict[tuple[Any, ...], _Frame | None] = OrderedDict()
+        self.frame_trial = FRAME_TRIAL
+        """Frames a template gets before they must pay (FRAME_TRIAL)."""
+        self._builds: Counter[str] = Counter()
+        self._fills: Counter[str] = Counter()
         self._builtin: dict[str, bool] = {}
         self._frames_built = self._frames_used = self._frames_refused = 0
 
@@ -780,21 +789,30 @@ class Renderer:
 
     def _part(self, name: str, context: dict[str, Any], inserted: list[str] | None = None) -> str:
         """Template `name` rendered with `context`: filled in from its frame when it has one
-        (see _frame), else rendered. `inserted` gets the paper blocks as the template inserted
-        them (RenderedDigest.text_pieces)."""
+        (see _frame), else rendered (and a frame made from that render when it can be).
+        `inserted` gets the paper blocks as the template inserted them (text_pieces)."""
         key = _frame_key(name, context)
-        frame = self._frames.get(key, _NO_FRAME)
-        if frame is _NO_FRAME:
-            frame = self._frame(key, name, context)
-        if frame is None:
-            noted = {_NOTED: inserted} if inserted is not None else {}
-            return self._run(name, **context, **noted)
-        self._frames_used += 1
-        return frame.fill(context, self._indent, inserted)
+        frame = self._frames.get(key)
+        if frame is not None:
+            self._frames.move_to_end(key)
+            self._frames_used += 1
+            self._fills[name] += 1
+            return frame.fill(context, self._indent, inserted)
+        noted: list[str] = []
+        out = self._run(name, **context, **{_NOTED: noted})
+        if inserted is not None:
+            inserted.extend(noted)
+        if key not in self._frames and self._frames_pay(name):
+            self._frames[key] = self._frame(name, context, out, noted)
+            if len(self._frames) > FRAME_CACHE_SIZE:
+                self._frames.popitem(last=False)
+        return out
 
-    def _frame(self, key: tuple[Any, ...], name: str, context: dict[str, Any]) -> _Frame | None:
-        """The frame of a built-in digest template for this shape of digest, or None (rendered
-        each time).
+    def _frame(
+        self, name: str, context: dict[str, Any], real: str, noted: list[str]
+    ) -> _Frame | None:
+        """The frame of a built-in digest template for this shape of digest, or None (it is
+        rendered each time).
 
         A frame is the template's output for a shape, cut where the subscriber's own values go:
         the name, address, unsubscribe URL and preheader, each paper block. Every value of the
@@ -804,28 +822,30 @@ class Renderer:
         escaping, an indent); filling it in does the same to the real values. That is exactly
         the render only for a template that never looks into those values beyond "is it empty":
         so only the built-in templates get frames (an override is rendered each time), and each
-        frame is checked against a real render of the digest that made it (tests/test_render.py
-        checks many more).
+        frame is checked against `real`, the render of the digest that made it (with `noted`,
+        the blocks its indent filter gave; tests/test_render.py checks many more digests).
         """
-        if len(self._frames) >= FRAME_CACHE_SIZE:
-            self._frames.clear()
-        frame: _Frame | None = None
-        if self._is_builtin(name):
-            probe = {k: _placeholder(k, v) for k, v in context.items()}
-            frame = _Frame.parse(self._run(name, **probe))
-            if frame is not None:
-                real: list[str] = []
-                filled: list[str] = []
-                if frame.fill(context, self._indent, filled) != self._run(
-                    name, **context, **{_NOTED: real}
-                ) or (filled != real):
-                    frame = None
-            if frame is None:
-                self._frames_refused += 1
-            else:
-                self._frames_built += 1
-        self._frames[key] = frame
+        self._builds[name] += 1
+        probe = {k: _placeholder(k, v) for k, v in context.items()}
+        frame = _Frame.parse(self._run(name, **probe))
+        if frame is not None:
+            filled: list[str] = []
+            if frame.fill(context, self._indent, filled) != real or filled != noted:
+                frame = None
+        if frame is None:
+            self._frames_refused += 1
+        else:
+            self._frames_built += 1
         return frame
+
+    def _frames_pay(self, name: str) -> bool:
+        """Whether to make a frame for template `name`: a built-in one, unless most digests of
+        the run have had a shape of their own (a frame costs a render; then it is never made
+        up for, and rendering each digest is cheaper)."""
+        builds = self._builds[name]
+        if builds >= self.frame_trial and builds * 4 > self._fills[name]:
+            return False
+        return self._is_builtin(name)
 
     def _is_builtin(self, name: str) -> bool:
         found = self._builtin.get(name)
@@ -1050,9 +1070,6 @@ class _Frame:
             out.append(str(escape(value)) if escaped else value)
             out.append(text)
         return "".join(out)
-
-
-_NO_FRAME: Any = object()
 
 
 _NOTED = "_digestbot_inserted"

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from digestbot import render
 from digestbot.errors import ConfigError, TemplateError
 from digestbot.mail import build_message
 from digestbot.mail.context import paper_view
@@ -997,8 +998,13 @@ def _bandits(**changes: object) -> PaperView:
     return _paper(**{**base, **changes})
 
 
-def _sub(n: int, *papers: PaperView) -> DigestView:
-    return _view(*papers, subscriber_email=f"reader{n}@example.org", subscriber_name=f"Reader {n}")
+def _sub(n: int, *papers: PaperView, **changes: object) -> DigestView:
+    return _view(
+        *papers,
+        subscriber_email=f"reader{n}@example.org",
+        subscriber_name=f"Reader {n}",
+        **changes,
+    )
 
 
 def test_a_block_shared_by_many_subscribers_is_rendered_once() -> None:
@@ -1011,10 +1017,10 @@ def test_a_block_shared_by_many_subscribers_is_rendered_once() -> None:
     assert stats.digests == 50
     assert stats.template_renders["_paper.txt.j2"] == 1
     assert stats.template_renders["_paper.html.j2"] == 1
-    # the digest around the block: one frame per template (a render with placeholders and a
-    # real render of the first digest to check it), filled in for every digest
+    # the digest around the block: rendered for the first digest, and once more with
+    # placeholders to make its frame, which the 49 others fill in
     assert stats.template_renders["digest.html.j2"] == 2
-    assert (stats.frames_built, stats.frames_used) == (3, 3 * 50)
+    assert (stats.frames_built, stats.frames_used) == (3, 3 * 49)
     assert (stats.blocks_rendered, stats.blocks_reused) == (1, 49)
     assert all("*Bandits* with Knapsacks" in out.text for out in outs)
     for n, out in enumerate(outs):
@@ -1263,11 +1269,14 @@ def frames_and_reference(
 ) -> tuple[Renderer, Renderer]:
     """A Renderer whose built-in digest templates get frames, and one that renders them each
     time: the same templates, copied to an override folder (overrides get no frames). Both last
-    the whole module, so frames made by one example are filled in by the next ones."""
+    the whole module, so frames made by one example are filled in by the next ones (and frames
+    never stop paying off here: its frame_trial is raised)."""
     copies = tmp_path_factory.mktemp("templates")
     for name in ("subject.txt.j2", "digest.txt.j2", "digest.html.j2"):
         (copies / name).write_bytes((templates_dir() / name).read_bytes())
-    return Renderer(), Renderer(templates_dir=copies)
+    framed = Renderer()
+    framed.frame_trial = 10**9
+    return framed, Renderer(templates_dir=copies)
 
 
 _names = st.one_of(st.none(), st.text(max_size=40), st.sampled_from(["", "Zoë <b>&amp;", "Ann"]))
@@ -1315,10 +1324,26 @@ def test_a_digest_filled_in_from_its_frame_is_the_digest_rendered(
     the MIME encoder reuses."""
     framed, reference = frames_and_reference
     for view in views:
-        assert framed.render(view) == reference.render(view)
-    made, reused = framed.stats(), reference.stats()
-    assert made.frames_used > 0 and made.frames_refused == 0
-    assert reused.frames_used == reused.frames_built == reused.frames_refused == 0
+        expected = reference.render(view)
+        assert framed.render(view) == expected  # made its frames, or filled them in
+        filled = framed.stats().frames_used
+        assert framed.render(view) == expected
+        assert framed.stats().frames_used == filled + 3  # subject, text, HTML: filled in
+    assert framed.stats().frames_refused == 0
+    assert reference.stats().frames_used == reference.stats().frames_built == 0
+
+
+def test_frames_stop_where_most_digests_have_a_shape_of_their_own() -> None:
+    """A frame costs a render: when nearly every digest has a shape of its own (here each a
+    different count of papers left out), a template gets no more frames after FRAME_TRIAL, and
+    each digest is rendered once, as without frames."""
+    renderer = Renderer()
+    digests = render.FRAME_TRIAL + 150
+    outs = [renderer.render(_sub(n, _bandits(), more_count=n)) for n in range(digests)]
+    stats = renderer.stats()
+    assert stats.frames_built == 3 * render.FRAME_TRIAL and stats.frames_used == 0
+    assert stats.template_renders["digest.html.j2"] == digests + render.FRAME_TRIAL
+    assert f"{digests - 1} more papers matched" in outs[-1].text
 
 
 def test_an_overridden_digest_template_is_rendered_for_every_digest(tmp_path: Path) -> None:
