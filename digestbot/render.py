@@ -15,6 +15,7 @@ flat however many digests a run renders.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from array import array
@@ -794,7 +795,8 @@ class Renderer:
         key = _frame_key(name, context)
         frame = self._frames.get(key)
         if frame is not None:
-            self._frames.move_to_end(key)
+            with contextlib.suppress(KeyError):  # another thread's render let it go meanwhile
+                self._frames.move_to_end(key)
             self._frames_used += 1
             self._fills[name] += 1
             return frame.fill(context, self._indent, inserted)
