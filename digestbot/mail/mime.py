@@ -186,14 +186,19 @@ def quoted_printable(body: bytes) -> bytes:
         raise ValueError("a body must have LF line ends (text.clean_block) before encoding")
     cache = _qp_lines
     out = []
-    for line in body.split(b"\n"):
+    lines = body.split(b"\n")
+    last = lines.pop()  # the end of the body, after its last line break (often nothing)
+    for line in lines:
         encoded = cache.get(line)
         if encoded is None:
-            encoded = binascii.b2a_qp(line, istext=True).replace(b"\n", b"\r\n")  # soft breaks
+            # with its line break, as in the whole: a line ending in a space or tab takes a soft
+            # break where the encoder sees the end of the data, not where it sees a line break
+            encoded = binascii.b2a_qp(line + b"\n", istext=True)[:-1].replace(b"\n", b"\r\n")
             if len(cache) >= QP_CACHE_LINES:
                 cache.clear()
             cache[line] = encoded
         out.append(encoded)
+    out.append(binascii.b2a_qp(last, istext=True).replace(b"\n", b"\r\n") if last else b"")
     return b"\r\n".join(out)
 
 
