@@ -660,7 +660,7 @@ class Renderer:
         self._builds: Counter[str] = Counter()
         self._fills: Counter[str] = Counter()
         self._builtin: dict[str, bool] = {}
-        self._frames_built = self._frames_used = self._frames_refused = 0
+        self._refused: Counter[str] = Counter()
 
     def check(self) -> None:
         """Compile every template (overrides and built-ins) and render a sample digest with and
@@ -783,29 +783,31 @@ class Renderer:
             texts_normalized=texts.misses,
             texts_reused=texts.hits,
             template_renders=dict(self._renders),
-            frames_built=self._frames_built,
-            frames_used=self._frames_used,
-            frames_refused=self._frames_refused,
+            frames_built=self._builds.total() - self._refused.total(),
+            frames_used=self._fills.total(),
+            frames_refused=self._refused.total(),
         )
 
     def _part(self, name: str, context: dict[str, Any], inserted: list[str] | None = None) -> str:
         """Template `name` rendered with `context`: filled in from its frame when it has one
         (see _frame), else rendered (and a frame made from that render when it can be).
         `inserted` gets the paper blocks as the template inserted them (text_pieces)."""
+        if not self._is_builtin(name):  # an override never gets a frame: no key to look up
+            noted = {_NOTED: inserted} if inserted is not None else {}
+            return self._run(name, **context, **noted)
         key = _frame_key(name, context)
         frame = self._frames.get(key)
         if frame is not None:
             with contextlib.suppress(KeyError):  # another thread's render let it go meanwhile
                 self._frames.move_to_end(key)
-            self._frames_used += 1
             self._fills[name] += 1
             return frame.fill(context, self._indent, inserted)
-        noted: list[str] = []
-        out = self._run(name, **context, **{_NOTED: noted})
+        noted_here: list[str] = []
+        out = self._run(name, **context, **{_NOTED: noted_here})
         if inserted is not None:
-            inserted.extend(noted)
+            inserted.extend(noted_here)
         if key not in self._frames and self._frames_pay(name):
-            self._frames[key] = self._frame(name, context, out, noted)
+            self._frames[key] = self._frame(name, context, out, noted_here)
             if len(self._frames) > FRAME_CACHE_SIZE:
                 self._frames.popitem(last=False)
         return out
@@ -835,19 +837,15 @@ class Renderer:
             if frame.fill(context, self._indent, filled) != real or filled != noted:
                 frame = None
         if frame is None:
-            self._frames_refused += 1
-        else:
-            self._frames_built += 1
+            self._refused[name] += 1
         return frame
 
     def _frames_pay(self, name: str) -> bool:
-        """Whether to make a frame for template `name`: a built-in one, unless most digests of
-        the run have had a shape of their own (a frame costs a render; then it is never made
+        """Whether to make another frame for built-in template `name`: not once most digests
+        of the run have had a shape of their own (a frame costs a render; then it is never made
         up for, and rendering each digest is cheaper)."""
         builds = self._builds[name]
-        if builds >= self.frame_trial and builds * 4 > self._fills[name]:
-            return False
-        return self._is_builtin(name)
+        return builds < self.frame_trial or builds * 4 <= self._fills[name]
 
     def _is_builtin(self, name: str) -> bool:
         found = self._builtin.get(name)
