@@ -64,10 +64,17 @@ def within(db: Session | sa.Connection, column: Any, values: Sequence[Any]) -> A
     run of 100,000 subscribers sends over a thousand such look-ups, and each IN of 500
     placeholders was parsed anew (psycopg prepares no statement of more than 50 parameters).
     """
-    if dialect_of(db) == "postgresql":
-        array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
-        return column == sa.any_(array)
-    return column.in_(values)
+    return within_param(dialect_of(db), column, values=list(values))
+
+
+def within_param(
+    dialect: str, column: Any, key: str | None = None, *, values: Sequence[Any] | None = None
+) -> Any:
+    """`column IN` a chunk of values for `dialect` (see within): `values`, or a statement built
+    once to be run with many chunks, each given as the parameter `key`."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(key, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(sa.bindparam(key, values, expanding=True))
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
