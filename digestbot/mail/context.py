@@ -92,15 +92,19 @@ class PaperViews:
 
     def view(self, paper: Paper, item: ShownItem) -> PaperView:
         """The paper as shown with this item's queries, spans and upvotes (paper_view, memoised)."""
-        key = (
-            paper.arxiv_id,
-            getattr(paper, "updated_at", None),
-            tuple(item.matched),
-            tuple(tuple(s) for s in item.title_spans),
-            tuple(tuple(s) for s in item.summary_spans),
-            item.upvotes,
-        )
-        found = self._views.get(key)
+        head = (paper.arxiv_id, getattr(paper, "updated_at", None))
+        key = (*head, item.matched, item.title_spans, item.summary_spans, item.upvotes)
+        try:  # a stored item's or a plan's fields are tuples already: the key as they are
+            found = self._views.get(key)
+        except TypeError:  # lists (a DigestItem's JSON columns): the same key, as tuples
+            key = (
+                *head,
+                tuple(item.matched),
+                tuple(tuple(s) for s in item.title_spans),
+                tuple(tuple(s) for s in item.summary_spans),
+                item.upvotes,
+            )
+            found = self._views.get(key)
         if found is None:
             found = paper_view(paper, item, found=self._find(paper, tuple(item.matched)))
             self._views[key] = found
