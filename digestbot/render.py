@@ -347,13 +347,15 @@ def _segments_html(
     segments: Sequence[tuple[str, bool]], *, ellipsis: bool = False, lead: bool = False
 ) -> Markup:
     """Join segments as HTML: every piece escaped, highlights in an inline-styled <mark>."""
-    mark = Markup('<mark style="{}">{}</mark>')
-    out = Markup("").join(
-        mark.format(MARK_STYLE, piece) if hot else escape(piece) for piece, hot in segments
-    )
+    out = "".join(
+        f"{_MARK_OPEN}{escape(piece)}</mark>" if hot else escape(piece) for piece, hot in segments
+    )  # plain str joins of escaped pieces (Markup.format and Markup.join escape each part anew)
     if lead and out:
-        out = Markup("\u2026 ") + out
-    return out + Markup("\u2026") if ellipsis else out
+        out = "\u2026 " + out
+    return Markup(out + "\u2026" if ellipsis else out)
+
+
+_MARK_OPEN = str(Markup('<mark style="{}">').format(MARK_STYLE))
 
 
 def _segments_text(
