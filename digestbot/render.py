@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import textwrap
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, MutableMapping, Sequence
@@ -642,6 +643,7 @@ class Renderer:
         # render (RenderedDigest.text_pieces).
         self._indent = _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
         self.environment.filters["indent"] = _noted(self._indent)
+        self.environment.filters["wordwrap"] = _wordwrap
         self._normalized: Callable[[str], Normalized] = functools.lru_cache(
             maxsize=TEXT_CACHE_SIZE
         )(_normalize_with_map)
@@ -965,6 +967,69 @@ _SAMPLE_TRENDING = PaperView(
     title_spans=(),
     summary_spans=(),
 )
+
+
+@jinja2.pass_environment
+def _wordwrap(
+    environment: jinja2.Environment,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    """Jinja's `wordwrap` filter, the same output (tests/test_render.py holds them equal): as
+    the built-in text templates call it (no long word broken, none at its hyphens), each line's
+    breaks found by searching for spaces (_wrapped) instead of textwrap's word by word loop,
+    a fifth of a paper block's render; any other call is Jinja's own."""
+    if (
+        type(s) is not str
+        or type(width) is not int
+        or width <= 0
+        or break_long_words is not False
+        or break_on_hyphens is not False
+    ):
+        return str(
+            jinja2.filters.do_wordwrap(
+                environment, s, width, break_long_words, wrapstring, break_on_hyphens
+            )
+        )
+    joint = environment.newline_sequence if wrapstring is None else wrapstring
+    return joint.join([joint.join(_wrapped(line, width)) for line in s.splitlines()])
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """textwrap.wrap(text, width, expand_tabs=False, replace_whitespace=False,
+    break_long_words=False, break_on_hyphens=False), the same lines. Text whose only whitespace
+    is single spaces between words (a cleaned title or abstract) is cut at the last space that
+    fits, a word longer than a line alone on its own: what textwrap's word by word loop gives.
+    Any other text is textwrap's."""
+    if not text or text[0] == " " or text[-1] == " " or _UNUSUAL_SPACE.search(text):
+        return textwrap.wrap(
+            text,
+            width,
+            expand_tabs=False,
+            replace_whitespace=False,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    lines: list[str] = []
+    at, n = 0, len(text)
+    while n - at > width:
+        cut = text.rfind(" ", at, at + width + 1)
+        if cut < 0:  # the first word is longer than a line: alone on its own
+            cut = text.find(" ", at)
+            if cut < 0:
+                break
+        lines.append(text[at:cut])
+        at = cut + 1
+    lines.append(text[at:])
+    return lines
+
+
+_UNUSUAL_SPACE = re.compile(r"[^\S ]|  ")
+"""Any whitespace but a single space: a tab or line break (textwrap's chunks), a run of spaces,
+or a space str.strip drops (no-break, em...; re's \\s is str.isspace's set)."""
 
 
 def _memoised(func: Callable[..., Any], maxsize: int) -> Callable[..., Any]:

@@ -11,6 +11,7 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1356,3 +1357,52 @@ def test_an_overridden_digest_template_is_rendered_for_every_digest(tmp_path: Pa
     ]
     assert subjects == ["Ada: 0 papers", "Bob: 0 papers"]
     assert renderer.stats().template_renders["subject.txt.j2"] == 2
+
+
+_WRAP_TEXT = st.lists(
+    st.sampled_from(
+        [
+            *"ab cdéwxyz-.,*",
+            "  ",
+            "\t",
+            "\n",
+            "\r",
+            "\u00a0",
+            "\u2003",
+            "\x0b",
+            "\x0c",
+            "abcdefghijk",
+        ]
+    ),
+    max_size=60,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.one_of(
+        _WRAP_TEXT,
+        st.lists(st.text("abcdefghij", min_size=1, max_size=30), max_size=30).map(" ".join),
+    ),
+    width=st.integers(1, 80),
+    wrapstring=st.sampled_from([None, "\n", "<br>", " | "]),
+    break_long_words=st.booleans(),
+    break_on_hyphens=st.booleans(),
+)
+def test_the_wordwrap_filter_wraps_as_jinjas_own(
+    text: str, width: int, wrapstring: str | None, break_long_words: bool, break_on_hyphens: bool
+) -> None:
+    """A template's `wordwrap` (the renderer's own, faster where the built-in templates call it)
+    gives exactly the lines Jinja's filter gives, for any text and arguments: runs of spaces,
+    tabs, line breaks, no-break and other Unicode spaces, words longer than a line."""
+    environment = Renderer().environment
+    args = (text, width, break_long_words, wrapstring, break_on_hyphens)
+    expected = jinja2.filters.do_wordwrap(environment, *args)
+    assert environment.filters["wordwrap"](environment, *args) == expected
+    template = environment.from_string(
+        "{{ text | wordwrap(width, break_long_words=long, wrapstring=joint, break_on_hyphens=hyphens) }}"
+    )
+    rendered = template.render(
+        text=text, width=width, long=break_long_words, joint=wrapstring, hyphens=break_on_hyphens
+    )
+    assert rendered == expected
