@@ -199,11 +199,13 @@ class DigestItem(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    digest_id: int = Field(foreign_key="digests.id", index=True)
-    # The digest's subscriber, copied for the unique key below; the digest holds the foreign key
-    # (one checked per item as well cost a third of storing a plan on PostgreSQL, migration 0011).
+    # No foreign keys: planning writes the items with their digest, from papers it read, and
+    # nothing deletes a digest or a paper; checked per item they cost a sixth of planning on
+    # PostgreSQL (migrations 0011 and 0012).
+    digest_id: int = Field(index=True)
+    # The digest's subscriber, copied for the unique key below (the digest holds its foreign key).
     subscriber_id: int
-    arxiv_id: str = Field(foreign_key="papers.arxiv_id", max_length=PAPER_KEY_MAX)
+    arxiv_id: str = Field(max_length=PAPER_KEY_MAX)
     position: int
     section: str = Field(
         default="matched", max_length=16, sa_column_kwargs={"server_default": "matched"}

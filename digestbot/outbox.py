@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import random
 import socket
@@ -49,6 +50,8 @@ from digestbot.store import (
     within,
     within_param,
 )
+
+log = logging.getLogger("digestbot")
 
 LEASE = timedelta(minutes=30)
 MATCHED = "matched"  # DigestItem.section of a paper a query matched
@@ -425,6 +428,18 @@ def load_digests(
             with Session(bind=db, expire_on_commit=False) as session:
                 papers = papers_by_id(session, missing)
                 session.expunge_all()
+    gone = missing.difference(papers)
+    if gone:  # no foreign key holds them (migration 0012): a paper deleted by hand
+        for digest_id, its in items.items():
+            for it in its:
+                if it.arxiv_id in gone:
+                    log.warning(
+                        "digest %d: paper %s is no longer in the database; sent without it",
+                        digest_id,
+                        it.arxiv_id,
+                        extra={"digest_id": digest_id, "paper": it.arxiv_id},
+                    )
+            items[digest_id] = [it for it in its if it.arxiv_id not in gone]
     out: dict[int, StoredDigest] = {}
     for r in rows:
         its = items[r.id]

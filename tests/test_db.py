@@ -404,12 +404,12 @@ def test_a_chunked_look_up_finds_the_same_rows_and_on_postgresql_keeps_one_state
     assert len(set(sent)) == (1 if db_url.startswith("postgresql") else 3), sent
 
 
-def test_digest_items_keep_their_rows_and_lose_only_the_subscriber_foreign_key(
+def test_digest_items_keep_their_rows_and_unique_key_and_lose_their_foreign_keys(
     db_url: str, tmp_path: Path
 ) -> None:
-    """Migration 0011 drops the item's own foreign key to its subscriber (its digest holds one)
-    and keeps every item, the other two foreign keys and the unique key that stops a paper going
-    to one person twice; undone, the key is back."""
+    """Migration 0011 drops the item's own foreign key to its subscriber (its digest holds one),
+    0012 those to its digest and its paper; every item stays, and so does the unique key that
+    stops a paper going to one person twice. Undone, each key is back."""
     planned_outbox(tmp_path, db_url, 3)
     engine = make_engine(db_url)
 
@@ -423,8 +423,11 @@ def test_digest_items_keep_their_rows_and_lose_only_the_subscriber_foreign_key(
 
     items, fks, uniques = state()
     assert items > 0
-    assert fks == [["arxiv_id"], ["digest_id"]]
+    assert fks == []
     assert uniques == [["subscriber_id", "arxiv_id"]]
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0011")
+    assert state() == (items, [["arxiv_id"], ["digest_id"]], uniques)
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0010")
     assert state() == (items, [["arxiv_id"], ["digest_id"], ["subscriber_id"]], uniques)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from datetime import UTC, date, datetime
@@ -557,6 +558,45 @@ def test_off_plans_nothing_and_back_on_gets_the_normal_window_not_the_backlog(
     assert set(got) == {it["paper"]["id"] for it in items}, "the March 3-4 papers are the backlog"
     later = plan(settings, engine, on, "2026-03-21", now=at("2026-03-21", 23))
     assert later.planned + later.skipped == 1, "paused mark cleared: a normal next day"
+
+
+def test_a_paper_deleted_by_hand_is_left_out_of_its_digest_with_a_warning(  # type: ignore[no-untyped-def]
+    env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No foreign key ties a planned item to its paper (migration 0012): when the paper's row
+    is deleted by hand before delivery, the digest goes out with its other papers and a warning
+    names the digest and the paper."""
+    settings, engine = env
+    specs = parse_subscribers(PEOPLE, source="t.toml")
+    fetch(settings, engine, "2026-03-04")
+    plan(settings, engine, specs, "2026-03-04")
+    ada = items_of(engine)["2026-03-04"]
+    assert len(ada) >= 2
+    gone, kept = ada[0], ada[1:]
+    with session_scope(engine) as s:
+        digest_id = s.execute(
+            sa.text(
+                "SELECT digest_id FROM digest_items WHERE arxiv_id = :p AND subscriber_id ="
+                " (SELECT id FROM subscribers WHERE email LIKE 'ada%')"
+            ),
+            {"p": gone},
+        ).scalar_one()
+        s.execute(sa.text("DELETE FROM paper_sources WHERE arxiv_id = :p"), {"p": gone})
+        s.execute(sa.text("DELETE FROM papers WHERE arxiv_id = :p"), {"p": gone})
+    d = app.delivery(settings)
+    with caplog.at_level(logging.WARNING, logger="digestbot"):
+        report = pipeline.deliver_due(
+            engine, backend=d.backend, mail=d.mail, policy=d.policy, clock=lambda: at("2026-03-05")
+        )
+    assert report.sent == 2 and report.ok
+    eml = next(f for f in (tmp_path / "out").glob("*.eml") if b"ada@example.org" in f.read_bytes())
+    raw = eml.read_bytes()
+    assert gone.encode() not in raw
+    assert all(p.encode() in raw for p in kept)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        f"digest {digest_id}: paper {gone} is no longer in the database; sent without it" in warned
+    )
 
 
 def test_a_weekly_digest_is_delivered_naming_the_week(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
