@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-import textwrap
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, MutableMapping, Sequence
@@ -979,15 +978,20 @@ def _wordwrap(
     break_on_hyphens: bool = True,
 ) -> str:
     """Jinja's `wordwrap` filter, the same output (tests/test_render.py holds them equal): as
-    the built-in text templates call it (no long word broken, none at its hyphens), each line's
-    breaks found by searching for spaces (_wrapped) instead of textwrap's word by word loop,
-    a fifth of a paper block's render; any other call is Jinja's own."""
+    the built-in text templates call it (no long word broken, none at its hyphens) on text whose
+    only whitespace is single spaces between words (a cleaned title or abstract), its breaks
+    found by searching for spaces (_wrapped) instead of textwrap's word by word loop, a fifth
+    of a paper block's render; any other call, or other text, is Jinja's own."""
     if (
         type(s) is not str
         or type(width) is not int
         or width <= 0
         or break_long_words is not False
         or break_on_hyphens is not False
+        or not s
+        or s[0] == " "
+        or s[-1] == " "
+        or _UNUSUAL_SPACE.search(s)  # also every line break: plain text is one line
     ):
         return str(
             jinja2.filters.do_wordwrap(
@@ -995,24 +999,13 @@ def _wordwrap(
             )
         )
     joint = environment.newline_sequence if wrapstring is None else wrapstring
-    return joint.join([joint.join(_wrapped(line, width)) for line in s.splitlines()])
+    return joint.join(_wrapped(s, width))
 
 
 def _wrapped(text: str, width: int) -> list[str]:
-    """textwrap.wrap(text, width, expand_tabs=False, replace_whitespace=False,
-    break_long_words=False, break_on_hyphens=False), the same lines. Text whose only whitespace
-    is single spaces between words (a cleaned title or abstract) is cut at the last space that
-    fits, a word longer than a line alone on its own: what textwrap's word by word loop gives.
-    Any other text is textwrap's."""
-    if not text or text[0] == " " or text[-1] == " " or _UNUSUAL_SPACE.search(text):
-        return textwrap.wrap(
-            text,
-            width,
-            expand_tabs=False,
-            replace_whitespace=False,
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
+    """The lines textwrap gives (no long word broken, none at its hyphens) for non-empty text
+    whose only whitespace is single spaces between words: each cut at the last space that fits,
+    a word longer than a line alone on its own."""
     lines: list[str] = []
     at, n = 0, len(text)
     while n - at > width:
@@ -1028,8 +1021,9 @@ def _wrapped(text: str, width: int) -> list[str]:
 
 
 _UNUSUAL_SPACE = re.compile(r"[^\S ]|  ")
-"""Any whitespace but a single space: a tab or line break (textwrap's chunks), a run of spaces,
-or a space str.strip drops (no-break, em...; re's \\s is str.isspace's set)."""
+"""Any whitespace but a single space: a tab or line break (textwrap's chunks; every character
+str.splitlines breaks at), a run of spaces, or a space str.strip drops (no-break, em...; re's
+\\s is str.isspace's set)."""
 
 
 def _memoised(func: Callable[..., Any], maxsize: int) -> Callable[..., Any]:
