@@ -163,12 +163,28 @@ class Digest(SQLModel, table=True):
     __tablename__ = "digests"
     __table_args__ = (
         sa.UniqueConstraint("subscriber_id", "period", name="uq_digests_subscriber_period"),
-        sa.Index("ix_digests_state_next_attempt", "state", "next_attempt_at"),
-        sa.Index("ix_digests_state_id", "state", "id"),  # claims: due digests in id order
+        # Partial: each holds the digests of one state that delivery looks for, so a digest
+        # leaves them when it is sent, and they never grow with the history (migration 0013).
+        *(
+            sa.Index(
+                name,
+                *columns,
+                sqlite_where=sa.text(f"state = '{state.value}'"),
+                postgresql_where=sa.text(f"state = '{state.value}'"),
+            )
+            for name, columns, state in (
+                # claims: deferred and due, longest waiting first; then planned in id order
+                ("ix_digests_deferred", ("next_attempt_at", "id"), DigestState.DEFERRED),
+                ("ix_digests_planned", ("id",), DigestState.PLANNED),
+                # a run's start: digests whose sender died mid-send
+                ("ix_digests_sending", ("id",), DigestState.SENDING),
+            )
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    # looked up by uq_digests_subscriber_period, which leads with it
+    subscriber_id: int = Field(foreign_key="subscribers.id")
     period: str = Field(max_length=10)  # YYYY-MM-DD: the local date, or a weekly digest's send day
     frequency: str = Field(
         default="daily", max_length=8, sa_column_kwargs={"server_default": "daily"}

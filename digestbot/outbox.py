@@ -617,9 +617,20 @@ def _holder_is_dead(claimed_by: str | None) -> bool:
     return started != "?" and _start_time(pid) != started
 
 
+def _in_state(state: DigestState) -> sa.ColumnElement[bool]:
+    """`digests.state = '<state>'` with the state written into the SQL, not bound.
+
+    The digests delivery looks for are found through partial indexes, one per state
+    (models.Digest: ix_digests_planned, _deferred, _sending). PostgreSQL uses a partial index
+    in a prepared statement's generic plan (psycopg prepares a statement after five runs) only
+    when the statement itself names the index's state: with `state = $1` it read every digest.
+    """
+    return table_of(Digest).c.state == sa.literal_column(f"'{state.value}'")
+
+
 def reclaim_orphans(session: Session, *, now: datetime) -> int:
     """Put back digests whose sender died mid-send (same host, dead pid) or whose lease ran out."""
-    rows = session.exec(select(Digest).where(col(Digest.state) == DigestState.SENDING)).all()
+    rows = session.exec(select(Digest).where(_in_state(DigestState.SENDING))).all()
     n = 0
     for d in rows:
         lease_over = d.lease_until is None or d.lease_until < now
@@ -648,15 +659,15 @@ class _DueState(NamedTuple):
 
 def _due_states(now: datetime) -> tuple[_DueState, ...]:
     """Digests to deliver now, in claim order: deferred with their retry time come, longest
-    waiting first (ix_digests_state_next_attempt), then planned by id (ix_digests_state_id)."""
+    waiting first (ix_digests_deferred), then planned by id (ix_digests_planned)."""
     table = table_of(Digest)
     return (
         _DueState(
-            sa.and_(table.c.state == DigestState.DEFERRED, table.c.next_attempt_at <= now),
+            sa.and_(_in_state(DigestState.DEFERRED), table.c.next_attempt_at <= now),
             (table.c.next_attempt_at, table.c.id),
             by_id=False,
         ),
-        _DueState(table.c.state == DigestState.PLANNED, (table.c.id,), by_id=True),
+        _DueState(_in_state(DigestState.PLANNED), (table.c.id,), by_id=True),
     )
 
 
@@ -1032,7 +1043,7 @@ def waiting_for_retry(
     stmt = sa.select(
         sa.func.count(), sa.func.min(col(Digest.next_attempt_at), type_=UTCDateTime())
     ).where(
-        col(Digest.state) == DigestState.DEFERRED,
+        _in_state(DigestState.DEFERRED),
         col(Digest.next_attempt_at) > now,
         col(Digest.subscriber_id).in_(active),
     )
