@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlmodel import Session, select
 from typer.testing import CliRunner, Result
 
@@ -1044,3 +1046,24 @@ def test_migration_0008_recomputes_address_keys_of_internationalized_domains(
     engine.dispose()
     assert keys == {"ada@xn--bcher-kva.example", "grace@example.org"}
     assert suppressed == {"u@xn--bcher-kva.example"}
+
+
+_LINE = st.tuples(st.sampled_from([b"", b".", b".."]), st.binary(max_size=12)).map(
+    lambda parts: parts[0] + parts[1].replace(b"\r", b"").replace(b"\n", b"")
+)
+
+
+@given(lines=st.lists(_LINE, max_size=12))
+def test_dot_stuffing_is_undone_by_the_server_and_never_ends_the_data_early(
+    lines: list[bytes],
+) -> None:
+    """Any message, with lines that start with dots or are a lone dot, goes out with a dot in
+    front of each line that starts with one: no line of what is sent is a lone "." (which would
+    end the data there), and a server taking one leading dot off each line gets the message back
+    byte for byte (RFC 5321 §4.5.2)."""
+    from digestbot.mail.backends import _dot_stuffed
+
+    raw = b"".join(line + b"\r\n" for line in lines)
+    sent = _dot_stuffed(raw).split(b"\r\n")
+    assert b"." not in sent[:-1]
+    assert b"\r\n".join(line[1:] if line.startswith(b".") else line for line in sent) == raw
