@@ -484,3 +484,46 @@ def test_digest_items_keep_their_rows_and_unique_key_and_lose_their_foreign_keys
     with engine.connect() as conn:
         command.check(alembic_config(conn))  # the upgraded tables are the models' (indexes too)
     engine.dispose()
+
+
+def test_the_digests_delivery_looks_for_have_an_index_per_state_and_the_sent_none(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Migration 0013: planned, deferred and sending digests each have a partial index of their
+    own, so a sent digest is in none of them and the indexes never grow with the history; the
+    index that repeated the unique key's leading column is gone. Undone, the indexes over every
+    digest are back."""
+    planned_outbox(tmp_path, db_url, 2)
+    engine = make_engine(db_url)
+    where = "postgresql_where" if engine.dialect.name == "postgresql" else "sqlite_where"
+
+    def indexes() -> dict[str, tuple[list[str], str | None]]:
+        with engine.connect() as conn:
+            found = sa.inspect(conn).get_indexes("digests")
+        predicates = {ix["name"]: ix.get("dialect_options", {}).get(where) for ix in found}
+        return {
+            ix["name"]: (
+                list(ix["column_names"]),
+                None if predicates[ix["name"]] is None else str(predicates[ix["name"]]),
+            )
+            for ix in found
+            if ix["name"] and ix["name"].startswith("ix_")
+        }
+
+    now = indexes()
+    assert sorted(now) == ["ix_digests_deferred", "ix_digests_planned", "ix_digests_sending"]
+    assert now["ix_digests_deferred"][0] == ["next_attempt_at", "id"]
+    for name, (columns, predicate) in now.items():
+        state = name.removeprefix("ix_digests_")
+        assert predicate is not None and f"'{state}'" in predicate, (name, predicate)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0012")
+    assert indexes() == {
+        "ix_digests_state_next_attempt": (["state", "next_attempt_at"], None),
+        "ix_digests_state_id": (["state", "id"], None),
+        "ix_digests_subscriber_id": (["subscriber_id"], None),
+    }
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+    assert indexes() == now
+    engine.dispose()
