@@ -126,10 +126,31 @@ def _copy_rows(
 ) -> list[tuple[Any, ...]]:
     """PostgreSQL: the rows go through COPY into a temporary table of the same columns (dropped
     at commit), then one INSERT ... SELECT ... `tail`. A multi-row INSERT made the driver parse a
-    statement of thousands of placeholders per page."""
+    statement of thousands of placeholders per page.
+
+    Rows that return nothing are first copied straight into the table, in a savepoint: the
+    usual case, as the caller left out what the table held, and half the server's work (each
+    row written once, not into the temporary table and again). A row that conflicts (another
+    run stored it meanwhile) undoes that COPY, and the rows take the way above.
+    """
+    from psycopg.errors import UniqueViolation
+
     raw: Any = conn.connection.dbapi_connection  # psycopg's Connection: its cursor has copy()
     temp = f"incoming_{table.name}"
     cols = ", ".join(columns)
+    rows = list(rows)
+    if not returns:
+        try:
+            with (
+                raw.transaction(),  # a savepoint in the caller's transaction
+                raw.cursor() as cur,
+                cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            return []
+        except UniqueViolation:
+            pass
     with raw.cursor() as cur:
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DROP AS "

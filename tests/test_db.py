@@ -20,7 +20,8 @@ from digestbot import outbox, store
 from digestbot.addresses import address_key
 from digestbot.db import PlannerLock, alembic_config, make_engine, open_database, session_scope
 from digestbot.errors import DatabaseError, NoDatabaseError
-from digestbot.models import Digest, FetchRun, Subscriber
+from digestbot.matching import Match
+from digestbot.models import Digest, DigestItem, FetchRun, Paper, Subscriber
 from tests.helpers import planned_outbox
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -526,4 +527,59 @@ def test_the_digests_delivery_looks_for_have_an_index_per_state_and_the_sent_non
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "head")
     assert indexes() == now
+    engine.dispose()
+
+
+def test_a_paper_a_subscriber_already_has_is_left_out_of_a_plan_stored_after_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Storing plans whose item someone already holds (another run stored it in between)
+    stores every digest and every other item of the batch and leaves that item out: no paper
+    goes to one person twice, and nothing fails. (On PostgreSQL the items are copied straight
+    into the table, and such a batch is stored again the careful way.)"""
+    planned_outbox(tmp_path, db_url, 2)
+    engine = make_engine(db_url)
+    with session_scope(engine) as s:
+        people = dict(s.exec(select(Subscriber.email, Subscriber.id)).all())
+        held = {
+            sid: set(papers)
+            for sid in people.values()
+            for papers in [
+                s.exec(select(DigestItem.arxiv_id).where(DigestItem.subscriber_id == sid)).all()
+            ]
+        }
+        every = set(s.exec(select(Paper.arxiv_id)).all())
+    first, second = sorted(people.values())
+    old = min(held[first])  # the first subscriber has it already
+    new = sorted(every - held[first] - held[second])[:2]
+    assert old and len(new) == 2
+
+    def plan(sid: int, papers: list[str]) -> outbox.DigestPlan:
+        now = datetime.now(UTC)
+        return outbox.DigestPlan(
+            subscriber_id=sid,
+            email=f"{sid}@example.org",
+            period="2099-01-01",
+            window_start=now - timedelta(days=1),
+            window_end=now,
+            items=tuple(Match(p, 1.0, 0, ("q",), (), ()) for p in papers),
+            more_count=0,
+            send_empty=False,
+            message_id=f"<later.{sid}@example.org>",
+        )
+
+    with session_scope(engine) as s:
+        stored = outbox.store_plans(
+            s, plans=[plan(first, [old, new[0]]), plan(second, [new[1]])], now=datetime.now(UTC)
+        )
+    assert stored == 2
+    with session_scope(engine) as s:
+        later = s.exec(
+            select(DigestItem.subscriber_id, DigestItem.arxiv_id)
+            .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
+            .where(Digest.period == "2099-01-01")
+        ).all()
+        mine = s.exec(select(DigestItem.arxiv_id).where(DigestItem.subscriber_id == first)).all()
+    assert sorted(later) == sorted([(first, new[0]), (second, new[1])])
+    assert sorted(mine) == sorted([*held[first], new[0]])  # the old one once, the new one
     engine.dispose()
