@@ -465,17 +465,7 @@ def sync_subscribers(
         for row in session.execute(sa.select(c.id, c.address_key, c.email, c.name, c.active))
     }
     inserts = [
-        {
-            "email": e,
-            "address_key": key,
-            "name": n,
-            "active": True,
-            "paused_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for key, (e, n) in wanted.items()
-        if key not in current
+        (e, key, n, True, None, now, now) for key, (e, n) in wanted.items() if key not in current
     ]
     changed: list[dict[str, Any]] = []
     for key, row in current.items():
@@ -485,11 +475,12 @@ def sync_subscribers(
                 changed.append({"b_id": row.id, "email": email, "name": name, "active": True})
         elif row.active:
             changed.append({"b_id": row.id, "email": row.email, "name": row.name, "active": False})
-    # Executemany of one compiled statement per kind of change (no per-row ORM work).
+    # New people straight through the driver (a first run may bring 100,000: COPY on
+    # PostgreSQL, multi-row INSERTs on SQLite); changes as an executemany of one statement.
     if inserts:
-        stmt = dialect_insert(session, table).on_conflict_do_nothing(index_elements=["address_key"])
-        for rows in chunks(inserts, 5000):
-            session.execute(stmt, list(rows))
+        insert_rows(
+            session.connection(), table, _SUBSCRIBER_COLUMNS, inserts, conflict=["address_key"]
+        )
     if changed:
         update = (
             sa.update(table)
@@ -507,6 +498,17 @@ def sync_subscribers(
         return {key: current[key].id for key in sorted(wanted)}
     ids = {key: sid for sid, key in session.execute(sa.select(c.id, c.address_key))}
     return {key: ids[key] for key in sorted(wanted) if key in ids}
+
+
+_SUBSCRIBER_COLUMNS = (
+    "email",
+    "address_key",
+    "name",
+    "active",
+    "paused_at",
+    "created_at",
+    "updated_at",
+)
 
 
 def subscriber_ids(session: Session, emails: Iterable[str]) -> dict[str, int]:
