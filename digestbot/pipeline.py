@@ -602,13 +602,17 @@ def prepare_send(
     """
     now = clock()
     chosen = everyone if only is None else only
-    bad = unread_days(
-        engine,
-        known_recipients(engine, chosen),
-        failed_days=failed_days or {},
-        as_of=as_of,
-        lookback=lookback,
-        day=day,
+    bad = (
+        unread_days(
+            engine,
+            known_recipients(engine, chosen),
+            failed_days=failed_days,
+            as_of=as_of,
+            lookback=lookback,
+            day=day,
+        )
+        if failed_days  # no source failed: nobody to look up (100,000 look-ups by address)
+        else {}
     )
     held: FetchError | None = None
     if bad:
