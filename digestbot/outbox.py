@@ -690,19 +690,22 @@ def _deliverable() -> sa.ColumnElement[bool]:
     )
 
 
-def _due(now: datetime) -> sa.ColumnElement[bool]:
-    """Digests to deliver now: due by state (_due_states) and deliverable (_deliverable)."""
-    return sa.and_(sa.or_(*(due.where for due in _due_states(now))), _deliverable())
-
-
 def count_due(
     session: Session, *, now: datetime, subscriber_ids: Sequence[int] | None = None
 ) -> int:
-    """How many digests a delivery run started now would send (for the progress bar)."""
-    stmt = sa.select(sa.func.count()).select_from(Digest).where(_due(now))
-    if subscriber_ids is not None:
-        stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
-    return int(session.execute(stmt).scalar_one())
+    """How many digests a delivery run started now would send (for the progress bar): due by
+    state (_due_states) and deliverable (_deliverable).
+
+    Counted state by state, each along its own partial index: SQLite reads no partial index for
+    an OR of the states, and counted them by reading every digest ever stored.
+    """
+    total = 0
+    for due in _due_states(now):
+        stmt = sa.select(sa.func.count()).select_from(Digest).where(due.where, _deliverable())
+        if subscriber_ids is not None:
+            stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
+        total += int(session.execute(stmt).scalar_one())
+    return total
 
 
 def claim(
@@ -1038,14 +1041,23 @@ class Waiting:
 def waiting_for_retry(
     session: Session, *, now: datetime, subscriber_ids: Sequence[int] | None = None
 ) -> Waiting:
-    """How many deferred digests wait for a later retry (of active subscribers), and the soonest time."""
-    active = sa.select(col(Subscriber.id)).where(col(Subscriber.active).is_(True))
+    """How many deferred digests wait for a later retry (of active subscribers), and the soonest time.
+
+    The subscriber is checked per digest (a primary-key look-up), so the deferred digests are
+    read along their partial index; with `IN (active subscribers)` SQLite went the other way,
+    through every subscriber."""
+    digests, people = table_of(Digest), table_of(Subscriber)
+    active = (
+        sa.select(people.c.id)
+        .where(people.c.id == digests.c.subscriber_id, people.c.active.is_(True))
+        .exists()
+    )
     stmt = sa.select(
         sa.func.count(), sa.func.min(col(Digest.next_attempt_at), type_=UTCDateTime())
     ).where(
         _in_state(DigestState.DEFERRED),
         col(Digest.next_attempt_at) > now,
-        col(Digest.subscriber_id).in_(active),
+        active,
     )
     if subscriber_ids is not None:
         stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))

@@ -583,3 +583,35 @@ def test_a_paper_a_subscriber_already_has_is_left_out_of_a_plan_stored_after_it(
     assert sorted(later) == sorted([(first, new[0]), (second, new[1])])
     assert sorted(mine) == sorted([*held[first], new[0]])  # the old one once, the new one
     engine.dispose()
+
+
+def test_the_look_ups_of_every_run_read_only_the_digests_of_their_state(sqlite_url: str) -> None:
+    """What every delivery run (and every tick of the daemon) looks up in the outbox (how many
+    digests are due, how many wait for a retry, which were left mid-send) reads the digests of
+    one state along that state's index, never every digest ever stored: the outbox keeps its
+    whole history, which grows by a digest per subscriber and period."""
+    engine = open_database(sqlite_url)
+    seen: list[tuple[str, Any]] = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        seen.append((statement, parameters))
+
+    now = datetime.now(UTC)
+    sa.event.listen(engine, "before_cursor_execute", grab)
+    with session_scope(engine) as s:
+        outbox.count_due(s, now=now)
+        outbox.waiting_for_retry(s, now=now)
+        outbox.reclaim_orphans(s, now=now)
+    sa.event.remove(engine, "before_cursor_execute", grab)
+    reads = [(sql, p) for sql, p in seen if "FROM digests" in sql]
+    assert len(reads) == 4, reads  # due: deferred, then planned; waiting; left mid-send
+    with engine.connect() as conn:
+        for sql, params in reads:
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+            on_digests = [part for part in plan if " digests " in f"{part} "]
+            assert on_digests, plan
+            assert all(
+                re.search(r"USING INDEX ix_digests_(planned|deferred|sending)\b", part)
+                for part in on_digests
+            ), plan
+    engine.dispose()
