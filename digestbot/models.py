@@ -178,6 +178,8 @@ class Digest(SQLModel, table=True):
                 ("ix_digests_planned", ("id",), DigestState.PLANNED),
                 # a run's start: digests whose sender died mid-send
                 ("ix_digests_sending", ("id",), DigestState.SENDING),
+                # `digestbot retry`: the failed ones
+                ("ix_digests_failed", ("id",), DigestState.FAILED),
             )
         ),
     )

@@ -620,8 +620,8 @@ def _holder_is_dead(claimed_by: str | None) -> bool:
 def _in_state(state: DigestState) -> sa.ColumnElement[bool]:
     """`digests.state = '<state>'` with the state written into the SQL, not bound.
 
-    The digests delivery looks for are found through partial indexes, one per state
-    (models.Digest: ix_digests_planned, _deferred, _sending). PostgreSQL uses a partial index
+    The digests delivery and `retry` look for are found through partial indexes, one per state
+    (models.Digest: ix_digests_planned, _deferred, _sending, _failed). PostgreSQL uses a partial index
     in a prepared statement's generic plan (psycopg prepares a statement after five runs) only
     when the statement itself names the index's state: with `state = $1` it read every digest.
     """
@@ -1005,7 +1005,7 @@ def requeue(
     table = table_of(Digest)
 
     def _update(current: DigestState, /, **values: object) -> int:
-        stmt = table.update().where(table.c.state == current).values(**values)
+        stmt = table.update().where(_in_state(current)).values(**values)
         if subscriber_ids is not None:
             stmt = stmt.where(table.c.subscriber_id.in_(list(subscriber_ids)))
         return session.connection().execute(stmt).rowcount or 0

@@ -490,8 +490,9 @@ def test_digest_items_keep_their_rows_and_unique_key_and_lose_their_foreign_keys
 def test_the_digests_delivery_looks_for_have_an_index_per_state_and_the_sent_none(
     db_url: str, tmp_path: Path
 ) -> None:
-    """Migration 0013: planned, deferred and sending digests each have a partial index of their
-    own, so a sent digest is in none of them and the indexes never grow with the history; the
+    """Migration 0013: planned, deferred, sending and failed digests each have a partial index
+    of their own, so a sent digest is in none of them and the indexes never grow with the
+    history; the
     index that repeated the unique key's leading column is gone. Undone, the indexes over every
     digest are back."""
     planned_outbox(tmp_path, db_url, 2)
@@ -512,7 +513,12 @@ def test_the_digests_delivery_looks_for_have_an_index_per_state_and_the_sent_non
         }
 
     now = indexes()
-    assert sorted(now) == ["ix_digests_deferred", "ix_digests_planned", "ix_digests_sending"]
+    assert sorted(now) == [
+        "ix_digests_deferred",
+        "ix_digests_failed",
+        "ix_digests_planned",
+        "ix_digests_sending",
+    ]
     assert now["ix_digests_deferred"][0] == ["next_attempt_at", "id"]
     for name, (columns, predicate) in now.items():
         state = name.removeprefix("ix_digests_")
@@ -587,9 +593,10 @@ def test_a_paper_a_subscriber_already_has_is_left_out_of_a_plan_stored_after_it(
 
 def test_the_look_ups_of_every_run_read_only_the_digests_of_their_state(sqlite_url: str) -> None:
     """What every delivery run (and every tick of the daemon) looks up in the outbox (how many
-    digests are due, how many wait for a retry, which were left mid-send) reads the digests of
-    one state along that state's index, never every digest ever stored: the outbox keeps its
-    whole history, which grows by a digest per subscriber and period."""
+    digests are due, how many wait for a retry, which were left mid-send), and what `digestbot
+    retry` changes, reads the digests of one state along that state's index, never every
+    digest ever stored: the outbox keeps its whole history, which grows by a digest per
+    subscriber and period."""
     engine = open_database(sqlite_url)
     seen: list[tuple[str, Any]] = []
 
@@ -602,16 +609,18 @@ def test_the_look_ups_of_every_run_read_only_the_digests_of_their_state(sqlite_u
         outbox.count_due(s, now=now)
         outbox.waiting_for_retry(s, now=now)
         outbox.reclaim_orphans(s, now=now)
+        outbox.requeue(s, subscriber_ids=None, now=now)
     sa.event.remove(engine, "before_cursor_execute", grab)
-    reads = [(sql, p) for sql, p in seen if "FROM digests" in sql]
-    assert len(reads) == 4, reads  # due: deferred, then planned; waiting; left mid-send
+    reads = [(sql, p) for sql, p in seen if re.search(r"FROM digests|^UPDATE digests", sql)]
+    # due: deferred, then planned; waiting; left mid-send; retry: failed, then deferred
+    assert len(reads) == 6, reads
     with engine.connect() as conn:
         for sql, params in reads:
             plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
             on_digests = [part for part in plan if " digests " in f"{part} "]
             assert on_digests, plan
             assert all(
-                re.search(r"USING INDEX ix_digests_(planned|deferred|sending)\b", part)
+                re.search(r"USING INDEX ix_digests_(planned|deferred|sending|failed)\b", part)
                 for part in on_digests
             ), plan
     engine.dispose()
