@@ -678,14 +678,16 @@ def _deliverable() -> sa.ColumnElement[bool]:
     Tested per digest row (a primary-key and a unique-index lookup), so a claim that reads 20 rows
     does not first list every active or suppressed subscriber.
     """
+    return _subscriber_active(~address_suppressed())
+
+
+def _subscriber_active(*also: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """The digest's subscriber is active (and meets `also`), looked up per digest row by its
+    primary key: the digests are read along their own index, never through every subscriber."""
     digests, people = table_of(Digest), table_of(Subscriber)
     return (
         sa.select(people.c.id)
-        .where(
-            people.c.id == digests.c.subscriber_id,
-            people.c.active.is_(True),
-            ~address_suppressed(),
-        )
+        .where(people.c.id == digests.c.subscriber_id, people.c.active.is_(True), *also)
         .exists()
     )
 
@@ -1043,21 +1045,15 @@ def waiting_for_retry(
 ) -> Waiting:
     """How many deferred digests wait for a later retry (of active subscribers), and the soonest time.
 
-    The subscriber is checked per digest (a primary-key look-up), so the deferred digests are
-    read along their partial index; with `IN (active subscribers)` SQLite went the other way,
-    through every subscriber."""
-    digests, people = table_of(Digest), table_of(Subscriber)
-    active = (
-        sa.select(people.c.id)
-        .where(people.c.id == digests.c.subscriber_id, people.c.active.is_(True))
-        .exists()
-    )
+    The subscriber is checked per digest (_subscriber_active), so the deferred digests are read
+    along their partial index; with `IN (active subscribers)` SQLite went the other way, through
+    every subscriber."""
     stmt = sa.select(
         sa.func.count(), sa.func.min(col(Digest.next_attempt_at), type_=UTCDateTime())
     ).where(
         _in_state(DigestState.DEFERRED),
         col(Digest.next_attempt_at) > now,
-        active,
+        _subscriber_active(),
     )
     if subscriber_ids is not None:
         stmt = stmt.where(col(Digest.subscriber_id).in_(list(subscriber_ids)))
