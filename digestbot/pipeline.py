@@ -1032,8 +1032,10 @@ def deliver_due(
     """Deliver every due digest (planned, and deferred whose retry time has come).
 
     Digests are claimed in the database a few at a time, so concurrent runs never send the same
-    one. Each outcome is committed right after the backend answers. A problem of one message
-    fails that digest only. A problem that hits every message (server unreachable, login
+    one. Each message is handed over to the backend, the next one is built while the server
+    reads it, then its outcome is read and committed before the next is handed over: a crash
+    leaves at most the message in flight unrecorded. A problem of one message fails that
+    digest only. A problem that hits every message (server unreachable, login
     refused, TLS; a template that does not render, DKIM signing) gives back every claimed
     digest unattempted and is raised (DeliverySetupError, ConfigError).
     """
@@ -1057,6 +1059,16 @@ def deliver_due(
     # none is left there, one claim from the start finds any given back or passed over meanwhile.
     after: int | None = None
     with outbox.connect(engine) as conn:
+
+        def record(d: outbox.StoredDigest, error: Refusal | None, pending: list[int]) -> None:
+            """Commit what came of `d`, count it, log it and tell on_result."""
+            outcome, reason = _record(conn, d, error, me=me, clock=clock, policy=policy)
+            pending.remove(d.id)
+            report.add(d.email, outcome, reason, retry=d.attempts > 0)
+            _log_outcome(d, outcome, reason)
+            if on_result is not None:
+                on_result(d.email, outcome)
+
         while True:
             if stop is not None and stop.is_set():
                 report.stopped = True
@@ -1077,6 +1089,7 @@ def deliver_due(
                 break
             after = max(ids)
             pending = list(ids)
+            in_flight: outbox.StoredDigest | None = None  # handed over, outcome not read yet
             try:
                 with outbox.transaction(conn, read_only=True):
                     digests, more = outbox.load_digests(conn, ids, known=papers)
@@ -1091,31 +1104,37 @@ def deliver_due(
                             outbox.extend_lease(conn, ids=pending, me=me, now=clock())
                         renew_at = clock() + outbox.LEASE / 2
                     d = digests[digest_id]
-                    outcome, reason = _send_one(
-                        conn,
-                        backend,
-                        mail,
-                        d,
-                        papers,
-                        me=me,
-                        clock=clock,
-                        limiter=limiter,
-                        policy=policy,
-                        views=views,
-                        then=_next_recipient(digests, ids, i, limiter),
-                    )
-                    pending.remove(digest_id)
-                    report.add(d.email, outcome, reason, retry=d.attempts > 0)
-                    _log_outcome(d, outcome, reason)
-                    if on_result is not None:
-                        on_result(d.email, outcome)
+                    error: Refusal | None = None
+                    try:  # built while the server reads the message in flight
+                        envelope = _envelope(d, papers, mail=mail, views=views, clock=clock)
+                    except (TemporaryDeliveryError, PermanentDeliveryError) as exc:
+                        error = exc
+                    if in_flight is not None:
+                        settled, in_flight = in_flight, None
+                        record(settled, _verdict(backend), pending)
+                    if error is None:
+                        limiter.wait()
+                        try:
+                            then = _next_recipient(digests, ids, i, limiter)
+                            backend.hand_over(envelope, then=then)
+                        except (TemporaryDeliveryError, PermanentDeliveryError) as exc:
+                            error = exc
+                        else:
+                            in_flight = d
+                            continue
+                    record(d, error, pending)
             except (DeliverySetupError, ConfigError) as exc:
                 _record_health(engine, error=str(exc), now=clock())
                 raise
             finally:
-                if pending:
-                    with outbox.transaction(conn):
-                        outbox.release(conn, ids=pending, me=me)
+                try:
+                    if in_flight is not None:  # handed over: its outcome is read and recorded
+                        settled, in_flight = in_flight, None
+                        record(settled, _verdict(backend), pending)
+                finally:
+                    if pending:
+                        with outbox.transaction(conn):
+                            outbox.release(conn, ids=pending, me=me)
     if report.sent or report.deferred or report.failed:
         _record_health(engine, error=None, now=clock())
     return report
@@ -1173,7 +1192,7 @@ def _next_recipient(
     digests: dict[int, outbox.StoredDigest], ids: Sequence[int], i: int, limiter: RateLimiter
 ) -> str | None:
     """The SMTP recipient of the digest sent after ids[i] in this batch, for the backend to
-    announce early (Backend.send's `then`); None at the batch's end or under a slow rate."""
+    announce early (Backend.hand_over's `then`); None at the batch's end or under a slow rate."""
     if i + 1 >= len(ids) or limiter.interval >= ANNOUNCE_WITHIN:
         return None
     try:
@@ -1182,49 +1201,61 @@ def _next_recipient(
         return None
 
 
-def _send_one(
-    conn: Connection,
-    backend: Backend,
-    mail: MailContext,
+Refusal = TemporaryDeliveryError | PermanentDeliveryError
+"""What a backend raises for one message: defer it (temporary) or fail it (permanent)."""
+
+
+def _envelope(
     d: outbox.StoredDigest,
     papers: dict[str, Paper],
     *,
+    mail: MailContext,
+    views: PaperViews | None,
+    clock: Clock,
+) -> Envelope:
+    """One digest's message, ready to hand over. Raises TemporaryDeliveryError or
+    PermanentDeliveryError for a problem of this digest only; errors that hit every message
+    (ConfigError, DeliverySetupError) propagate, and the caller gives the digest back untouched."""
+    view = _stored_view(d, papers, mail=mail, views=views)
+    raw = compose(mail=mail, view=view, message_id=d.message_id, date_=clock())
+    rcpt = smtp_address(d.email)  # the domain in ASCII (IDNA)
+    return Envelope(
+        sender=mail.envelope_from, recipient=rcpt, raw=raw, name=f"{d.period}_{d.id:08d}"
+    )
+
+
+def _verdict(backend: Backend) -> Refusal | None:
+    """The outcome of the message handed over last: None when the backend took it."""
+    try:
+        backend.verdict()
+    except (TemporaryDeliveryError, PermanentDeliveryError) as exc:
+        return exc
+    return None
+
+
+def _record(
+    conn: Connection,
+    d: outbox.StoredDigest,
+    error: Refusal | None,
+    *,
     me: str,
     clock: Clock,
-    limiter: RateLimiter,
     policy: outbox.RetryPolicy,
-    views: PaperViews | None = None,
-    then: str | None = None,
 ) -> tuple[outbox.Outcome, str]:
-    """Compose and hand over one digest, then record what came of it (committed at once, on the
-    run's connection). `then`: the recipient sent to next (Backend.send).
-
-    Errors that hit every message (ConfigError, DeliverySetupError) propagate before anything
-    is recorded, so the caller gives the digest back untouched.
-    """
-    view = _stored_view(d, papers, mail=mail, views=views)
-    error = ""
-    try:
-        raw = compose(mail=mail, view=view, message_id=d.message_id, date_=clock())
-        limiter.wait()
-        name = f"{d.period}_{d.id:08d}"
-        rcpt = smtp_address(d.email)  # the domain in ASCII (IDNA)
-        backend.send(
-            Envelope(sender=mail.envelope_from, recipient=rcpt, raw=raw, name=name), then=then
-        )
-    except TemporaryDeliveryError as exc:
-        error = str(exc)
+    """Record what came of one digest (committed at once, on the run's connection): sent, or
+    deferred or failed by `error`; the outcome and its reason."""
+    reason = str(error) if error is not None else ""
+    if isinstance(error, TemporaryDeliveryError):
         with outbox.transaction(conn), outbox.session_on(conn) as s:
             outcome = outbox.mark_temporary_failure(
-                s, digest_id=d.id, me=me, now=clock(), error=error, policy=policy
+                s, digest_id=d.id, me=me, now=clock(), error=reason, policy=policy
             )
-    except PermanentDeliveryError as exc:
-        error = str(exc)
+    elif error is not None:
         with outbox.transaction(conn), outbox.session_on(conn) as s:
-            outcome = outbox.mark_failed(s, digest_id=d.id, me=me, now=clock(), error=error)
+            outcome = outbox.mark_failed(s, digest_id=d.id, me=me, now=clock(), error=reason)
     else:
         outcome = outbox.record_sent(conn, digest_id=d.id, me=me, now=clock())
     if outcome == outbox.Outcome.TAKEN_OVER:
-        done = "sent" if not error else f"not sent ({error})"
-        error = f"{done}, but another run had taken the digest back; it decides what happens next"
-    return outcome, error
+        done = "sent" if not reason else f"not sent ({reason})"
+        reason = f"{done}, but another run had taken the digest back; it decides what happens next"
+    return outcome, reason

@@ -13,6 +13,7 @@ import re
 import ssl
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -730,6 +731,105 @@ def test_each_digest_is_recorded_sent_before_the_next_message_reaches_the_server
     assert sorted(r for m in handler.received for r in m.rcpt_tos) == sorted(PEOPLE)
     assert [len(s) for s in snapshots] == [0, 1, 2]
     assert all(state == "sent" for s in snapshots for state in s.values()), snapshots
+
+
+def test_the_next_digest_is_built_while_the_server_reads_the_one_before(
+    bot: Bot, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the server holds its answer to a message, the run builds the next digest; the
+    answer is then read and recorded for the message it belongs to, before the next content
+    goes out (a refused content defers that digest, not the one built meanwhile)."""
+    bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
+    handler = bot.server.handler
+    handler.reject_data[GRACE] = "451 4.3.0 try later"
+    built: list[str] = []
+    next_built = threading.Event()
+    real_compose = pipeline.compose
+
+    def compose(**kw: Any) -> bytes:
+        built.append(kw["view"].subscriber_email)
+        if len(built) > 1:
+            next_built.set()
+        return real_compose(**kw)
+
+    held: list[bool] = []  # per message: whether the next digest was built while it was held
+
+    def on_data(envelope: Any) -> None:
+        if not held:  # the first message's answer waits for the next digest to be built
+            held.append(next_built.wait(timeout=5))
+
+    monkeypatch.setattr(pipeline, "compose", compose)
+    handler.on_data = on_data
+    result = bot.cli("send", "--date", DAY)
+    assert result.exit_code == 1, result.output  # one digest deferred
+    assert held == [True], "the run waited for the server's answer before building the next"
+    assert built == list(PEOPLE)
+    rows = bot.rows()
+    assert {e: rows[e].state for e in PEOPLE} == {ADA: "sent", GRACE: "deferred", ALAN: "sent"}
+    assert "451 4.3.0 try later" in (rows[GRACE].last_error or "")
+    assert sorted(r for m in handler.received for r in m.rcpt_tos) == sorted([ADA, ALAN])
+
+
+def test_a_run_stopped_while_a_message_is_in_flight_records_it_and_never_sends_it_twice(
+    bot: Bot, tmp_path: Path
+) -> None:
+    """When building the next digest stops the run (a template that fails for that reader),
+    the message already handed over to the server is still recorded as sent, and the next run
+    sends the others once each."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "subject.txt.j2").write_text(
+        f'{{{{ "Papers" if email != "{GRACE}" else no_such_name.attr }}}}\n'
+    )
+    result = bot.cli("send", "--date", DAY, DIGESTBOT_TEMPLATES_DIR=str(templates))
+    assert result.exit_code == 2, result.output
+    assert "subject.txt.j2" in result.output, result.output
+    assert [m.rcpt_tos for m in bot.server.handler.received] == [[ADA]]
+    rows = bot.rows()
+    assert rows[ADA].state == "sent"
+    assert [(rows[e].state, rows[e].attempts) for e in (GRACE, ALAN)] == [("planned", 0)] * 2
+    fixed = bot.cli("send", "--date", DAY, "--no-fetch")
+    assert fixed.exit_code == 0, fixed.output
+    assert sorted(r for m in bot.server.handler.received for r in m.rcpt_tos) == sorted(PEOPLE)
+
+
+def test_a_message_handed_over_gets_its_own_verdict_while_the_caller_goes_on() -> None:
+    """SMTPBackend.hand_over returns once the content is written, before the server answers it;
+    verdict then gives that message's answer (a refused content raises there), and a message
+    is never handed over before the verdict of the one before it."""
+    from digestbot.errors import TemporaryDeliveryError
+    from digestbot.mail.backends import Envelope, SMTPBackend
+
+    handler = SMTPHandler(reject_data={"busy@example.org": "451 4.3.0 try later"})
+    reading, released = threading.Event(), threading.Event()
+    answered_after_release: list[bool] = []
+
+    def on_data(envelope: Any) -> None:
+        reading.set()
+        answered_after_release.append(released.wait(timeout=5))
+
+    handler.on_data = on_data
+    raw = b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n"
+
+    def envelope(to: str) -> Envelope:
+        return Envelope(sender="a@example.org", recipient=to, raw=raw, name=to)
+
+    with serve(handler) as server:
+        backend = SMTPBackend(host=server.host, port=server.port, security="none")
+        backend.hand_over(envelope("b@example.org"), then="busy@example.org")
+        assert reading.wait(timeout=5)  # the server has the content and holds its answer
+        with pytest.raises(RuntimeError, match="verdict"):
+            backend.hand_over(envelope("busy@example.org"))
+        released.set()
+        backend.verdict()
+        backend.hand_over(envelope("busy@example.org"), then="c@example.org")
+        with pytest.raises(TemporaryDeliveryError, match="451"):
+            backend.verdict()
+        backend.verdict()  # nothing handed over since: nothing to read
+        backend.send(envelope("c@example.org"))
+        backend.close()
+    assert answered_after_release == [True, True, True]
+    assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]
 
 
 # -- one address rule, outcomes, run-wide errors ----------------------------------------------
