@@ -6,6 +6,7 @@ import base64
 import email.policy
 import os
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -267,6 +268,32 @@ def test_date_keeps_its_offset() -> None:
     zone = timezone(timedelta(hours=2))
     msg = _assert_clean(_build(date=datetime(2026, 3, 2, 9, 0, tzinfo=zone)))
     assert msg["Date"] == "Mon, 02 Mar 2026 09:00:00 +0200"
+
+
+def test_each_message_has_its_own_date_and_subject_whatever_came_before() -> None:
+    """The fields digests of a run share are built once (Date within a second, Subject, the
+    mailto: URI), yet each message still shows its own: the same instant in another zone, the
+    next second, another subject."""
+    utc = datetime(2026, 3, 2, 7, 0, 0, 1000, tzinfo=UTC)
+    shown = [
+        (_assert_clean(_build(date=d, rendered=replace(RENDERED, subject=s))), d, s)
+        for d, s in [
+            (utc, "Papers A"),
+            (utc.replace(microsecond=999_000), "Papers A"),
+            (utc.astimezone(timezone(timedelta(hours=2))), "Papers A"),
+            (utc + timedelta(seconds=1), "Papers B"),
+            (utc, "Papers A"),
+        ]
+    ]
+    assert [(m["Date"], m["Subject"]) for m, _, _ in shown] == [
+        ("Mon, 02 Mar 2026 07:00:00 +0000", "Papers A"),
+        ("Mon, 02 Mar 2026 07:00:00 +0000", "Papers A"),
+        ("Mon, 02 Mar 2026 09:00:00 +0200", "Papers A"),
+        ("Mon, 02 Mar 2026 07:00:01 +0000", "Papers B"),
+        ("Mon, 02 Mar 2026 07:00:00 +0000", "Papers A"),
+    ]
+    other = _assert_clean(_build(unsubscribe_mailto="mailto:leave@example.org?subject=stop"))
+    assert "<mailto:leave@example.org?subject=stop>" in str(other["List-Unsubscribe"])
 
 
 # --------------------------------------------------------------------------- list headers

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import format_datetime
@@ -167,12 +167,35 @@ def _mailbox(address: Address) -> list[str]:
 
 
 @functools.lru_cache(maxsize=16)
-def _run_headers(from_addr: str, list_id: str) -> tuple[str, str]:
-    """The From and List-Id fields, the same for every message of a run: built once."""
+def _run_headers(from_addr: str, list_id: str, unsubscribe_mailto: str) -> tuple[str, str, str]:
+    """The From and List-Id fields and List-Unsubscribe's mailto: URI, the same for every
+    message of a run: built once."""
     sender = parse_address(
         from_addr, what="From address", allow_display_name=True, field="DIGESTBOT_MAIL_FROM"
     )
-    return mime.header("From", _mailbox(sender)), mime.header("List-Id", _list_id(list_id))
+    return (
+        mime.header("From", _mailbox(sender)),
+        mime.header("List-Id", _list_id(list_id)),
+        f"<{_mailto_uri(unsubscribe_mailto)}>",
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _subject_field(subject: str) -> str:
+    """The Subject field of a rendered subject (a run's digests share a few)."""
+    return mime.header(
+        "Subject", mime.unstructured_tokens(clean_header_text(subject, limit=400) or "Paper digest")
+    )
+
+
+def _date_field(date: datetime) -> str:
+    """The Date field; the digests built within one second share it."""
+    return _date_field_of(date.replace(microsecond=0, tzinfo=None), date.utcoffset())
+
+
+@functools.lru_cache(maxsize=4)
+def _date_field_of(local: datetime, offset: timedelta | None) -> str:
+    return f"Date: {format_datetime(local.replace(tzinfo=timezone(offset or timedelta())))}\r\n"
 
 
 def build_message(
@@ -200,22 +223,21 @@ def build_message(
         raise ValueError("message date must be timezone-aware")
     if not _MSGID.fullmatch(message_id or ""):
         raise ValueError(f"malformed Message-ID {message_id!r}")
-    from_field, list_id_field = _run_headers(from_addr, list_id)
+    from_field, list_id_field, mailto = _run_headers(from_addr, list_id, unsubscribe_mailto)
     if "<" in to_addr or ">" in to_addr:
         raise ConfigError(f"recipient must be a bare address, got {to_addr!r}")
     recipient = parse_address(to_addr, what="recipient")
     name = clean_header_text(to_name, limit=200) if to_name else ""
     recipient = Address(display_name=name, username=recipient.username, domain=recipient.domain)
-    unsubscribe = [f"<{_mailto_uri(unsubscribe_mailto)}>"]
+    unsubscribe = [mailto]
     if unsubscribe_url:
         unsubscribe.append(f"<{_https_uri(unsubscribe_url)}>")
-    subject = clean_header_text(rendered.subject, limit=400) or "Paper digest"
 
     head = [
         from_field,
         mime.header("To", _mailbox(recipient)),
-        mime.header("Subject", mime.unstructured_tokens(subject)),
-        f"Date: {format_datetime(date)}\r\n",
+        _subject_field(rendered.subject),
+        _date_field(date),
         f"Message-ID: {message_id}\r\n",
         list_id_field,
         mime.header("List-Unsubscribe", [u + "," for u in unsubscribe[:-1]] + unsubscribe[-1:]),
