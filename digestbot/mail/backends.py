@@ -2,9 +2,10 @@
 
 A backend is opened lazily by the delivery loop, sent one message at a time, and closed at
 the end of the run. The loop hands a message over and asks for its verdict once the next one is
-built: the SMTP server reads a message while the next is rendered (SMTPBackend). Errors are sorted into the three kinds the outbox acts on:
-TemporaryDeliveryError (defer and retry), PermanentDeliveryError (fail the digest) and
-DeliverySetupError (stop the run, attempt nothing).
+built: the SMTP server reads a message while the next is rendered (SMTPBackend). Errors are
+sorted into the three kinds the outbox acts on: TemporaryDeliveryError (defer and retry),
+PermanentDeliveryError (fail the digest) and DeliverySetupError (stop the run, attempt
+nothing).
 """
 
 from __future__ import annotations
