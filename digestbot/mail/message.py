@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import format_datetime
@@ -188,14 +188,11 @@ def _subject_field(subject: str) -> str:
     )
 
 
-def _date_field(date: datetime) -> str:
-    """The Date field; the digests built within one second share it."""
-    return _date_field_of(date.replace(microsecond=0, tzinfo=None), date.utcoffset())
-
-
 @functools.lru_cache(maxsize=4)
-def _date_field_of(local: datetime, offset: timedelta | None) -> str:
-    return f"Date: {format_datetime(local.replace(tzinfo=timezone(offset or timedelta())))}\r\n"
+def _date_field(second: datetime, offset: timedelta | None) -> str:
+    """The Date field of a message built in this `second`; the digests built within one second
+    share it. `offset` is part of the key: aware times are equal by instant, whatever their zone."""
+    return f"Date: {format_datetime(second)}\r\n"
 
 
 def build_message(
@@ -237,7 +234,7 @@ def build_message(
         from_field,
         mime.header("To", _mailbox(recipient)),
         _subject_field(rendered.subject),
-        _date_field(date),
+        _date_field(date.replace(microsecond=0), date.utcoffset()),
         f"Message-ID: {message_id}\r\n",
         list_id_field,
         mime.header("List-Unsubscribe", [u + "," for u in unsubscribe[:-1]] + unsubscribe[-1:]),
