@@ -75,11 +75,19 @@ RESULT_BATCH, at least every RESULT_EVERY seconds while it sends."""
 
 def workers_for(configured: int | None, due: int) -> int:
     """How many processes deliver `due` digests. `configured` (`--workers`, DIGESTBOT_WORKERS)
-    is taken as asked, but never more than one per claim batch of due digests; 0 or None means
-    one per CPU core, and one per MIN_PER_WORKER due digests at most."""
+    is taken as asked, but never more than one per pipeline.CLAIM_MIN due digests; 0 or None
+    means one per CPU core, and one per MIN_PER_WORKER due digests at most."""
     if configured:
-        return max(1, min(configured, math.ceil(due / pipeline.CLAIM_BATCH)))
+        return max(1, min(configured, math.ceil(due / pipeline.CLAIM_MIN)))
     return max(1, min(os.cpu_count() or 1, due // MIN_PER_WORKER))
+
+
+def claim_share(due: int, workers: int) -> int:
+    """Digests each of `workers` claims at a time to deliver `due` between them: an even share
+    (so none is left alone with a large last batch while the others are done), from
+    pipeline.CLAIM_MIN up to pipeline.CLAIM_BATCH."""
+    share = math.ceil(due / max(1, workers))
+    return max(pipeline.CLAIM_MIN, min(pipeline.CLAIM_BATCH, share))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class _Job:
     start: float  # time.monotonic() when the pool started: the shared rate's first slot
     subscriber_ids: tuple[int, ...] | None
     cwd: str  # relative paths in the settings (SQLite file, mail folder) are relative to it
+    claim: int = pipeline.CLAIM_BATCH  # digests claimed at a time (claim_share)
 
 
 class Pool:
@@ -125,8 +134,9 @@ class Pool:
         stop: threading.Event | None,
     ) -> pipeline.DeliveryReport:
         n = workers_for(self.workers, due)
+        claim = claim_share(due, n)
         if n == 1:
-            return self._deliver(self.delivery.limiter, subscriber_ids, on_result, stop)
+            return self._deliver(self.delivery.limiter, subscriber_ids, on_result, stop, claim)
         ids = tuple(subscriber_ids) if subscriber_ids is not None else None
 
         def here(
@@ -134,10 +144,16 @@ class Pool:
         ) -> pipeline.DeliveryReport:
             rate = self.delivery.limiter.rate
             limiter = RateLimiter.shared(rate, workers=workers, index=0, start=start)
-            return self._deliver(limiter, ids, on_result, stop)
+            return self._deliver(limiter, ids, on_result, stop, claim)
 
         return run_workers(
-            self.settings, workers=n, subscriber_ids=ids, on_result=on_result, stop=stop, here=here
+            self.settings,
+            workers=n,
+            subscriber_ids=ids,
+            on_result=on_result,
+            stop=stop,
+            here=here,
+            claim=claim,
         )
 
     def _deliver(
@@ -146,6 +162,7 @@ class Pool:
         subscriber_ids: Sequence[int] | None,
         on_result: OnResult | None,
         stop: threading.Event | None,
+        claim: int,
     ) -> pipeline.DeliveryReport:
         """Delivery in this process, with the caller's backend, mail context and policy."""
         d = self.delivery
@@ -159,6 +176,7 @@ class Pool:
             subscriber_ids=subscriber_ids,
             on_result=on_result,
             stop=stop,
+            claim=claim,
         )
 
 
@@ -170,11 +188,12 @@ def run_workers(
     on_result: OnResult | None = None,
     stop: threading.Event | None = None,
     here: Here,
+    claim: int = pipeline.CLAIM_BATCH,
 ) -> pipeline.DeliveryReport:
     """Deliver every due digest with `workers` processes and return their merged report.
 
     This process is worker 0 (it calls `here`, reading the others' messages between its own);
-    `workers - 1` processes are started.
+    `workers - 1` processes are started, each claiming `claim` digests at a time.
     `stop` (the daemon's SIGTERM) makes every worker stop after the message in hand. The first
     error a worker reports is raised as the same kind (errors.restored), after
     the others were stopped; so is a worker that died without a word.
@@ -183,7 +202,7 @@ def run_workers(
     board = _Board(on_result)
     try:
         for i in range(1, workers):
-            job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd())
+            job = _Job(settings, i, workers, start, subscriber_ids, os.getcwd(), claim)
             proc, control, results = _Process.start(job, name=f"digestbot-worker-{i}")
             board.add(proc, control, results)
         board.reports.append(_deliver_here(here, board, workers, start, on_result, stop))
@@ -441,6 +460,7 @@ def _worker_main(job: _Job, control: Connection, results: Connection) -> None:
             subscriber_ids=job.subscriber_ids,
             on_result=report,
             stop=stop,
+            claim=job.claim,
         )
         flush()
         tell("done", done)

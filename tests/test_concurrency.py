@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from digestbot import pipeline
 from digestbot.cli import cli
 from tests.helpers import (
     DAY,
@@ -58,8 +57,14 @@ def test_two_sends_at_once_deliver_each_digest_once(
     workdir: Path, slower_smtp: SMTPServer, db_url: str, fresh: bool
 ) -> None:
     """Two `digestbot send` started together (on a fetched or a brand-new database) send every subscriber exactly one digest."""
-    emails = many_subscribers(workdir, 3 * pipeline.CLAIM_BATCH)  # a claim each, and some
-    env = bot_env(slower_smtp, DIGESTBOT_DATABASE_URL=db_url)
+    emails = many_subscribers(workdir, 150)
+    # one worker each, claiming a second's sending at a time (25 digests): six claims to share
+    env = bot_env(
+        slower_smtp,
+        DIGESTBOT_DATABASE_URL=db_url,
+        DIGESTBOT_WORKERS="1",
+        DIGESTBOT_SMTP_RATE="25",
+    )
     args = ["send", "--date", DAY]
     if not fresh:
         assert CliRunner().invoke(cli, ["fetch", "--date", DAY], env=env).exit_code == 0

@@ -13,7 +13,6 @@ import re
 import ssl
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import getaddresses
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -137,6 +137,7 @@ class RecordingHandler(SMTPHandler):
     attempts: list[tuple[str, str, Any]] = field(default_factory=list)  # rcpt, Message-ID, peer
     drop: dict[str, int] = field(default_factory=dict)
     arrivals: list[float] = field(default_factory=list)
+    wall_arrivals: list[float] = field(default_factory=list)  # time.time() of each arrival
     stall: dict[str, int] = field(default_factory=dict)
     delay: float = 0.0
 
@@ -155,6 +156,7 @@ class RecordingHandler(SMTPHandler):
         if self.delay:
             await asyncio.sleep(self.delay)
         self.arrivals.append(time.monotonic())
+        self.wall_arrivals.append(time.time())
         return await super().handle_DATA(server, session, envelope)
 
 
@@ -480,7 +482,7 @@ def test_rate_setting_spaces_messages_across_a_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DIGESTBOT_SMTP_RATE caps messages per second over the whole run, across claim batches."""
-    n = pipeline.CLAIM_BATCH + 5
+    n = 155
     write_subscribers(workdir, [f"reader{i:02d}@example.org" for i in range(n)])
     handler = RecordingHandler()
     with serve(handler) as server:
@@ -493,11 +495,55 @@ def test_rate_setting_spaces_messages_across_a_run(
     assert span >= (n - 1) / 50 * 0.9, span
     gaps = [b_ - a for a, b_ in itertools.pairwise(handler.arrivals)]
     assert statistics.median(gaps) >= 0.8 / 50, gaps  # evenly spaced, not bursts
-    # and no burst at the claim-batch boundary either
-    assert (
-        handler.arrivals[pipeline.CLAIM_BATCH] - handler.arrivals[pipeline.CLAIM_BATCH - 2]
-        >= 1.5 / 50
-    ), gaps
+    # and no burst at a claim-batch boundary either (a claim holds a second of sending)
+    batch = int(pipeline.BUILT_AHEAD * 50)
+    assert handler.arrivals[batch] - handler.arrivals[batch - 2] >= 1.5 / 50, gaps
+    # each message is built just before its turn: its Date (whole seconds) is at most about
+    # BUILT_AHEAD older than its arrival, however long the run
+    for message, arrived in zip(handler.received, handler.wall_arrivals, strict=True):
+        built = message.message["Date"].datetime.timestamp()
+        assert 0 <= arrived - built < pipeline.BUILT_AHEAD + 1.5, (arrived, built)
+
+
+def test_outcome_log_lines_wait_at_most_a_quarter_second_and_none_is_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run writes its outcome lines several at a time (at a claim batch's end), but under a
+    slow rate none waits longer than LOG_EVERY; each digest gets its line, in order."""
+    from digestbot import outbox
+
+    now = [1000.0]
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    lines = pipeline._OutcomeLines()
+
+    def digest(n: int) -> outbox.StoredDigest:
+        return outbox.StoredDigest(
+            id=n,
+            email=f"r{n}@example.org",
+            name=None,
+            period=DAY,
+            message_id=f"<{n}@x>",
+            more_count=0,
+            attempts=0,
+            items=(),
+        )
+
+    def logged() -> list[str]:
+        return [r.getMessage().split(" ")[2] for r in caplog.records]
+
+    caplog.set_level("INFO", logger="digestbot")
+    lines.add(digest(1), outbox.Outcome.SENT, "")
+    now[0] += 0.1
+    lines.add(digest(2), outbox.Outcome.DEFERRED, "451 busy")
+    assert logged() == []
+    now[0] += pipeline.LOG_EVERY
+    lines.add(digest(3), outbox.Outcome.SENT, "")  # the first has waited long enough
+    assert logged() == ["r1@example.org", "r2@example.org", "r3@example.org"]
+    lines.add(digest(4), outbox.Outcome.SENT, "")
+    assert len(logged()) == 3
+    lines.flush()  # the batch's end
+    assert logged()[3:] == ["r4@example.org"]
+    assert "451 busy" in caplog.records[1].getMessage()
 
 
 def test_rate_limiter_spaces_sends_on_its_clock(bot: Bot) -> None:
@@ -733,49 +779,45 @@ def test_each_digest_is_recorded_sent_before_the_next_message_reaches_the_server
     assert all(state == "sent" for s in snapshots for state in s.values()), snapshots
 
 
-def test_the_next_digest_is_built_while_the_server_reads_the_one_before(
+def test_a_batch_is_built_before_it_is_sent_and_each_answer_goes_to_its_own_digest(
     bot: Bot, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While the server holds its answer to a message, the run builds the next digest; the
-    answer is then read and recorded for the message it belongs to, before the next content
-    goes out (a refused content defers that digest, not the one built meanwhile)."""
+    """A claim batch's messages are all built before the first reaches the server (no rate
+    limit); each server answer is still recorded for the message it belongs to (a refused
+    content defers that digest only) before the next content goes out."""
     bot.setenv(DIGESTBOT_DATABASE_URL=db_url)
     handler = bot.server.handler
     handler.reject_data[GRACE] = "451 4.3.0 try later"
     built: list[str] = []
-    next_built = threading.Event()
     real_compose = pipeline.compose
 
     def compose(**kw: Any) -> bytes:
         built.append(kw["view"].subscriber_email)
-        if len(built) > 1:
-            next_built.set()
         return real_compose(**kw)
 
-    held: list[bool] = []  # per message: whether the next digest was built while it was held
+    built_at_arrival: list[int] = []
 
     def on_data(envelope: Any) -> None:
-        if not held:  # the first message's answer waits for the next digest to be built
-            held.append(next_built.wait(timeout=5))
+        built_at_arrival.append(len(built))
 
     monkeypatch.setattr(pipeline, "compose", compose)
     handler.on_data = on_data
     result = bot.cli("send", "--date", DAY)
     assert result.exit_code == 1, result.output  # one digest deferred
-    assert held == [True], "the run waited for the server's answer before building the next"
     assert built == list(PEOPLE)
+    assert built_at_arrival == [3, 3, 3]
     rows = bot.rows()
     assert {e: rows[e].state for e in PEOPLE} == {ADA: "sent", GRACE: "deferred", ALAN: "sent"}
     assert "451 4.3.0 try later" in (rows[GRACE].last_error or "")
     assert sorted(r for m in handler.received for r in m.rcpt_tos) == sorted([ADA, ALAN])
 
 
-def test_a_run_stopped_while_a_message_is_in_flight_records_it_and_never_sends_it_twice(
+def test_a_template_failing_mid_batch_sends_the_digests_built_before_and_never_twice(
     bot: Bot, tmp_path: Path
 ) -> None:
-    """When building the next digest stops the run (a template that fails for that reader),
-    the message already handed over to the server is still recorded as sent, and the next run
-    sends the others once each."""
+    """When building a digest stops the run (a template that fails for that reader), the
+    digests built before it in the batch are still sent and recorded, the rest are given back
+    untouched, and the next run sends them once each."""
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "subject.txt.j2").write_text(
@@ -791,45 +833,6 @@ def test_a_run_stopped_while_a_message_is_in_flight_records_it_and_never_sends_i
     fixed = bot.cli("send", "--date", DAY, "--no-fetch")
     assert fixed.exit_code == 0, fixed.output
     assert sorted(r for m in bot.server.handler.received for r in m.rcpt_tos) == sorted(PEOPLE)
-
-
-def test_a_message_handed_over_gets_its_own_verdict_while_the_caller_goes_on() -> None:
-    """SMTPBackend.hand_over returns once the content is written, before the server answers it;
-    verdict then gives that message's answer (a refused content raises there), and a message
-    is never handed over before the verdict of the one before it."""
-    from digestbot.errors import TemporaryDeliveryError
-    from digestbot.mail.backends import Envelope, SMTPBackend
-
-    handler = SMTPHandler(reject_data={"busy@example.org": "451 4.3.0 try later"})
-    reading, released = threading.Event(), threading.Event()
-    answered_after_release: list[bool] = []
-
-    def on_data(envelope: Any) -> None:
-        reading.set()
-        answered_after_release.append(released.wait(timeout=5))
-
-    handler.on_data = on_data
-    raw = b"From: a@example.org\r\nSubject: x\r\n\r\nhello\r\n"
-
-    def envelope(to: str) -> Envelope:
-        return Envelope(sender="a@example.org", recipient=to, raw=raw, name=to)
-
-    with serve(handler) as server:
-        backend = SMTPBackend(host=server.host, port=server.port, security="none")
-        backend.hand_over(envelope("b@example.org"), then="busy@example.org")
-        assert reading.wait(timeout=5)  # the server has the content and holds its answer
-        with pytest.raises(RuntimeError, match="verdict"):
-            backend.hand_over(envelope("busy@example.org"))
-        released.set()
-        backend.verdict()
-        backend.hand_over(envelope("busy@example.org"), then="c@example.org")
-        with pytest.raises(TemporaryDeliveryError, match="451"):
-            backend.verdict()
-        backend.verdict()  # nothing handed over since: nothing to read
-        backend.send(envelope("c@example.org"))
-        backend.close()
-    assert answered_after_release == [True, True, True]
-    assert [r.rcpt_tos for r in handler.received] == [["b@example.org"], ["c@example.org"]]
 
 
 # -- one address rule, outcomes, run-wide errors ----------------------------------------------

@@ -15,7 +15,7 @@ from sqlmodel import select
 from digestbot import app, pipeline, store
 from digestbot.db import open_database, session_scope
 from digestbot.errors import FetchError
-from digestbot.mail.backends import Envelope, SendsAtOnce
+from digestbot.mail.backends import Envelope
 from digestbot.mail.ratelimit import RateLimiter
 from digestbot.models import Paper, PaperSource
 from digestbot.outbox import RetryPolicy
@@ -24,7 +24,7 @@ from digestbot.sources.base import FetchedPaper
 from digestbot.subscribers import SubscriberSpec
 
 
-class Keep(SendsAtOnce):
+class Keep:
     """A mail backend that keeps each recipient it is handed."""
 
     def __init__(self) -> None:

@@ -116,7 +116,7 @@ def test_settings_reach_a_worker_process_unchanged(tmp_path: Path) -> None:
 
 
 def test_worker_count_defaults_to_the_cores_and_small_runs_use_fewer() -> None:
-    """By default one worker per CPU core and at most one per hundred due digests; a number asked for is kept, up to one per claim batch due."""
+    """By default one worker per CPU core and at most one per hundred due digests; a number asked for is kept, up to one per 50 due (CLAIM_MIN)."""
     cores = os.cpu_count() or 1
     for unset in (0, None):
         assert workers.workers_for(unset, 0) == 1
@@ -124,7 +124,20 @@ def test_worker_count_defaults_to_the_cores_and_small_runs_use_fewer() -> None:
         assert workers.workers_for(unset, 1_000_000) == cores
     assert workers.workers_for(3, 1_000_000) == 3
     assert workers.workers_for(3, 0) == 1
-    assert workers.workers_for(3, pipeline.CLAIM_BATCH + 1) == 2
+    assert workers.workers_for(3, pipeline.CLAIM_MIN + 1) == 2
+
+
+@given(due=st.integers(min_value=0, max_value=10**6), n=st.integers(min_value=1, max_value=64))
+def test_each_worker_claims_an_even_share_of_the_run_within_bounds(due: int, n: int) -> None:
+    """Each of N workers claims about due/N digests at a time (so no worker is left alone with
+    a large last batch), never fewer than CLAIM_MIN nor more than CLAIM_BATCH; N claims of that
+    size cover the run."""
+    share = workers.claim_share(due, n)
+    assert pipeline.CLAIM_MIN <= share <= pipeline.CLAIM_BATCH
+    if share < pipeline.CLAIM_BATCH:
+        assert share * n >= due
+    if pipeline.CLAIM_MIN < share < pipeline.CLAIM_BATCH:
+        assert (share - 1) * n < due
 
 
 # -- worker processes on SQLite -------------------------------------------------------------------

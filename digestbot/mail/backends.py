@@ -1,23 +1,19 @@
 """Delivery backends behind one small interface: smtp, file, console.
 
 A backend is opened lazily by the delivery loop, sent one message at a time, and closed at
-the end of the run. The loop hands a message over and asks for its verdict once the next one is
-built: the SMTP server reads a message while the next is rendered (SMTPBackend). Errors are
-sorted into the three kinds the outbox acts on: TemporaryDeliveryError (defer and retry),
-PermanentDeliveryError (fail the digest) and DeliverySetupError (stop the run, attempt
-nothing).
+the end of the run. Errors are sorted into the three kinds the outbox acts on:
+TemporaryDeliveryError (defer and retry), PermanentDeliveryError (fail the digest) and
+DeliverySetupError (stop the run, attempt nothing).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import smtplib
 import ssl
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -45,12 +41,6 @@ class Envelope:
 class Backend(Protocol):
     """Deliver messages one at a time; `close` is safe to call whether or not anything was sent.
 
-    `send` delivers one message and raises what came of it. `hand_over` starts one and may
-    return before the server has answered; `verdict` then waits for that answer and raises
-    what `send` would have raised. Each message handed over gets its verdict before the next is
-    handed over, so a caller that records each verdict at once leaves at most one message
-    delivered but not recorded (the one in flight), as with `send`.
-
     `then` names the recipient of the message the caller sends next, from the same sender, when
     it knows one: a backend may start that message's envelope early (SMTPBackend does). A caller
     that names one and then sends another message loses nothing but that head start.
@@ -58,28 +48,10 @@ class Backend(Protocol):
 
     def send(self, envelope: Envelope, *, then: str | None = None) -> None: ...
 
-    def hand_over(self, envelope: Envelope, *, then: str | None = None) -> None: ...
-
-    def verdict(self) -> None: ...
-
     def close(self) -> None: ...
 
 
-class SendsAtOnce:
-    """For a backend whose `send` is over when it returns: `hand_over` sends, and `verdict` has
-    nothing left to wait for (its errors were raised by `hand_over`)."""
-
-    def send(self, envelope: Envelope, *, then: str | None = None) -> None:
-        raise NotImplementedError
-
-    def hand_over(self, envelope: Envelope, *, then: str | None = None) -> None:
-        self.send(envelope, then=then)
-
-    def verdict(self) -> None:
-        return None
-
-
-class FileBackend(SendsAtOnce):
+class FileBackend:
     """Writes each message to DIR/<name>.eml (atomically; a retry overwrites the same file)."""
 
     def __init__(self, directory: Path) -> None:
@@ -130,7 +102,7 @@ def _check_mail_folder(directory: Path) -> None:
         raise refuse(f"it cannot be created: {parent} is not writable")
 
 
-class ConsoleBackend(SendsAtOnce):
+class ConsoleBackend:
     """Prints each message's headers and plain-text part, for trying digestbot out."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -162,10 +134,8 @@ class SMTPBackend:
     With a server that offers PIPELINING (RFC 2920) a message takes one round trip: its MAIL,
     RCPT and DATA went out with the previous message's content (`send`'s `then`; RFC 2920 §3.1
     lets message content open a group), so only the reply to the content is waited for before
-    the caller records the outcome. `hand_over` returns once the content is written, and
-    `verdict` reads that reply: the caller renders the next message while the server reads this
-    one. The content of the next message goes out only after the verdict, so a crash still
-    leaves at most the message in hand unrecorded.
+    the caller records the outcome. The content of the next message goes out only after that,
+    so a crash still leaves at most the message in hand unrecorded.
     """
 
     def __init__(
@@ -198,8 +168,6 @@ class SMTPBackend:
         # (sender, recipient) whose MAIL, RCPT and DATA went out with the last message: their
         # replies are unread, and once DATA is answered whatever is written next is content
         self._announced: tuple[str, str] | None = None
-        # the message handed over whose content's reply is unread (verdict reads it)
-        self._unread: Envelope | None = None
 
     # -- connection -------------------------------------------------------------------------
     def open(self) -> None:
@@ -266,11 +234,8 @@ class SMTPBackend:
         self._used_at = time.monotonic()
 
     def close(self) -> None:
-        # With a message announced, a QUIT would be read as its content (a transaction ended
-        # without its final "." delivers nothing); with a reply unread, QUIT's reply would be
-        # taken for it: just hang up.
-        if self._announced is not None or self._unread is not None:
-            self._drop()
+        if self._announced is not None:  # a QUIT would be read as message content: just hang up
+            self._drop()  # (a transaction ended without its final "." delivers nothing)
             return
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -287,12 +252,6 @@ class SMTPBackend:
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, envelope: Envelope, *, then: str | None = None) -> None:
-        self.hand_over(envelope, then=then)
-        self.verdict()
-
-    def hand_over(self, envelope: Envelope, *, then: str | None = None) -> None:
-        if self._unread is not None:
-            raise RuntimeError("a message was handed over before the verdict of the one before it")
         self._check_idle()
         if self._announced not in (None, (envelope.sender, envelope.recipient)):
             self._drop()  # another message was announced: its DATA is open, only a new connection ends it
@@ -300,7 +259,7 @@ class SMTPBackend:
         conn = self._conn
         assert conn is not None
         announced, self._announced = self._announced is not None, None
-        with self._outcome(envelope):
+        try:
             if announced or _can_pipeline(conn, envelope.sender, envelope.recipient):
                 _open_transaction(conn, envelope, announced=announced)
                 ahead = (
@@ -310,24 +269,9 @@ class SMTPBackend:
                 )
                 _send_content(conn, envelope, ahead=ahead)
                 self._announced = ahead
-                self._unread = envelope
+                _final_reply(conn)
             else:
                 conn.sendmail(envelope.sender, [envelope.recipient], envelope.raw)
-
-    def verdict(self) -> None:
-        envelope, self._unread = self._unread, None
-        if envelope is None:
-            return
-        with self._outcome(envelope):
-            if self._conn is None:  # dropped since (close): the reply can no longer be read
-                raise smtplib.SMTPServerDisconnected("closed before the server answered")
-            _final_reply(self._conn)
-
-    @contextlib.contextmanager
-    def _outcome(self, envelope: Envelope) -> Iterator[None]:
-        """smtplib's errors while sending `envelope`, as the outbox's kinds."""
-        try:
-            yield
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()), (0, b""))
             self._after_reply(code)
