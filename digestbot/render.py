@@ -791,20 +791,29 @@ class Renderer:
             frames_refused=self._refused.total(),
         )
 
-    def _part(self, name: str, context: dict[str, Any], inserted: list[str] | None = None) -> str:
+    def _part(
+        self,
+        name: str,
+        context: dict[str, Any],
+        inserted: list[str] | None = None,
+        *,
+        check: bool = False,
+    ) -> tuple[str, bool]:
         """Template `name` rendered with `context`: filled in from its frame when it has one
         (see _frame), else rendered (and a frame made from that render when it can be).
-        `inserted` gets the paper blocks as the template inserted them (text_pieces)."""
+        `inserted` gets the paper blocks as the template inserted them (text_pieces). Also,
+        when asked to `check`, whether the output is tidy but for line breaks at its ends
+        (_Frame.fill; False for a render, which is not looked at)."""
         if not self._is_builtin(name):  # an override never gets a frame: no key to look up
             noted = {_NOTED: inserted} if inserted is not None else {}
-            return self._run(name, **context, **noted)
+            return self._run(name, **context, **noted), False
         key = _frame_key(name, context)
         frame = self._frames.get(key)
         if frame is not None:
             with contextlib.suppress(KeyError):  # another thread's render let it go meanwhile
                 self._frames.move_to_end(key)
             self._fills[name] += 1
-            return frame.fill(context, self._indent, inserted)
+            return frame.fill(context, self._indent, inserted, check=check)
         noted_here: list[str] = []
         out = self._run(name, **context, **{_NOTED: noted_here})
         if inserted is not None:
@@ -813,7 +822,7 @@ class Renderer:
             self._frames[key] = self._frame(name, context, out, noted_here)
             if len(self._frames) > FRAME_CACHE_SIZE:
                 self._frames.popitem(last=False)
-        return out
+        return out, False
 
     def _frame(
         self, name: str, context: dict[str, Any], real: str, noted: list[str]
@@ -837,7 +846,7 @@ class Renderer:
         frame = _Frame.parse(self._run(name, **probe))
         if frame is not None:
             filled: list[str] = []
-            if frame.fill(context, self._indent, filled) != real or filled != noted:
+            if frame.fill(context, self._indent, filled)[0] != real or filled != noted:
                 frame = None
         if frame is None:
             self._refused[name] += 1
@@ -907,7 +916,7 @@ class Renderer:
             "dates": dates,
             "trending_count": len(hot),
         }
-        subject = clean_line(self._part(TEMPLATE_SUBJECT, ctx))
+        subject = clean_line(self._part(TEMPLATE_SUBJECT, ctx)[0])
         titles = "; ".join(self._line(p.title) for p in (view.papers + view.trending)[:3])
         if count:
             preheader = f"{count} new paper{'s' if count != 1 else ''}: {titles}"
@@ -919,19 +928,20 @@ class Renderer:
             preheader = preheader[:139].rstrip() + "\u2026"
         inserted: list[str] = []
         ctx["subject"] = subject
-        text = self._part(
+        text, tidy = self._part(
             TEMPLATE_TEXT,
             {**ctx, "blocks": [b[0] for b in blocks], "trending_blocks": [b[0] for b in hot]},
             inserted,
+            check=True,
         )
         ctx["preheader"] = preheader
-        html = self._part(
+        html, _ = self._part(
             TEMPLATE_HTML,
             {**ctx, "blocks": [b[1] for b in blocks], "trending_blocks": [b[1] for b in hot]},
         )
         return RenderedDigest(
             subject=subject,
-            text=_tidy_text(text),
+            text=text.strip("\n") + "\n" if tidy else _tidy_text(text),
             html=html,
             text_pieces=tuple(inserted),
             html_pieces=tuple(b[1] for b in blocks + hot),
@@ -1085,6 +1095,8 @@ class _Frame:
 
     texts: tuple[str, ...]
     places: tuple[tuple[str, int | None, bool, int | None], ...]
+    tidy: bool = False
+    """Whether the texts can stand as they are in a tidy text part (_tidy_text): see fill."""
 
     @staticmethod
     def parse(output: str) -> _Frame | None:
@@ -1115,22 +1127,40 @@ class _Frame:
         texts.append(output[at:])
         if any("\x00" in text for text in texts):
             return None
-        return _Frame(tuple(texts), tuple(places))
+        tidy = all(_UNTIDY.search(text) is None for text in texts) and not texts[-1].rstrip(
+            "\n"
+        ).endswith(" ")
+        return _Frame(tuple(texts), tuple(places), tidy)
 
     def fill(
-        self, context: dict[str, Any], indent: Callable[..., str], inserted: list[str] | None
-    ) -> str:
-        """The frame with this digest's values in their places, as the template puts them."""
+        self,
+        context: dict[str, Any],
+        indent: Callable[..., str],
+        inserted: list[str] | None,
+        *,
+        check: bool = False,
+    ) -> tuple[str, bool]:
+        """The frame with this digest's values in their places, as the template puts them, and
+        (when asked to `check`) whether that is tidy but for line breaks at its ends: then
+        _tidy_text would only strip those (and end it with one).
+
+        It is when the texts are (`tidy`: no whitespace but spaces and line breaks, no space
+        before a line break or at the end, no three line breaks in a row) and so is every value
+        put in (_tidy_value), each also without whitespace at its ends: a value cannot then
+        join a text into a space before a line break, or into a run of line breaks."""
         out = [self.texts[0]]
+        tidy = check and self.tidy
         for (key, index, escaped, width), text in zip(self.places, self.texts[1:], strict=True):
             value = context[key] if index is None else context[key][index]
             if width:  # through the template's indent filter, which notes what it gives
                 value = indent(value, width)
                 if inserted is not None:
                     inserted.append(value)
-            out.append(str(escape(value)) if escaped else value)
+            value = str(escape(value)) if escaped else value
+            tidy = tidy and (_tidy_block(value) if width else _tidy_value(value))
+            out.append(value)
             out.append(text)
-        return "".join(out)
+        return "".join(out), tidy
 
 
 _NOTED = "_digestbot_inserted"
@@ -1167,6 +1197,22 @@ def _template_frame(tb: TracebackType | None, default: str) -> tuple[str, int | 
             file, line = name, tb.tb_lineno
         tb = tb.tb_next
     return file, line
+
+
+_UNTIDY = re.compile(r"[^\S \n]| \n|\n\n\n")
+"""What _tidy_text would change inside a text: whitespace but a space or a line break (a tab,
+a no-break space, a line separator str.splitlines breaks at...), a space before a line break,
+three line breaks in a row."""
+
+
+def _tidy_value(value: str) -> bool:
+    """Whether a value put into a frame leaves its text part tidy (_Frame.fill): not empty, no
+    whitespace at its ends, nothing _UNTIDY finds."""
+    return bool(value) and value == value.strip() and _UNTIDY.search(value) is None
+
+
+_tidy_block = functools.lru_cache(maxsize=BLOCK_CACHE_SIZE)(_tidy_value)
+"""_tidy_value of a paper block: the same string in many digests, looked at once."""
 
 
 def _tidy_text(text: str) -> str:

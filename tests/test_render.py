@@ -1261,6 +1261,13 @@ _PAPER_POOL = (
     _paper(title="Données & <diffusion>\n", summary="Line one.\n\n   Line   two  ", upvotes=0),
     _paper(arxiv_id="doi:10.1/x", link="https://example.org/p?a=1&b=2", matched=()),
     _paper(authors=(), tldr="Short & sweet.", sources=("hf", "arxiv"), upvotes=7),
+    _paper(  # every kind of whitespace the text part's tidying deals with
+        arxiv_id="2401.05678",
+        title="Spaced\u00a0out\u2028title \t",
+        summary="Tabs\tand\u3000wide  spaces,\r\nbreaks\x0b\x0cand\u2029more \n\n\n\n",
+        tldr=" trailing\u00a0",
+        authors=(" Grace\u2003Hopper ", "\u00a0"),
+    ),
 )
 
 
@@ -1312,6 +1319,42 @@ _views = st.builds(
     span=st.none() | st.integers(0, 3),
     list_name=st.sampled_from(["Paper Digest", "Lab & <Co>", ""]),
 )
+
+
+_frame_text = st.text(st.sampled_from("ab \n\t\u00a0\u2028\r"), max_size=12)
+_FILLED = ("name", "email", "unsubscribe_url", "preheader")  # a frame's own values
+
+
+@given(texts=st.lists(_frame_text, min_size=1, max_size=5), data=st.data())
+def test_a_frame_filled_in_is_said_tidy_only_when_tidying_changes_nothing_but_its_ends(
+    texts: list[str], data: st.DataObject
+) -> None:
+    """A text part filled in from a frame skips the tidying (no space before a line break, no
+    three line breaks in a row: _tidy_text) only when the tidying would just strip its line
+    breaks at the ends; whatever whitespace the frame's texts and the values hold."""
+    keys = _FILLED[: len(texts) - 1]
+    frame = render._Frame.parse(
+        "".join(t + (f"\x00{k}&\x00" if k else "") for t, k in zip(texts, [*keys, ""]))
+    )
+    assert frame is not None
+    values = {k: data.draw(_frame_text, label=k) for k in keys}
+    out, tidy = frame.fill(values, str, None, check=True)
+    if tidy:
+        assert render._tidy_text(out) == out.strip("\n") + "\n", (texts, values)
+    assert frame.fill(values, str, None)[1] is False  # not asked
+
+
+def test_a_tidy_frame_filled_in_with_tidy_values_is_said_tidy() -> None:
+    """The check does not refuse what is tidy: a frame of plain lines, and plain values."""
+    frame = render._Frame.parse("Hello \x00name&\x00,\n\nYour papers:\n")
+    assert frame is not None and frame.tidy
+    assert frame.fill({"name": "Ada Lovelace"}, str, None, check=True) == (
+        "Hello Ada Lovelace,\n\nYour papers:\n",
+        True,
+    )
+    assert frame.fill({"name": "Ada "}, str, None, check=True)[1] is False
+    untidy = render._Frame.parse("Hello \x00name&\x00, \n")
+    assert untidy is not None and not untidy.tidy
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
