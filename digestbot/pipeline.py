@@ -1254,7 +1254,7 @@ def _messages(
 
     Every message of the batch is built before the first is yielded: rendering and building
     many in a row, then sending them, keeps each step's code and data in the processor's caches,
-    where alternating them per digest took a fifth more of the machine. An error that stops the
+    where alternating them per digest took about a third more CPU. An error that stops the
     run (a template that does not render, DKIM signing: ConfigError) is raised once the messages
     built before it were yielded, as when each digest was built in its turn.
     """

@@ -640,8 +640,8 @@ class Renderer:
         # The text template indents each paper block in every digest, the same way each time:
         # memoised per run, the filter's output is unchanged. What it gives is noted for the
         # render (RenderedDigest.text_pieces).
-        self._indent = _memoised(jinja2.filters.do_indent, BLOCK_CACHE_SIZE)
-        self.environment.filters["indent"] = _noted(self._indent)
+        self._indent = _memoised(_indent_checked, BLOCK_CACHE_SIZE)
+        self.environment.filters["indent"] = _noted(lambda *a, **kw: self._indent(*a, **kw)[0])
         self.environment.filters["wordwrap"] = _wordwrap
         self._normalized: Callable[[str], Normalized] = functools.lru_cache(
             maxsize=TEXT_CACHE_SIZE
@@ -1135,7 +1135,7 @@ class _Frame:
     def fill(
         self,
         context: dict[str, Any],
-        indent: Callable[..., str],
+        indent: Callable[..., tuple[str, bool]],
         inserted: list[str] | None,
         *,
         check: bool = False,
@@ -1152,12 +1152,15 @@ class _Frame:
         tidy = check and self.tidy
         for (key, index, escaped, width), text in zip(self.places, self.texts[1:], strict=True):
             value = context[key] if index is None else context[key][index]
+            known: bool | None = None  # whether the value is tidy, when the cache says
             if width:  # through the template's indent filter, which notes what it gives
-                value = indent(value, width)
+                value, known = indent(value, width)
                 if inserted is not None:
                     inserted.append(value)
-            value = str(escape(value)) if escaped else value
-            tidy = tidy and (_tidy_block(value) if width else _tidy_value(value))
+            if escaped:
+                value, known = str(escape(value)), None
+            if tidy:
+                tidy = known if known is not None else _tidy_value(value)
             out.append(value)
             out.append(text)
         return "".join(out), tidy
@@ -1211,8 +1214,11 @@ def _tidy_value(value: str) -> bool:
     return bool(value) and value == value.strip() and _UNTIDY.search(value) is None
 
 
-_tidy_block = functools.lru_cache(maxsize=BLOCK_CACHE_SIZE)(_tidy_value)
-"""_tidy_value of a paper block: the same string in many digests, looked at once."""
+def _indent_checked(*args: Any, **kwargs: Any) -> tuple[str, bool]:
+    """Jinja's indent filter (a paper block in the text part), and _tidy_value of what it gives:
+    the Renderer keeps both in one cache (a block is the same string in many digests)."""
+    out: str = jinja2.filters.do_indent(*args, **kwargs)
+    return out, _tidy_value(out)
 
 
 def _tidy_text(text: str) -> str:
