@@ -46,11 +46,13 @@ from digestbot.subscribers import SubscriberSpec
 
 log = logging.getLogger("digestbot")
 
-CLAIM_BATCH = 200
+CLAIM_BATCH = 100
 """Digests a delivery run claims, loads and builds at a time (_messages), at most. Each claim and
 load costs a few milliseconds whatever its size, and messages built many in a row cost less
-each; the batch's messages are held until sent (about 5 MB at 23 KB a message). A worker that
-stops (kill -9, a host down) holds at most this many until they are taken back."""
+each; the batch's messages are held until sent: at 200, a worker process took 7 MB more than
+sending each message as it was built (a few MB of messages, and the gaps between them in the
+heap), which broke the 300 MB at 100,000 subscribers on PostgreSQL. A worker that stops
+(kill -9, a host down) holds at most this many until they are taken back."""
 
 CLAIM_MIN = 50
 """Digests: each of several workers claims its share of a run's due digests at a time, up to

@@ -60,7 +60,9 @@ class MailContext:
         return self.renderer.render(view)
 
 
-VIEW_CACHE_SIZE = 8192
+VIEW_CACHE_SIZE = 4096
+"""Paper views (and query evidence) a delivery run keeps (PaperViews), as many as the paper
+blocks the renderer keeps (render.BLOCK_CACHE_SIZE): a view is looked up to find its block."""
 
 
 class ShownItem(Protocol):
