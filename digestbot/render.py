@@ -941,7 +941,7 @@ class Renderer:
         )
         return RenderedDigest(
             subject=subject,
-            text=text.strip("\n") + "\n" if tidy else _tidy_text(text),
+            text=_tidy_text(text, tidy_inside=tidy),
             html=html,
             text_pieces=tuple(inserted),
             html_pieces=tuple(b[1] for b in blocks + hot),
@@ -1221,10 +1221,13 @@ def _indent_checked(*args: Any, **kwargs: Any) -> tuple[str, bool]:
     return out, _tidy_value(out)
 
 
-def _tidy_text(text: str) -> str:
-    """Strip trailing spaces and collapse three or more blank lines in the text part."""
-    out = "\n".join(map(str.rstrip, text.splitlines()))
-    while "\n\n\n" in out:  # str.replace is many times faster than re.sub here
-        out = out.replace("\n\n\n", "\n\n")
-    out = out.strip("\n")
-    return out + "\n"
+def _tidy_text(text: str, *, tidy_inside: bool = False) -> str:
+    """Strip trailing spaces and collapse three or more blank lines in the text part; it starts
+    with no line break and ends with one. `tidy_inside`: the text is known to need nothing but
+    that last step (_Frame.fill's check), which is then all that is done."""
+    out = text
+    if not tidy_inside:
+        out = "\n".join(map(str.rstrip, text.splitlines()))
+        while "\n\n\n" in out:  # str.replace is many times faster than re.sub here
+            out = out.replace("\n\n\n", "\n\n")
+    return out.strip("\n") + "\n"

@@ -100,7 +100,7 @@ class _Job:
     start: float  # time.monotonic() when the pool started: the shared rate's first slot
     subscriber_ids: tuple[int, ...] | None
     cwd: str  # relative paths in the settings (SQLite file, mail folder) are relative to it
-    claim: int = pipeline.CLAIM_BATCH  # digests claimed at a time (claim_share)
+    claim: int  # digests claimed at a time (claim_share)
 
 
 class Pool:
@@ -188,7 +188,7 @@ def run_workers(
     on_result: OnResult | None = None,
     stop: threading.Event | None = None,
     here: Here,
-    claim: int = pipeline.CLAIM_BATCH,
+    claim: int,
 ) -> pipeline.DeliveryReport:
     """Deliver every due digest with `workers` processes and return their merged report.
 
